@@ -1,0 +1,208 @@
+"""Configuration options shared by the driver and the agent.
+
+Every option lives here, with help text, so that ``oslo-config-generator``
+(``tox -e genconfig``) writes them all into ``etc/nova-xen-split.conf.sample``.
+Modules read options from the ``ConfigOpts`` they are handed; nothing reads a
+global behind the caller's back, so tests can run several configurations in
+one process.
+"""
+
+import socket
+
+from oslo_config import cfg
+
+DEFAULT_OPTS = [
+    cfg.StrOpt(
+        "host",
+        default=socket.gethostname(),
+        sample_default="<hostname>",
+        help="Name of the hypervisor this driver/agent pair serves. It is the "
+        "RPC server name of the agent, so one message broker can carry "
+        "any number of pairs: each driver only reaches its own agent.",
+    ),
+    cfg.BoolOpt(
+        "flat_injected",
+        default=False,
+        help="Inject network configuration into the guest image before boot "
+        "(as Nova's flat_injected). Needs the image to be mounted, so it "
+        "is refused at startup in independent mode.",
+    ),
+    cfg.StrOpt(
+        "default_ephemeral_format",
+        default="ext4",
+        choices=["ext3", "ext4", "vfat"],
+        help="Filesystem for ephemeral disks when the flavor does not name one.",
+    ),
+    cfg.StrOpt(
+        "state_path",
+        default="/var/lib/nova-xen-split",
+        help="Top-level directory for the agent's and driver's runtime state.",
+    ),
+]
+
+XENSERVER_OPTS = [
+    cfg.StrOpt(
+        "connection_url",
+        default="http://127.0.0.1",
+        help="URL of the XAPI endpoint of the hypervisor (its pool master), "
+        "e.g. https://xenserver.example.org.",
+    ),
+    cfg.StrOpt(
+        "connection_username",
+        default="root",
+        help="User name for the XAPI session.",
+    ),
+    cfg.StrOpt(
+        "connection_password",
+        secret=True,
+        help="Password for the XAPI session. Never logged.",
+    ),
+    cfg.IntOpt(
+        "login_timeout",
+        default=10,
+        min=1,
+        help="Seconds to wait for XAPI to accept a login before the service "
+        "refuses to start.",
+    ),
+    cfg.StrOpt(
+        "independent_compute",
+        default="auto",
+        choices=[
+            ("auto", "Detect: in_guest when this machine is a VM on the host "
+             "it serves, else independent."),
+            ("true", "Always independent: all disk work goes to dom0 plugins."),
+            ("false", "Always in_guest: fails at startup when no local VM "
+             "on the served host can be found."),
+        ],
+        help="How the agent touches disks.",
+    ),
+    cfg.BoolOpt(
+        "check_host",
+        default=False,
+        help="Check that the agent's VM is resident on the host it serves "
+        "before every operation. Meaningless without a local VM, so "
+        "refused at startup in independent mode.",
+    ),
+    cfg.StrOpt(
+        "vm_uuid_file",
+        default="/sys/hypervisor/uuid",
+        help="File holding the uuid of the VM this process runs in, as a Xen "
+        "guest kernel exposes it.",
+    ),
+    cfg.ListOpt(
+        "xenstore_read_command",
+        default=["xenstore-read"],
+        help="Command (argument list) used to read the VM path from xenstore "
+        "when vm_uuid_file cannot be read.",
+    ),
+    cfg.StrOpt(
+        "device_dir",
+        default="/dev",
+        help="Directory where block devices of VBDs plugged into this VM "
+        "appear (in_guest backend).",
+    ),
+    cfg.IntOpt(
+        "block_device_creation_timeout",
+        default=10,
+        min=1,
+        help="Seconds to wait for a plugged VBD's block device to appear.",
+    ),
+    cfg.IntOpt(
+        "vbd_unplug_retries",
+        default=10,
+        min=0,
+        help="How often an unplug that XAPI rejects as transient is retried, "
+        "one second apart.",
+    ),
+    cfg.StrOpt(
+        "image_plugin",
+        default="vhd_images.py",
+        help="Name of the dom0 plugin that fetches VHD image chains.",
+    ),
+    cfg.StrOpt(
+        "partition_plugin",
+        default="partition_utils.py",
+        help="Name of the dom0 plugin that partitions and formats disks.",
+    ),
+]
+
+GLANCE_OPTS = [
+    cfg.ListOpt(
+        "api_servers",
+        default=["http://127.0.0.1:9292"],
+        help="Image service endpoints (http or https) the agent and dom0 "
+        "fetch image data from.",
+    ),
+    cfg.IntOpt(
+        "num_retries",
+        default=0,
+        min=0,
+        help="How often a failed image download is retried on the next "
+        "endpoint.",
+    ),
+]
+
+AGENT_OPTS = [
+    cfg.FloatOpt(
+        "rpc_timeout",
+        default=60.0,
+        min=0.1,
+        help="Seconds the driver waits for an answer to a short agent call.",
+    ),
+    cfg.FloatOpt(
+        "long_rpc_timeout",
+        default=1800.0,
+        min=0.1,
+        help="Seconds the driver waits for long agent calls (image fetches, "
+        "disk copies).",
+    ),
+    cfg.IntOpt(
+        "rpc_workers",
+        default=8,
+        min=1,
+        max=256,
+        help="Calls the agent serves at once; more wait for a free worker.",
+    ),
+    cfg.StrOpt(
+        "socket_path",
+        default="$state_path/agent.sock",
+        help="Unix socket of the embedded transport, used when "
+        "[DEFAULT] transport_url is unset or unix:///path.",
+    ),
+    cfg.StrOpt(
+        "socket_group",
+        help="Group allowed to connect to the agent's Unix socket (mode 0660). "
+        "Unset: owner only (mode 0600).",
+    ),
+    cfg.FloatOpt(
+        "startup_timeout",
+        default=60.0,
+        min=0.0,
+        help="Seconds the driver's init_host waits for the agent to answer "
+        "describe() before it refuses to start.",
+    ),
+    cfg.IntOpt(
+        "progress_interval",
+        default=5,
+        min=1,
+        help="Seconds between progress log lines of long transfers.",
+    ),
+]
+
+
+def register_opts(conf):
+    """Register every option of the project on ``conf``."""
+    conf.register_opts(DEFAULT_OPTS)
+    conf.register_opts(XENSERVER_OPTS, group="xenserver")
+    conf.register_opts(GLANCE_OPTS, group="glance")
+    conf.register_opts(AGENT_OPTS, group="agent")
+
+
+def list_opts():
+    """The options for ``oslo-config-generator``."""
+    return [
+        ("DEFAULT", DEFAULT_OPTS),
+        ("xenserver", XENSERVER_OPTS),
+        ("glance", GLANCE_OPTS),
+        ("agent", AGENT_OPTS),
+    ]

@@ -1,0 +1,184 @@
+"""A thin XAPI session helper shared by the driver and the agent.
+
+It wraps the official ``XenAPI`` SDK: login with a bounded timeout, every
+``XenAPI.Failure`` turned into :class:`rpc.exceptions.XapiFailure` carrying
+XAPI's error description, plugin calls whose string result is JSON, and waits
+on tasks. It never logs the password or the session reference.
+"""
+
+import json
+import logging
+import socket
+import time
+import urllib.parse
+import xmlrpc.client
+
+import XenAPI
+
+from rpc import exceptions
+
+LOG = logging.getLogger(__name__)
+
+ORIGINATOR = "nova-xen-split"
+
+def to_int(value):
+    """XAPI sends int64 fields as strings; accept both."""
+    return int(value)
+
+
+class _TimeoutTransport(xmlrpc.client.Transport):
+    def __init__(self, timeout):
+        super().__init__()
+        self._timeout = timeout
+
+    def make_connection(self, host):
+        conn = super().make_connection(host)
+        conn.timeout = self._timeout
+        return conn
+
+
+class _TimeoutSafeTransport(xmlrpc.client.SafeTransport):
+    def __init__(self, timeout):
+        super().__init__()
+        self._timeout = timeout
+
+    def make_connection(self, host):
+        conn = super().make_connection(host)
+        conn.timeout = self._timeout
+        return conn
+
+
+class XapiSession:
+    """One logged-in XAPI session.
+
+    ``call("VDI.get_record", ref)`` runs ``session.xenapi.VDI.get_record(ref)``
+    and raises :class:`XapiFailure` with XAPI's error description on failure,
+    or with ``["CONNECTION_FAILED", url, reason]`` when XAPI cannot be reached.
+    """
+
+    def __init__(self, url, username, password, timeout=None):
+        self.url = url.rstrip("/")
+        self.username = username
+        self._password = password
+        self._timeout = timeout
+        self._session = None
+        self.host_ref = None
+
+    # -- connection -------------------------------------------------------
+
+    def login(self):
+        """Log in; returns self. Raises XapiFailure (credentials, network)."""
+        transport = None
+        if self._timeout:
+            scheme = urllib.parse.urlsplit(self.url).scheme
+            cls = _TimeoutSafeTransport if scheme == "https" else _TimeoutTransport
+            transport = cls(self._timeout)
+        session = XenAPI.Session(self.url, transport=transport)
+        try:
+            session.xenapi.login_with_password(
+                self.username, self._password or "", "1.0", ORIGINATOR)
+        except XenAPI.Failure as e:
+            raise exceptions.XapiFailure(details=[str(d) for d in e.details]) from None
+        except (OSError, xmlrpc.client.ProtocolError, xmlrpc.client.Fault) as e:
+            raise exceptions.XapiFailure(
+                details=["CONNECTION_FAILED", self.url, _reason(e)]) from None
+        self._session = session
+        self.host_ref = self.call("session.get_this_host", session._session)
+        return self
+
+    def logout(self):
+        if self._session is None:
+            return
+        try:
+            self._session.xenapi.session.logout()
+        except Exception:  # logging out of a dead session is not an error
+            LOG.debug("XAPI logout failed", exc_info=True)
+        self._session = None
+
+    def __enter__(self):
+        return self.login() if self._session is None else self
+
+    def __exit__(self, *exc):
+        self.logout()
+
+    @property
+    def handle(self):
+        """The session reference, for XAPI's HTTP handlers. Never log it."""
+        return self._session._session
+
+    # -- calls --------------------------------------------------------------
+
+    def call(self, method, *args):
+        """Call ``Class.method`` (or ``Async.Class.method``) with ``args``."""
+        if self._session is None:
+            raise exceptions.XapiFailure(details=["SESSION_INVALID", "not logged in"])
+        target = self._session.xenapi
+        for part in method.split("."):
+            target = getattr(target, part)
+        try:
+            return target(*args)
+        except XenAPI.Failure as e:
+            raise exceptions.XapiFailure(details=[str(d) for d in e.details]) from None
+        except (OSError, xmlrpc.client.ProtocolError, xmlrpc.client.Fault) as e:
+            raise exceptions.XapiFailure(
+                details=["CONNECTION_FAILED", self.url, _reason(e)]) from None
+
+    def call_plugin(self, plugin, fn, args):
+        """Run a dom0 plugin function; args are str→str, result is a string."""
+        str_args = {str(k): str(v) for k, v in args.items()}
+        return self.call("host.call_plugin", self.host_ref, plugin, fn, str_args)
+
+    def call_plugin_json(self, plugin, fn, args):
+        """Run a dom0 plugin function whose string result is JSON."""
+        result = self.call_plugin(plugin, fn, args)
+        try:
+            return json.loads(result) if result else None
+        except ValueError:
+            raise exceptions.XapiFailure(
+                details=["XENAPI_PLUGIN_FAILURE", fn, "ValueError",
+                         "result is not JSON: %r" % result[:200]]) from None
+
+    def wait_for_task(self, task_ref, timeout=None, poll=0.05):
+        """Wait for a task to end; return its result, raise XapiFailure if it failed.
+
+        The task is destroyed afterwards whatever its outcome.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll
+        try:
+            while True:
+                status = self.call("task.get_status", task_ref)
+                if status == "success":
+                    return self.call("task.get_result", task_ref)
+                if status in ("failure", "cancelled"):
+                    info = self.call("task.get_error_info", task_ref)
+                    raise exceptions.XapiFailure(
+                        details=[str(d) for d in info] or ["TASK_FAILED", status])
+                if deadline is not None and time.monotonic() > deadline:
+                    raise exceptions.XapiFailure(
+                        details=["TASK_TIMEOUT", str(task_ref), str(timeout)])
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        finally:
+            try:
+                self.call("task.destroy", task_ref)
+            except exceptions.XapiFailure:
+                LOG.debug("could not destroy task", exc_info=True)
+
+    def http_url(self, path, **query):
+        """URL of one of XAPI's HTTP handlers on this session's host."""
+        query = dict(query, session_id=self.handle)
+        return "%s%s?%s" % (self.url, path, urllib.parse.urlencode(query))
+
+
+def _reason(exc):
+    text = str(exc) or type(exc).__name__
+    return text
+
+
+def session_from_conf(conf):
+    """A logged-in session from the ``[xenserver]`` options of ``conf``."""
+    xs = conf.xenserver
+    return XapiSession(
+        xs.connection_url, xs.connection_username, xs.connection_password,
+        timeout=xs.login_timeout).login()

@@ -1,0 +1,210 @@
+"""Fixtures shared by every test: real collaborators and the rules for them.
+
+Tests that need RabbitMQ, loop devices or root skip where those are missing,
+except under ``NXS_REQUIRE_REAL=1`` (set by ``.ci/run``), where such a skip is
+a failure: CI must exercise the real thing.
+"""
+
+import glob
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+REQUIRE_REAL = os.environ.get("NXS_REQUIRE_REAL") == "1"
+RABBIT_HOST, RABBIT_PORT = "127.0.0.1", 5672
+RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
+SIM_PASSWORD = "xapi-sim"
+LISTEN_RE = re.compile(r"xapi-sim listening on (http://127\.0\.0\.1:\d+)")
+
+
+def need(available, what):
+    """Skip unless ``available``; under NXS_REQUIRE_REAL=1 fail instead."""
+    if available:
+        return
+    if REQUIRE_REAL:
+        pytest.fail("NXS_REQUIRE_REAL=1 but %s" % what, pytrace=False)
+    pytest.skip(what)
+
+
+_loop_ok = None
+
+
+def loop_devices_usable():
+    """Root, /dev/loop-control and a loop device that really attaches."""
+    global _loop_ok
+    if _loop_ok is None:
+        _loop_ok = False
+        if os.geteuid() == 0 and os.path.exists("/dev/loop-control"):
+            probe = "/tmp/nxs-loop-probe-%d" % os.getpid()
+            with open(probe, "wb") as f:
+                f.truncate(1 << 20)
+            try:
+                out = subprocess.run(
+                    ["losetup", "-f", "--show", probe], capture_output=True,
+                    text=True, timeout=20)
+                if out.returncode == 0:
+                    subprocess.run(["losetup", "-d", out.stdout.strip()], timeout=20)
+                    _loop_ok = True
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            finally:
+                os.unlink(probe)
+    return _loop_ok
+
+
+def rabbit_available():
+    try:
+        with socket.create_connection((RABBIT_HOST, RABBIT_PORT), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def loop_devices():
+    need(loop_devices_usable(), "loop devices are not usable (needs root and /dev/loop-control)")
+
+
+@pytest.fixture
+def rabbit_url():
+    need(rabbit_available(), "RabbitMQ does not answer on %s:%d" % (RABBIT_HOST, RABBIT_PORT))
+    return RABBIT_URL
+
+
+def _loops_backed_under(path):
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if path in line]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_loop_devices(tmp_path_factory):
+    """Fail the run if a test left a loop device on a file it created."""
+    base = str(tmp_path_factory.getbasetemp())
+    yield
+    if os.geteuid() != 0:
+        return
+    leaked = _loops_backed_under(base)
+    for line in leaked:  # detach so the next run is not starved
+        subprocess.run(["losetup", "-d", line.split(":", 1)[0]])
+    assert not leaked, "tests leaked loop devices: %s" % leaked
+
+
+class SimProcess:
+    """One ``xapi-sim`` child process on a state directory."""
+
+    def __init__(self, state_dir, compute_vm=False, password=SIM_PASSWORD, extra_args=()):
+        self.state_dir = str(state_dir)
+        self.compute_vm = compute_vm
+        self.password = password
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.url = None
+        self.output = []
+
+    def start(self, timeout=30):
+        cmd = [sys.executable, "-m", "dom0.simulator.server",
+               "--state-dir", self.state_dir, "--port", "0",
+               "--password", self.password,
+               "--compute-vm" if self.compute_vm else "--no-compute-vm"]
+        cmd += self.extra_args
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            m = LISTEN_RE.search(line)
+            if m:
+                self.url = m.group(1)
+                return self
+        self.stop()
+        raise RuntimeError("xapi-sim did not start: %s" % "".join(self.output))
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout:
+            self.output.append(self.proc.stdout.read() or "")
+            self.proc.stdout.close()
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    @property
+    def compute_vm_uuid(self):
+        """Uuid of the compute VM the simulator presents (None without one)."""
+        files = glob.glob(os.path.join(self.state_dir, "vms", "*", "sys", "hypervisor", "uuid"))
+        if not files:
+            return None
+        with open(files[0]) as f:
+            return f.read().strip()
+
+    def vm_dev_dir(self, vm_uuid):
+        return os.path.join(self.state_dir, "vms", vm_uuid, "dev")
+
+    def session(self):
+        """A logged-in session of the official XenAPI SDK."""
+        import XenAPI
+        s = XenAPI.Session(self.url)
+        s.xenapi.login_with_password("root", self.password, "1.0", "tests")
+        return s
+
+
+@pytest.fixture
+def make_sim(tmp_path):
+    """Factory: ``make_sim(compute_vm=False, extra_args=())`` → started SimProcess."""
+    sims = []
+
+    def factory(compute_vm=False, state_dir=None, **kwargs):
+        state = state_dir or tmp_path / ("sim-%d" % len(sims))
+        sim = SimProcess(state, compute_vm=compute_vm, **kwargs).start()
+        sims.append(sim)
+        return sim
+
+    yield factory
+    for sim in sims:
+        sim.stop()
+
+
+@pytest.fixture
+def xapi_sim(loop_devices, make_sim):
+    """A simulator with no compute VM (agent in independent mode)."""
+    return make_sim(compute_vm=False)
+
+
+@pytest.fixture
+def xapi_sim_compute(loop_devices, make_sim):
+    """A simulator presenting a compute VM (agent in in_guest mode)."""
+    return make_sim(compute_vm=True)
+
+
+@pytest.fixture
+def rabbit_cleanup():
+    """Names of RabbitMQ queues/exchanges a test made, deleted afterwards.
+
+    Tests give their agents unique topics or host names; append the names
+    here and they are removed with ``rabbitmqctl`` when the test ends.
+    """
+    names = []
+    yield names
+    for name in names:
+        subprocess.run(["rabbitmqctl", "-q", "delete_queue", name],
+                       capture_output=True, timeout=60)
