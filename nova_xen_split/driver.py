@@ -1,0 +1,468 @@
+"""XenSplitDriver: a Nova-shaped compute driver that is a thin RPC client.
+
+The driver owns the VM lifecycle through XAPI (records, VBDs, power) and hands
+every step that touches a disk's contents to the agent of its hypervisor
+through :class:`rpc.client.AgentAPI`. Method names and arguments are Nova's
+``ComputeDriver``'s, so the code reads as a Nova developer expects; Nova need
+not be installed (see :mod:`nova_xen_split.objects`).
+
+A spawn either finishes with a running VM or leaves nothing behind: whatever
+step fails, the VM, its VBDs and every VDI made for the instance are removed
+before the error is raised, and an error of the agent surfaces unchanged.
+"""
+
+import collections
+import contextlib
+import json
+import logging
+import time
+
+from nova_xen_split import driver_errors
+from nova_xen_split import instance_metadata
+from nova_xen_split import objects
+from nova_xen_split import vm_utils
+from nova_xen_split import xapi
+from rpc import exceptions
+
+LOG = logging.getLogger(__name__)
+
+GiB = 1024 ** 3
+# The interface this driver speaks; an agent with another major version, or
+# an older minor one, cannot serve it.
+REQUIRED_AGENT_VERSION = "1.0"
+KERNEL_PLUGIN = "kernel.py"
+DESTROY_VDIS_BATCH = 64
+
+InstanceInfo = collections.namedtuple("InstanceInfo", ["state", "internal_id"])
+SpawnStep = collections.namedtuple("SpawnStep", ["name", "seconds", "detail"])
+
+
+def _version_tuple(text):
+    try:
+        major, minor = str(text).split(".", 1)
+        return int(major), int(minor)
+    except ValueError:
+        return (0, 0)
+
+
+class XenSplitDriver:
+    """The compute driver for one hypervisor and its agent.
+
+    :param conf: a ``ConfigOpts`` with :func:`nova_xen_split.conf.register_opts` done.
+    :param agent: an ``AgentAPI`` (default: one for ``[DEFAULT] host``).
+    :param session: a logged-in :class:`XapiSession` (default: from ``[xenserver]``).
+    :param on_step: called with a :data:`SpawnStep` after each spawn step.
+    """
+
+    capabilities = {
+        "has_imagecache": False,
+        "supports_evacuate": False,
+        "supports_attach_interface": False,
+        "supports_device_tagging": False,
+    }
+
+    def __init__(self, conf, virtapi=None, agent=None, session=None, on_step=None):
+        self._conf = conf
+        self.virtapi = virtapi
+        self._agent = agent
+        self._session = session
+        self._agent_info = None
+        self.on_step = on_step
+        self.last_spawn_steps = []
+
+    # -- collaborators --------------------------------------------------------
+
+    @property
+    def agent(self):
+        if self._agent is None:
+            from rpc import client  # the driver's only import of the wire
+            self._agent = client.AgentAPI(self._conf, host=self._conf.host)
+        return self._agent
+
+    @property
+    def session(self):
+        if self._session is None:
+            self._session = xapi.session_from_conf(self._conf)
+        return self._session
+
+    @property
+    def agent_mode(self):
+        return self._describe()["mode"]
+
+    def _describe(self):
+        if self._agent_info is None:
+            self._agent_info = self.agent.describe()
+        return self._agent_info
+
+    def cleanup_host(self, host):
+        """Release the agent client and the XAPI session."""
+        if self._agent is not None:
+            self._agent.close()
+            self._agent = None
+        if self._session is not None:
+            self._session.logout()
+            self._session = None
+
+    # -- startup --------------------------------------------------------------
+
+    def init_host(self, host):
+        """Find the agent, check what it speaks and refuse what its mode cannot serve.
+
+        Waits up to ``[agent] startup_timeout`` for ``describe()``. Raises
+        :class:`AgentStartupFailed` when the agent does not answer,
+        :class:`VersionTooOld` when it speaks an older interface,
+        :class:`NotSupportedWithOption` for options its mode cannot serve.
+        """
+        timeout = self._conf.agent.startup_timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                info = self.agent.describe()
+                break
+            except (exceptions.AgentUnavailable, OSError) as e:
+                if time.monotonic() >= deadline:
+                    raise driver_errors.AgentStartupFailed(
+                        host=host,
+                        reason="no answer to describe() within %ss "
+                        "([agent] startup_timeout); is nova-xen-split-agent "
+                        "running for this host? Last error: %s" % (timeout, e)) from None
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        have, need = info.get("version"), REQUIRED_AGENT_VERSION
+        have_t, need_t = _version_tuple(have), _version_tuple(need)
+        if have_t[0] != need_t[0] or have_t < need_t:
+            raise exceptions.VersionTooOld(host=host, have=have, need=need, method="init_host")
+        if info.get("mode") == "independent":
+            self._refuse_option("flat_injected", self._conf.flat_injected,
+                                "Injecting network configuration into the image")
+            self._refuse_option("[xenserver] check_host", self._conf.xenserver.check_host,
+                                "Checking that the compute VM is on the host")
+        self._agent_info = info
+        self.session  # noqa: B018 -- log in now: XAPI trouble must stop startup too
+        LOG.info("Agent for host %s runs in %s mode (VM %s, hypervisor host %s, "
+                 "interface %s)", host, info.get("mode"), info.get("vm_uuid"),
+                 info.get("host_uuid"), have)
+        return info
+
+    @staticmethod
+    def _refuse_option(option, value, operation):
+        if value:
+            raise exceptions.NotSupportedWithOption(
+                operation=operation + " (independent mode: no local VM on the host)",
+                option=option)
+
+    # -- spawn ----------------------------------------------------------------
+
+    def spawn(self, context, instance, image_meta, injected_files, admin_password,
+              allocations, network_info=None, block_device_info=None):
+        """Boot an instance: disks through the agent, the VM through XAPI.
+
+        Every request check happens before any disk is made. On failure the
+        VM, its VBDs and the instance's VDIs are removed, then the error is
+        raised (an agent error unchanged).
+        """
+        instance = objects.instance_from(instance)
+        image = objects.image_meta_from(image_meta)
+        flavor = instance.flavor
+        user_data = instance_metadata.decode_user_data(instance)
+        files = instance_metadata.injected_files_list(injected_files)
+        existing = vm_utils.find_vm(self.session, instance.uuid)
+        if existing:
+            raise driver_errors.InstanceExists(instance_uuid=instance.uuid, vm=existing)
+        root_bytes = int(flavor.root_gb) * GiB
+        if image.size and root_bytes and int(image.size) > root_bytes:
+            raise driver_errors.FlavorDiskSmallerThanImage(
+                flavor_size=root_bytes, image_size=int(image.size))
+
+        made = _Made()
+        self.last_spawn_steps = []
+        try:
+            self._spawn(context, instance, image, flavor, user_data, files,
+                        admin_password, network_info, made)
+        except BaseException as e:
+            LOG.warning("Spawn of %s failed (%s: %s); removing what was made",
+                        instance.uuid, type(e).__name__, e)
+            with self._step("cleanup", "after %s" % type(e).__name__):
+                self._undo(instance.uuid, made)
+            raise
+
+    def _spawn(self, context, instance, image, flavor, user_data, files,
+               admin_password, network_info, made):
+        props = image.properties
+        with self._step("fetch_image", image.disk_format) as detail:
+            fetched = self.agent.fetch_image(
+                instance_uuid=instance.uuid,
+                image_id=str(image.id or instance.image_ref),
+                disk_format=image.disk_format,
+                kernel_id=props.get("kernel_id") or instance.kernel_id or None,
+                ramdisk_id=props.get("ramdisk_id") or instance.ramdisk_id or None,
+                auth_token=getattr(context, "auth_token", None))
+            vdis = {}
+            for vdi in fetched["vdis"]:
+                made.vdi_uuids.append(vdi["uuid"])
+                vdis[vdi["type"]] = vdi
+            root = vdis["root"]
+            detail.append(_size(root["size_bytes"]))
+
+        root_bytes = int(flavor.root_gb) * GiB
+        if root_bytes and int(root["size_bytes"]) > root_bytes:
+            raise driver_errors.FlavorDiskSmallerThanImage(
+                flavor_size=root_bytes, image_size=int(root["size_bytes"]))
+        if root_bytes > int(root["size_bytes"]):
+            with self._step("auto_configure_disk", "root") as detail:
+                grown = self.agent.auto_configure_disk(
+                    vdi_uuid=root["uuid"], new_gb=int(flavor.root_gb))
+                root = dict(root, **grown)
+                detail.append(_size(root["size_bytes"]))
+
+        disks = [("root", root, vm_utils.USERDEVICE_ROOT, True, False)]
+        if int(flavor.swap or 0) > 0:
+            with self._step("generate_disk", "swap") as detail:
+                swap = self.agent.generate_disk(
+                    instance_uuid=instance.uuid, kind="swap", size_mb=int(flavor.swap),
+                    fs_type="swap", label="swap")
+                made.vdi_uuids.append(swap["uuid"])
+                detail.append(_size(swap["size_bytes"]))
+            disks.append(("swap", swap, vm_utils.USERDEVICE_SWAP, False, False))
+        if int(flavor.ephemeral_gb or 0) > 0:
+            fs_type = self._conf.default_ephemeral_format
+            with self._step("generate_disk", "ephemeral " + fs_type) as detail:
+                ephemeral = self.agent.generate_disk(
+                    instance_uuid=instance.uuid, kind="ephemeral",
+                    size_mb=int(flavor.ephemeral_gb) * 1024, fs_type=fs_type,
+                    label="ephemeral0")
+                made.vdi_uuids.append(ephemeral["uuid"])
+                detail.append(_size(ephemeral["size_bytes"]))
+            disks.append(("ephemeral", ephemeral, vm_utils.USERDEVICE_EPHEMERAL, False, False))
+        if self._wants_configdrive(instance, image):
+            with self._step("generate_configdrive", "config-2") as detail:
+                drive = self.agent.generate_configdrive(
+                    instance_uuid=instance.uuid,
+                    metadata=instance_metadata.build_meta_data(instance, files),
+                    user_data=user_data,
+                    network_data=instance_metadata.build_network_data(network_info),
+                    vendor_data=None,
+                    files=files,
+                    admin_password=admin_password)
+                made.vdi_uuids.append(drive["uuid"])
+                detail.append(_size(drive["size_bytes"]))
+            disks.append(("configdrive", drive, vm_utils.USERDEVICE_CONFIGDRIVE, False, True))
+
+        session = self.session
+        with self._step("VM.create", vm_utils.vm_mode_for(image)) as detail:
+            made.vm_ref = vm_utils.create_vm(
+                session, instance, flavor, vm_utils.vm_mode_for(image))
+            self._set_kernel(session, made.vm_ref, vdis)
+            detail.append("%d MiB, %s vCPU" % (flavor.memory_mb, flavor.vcpus))
+        with self._step("VBD.create", "%d disks" % len(disks)):
+            for _name, vdi, userdevice, bootable, read_only in disks:
+                vm_utils.create_vbd(session, made.vm_ref,
+                                    vm_utils.vdi_ref(session, vdi["uuid"]),
+                                    userdevice, bootable=bootable, read_only=read_only)
+        with self._step("VM.start", instance.name):
+            session.call("VM.start", made.vm_ref, False, False)
+
+    def _set_kernel(self, session, vm_ref, vdis):
+        """Boot a split-kernel image with the files the agent copied into dom0."""
+        for kind, field in (("kernel", "PV_kernel"), ("ramdisk", "PV_ramdisk")):
+            path = (vdis.get(kind) or {}).get("path")
+            if path:
+                session.call("VM.set_" + field, vm_ref, path)
+                session.call("VM.add_to_other_config", vm_ref, "nxs-%s-file" % kind, path)
+
+    def _wants_configdrive(self, instance, image):
+        if image.properties.get("img_config_drive") == "mandatory":
+            return True
+        return str(instance.config_drive or "").lower() not in ("", "false", "0", "none")
+
+    @contextlib.contextmanager
+    def _step(self, name, what=""):
+        detail = [what] if what else []
+        started = time.monotonic()
+        try:
+            yield detail
+        finally:
+            step = SpawnStep(name, time.monotonic() - started, ", ".join(detail))
+            self.last_spawn_steps.append(step)
+            if self.on_step is not None:
+                self.on_step(step)
+
+    def _undo(self, instance_uuid, made):
+        """Remove the VM, its VBDs and the instance's VDIs; never raises."""
+        session = self.session
+        kernel_files = []
+        if made.vm_ref is not None:
+            try:
+                kernel_files = self._kernel_files(made.vm_ref)
+                vm_utils.destroy_vm(session, made.vm_ref)
+            except exceptions.NovaXenSplitError:
+                LOG.exception("Could not remove VM of %s", instance_uuid)
+        self._destroy_disks(instance_uuid, made.vdi_uuids, kernel_files)
+
+    def _destroy_disks(self, instance_uuid, vdi_uuids, kernel_files=()):
+        """Agent's destroy_vdis first; then XAPI directly for anything left.
+
+        The second pass finds VDIs by their instance tag, so disks the agent
+        was still making when it died (or when the call timed out) go too.
+        """
+        for start in range(0, len(vdi_uuids), DESTROY_VDIS_BATCH):
+            batch = vdi_uuids[start:start + DESTROY_VDIS_BATCH]
+            try:
+                self.agent.destroy_vdis(vdi_uuids=list(batch))
+            except exceptions.NovaXenSplitError as e:
+                LOG.warning("Agent could not destroy VDIs of %s (%s); removing them "
+                            "through XAPI", instance_uuid, e)
+        try:
+            swept = vm_utils.sweep_instance_vdis(self.session, instance_uuid, vdi_uuids)
+            if swept:
+                LOG.info("Removed %d leftover VDI(s) of %s through XAPI", swept, instance_uuid)
+        except exceptions.NovaXenSplitError:
+            LOG.exception("Could not sweep VDIs of %s", instance_uuid)
+        for path in kernel_files:
+            try:
+                self.session.call_plugin(KERNEL_PLUGIN, "remove_file", {"path": path})
+            except exceptions.NovaXenSplitError:
+                LOG.exception("Could not remove %s from dom0", path)
+
+    def _kernel_files(self, vm_ref):
+        other = self.session.call("VM.get_other_config", vm_ref) or {}
+        return [other[k] for k in ("nxs-kernel-file", "nxs-ramdisk-file") if other.get(k)]
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def _vm_ref(self, instance):
+        uuid = objects.instance_from(instance).uuid
+        vm_ref = vm_utils.find_vm(self.session, uuid)
+        if vm_ref is None:
+            raise driver_errors.InstanceNotFound(instance_uuid=uuid)
+        return vm_ref
+
+    def destroy(self, context, instance, network_info=None, block_device_info=None,
+                destroy_disks=True, destroy_secrets=True):
+        """Remove the instance's VM, VBDs and (with destroy_disks) its VDIs.
+
+        An instance without a VM is not an error (Nova's destroy is idempotent);
+        its tagged VDIs are still removed.
+        """
+        instance = objects.instance_from(instance)
+        vm_ref = vm_utils.find_vm(self.session, instance.uuid)
+        vdi_uuids, kernel_files = [], []
+        if vm_ref is None:
+            LOG.warning("Instance %s has no VM on this hypervisor", instance.uuid)
+        else:
+            kernel_files = self._kernel_files(vm_ref)
+            vdi_uuids = vm_utils.destroy_vm(self.session, vm_ref)
+        if destroy_disks:
+            self._destroy_disks(instance.uuid, vdi_uuids, kernel_files)
+
+    def list_instances(self):
+        """Names of the instances' VMs on this hypervisor."""
+        return sorted(rec["name_label"] for rec in vm_utils.instance_vms(self.session).values())
+
+    def list_instance_uuids(self):
+        return sorted(rec["other_config"][vm_utils.NOVA_UUID_KEY]
+                      for rec in vm_utils.instance_vms(self.session).values())
+
+    def instance_exists(self, instance):
+        return vm_utils.find_vm(self.session, objects.instance_from(instance).uuid) is not None
+
+    def get_info(self, instance, use_cache=True):
+        """``InstanceInfo(state, internal_id)``; raises InstanceNotFound."""
+        vm_ref = self._vm_ref(instance)
+        return InstanceInfo(vm_utils.power_state(self.session, vm_ref), vm_ref)
+
+    def power_off(self, instance, timeout=0, retry_interval=0):
+        """Shut down: cleanly when given a timeout (Nova's contract), else hard."""
+        vm_ref = self._vm_ref(instance)
+        if timeout:
+            vm_utils.clean_shutdown(self.session, vm_ref)
+        else:
+            vm_utils.hard_shutdown(self.session, vm_ref)
+
+    def power_on(self, context, instance, network_info, block_device_info=None,
+                 accel_info=None):
+        vm_ref = self._vm_ref(instance)
+        if vm_utils.power_state(self.session, vm_ref) != vm_utils.RUNNING:
+            self.session.call("VM.start", vm_ref, False, False)
+
+    def reboot(self, context, instance, network_info, reboot_type,
+               block_device_info=None, bad_volumes_callback=None, accel_info=None):
+        """SOFT: clean reboot (hard if the guest cannot); HARD: hard reboot."""
+        vm_ref = self._vm_ref(instance)
+        session = self.session
+        if vm_utils.power_state(session, vm_ref) != vm_utils.RUNNING:
+            session.call("VM.start", vm_ref, False, False)
+            return
+        method = "VM.clean_reboot" if reboot_type == "SOFT" else "VM.hard_reboot"
+        try:
+            session.call(method, vm_ref)
+        except exceptions.XapiFailure as e:
+            if e.code not in ("MESSAGE_METHOD_UNKNOWN", "VM_MISSING_PV_DRIVERS"):
+                raise
+            # A host (or guest) that cannot reboot in place: stop and start.
+            vm_utils.hard_shutdown(session, vm_ref)
+            session.call("VM.start", vm_ref, False, False)
+
+    def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,
+                                   block_device_info=None, timeout=0, retry_interval=0):
+        """Power off for a resize; resize down copies the root to a smaller VDI.
+
+        The copy is the agent's ``resize_disk``; its error (e.g.
+        ``UnsupportedInIndependentMode``) surfaces unchanged, after the VM is
+        powered on again as it was. Returns the disk info as JSON.
+        """
+        instance = objects.instance_from(instance)
+        new_flavor = objects.flavor_from(flavor)
+        vm_ref = self._vm_ref(instance)
+        session = self.session
+        root_uuid = None
+        for vbd_ref, vdi_uuid in vm_utils.vm_disks(session, vm_ref):
+            if session.call("VBD.get_userdevice", vbd_ref) == vm_utils.USERDEVICE_ROOT:
+                root_uuid = vdi_uuid
+        was_running = vm_utils.power_state(session, vm_ref) == vm_utils.RUNNING
+        if int(new_flavor.root_gb) < int(instance.flavor.root_gb):
+            if int(new_flavor.root_gb) <= 0:
+                raise exceptions.InvalidRequest(
+                    method="migrate_disk_and_power_off", field="flavor.root_gb",
+                    reason="cannot resize a root disk down to 0 GB")
+            self.power_off(instance, timeout, retry_interval)
+            try:
+                resized = self.agent.resize_disk(
+                    instance_uuid=instance.uuid, vdi_uuid=root_uuid,
+                    new_gb=int(new_flavor.root_gb))
+            except BaseException:
+                if was_running:
+                    session.call("VM.start", vm_ref, False, False)
+                raise
+            return json.dumps({"root": resized["uuid"], "size_bytes": resized["size_bytes"],
+                               "dest": dest})
+        self.power_off(instance, timeout, retry_interval)
+        return json.dumps({"root": root_uuid, "dest": dest})
+
+    # -- aggregates -------------------------------------------------------------
+
+    def add_to_aggregate(self, context, aggregate, host, **kwargs):
+        """Joining a XenServer pool needs a local VM on the host; refused otherwise."""
+        if self.agent_mode == "independent":
+            raise exceptions.UnsupportedInIndependentMode(
+                feature="Adding host %s to a XenServer pool aggregate" % host,
+                option="[xenserver] independent_compute: the agent has no local VM "
+                "on the host, and a pool join moves the host's VMs")
+        raise NotImplementedError("Pool aggregates are not implemented in interface 1.0")
+
+    def remove_from_aggregate(self, context, aggregate, host, **kwargs):
+        return self.add_to_aggregate(context, aggregate, host, **kwargs)
+
+
+class _Made:
+    """What a spawn has made so far, for the undo."""
+
+    def __init__(self):
+        self.vdi_uuids = []
+        self.vm_ref = None
+
+
+def _size(size_bytes):
+    size = int(size_bytes)
+    if size >= GiB and size % GiB == 0:
+        return "%d GiB" % (size // GiB)
+    return "%d MiB" % (size // (1024 * 1024))

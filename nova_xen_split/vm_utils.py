@@ -1,0 +1,254 @@
+"""VM records, VBDs and lookups through XAPI: the driver's side of a VM.
+
+The driver owns the VM lifecycle; it never touches a disk's contents. These
+helpers take a :class:`nova_xen_split.xapi.XapiSession` and plain values.
+"""
+
+import logging
+
+from rpc import exceptions
+
+LOG = logging.getLogger(__name__)
+
+# Nova's userdevice numbers, so a guest sees its disks where Nova put them.
+USERDEVICE_ROOT = "0"
+USERDEVICE_SWAP = "1"
+USERDEVICE_EPHEMERAL = "2"
+USERDEVICE_CONFIGDRIVE = "3"
+
+# The VM's other_config key Nova used to find its instance's VM.
+NOVA_UUID_KEY = "nova_uuid"
+# Agent-made VDIs carry these (INTERFACES.md, C: idempotency key).
+VDI_INSTANCE_KEY = "nxs-instance-uuid"
+VDI_PURPOSE_KEY = "nxs-purpose"
+
+# Nova's power_state values, from XAPI's power_state names.
+NOSTATE, RUNNING, PAUSED, SHUTDOWN, CRASHED, SUSPENDED = 0, 1, 3, 4, 6, 7
+POWER_STATE = {
+    "running": RUNNING,
+    "paused": PAUSED,
+    "halted": SHUTDOWN,
+    "suspended": SUSPENDED,
+    "crashed": CRASHED,
+}
+
+MiB = 1024 * 1024
+
+
+def vm_mode_for(image_meta):
+    """'xen' (PV) or 'hvm', as Nova decided: the image's vm_mode, else its format."""
+    mode = image_meta.properties.get("vm_mode")
+    if mode in ("xen", "hvm"):
+        return mode
+    if mode == "pv":
+        return "xen"
+    # A VHD image is a XenServer-made PV guest with a bootloader; raw data has
+    # no such promise and boots as HVM.
+    return "xen" if image_meta.disk_format == "vhd" else "hvm"
+
+
+def vm_record(instance, flavor, vm_mode):
+    """The record for ``VM.create``, shaped as Nova's ``create_vm`` made it.
+
+    int64 fields go as strings, as XAPI puts them on the wire.
+    """
+    memory_bytes = str(int(flavor.memory_mb) * MiB)
+    vcpus = str(int(flavor.vcpus))
+    record = {
+        "name_label": instance.name,
+        "name_description": "",
+        "is_a_template": False,
+        "user_version": "0",
+        "memory_static_min": "0",
+        "memory_static_max": memory_bytes,
+        "memory_dynamic_min": memory_bytes,
+        "memory_dynamic_max": memory_bytes,
+        "memory_target": memory_bytes,
+        "VCPUs_max": vcpus,
+        "VCPUs_at_startup": vcpus,
+        "VCPUs_params": {},
+        "actions_after_shutdown": "destroy",
+        "actions_after_reboot": "restart",
+        "actions_after_crash": "destroy",
+        "affinity": "",
+        "blocked_operations": {},
+        "ha_always_run": False,
+        "ha_restart_priority": "",
+        "PV_args": "",
+        "PV_bootloader": "",
+        "PV_bootloader_args": "",
+        "PV_kernel": "",
+        "PV_ramdisk": "",
+        "PV_legacy_args": "",
+        "HVM_boot_policy": "",
+        "HVM_boot_params": {},
+        "platform": {"acpi": "true", "apic": "true", "pae": "true",
+                     "viridian": "true", "timeoffset": "0"},
+        "PCI_bus": "",
+        "recommendations": "",
+        "tags": [],
+        "xenstore_data": {"vm-data/allowvssprovider": "false"},
+        "other_config": {NOVA_UUID_KEY: instance.uuid},
+    }
+    if vm_mode == "xen":
+        record["PV_bootloader"] = "pygrub"
+        record["PV_args"] = "root=/dev/xvda1 console=hvc0"
+    else:
+        record["HVM_boot_policy"] = "BIOS order"
+        record["HVM_boot_params"] = {"order": "dc"}
+    return record
+
+
+def create_vm(session, instance, flavor, vm_mode):
+    vm_ref = session.call("VM.create", vm_record(instance, flavor, vm_mode))
+    LOG.debug("Created VM %s for instance %s", vm_ref, instance.uuid)
+    return vm_ref
+
+
+def create_vbd(session, vm_ref, vdi_ref, userdevice, bootable=False, read_only=False):
+    """A VBD of a guest's disk (Nova's ``create_vbd``), not plugged."""
+    record = {
+        "VM": vm_ref,
+        "VDI": vdi_ref,
+        "userdevice": str(userdevice),
+        "bootable": bool(bootable),
+        "mode": "RO" if read_only else "RW",
+        "type": "Disk",
+        "unpluggable": True,
+        "empty": False,
+        "other_config": {},
+        "qos_algorithm_type": "",
+        "qos_algorithm_params": {},
+        "qos_supported_algorithms": [],
+    }
+    return session.call("VBD.create", record)
+
+
+def find_vm(session, instance_uuid):
+    """The VM of an instance (by ``other_config:nova_uuid``), or None."""
+    for vm_ref, rec in session.call("VM.get_all_records").items():
+        if rec.get("is_a_template") or rec.get("is_control_domain"):
+            continue
+        if (rec.get("other_config") or {}).get(NOVA_UUID_KEY) == instance_uuid:
+            return vm_ref
+    return None
+
+
+def instance_vms(session):
+    """``{vm_ref: record}`` of every VM the driver made (it has a nova_uuid)."""
+    return {
+        ref: rec for ref, rec in session.call("VM.get_all_records").items()
+        if not rec.get("is_a_template") and not rec.get("is_control_domain")
+        and NOVA_UUID_KEY in (rec.get("other_config") or {})
+    }
+
+
+def power_state(session, vm_ref):
+    return POWER_STATE.get(str(session.call("VM.get_power_state", vm_ref)).lower(), NOSTATE)
+
+
+def hard_shutdown(session, vm_ref):
+    """Stop the VM now; an already halted VM is fine."""
+    if power_state(session, vm_ref) == SHUTDOWN:
+        return
+    try:
+        session.call("VM.hard_shutdown", vm_ref)
+    except exceptions.XapiFailure as e:
+        if e.code != "VM_BAD_POWER_STATE":
+            raise
+
+
+def clean_shutdown(session, vm_ref):
+    """Ask the guest to shut down; fall back to a hard shutdown if it cannot."""
+    if power_state(session, vm_ref) == SHUTDOWN:
+        return
+    try:
+        session.call("VM.clean_shutdown", vm_ref)
+    except exceptions.XapiFailure as e:
+        LOG.warning("Clean shutdown of %s failed (%s); shutting down hard", vm_ref, e.code)
+        hard_shutdown(session, vm_ref)
+
+
+def vm_disks(session, vm_ref):
+    """``[(vbd_ref, vdi_uuid or None)]`` of a VM's VBDs."""
+    disks = []
+    for vbd_ref in session.call("VM.get_VBDs", vm_ref):
+        vbd = session.call("VBD.get_record", vbd_ref)
+        vdi_uuid = None
+        if not vbd.get("empty") and vbd.get("VDI") not in (None, "", "OpaqueRef:NULL"):
+            try:
+                vdi_uuid = session.call("VDI.get_uuid", vbd["VDI"])
+            except exceptions.XapiFailure as e:
+                if e.code != "HANDLE_INVALID":
+                    raise
+        disks.append((vbd_ref, vdi_uuid))
+    return disks
+
+
+def destroy_vbd(session, vbd_ref):
+    """Unplug (if attached) and destroy a VBD; a vanished VBD is fine."""
+    try:
+        if session.call("VBD.get_currently_attached", vbd_ref):
+            try:
+                session.call("VBD.unplug", vbd_ref)
+            except exceptions.XapiFailure as e:
+                if e.code != "DEVICE_ALREADY_DETACHED":
+                    raise
+        session.call("VBD.destroy", vbd_ref)
+    except exceptions.XapiFailure as e:
+        if e.code != "HANDLE_INVALID":
+            raise
+
+
+def destroy_vm(session, vm_ref):
+    """Stop the VM, destroy its VBDs and the VM. Returns the VDI uuids it used."""
+    hard_shutdown(session, vm_ref)
+    vdi_uuids = []
+    for vbd_ref, vdi_uuid in vm_disks(session, vm_ref):
+        destroy_vbd(session, vbd_ref)
+        if vdi_uuid:
+            vdi_uuids.append(vdi_uuid)
+    session.call("VM.destroy", vm_ref)
+    return vdi_uuids
+
+
+def tagged_vdis(session, instance_uuid):
+    """``{vdi_ref: record}`` of VDIs tagged with the instance's uuid."""
+    return {
+        ref: rec for ref, rec in session.call("VDI.get_all_records").items()
+        if (rec.get("other_config") or {}).get(VDI_INSTANCE_KEY) == instance_uuid
+    }
+
+
+def sweep_instance_vdis(session, instance_uuid, vdi_uuids=()):
+    """Destroy, through XAPI, what is left of an instance's VDIs.
+
+    The agent's ``destroy_vdis`` is the normal way; this is the fallback for
+    an agent that died mid-operation: the VDIs named, and every VDI tagged
+    with the instance uuid, are unplugged from wherever they are attached and
+    destroyed. Returns how many VDIs were destroyed.
+    """
+    refs = dict(tagged_vdis(session, instance_uuid))
+    for vdi_uuid in vdi_uuids:
+        try:
+            ref = session.call("VDI.get_by_uuid", vdi_uuid)
+        except exceptions.XapiFailure as e:
+            if e.code in ("UUID_INVALID", "HANDLE_INVALID"):
+                continue
+            raise
+        refs.setdefault(ref, None)
+    destroyed = 0
+    for vdi_ref in refs:
+        try:
+            for vbd_ref in session.call("VDI.get_VBDs", vdi_ref):
+                destroy_vbd(session, vbd_ref)
+            session.call("VDI.destroy", vdi_ref)
+            destroyed += 1
+        except exceptions.XapiFailure as e:
+            if e.code != "HANDLE_INVALID":
+                raise
+    return destroyed
+
+
+def vdi_ref(session, vdi_uuid):
+    return session.call("VDI.get_by_uuid", vdi_uuid)
