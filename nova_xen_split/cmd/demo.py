@@ -1,0 +1,309 @@
+"""``nova-xen-split demo``: boot one instance in each agent mode, end to end.
+
+For each mode it starts a fresh ``xapi-sim`` (without a compute VM for
+``independent``, with one for ``in_guest``), writes the config file a
+deployment would have, starts ``nova-xen-split-agent`` on it as its own
+process, and drives :class:`XenSplitDriver` in this process: spawn from an
+image it made itself and serves on loopback, show each step and the disks,
+destroy, and check that nothing is left (VMs, VDIs, VBDs, loop devices,
+processes, files).
+"""
+
+import base64
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid as uuidlib
+
+from oslo_config import cfg
+
+from nova_xen_split import conf as nxs_conf
+from nova_xen_split import driver as nxs_driver
+from nova_xen_split import objects
+from nova_xen_split import vm_utils
+from nova_xen_split.cmd import demo_env
+from rpc import exceptions
+
+MODES = ("independent", "in_guest")
+IMAGE_MB = 64
+GiB = 1024 ** 3
+USER_DATA = b"#cloud-config\nfinal_message: booted by nova-xen-split demo\n"
+
+
+class Printer:
+    """Writes the demo's lines; everything goes through here for the tests."""
+
+    def __init__(self, write=print):
+        self.write = write
+
+    def line(self, text=""):
+        self.write(text)
+
+    def step(self, mode, step):
+        self.write("  [%-11s] %-22s %-30s %7.2f s" % (mode, step.name, step.detail, step.seconds))
+
+
+def demo_flavor(full):
+    """Root grow, ephemeral and swap need block devices; without them, none."""
+    if full:
+        return objects.Flavor(name="demo.small", memory_mb=256, vcpus=1, root_gb=1,
+                              ephemeral_gb=1, swap=128)
+    return objects.Flavor(name="demo.tiny", memory_mb=256, vcpus=1, root_gb=0,
+                          ephemeral_gb=0, swap=0)
+
+
+def demo_instance(mode, flavor, image_id):
+    return objects.Instance(
+        hostname="demo-%s" % mode.replace("_", "-"), flavor=flavor, image_ref=image_id,
+        config_drive="True", project_id="demo",
+        user_data=base64.b64encode(USER_DATA).decode("ascii"),
+        key_name="demo-key", key_data="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemo demo@nxs",
+        metadata={"role": "demo", "mode": mode}, availability_zone="nova")
+
+
+def demo_network_info():
+    return [{
+        "id": "0c1b5e0e-5a9e-4a5c-9d43-6b3f3c5f0a01", "address": "fa:16:3e:00:00:01",
+        "type": "bridge",
+        "network": {"id": "net-demo", "bridge": "xenbr0", "meta": {"mtu": 1500},
+                    "subnets": [{"cidr": "192.0.2.0/24",
+                                 "ips": [{"address": "192.0.2.10", "type": "fixed"}],
+                                 "gateway": {"address": "192.0.2.1"},
+                                 "dns": [{"address": "192.0.2.53"}], "routes": []}]},
+    }]
+
+
+def _load_conf(config_file):
+    conf = cfg.ConfigOpts()
+    nxs_conf.register_opts(conf)
+    conf(args=["--config-file", config_file], project="nova-xen-split",
+         default_config_files=[])
+    return conf
+
+
+def _wait_for_agent(driver, agent, host, timeout=60):
+    """init_host, retried while the agent process is alive and starting."""
+    deadline = time.monotonic() + timeout
+    driver._conf.set_override("startup_timeout", 1.0, group="agent")
+    while True:
+        if agent.exited():
+            raise demo_env.DemoError("the agent exited during startup (code %s):\n%s" % (
+                agent.proc.returncode, agent.output_tail()))
+        try:
+            return driver.init_host(host)
+        except exceptions.NovaXenSplitError as e:
+            if "describe()" not in str(e) or time.monotonic() > deadline:
+                raise
+
+
+def _disk_table(session, vm_ref):
+    """``[(userdevice, purpose, mode, virtual bytes, allocated bytes)]`` of a VM."""
+    rows = []
+    for vbd_ref in session.call("VM.get_VBDs", vm_ref):
+        vbd = session.call("VBD.get_record", vbd_ref)
+        vdi = session.call("VDI.get_record", vbd["VDI"])
+        purpose = (vdi.get("other_config") or {}).get(vm_utils.VDI_PURPOSE_KEY, "?")
+        rows.append((vbd["userdevice"], purpose, vbd["mode"], int(vdi["virtual_size"]),
+                     int(vdi.get("physical_utilisation") or 0)))
+    return sorted(rows)
+
+
+def _leftovers(session, instance_uuid, baseline, state_dir):
+    """What of the instance is still on the hypervisor, as text lines."""
+    left = []
+    if vm_utils.find_vm(session, instance_uuid):
+        left.append("its VM")
+    tagged = vm_utils.tagged_vdis(session, instance_uuid)
+    if tagged:
+        left.append("%d VDI(s) tagged with it" % len(tagged))
+    for cls in ("VM", "VDI", "VBD"):
+        now = len(session.call(cls + ".get_all"))
+        if now != baseline[cls]:
+            left.append("%s count %d (before the spawn: %d)" % (cls, now, baseline[cls]))
+    loops = demo_env.loops_backed_under(state_dir)
+    if loops:
+        left.append("loop devices %s" % ", ".join(loops))
+    return left
+
+
+class ModeResult:
+    def __init__(self, mode):
+        self.mode = mode
+        self.steps = []
+        self.disks = []
+        self.state = None
+        self.error = None
+        self.seconds = 0.0
+        self.leftovers = []
+
+
+def run_mode(mode, work_dir, images, image_id, image_size, printer, transport_url, full):
+    result = ModeResult(mode)
+    started = time.monotonic()
+    mode_dir = os.path.join(work_dir, mode)
+    os.makedirs(mode_dir, exist_ok=True)
+    sim = demo_env.Simulator(os.path.join(mode_dir, "sim"), compute_vm=(mode == "in_guest"))
+    agent = driver = None
+    host = "nxs-demo-%s-%s" % (mode.replace("_", "-"), uuidlib.uuid4().hex[:8])
+    try:
+        sim.start()
+        printer.line("  [%-11s] xapi-sim at %s (%s)" % (
+            mode, sim.url, "compute VM %s" % sim.compute_vm_uuid() if sim.compute_vm
+            else "no compute VM"))
+        config_file = demo_env.write_config(
+            os.path.join(mode_dir, "nova-xen-split.conf"), sim, host, images.url, mode_dir,
+            transport_url=transport_url,
+            vm_uuid=sim.compute_vm_uuid() if sim.compute_vm else None)
+        agent = demo_env.Agent(config_file, os.path.join(mode_dir, "agent.log")).start()
+        driver = nxs_driver.XenSplitDriver(
+            _load_conf(config_file), on_step=lambda s: printer.step(mode, s))
+        info = _wait_for_agent(driver, agent, host)
+        printer.line("  [%-11s] agent pid %d for host %s: mode %s, interface %s" % (
+            mode, agent.proc.pid, host, info["mode"], info["version"]))
+        if info["mode"] != mode:
+            raise demo_env.DemoError("the agent chose %s mode, expected %s" % (
+                info["mode"], mode))
+        session = driver.session
+        baseline = {cls: len(session.call(cls + ".get_all")) for cls in ("VM", "VDI", "VBD")}
+        instance = demo_instance(mode, demo_flavor(full), image_id)
+        image_meta = objects.ImageMeta(id=image_id, name="demo-image", disk_format="raw",
+                                       size=image_size)
+        driver.spawn(objects.RequestContext(auth_token="demo-token", project_id="demo"),
+                     instance, image_meta, [("/etc/demo.txt", b"injected by the demo\n")],
+                     "demo-admin-password", {}, demo_network_info())
+        result.steps = list(driver.last_spawn_steps)
+        result.state = driver.get_info(instance).state
+        result.disks = _disk_table(session, vm_utils.find_vm(session, instance.uuid))
+        printer.line("  [%-11s] VM %s is %s with %d disks" % (
+            mode, instance.name, "running" if result.state == vm_utils.RUNNING
+            else "in power state %s" % result.state, len(result.disks)))
+        t0 = time.monotonic()
+        driver.destroy(None, instance)
+        result.steps.append(nxs_driver.SpawnStep("destroy", time.monotonic() - t0, ""))
+        printer.step(mode, result.steps[-1])
+        result.leftovers = _leftovers(session, instance.uuid, baseline, sim.state_dir)
+    except (exceptions.NovaXenSplitError, demo_env.DemoError, OSError,
+            subprocess.SubprocessError) as e:
+        if driver is not None:
+            result.steps = list(driver.last_spawn_steps)
+        result.error = "%s: %s" % (type(e).__name__, e)
+        printer.line("  [%-11s] FAILED: %s" % (mode, result.error))
+        if agent is not None and agent.proc is not None:
+            printer.line("  [%-11s] agent log (last lines):\n%s" % (mode, agent.output_tail()))
+    finally:
+        if driver is not None:
+            driver.cleanup_host(host)
+        if agent is not None:
+            code = agent.stop()
+            if code not in (0, None, -15):
+                result.leftovers.append("agent exited with %s on SIGTERM" % code)
+        sim.stop()
+        loops = demo_env.loops_backed_under(sim.state_dir)
+        if loops:
+            result.leftovers.append("loop devices after xapi-sim stopped: %s" % loops)
+        if transport_url:
+            _delete_host_queue(host)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _delete_host_queue(host):
+    """The agent's per-host queue would outlive it on the broker; remove it."""
+    if shutil.which("rabbitmqctl"):
+        subprocess.run(["rabbitmqctl", "-q", "delete_queue", "nova-xen-split-agent.%s" % host],
+                       capture_output=True, timeout=60, check=False)
+
+
+def _human(size):
+    for unit, div in (("GiB", GiB), ("MiB", 1024 * 1024), ("KiB", 1024)):
+        if size >= div:
+            return "%.1f %s" % (size / div, unit) if size % div else "%d %s" % (size // div, unit)
+    return "%d B" % size
+
+
+def print_summary(printer, results):
+    printer.line("")
+    printer.line("Summary")
+    printer.line("  %-12s %-10s %-12s %-5s %12s %12s" % (
+        "mode", "userdevice", "disk", "mode", "size", "allocated"))
+    for r in results:
+        for userdevice, purpose, vbd_mode, size, used in r.disks:
+            printer.line("  %-12s %-10s %-12s %-5s %12s %12s" % (
+                r.mode, userdevice, purpose, vbd_mode, _human(size), _human(used)))
+    printer.line("")
+    printer.line("  %-12s %-22s %10s" % ("mode", "step", "seconds"))
+    for r in results:
+        for step in r.steps:
+            printer.line("  %-12s %-22s %10.2f" % (r.mode, step.name + (
+                " (%s)" % step.detail.split(",")[0] if step.name == "generate_disk" else ""),
+                step.seconds))
+        printer.line("  %-12s %-22s %10.2f" % (r.mode, "total (with startup)", r.seconds))
+    printer.line("")
+    for r in results:
+        if r.error:
+            status = "FAILED (%s)" % r.error
+        elif r.leftovers:
+            status = "LEFT BEHIND: %s" % "; ".join(r.leftovers)
+        else:
+            status = "ok: booted, destroyed, nothing left behind"
+        printer.line("  %-12s %s" % (r.mode, status))
+
+
+def run(state_dir=None, transport_url=None, modes=MODES, printer=None):
+    """Run the demo; returns the exit code (0 when every mode that ran succeeded)."""
+    printer = printer or Printer()
+    started = time.monotonic()
+    printer.line("nova-xen-split demo: driver in this process, agent as its own process, "
+                 "transport %s" % (transport_url or "local Unix socket"))
+    missing = demo_env.missing_tools(demo_env.IMAGE_TOOLS)
+    if missing:
+        printer.line("Cannot build the demo image: missing %s. Install with: %s" % (
+            ", ".join(t for t, _ in missing), demo_env.install_hint(missing)))
+        return 2
+    loop_problem = demo_env.loop_devices_problem()
+    missing = demo_env.missing_tools(demo_env.DISK_TOOLS)
+    full = loop_problem is None and not missing
+    if loop_problem:
+        printer.line("Missing: %s." % loop_problem)
+    if missing:
+        printer.line("Missing disk tools: %s. Install with: %s" % (
+            ", ".join(t for t, _ in missing), demo_env.install_hint(missing)))
+    if not full:
+        printer.line("Running what can run without them: the independent mode with the "
+                     "image and the config drive only (no root grow, ephemeral or swap); "
+                     "the in_guest mode is skipped.")
+        modes = [m for m in modes if m == "independent"]
+
+    keep = state_dir is not None
+    work_dir = os.path.abspath(state_dir) if keep else tempfile.mkdtemp(prefix="nxs-demo-")
+    os.makedirs(work_dir, exist_ok=True)
+    images = demo_env.ImageService()
+    results = []
+    try:
+        image_path = os.path.join(work_dir, "demo-image.raw")
+        image_size = demo_env.make_disk_image(image_path, IMAGE_MB)
+        image_id = "demo-image-%s" % uuidlib.uuid4().hex[:8]
+        images.add(image_id, image_path)
+        images.start()
+        printer.line("Image %s: raw, %s, msdos label, ext4 partition with /etc/motd, "
+                     "served at %s" % (image_id, _human(image_size), images.url))
+        for mode in modes:
+            printer.line("")
+            printer.line("== %s mode ==" % mode)
+            results.append(run_mode(mode, work_dir, images, image_id, image_size, printer,
+                                    transport_url, full))
+    finally:
+        images.stop()
+        if not keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    print_summary(printer, results)
+    if not keep and os.path.exists(work_dir):
+        printer.line("  temporary directory %s could not be removed" % work_dir)
+    printer.line("")
+    printer.line("Modes run: %s; total %.1f s" % (", ".join(r.mode for r in results),
+                                                  time.monotonic() - started))
+    ok = results and all(not r.error and not r.leftovers for r in results)
+    return 0 if ok else 1
+

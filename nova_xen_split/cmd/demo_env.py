@@ -1,0 +1,320 @@
+"""The pieces ``nova-xen-split demo`` stands up: simulator, agent, image service.
+
+Each piece is a small class with ``start()``/``stop()`` that owns exactly
+what it made (a child process, a thread, files), so the demo can tear down
+in reverse order whatever happened.
+"""
+
+import http.server
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+LISTEN_RE = re.compile(r"xapi-sim listening on (http://127\.0\.0\.1:\d+)")
+SIM_PASSWORD = "xapi-sim"
+MiB = 1024 * 1024
+
+# Tool → Debian package, for the "what is missing and how to get it" lines.
+TOOL_PACKAGES = {
+    "sfdisk": "fdisk",
+    "partx": "util-linux",
+    "losetup": "mount",
+    "blkid": "util-linux",
+    "mkswap": "util-linux",
+    "mkfs.ext4": "e2fsprogs",
+    "mkfs.ext3": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "resize2fs": "e2fsprogs",
+    "mkfs.vfat": "dosfstools",
+}
+# What building the demo image needs (no root: mkfs -d fills a plain file).
+IMAGE_TOOLS = ("sfdisk", "mkfs.ext4")
+# What the disk steps need where they run (dom0 plugins or the in-guest backend).
+DISK_TOOLS = ("sfdisk", "partx", "losetup", "blkid", "mkswap", "mkfs.ext4",
+              "mkfs.ext3", "e2fsck", "resize2fs")
+
+
+class DemoError(Exception):
+    """The demo cannot go on; the message says why and what to do."""
+
+
+def _run(cmd, timeout=60, input_text=None):
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          input=input_text)
+    if proc.returncode != 0:
+        raise DemoError("%s failed (exit %d): %s" % (
+            " ".join(cmd), proc.returncode, proc.stderr.strip()))
+    return proc.stdout
+
+
+def missing_tools(tools):
+    """``[(tool, package)]`` of tools not on PATH (sbin included)."""
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    return [(t, TOOL_PACKAGES.get(t, t)) for t in tools if shutil.which(t, path=path) is None]
+
+
+def install_hint(missing):
+    packages = sorted({pkg for _tool, pkg in missing})
+    return "apt-get install %s" % " ".join(packages)
+
+
+def loop_devices_problem():
+    """None when loop devices work here, else the reason and the fix."""
+    if os.geteuid() != 0:
+        return "not running as root (loop devices and disk tools need it): run as root"
+    if not os.path.exists("/dev/loop-control"):
+        return ("/dev/loop-control is missing: load the loop module (modprobe loop) "
+                "or, in a container, run it with --privileged")
+    probe = "/tmp/nxs-demo-loop-probe-%d" % os.getpid()
+    with open(probe, "wb") as f:
+        f.truncate(MiB)
+    try:
+        out = subprocess.run(["losetup", "-f", "--show", probe], capture_output=True,
+                             text=True, timeout=20)
+        if out.returncode != 0:
+            return "losetup cannot attach a loop device: %s" % out.stderr.strip()
+        subprocess.run(["losetup", "-d", out.stdout.strip()], timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "losetup cannot run: %s" % e
+    finally:
+        os.unlink(probe)
+    return None
+
+
+def loops_backed_under(path):
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True,
+                         timeout=20).stdout
+    return [line.split(":", 1)[0] for line in out.splitlines() if path in line]
+
+
+def make_disk_image(path, size_mb=64, message="hello from nova-xen-split demo\n"):
+    """A raw disk: msdos label, one ext4 partition from sector 2048 holding a file.
+
+    Built without root or loop devices: the filesystem is made in a plain
+    file with ``mkfs.ext4 -d`` and copied into place after the table.
+    """
+    work = path + ".d"
+    os.makedirs(os.path.join(work, "root", "etc"), exist_ok=True)
+    with open(os.path.join(work, "root", "etc", "motd"), "w") as f:
+        f.write(message)
+    start_sector = 2048
+    fs_path = os.path.join(work, "fs.img")
+    fs_bytes = size_mb * MiB - start_sector * 512
+    with open(fs_path, "wb") as f:
+        f.truncate(fs_bytes)
+    _run(["mkfs.ext4", "-q", "-F", "-L", "demo-root", "-d", os.path.join(work, "root"),
+          fs_path])
+    with open(path, "wb") as f:
+        f.truncate(size_mb * MiB)
+    _run(["sfdisk", "--quiet", path], input_text="label: dos\nstart=%d, type=83, bootable\n"
+         % start_sector)
+    with open(fs_path, "rb") as src, open(path, "r+b") as dst:
+        dst.seek(start_sector * 512)
+        shutil.copyfileobj(src, dst, 4 * MiB)
+    shutil.rmtree(work)
+    return os.path.getsize(path)
+
+
+class _ImageHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802 -- BaseHTTPRequestHandler's naming
+        m = re.fullmatch(r"/v2/images/([A-Za-z0-9._-]+)/file", self.path)
+        path = self.server.images.get(m.group(1)) if m else None
+        if path is None:
+            self.send_error(404)
+            return
+        self.server.requests.append(m.group(1))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(os.path.getsize(path)))
+        self.end_headers()
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, self.wfile, MiB)
+
+    def log_message(self, fmt, *args):  # keep the demo's output readable
+        pass
+
+
+class ImageService:
+    """A loopback stand-in for Glance's ``GET /v2/images/<id>/file``."""
+
+    def __init__(self):
+        self.images = {}
+        self._server = None
+        self._thread = None
+
+    def add(self, image_id, path):
+        self.images[image_id] = path
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self._server.server_address[1]
+
+    def start(self):
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
+        self._server.daemon_threads = True
+        self._server.images = self.images
+        self._server.requests = []
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(10)
+            self._server = None
+
+
+def _console_script(name, module):
+    """The venv's console script, else ``python -c`` on its entry point."""
+    script = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-c", "import sys; from %s import main; sys.exit(main())" % module]
+
+
+class _Child:
+    """A child process in its own session, its output in a log file."""
+
+    def __init__(self, log_path):
+        self.log_path = log_path
+        self.proc = None
+
+    def output_tail(self, lines=15):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout=30):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        code, self.proc = self.proc.returncode, None
+        return code
+
+
+class Simulator(_Child):
+    """``xapi-sim`` on a state directory, with or without a compute VM."""
+
+    def __init__(self, state_dir, compute_vm):
+        super().__init__(os.path.join(os.path.dirname(state_dir),
+                                      os.path.basename(state_dir) + ".log"))
+        self.state_dir = state_dir
+        self.compute_vm = compute_vm
+        self.url = None
+
+    def start(self, timeout=30):
+        os.makedirs(self.state_dir, exist_ok=True)
+        cmd = [sys.executable, "-m", "dom0.simulator.server", "--state-dir", self.state_dir,
+               "--port", "0", "--password", SIM_PASSWORD,
+               "--compute-vm" if self.compute_vm else "--no-compute-vm"]
+        log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            m = LISTEN_RE.search(line)
+            if m:
+                self.url = m.group(1)
+                # Keep draining stdout so the simulator never blocks on a full pipe.
+                threading.Thread(target=self._drain, daemon=True).start()
+                return self
+        self.stop()
+        raise DemoError("xapi-sim did not start:\n%s" % self.output_tail())
+
+    def _drain(self):
+        proc = self.proc
+        with open(self.log_path, "a") as log:
+            for line in proc.stdout:
+                log.write(line)
+
+    def compute_vm_uuid(self):
+        vms = os.path.join(self.state_dir, "vms")
+        for vm_uuid in sorted(os.listdir(vms)) if os.path.isdir(vms) else ():
+            if os.path.exists(os.path.join(vms, vm_uuid, "sys", "hypervisor", "uuid")):
+                return vm_uuid
+        return None
+
+
+def write_config(path, sim, host, glance_url, work_dir, transport_url=None,
+                 vm_uuid=None):
+    """The config file that the agent and the driver share, as deployed."""
+    if vm_uuid:
+        vm_dir = os.path.join(sim.state_dir, "vms", vm_uuid)
+        vm_uuid_file = os.path.join(vm_dir, "sys", "hypervisor", "uuid")
+        device_dir = os.path.join(vm_dir, "dev")
+    else:
+        vm_uuid_file = os.path.join(work_dir, "no-local-vm")
+        device_dir = "/dev"
+    lines = [
+        "[DEFAULT]",
+        "host = %s" % host,
+        "state_path = %s" % work_dir,
+        "default_ephemeral_format = ext4",
+    ]
+    if transport_url:
+        lines.append("transport_url = %s" % transport_url)
+    lines += [
+        "",
+        "[xenserver]",
+        "connection_url = %s" % sim.url,
+        "connection_username = root",
+        "connection_password = %s" % SIM_PASSWORD,
+        "independent_compute = auto",
+        "vm_uuid_file = %s" % vm_uuid_file,
+        # No xenstore here: the uuid file alone says whether a local VM exists.
+        "xenstore_read_command = false",
+        "device_dir = %s" % device_dir,
+        "",
+        "[glance]",
+        "api_servers = %s" % glance_url,
+        "",
+        "[agent]",
+        "socket_path = %s" % os.path.join(work_dir, "agent.sock"),
+        "startup_timeout = 30",
+        "rpc_timeout = 120",
+        "",
+    ]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    os.chmod(path, 0o600)  # it holds the XAPI password
+    return path
+
+
+class Agent(_Child):
+    """``nova-xen-split-agent --config-file F`` as its own process."""
+
+    def __init__(self, config_file, log_path):
+        super().__init__(log_path)
+        self.config_file = config_file
+
+    def start(self):
+        cmd = _console_script("nova-xen-split-agent", "agent.service")
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd + ["--config-file", self.config_file],
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        return self
+
+    def exited(self):
+        return self.proc is not None and self.proc.poll() is not None
