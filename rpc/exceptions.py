@@ -86,6 +86,12 @@ class VersionTooOld(NovaXenSplitError):
     )
 
 
+class AccessDenied(NovaXenSplitError):
+    """The agent's local socket refused this process (permissions, peer uid)."""
+
+    msg_fmt = "Process uid %(uid)s may not use the agent socket %(path)s"
+
+
 class ImageFetchFailed(NovaXenSplitError):
     """The image could not be fetched from the image service."""
 
@@ -114,6 +120,7 @@ REGISTRY = {
         XapiFailure,
         AgentUnavailable,
         VersionTooOld,
+        AccessDenied,
         ImageFetchFailed,
         DiskOperationFailed,
         RemoteError,

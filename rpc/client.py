@@ -1,0 +1,115 @@
+"""``AgentAPI``: the driver's side of the interface.
+
+One method per remote call, each pinning the interface version that added
+it, like Nova's ``compute/rpcapi.py``. Arguments are checked against
+:data:`rpc.methods.METHODS` before anything is sent, so a bad request fails
+here, at once, with the same ``InvalidRequest`` the agent would raise.
+Remote errors come back as the typed exceptions of :mod:`rpc.exceptions`;
+no answer in time is ``AgentUnavailable`` naming the host and method.
+"""
+
+from rpc import exceptions
+from rpc import methods
+from rpc import transports
+
+
+class AgentAPI:
+    """Client of the agent serving hypervisor ``host`` (default ``[DEFAULT] host``).
+
+    Timeouts: ``[agent] long_rpc_timeout`` for the calls the method table
+    marks long (image fetches, disk creation and copies), ``[agent]
+    rpc_timeout`` for the rest.
+    """
+
+    def __init__(self, conf, host=None):
+        transports.register_opts(conf)
+        self.conf = conf
+        self.host = host or conf.host
+        self.agent_version = None  # learnt by check_version()
+        self._transport = transports.make_client(conf, self.host)
+
+    def close(self):
+        """Release the connection(s) to the agent."""
+        self._transport.close()
+
+    def _call(self, method, version, args, check=True):
+        if check:
+            args = methods.validate(method, args)
+        if self.agent_version is not None and not methods.version_serves(
+                self.agent_version, version):
+            raise exceptions.VersionTooOld(host=self.host, method=method,
+                                           have=self.agent_version, need=version)
+        declared = methods.METHODS.get(method)
+        if declared is not None and declared.long:
+            timeout = self.conf.agent.long_rpc_timeout
+        else:
+            timeout = self.conf.agent.rpc_timeout
+        reply = self._transport.call(method, version, args, timeout)
+        if "error" in reply:
+            raise exceptions.from_wire(reply["error"])
+        return reply["result"]
+
+    def check_version(self, need=None):
+        """Ask the agent which interface it speaks; refuse if too old.
+
+        Returns the ``describe()`` result. Raises ``VersionTooOld`` when the
+        agent cannot serve ``need`` (default: this client's oldest method,
+        i.e. the same major version). Afterwards every call needing a newer
+        version than the agent's is refused without being sent.
+        """
+        description = self.describe()
+        self.agent_version = description["version"]
+        need = need or min((m.since for m in methods.METHODS.values()),
+                           key=methods.parse_version)
+        if not methods.version_serves(self.agent_version, need):
+            raise exceptions.VersionTooOld(host=self.host, method="check_version",
+                                           have=self.agent_version, need=need)
+        return description
+
+    def describe(self):
+        """Mode, local VM uuid, host uuid, interface version, capabilities."""
+        return self._call("describe", "1.0", {})
+
+    def fetch_image(self, instance_uuid, image_id, disk_format, kernel_id=None,
+                    ramdisk_id=None, auth_token=None):
+        """Make the VDIs of an image; returns ``{"vdis": [...]}``."""
+        return self._call("fetch_image", "1.0", dict(
+            instance_uuid=instance_uuid, image_id=image_id, disk_format=disk_format,
+            kernel_id=kernel_id, ramdisk_id=ramdisk_id, auth_token=auth_token))
+
+    def auto_configure_disk(self, vdi_uuid, new_gb):
+        """Grow the VDI's only partition and its filesystem to ``new_gb``."""
+        return self._call("auto_configure_disk", "1.0", dict(vdi_uuid=vdi_uuid, new_gb=new_gb))
+
+    def generate_disk(self, instance_uuid, kind, size_mb, fs_type, label):
+        """Make a partitioned, formatted ephemeral or swap VDI."""
+        return self._call("generate_disk", "1.0", dict(
+            instance_uuid=instance_uuid, kind=kind, size_mb=size_mb, fs_type=fs_type,
+            label=label))
+
+    def generate_configdrive(self, instance_uuid, metadata, user_data=None,
+                             network_data=None, vendor_data=None, files=(),
+                             admin_password=None):
+        """Build the config drive and upload it into a new VDI."""
+        return self._call("generate_configdrive", "1.0", dict(
+            instance_uuid=instance_uuid, metadata=metadata, user_data=user_data,
+            network_data=network_data, vendor_data=vendor_data, files=list(files),
+            admin_password=admin_password))
+
+    def resize_disk(self, instance_uuid, vdi_uuid, new_gb):
+        """Copy the VDI into a new, smaller one (resize down)."""
+        return self._call("resize_disk", "1.0", dict(
+            instance_uuid=instance_uuid, vdi_uuid=vdi_uuid, new_gb=new_gb))
+
+    def preconfigure_instance(self, vdi_uuid, network_config=None, files=None):
+        """Write network configuration and files into the image."""
+        return self._call("preconfigure_instance", "1.0", dict(
+            vdi_uuid=vdi_uuid, network_config=network_config, files=files))
+
+    def cleanup_attached_vdis(self):
+        """Unplug and forget VBDs a crash left attached."""
+        return self._call("cleanup_attached_vdis", "1.0", {})
+
+    def destroy_vdis(self, vdi_uuids):
+        """Destroy the VDIs the driver no longer needs."""
+        return self._call("destroy_vdis", "1.0", dict(vdi_uuids=list(vdi_uuids)))

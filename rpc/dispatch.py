@@ -1,0 +1,103 @@
+"""Server-side dispatch shared by both transports.
+
+A transport hands over ``(method, version, args)`` as it came off the wire
+and sends back the envelope this module returns: ``{"result": dict}`` or
+``{"error": {"type", "message", "kwargs"}}``. Everything between the wire
+and the endpoint happens here, in this order: version check, method
+allow-list, argument validation, a worker slot (unless the method is a
+control call), the endpoint call, the result check, error reduction.
+"""
+
+import threading
+
+from oslo_log import log as logging
+
+from rpc import exceptions
+from rpc import methods
+
+LOG = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Validates calls and runs them on ``endpoint``, at most ``workers`` at once.
+
+    Control methods (``describe``) do not take a worker slot, so they are
+    answered even while every slot is busy with long work.
+    """
+
+    def __init__(self, endpoint, workers, host, version=methods.VERSION):
+        self.endpoint = endpoint
+        self.host = host
+        self.version = version
+        self._slots = threading.BoundedSemaphore(workers)
+
+    def check(self, method_name, version, args):
+        """Validate a call; return ``(Method, checked_args)``.
+
+        Raises ``VersionTooOld`` when this server's interface cannot serve
+        the pinned version (checked first: an older server does not know a
+        newer method), else ``InvalidRequest``.
+        """
+        if version is not None:
+            try:
+                serves = methods.version_serves(self.version, version)
+            except ValueError as e:
+                raise exceptions.InvalidRequest(method=str(method_name)[:64],
+                                                field="version", reason=str(e)) from None
+            if not serves:
+                raise exceptions.VersionTooOld(host=self.host, method=str(method_name)[:64],
+                                               have=self.version, need=version)
+        method = methods.lookup(method_name)
+        return method, methods.validate(method.name, args)
+
+    def handle(self, method_name, version, args):
+        """Check and run one call; return its envelope (never raises)."""
+        try:
+            method, checked = self.check(method_name, version, args)
+        except exceptions.NovaXenSplitError as e:
+            LOG.warning("Refused call: %s", e)
+            return {"error": e.to_wire()}
+        return self.run(method, checked)
+
+    def run(self, method, checked):
+        """Call the endpoint with validated arguments; return the envelope."""
+        LOG.debug("Calling %s(%s)", method.name, methods.loggable(method.name, checked))
+        try:
+            if method.control:
+                result = getattr(self.endpoint, method.name)(**checked)
+            else:
+                with self._slots:
+                    result = getattr(self.endpoint, method.name)(**checked)
+        except exceptions.NovaXenSplitError as e:
+            LOG.info("%s failed: %s", method.name, e)
+            return {"error": _wire_error(e)}
+        except Exception as e:
+            # The operator gets the traceback here; the caller only the
+            # type and message (to_wire), never the agent's internals.
+            LOG.exception("%s failed unexpectedly", method.name)
+            return {"error": _wire_error(e)}
+        problem = methods.check_result(method.name, result)
+        if problem:
+            LOG.error("Endpoint broke the interface: %s", problem)
+            return {"error": exceptions.RemoteError(exc_type="InvalidResult",
+                                                    value=problem).to_wire()}
+        return {"result": result}
+
+
+def _plain(value):
+    if value is None or isinstance(value, (str, bool, int, float, bytes)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return str(value)
+
+
+def _wire_error(exc):
+    # An error's facts must survive msgpack and JSON; anything exotic an
+    # endpoint put into its kwargs travels as text.
+    payload = exceptions.to_wire(exc)
+    payload["message"] = str(payload.get("message"))
+    payload["kwargs"] = _plain(payload.get("kwargs") or {})
+    return payload

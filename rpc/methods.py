@@ -1,0 +1,187 @@
+"""The remote interface between the driver and the agent, declared once.
+
+Like an ``oslo.privsep`` module, this file is the whole surface: the server
+dispatches only the methods listed in :data:`METHODS` and checks every
+argument against its declaration before any endpoint code runs. The client
+uses the same table to fail early and to pick each call's timeout.
+
+Versioning follows ``oslo.messaging``: a call pins the version that added
+its method; a server speaking ``X.Y`` serves any call pinned at ``X.Z`` with
+``Z <= Y``. Adding a method or an optional argument bumps the minor
+version; anything else bumps the major.
+"""
+
+from rpc import exceptions
+from rpc.schema import (
+    _MISSING, Arg, Bytes, Enum, Int, JsonDict, List, Pair, Str, Uuid, _Reject,
+)
+
+VERSION = "1.0"
+
+IMAGE_ID = r"^[A-Za-z0-9._-]{1,64}\Z"
+FS_LABEL = r"^[A-Za-z0-9_.-]{1,16}\Z"
+MIB = 1024 * 1024
+
+# An injected file: [path inside the guest, contents].
+_FILE = Pair(Str(min_len=1, max_len=1024), Bytes(max_bytes=MIB))
+
+
+class Method:
+    """One remote method: its name, the version that added it, its arguments.
+
+    ``long`` calls use ``[agent] long_rpc_timeout`` on the client; ``control``
+    calls are cheap and read-only, so the server answers them outside the
+    bounded worker pool (a slow image fetch never delays a ``describe``).
+    ``returns`` names the keys every result must carry.
+    """
+
+    def __init__(self, name, since, args=(), returns=(), long=False, control=False):
+        self.name = name
+        self.since = since
+        self.args = {arg.name: arg for arg in args}
+        self.returns = tuple(returns)
+        self.long = long
+        self.control = control
+
+    @property
+    def secret_args(self):
+        """Names of the arguments that must never be logged or echoed."""
+        return frozenset(name for name, arg in self.args.items() if arg.secret)
+
+
+METHODS = {m.name: m for m in (
+    Method("describe", "1.0", control=True,
+           returns=("mode", "vm_uuid", "host_uuid", "host", "version", "capabilities")),
+    Method("fetch_image", "1.0", long=True, args=(
+        Arg("instance_uuid", Uuid()),
+        Arg("image_id", Str(pattern=IMAGE_ID)),
+        Arg("disk_format", Enum("vhd", "raw", "ami", "aki", "ari")),
+        Arg("kernel_id", Str(pattern=IMAGE_ID), nullable=True),
+        Arg("ramdisk_id", Str(pattern=IMAGE_ID), nullable=True),
+        Arg("auth_token", Str(min_len=1, max_len=8192), nullable=True, secret=True),
+    ), returns=("vdis",)),
+    Method("auto_configure_disk", "1.0", long=True, args=(
+        Arg("vdi_uuid", Uuid()),
+        Arg("new_gb", Int(1, 65536)),
+    ), returns=("uuid", "size_bytes")),
+    Method("generate_disk", "1.0", long=True, args=(
+        Arg("instance_uuid", Uuid()),
+        Arg("kind", Enum("ephemeral", "swap")),
+        Arg("size_mb", Int(1, 67108864)),
+        Arg("fs_type", Enum("ext3", "ext4", "vfat", "swap")),
+        Arg("label", Str(pattern=FS_LABEL)),
+    ), returns=("uuid", "size_bytes")),
+    Method("generate_configdrive", "1.0", long=True, args=(
+        Arg("instance_uuid", Uuid()),
+        Arg("metadata", JsonDict(max_bytes=MIB)),
+        Arg("user_data", Bytes(max_bytes=65536), nullable=True),
+        Arg("network_data", JsonDict(max_bytes=MIB), nullable=True),
+        Arg("vendor_data", JsonDict(max_bytes=MIB), nullable=True),
+        Arg("files", List(_FILE, max_items=64)),
+        Arg("admin_password", Str(max_len=1024), nullable=True, secret=True),
+    ), returns=("uuid", "size_bytes")),
+    Method("resize_disk", "1.0", long=True, args=(
+        Arg("instance_uuid", Uuid()),
+        Arg("vdi_uuid", Uuid()),
+        Arg("new_gb", Int(1, 65536)),
+    ), returns=("uuid", "size_bytes")),
+    Method("preconfigure_instance", "1.0", args=(
+        Arg("vdi_uuid", Uuid()),
+        Arg("network_config", Str(max_len=MIB), nullable=True),
+        Arg("files", List(_FILE, max_items=64), nullable=True),
+    )),
+    Method("cleanup_attached_vdis", "1.0", returns=("unplugged", "destroyed")),
+    Method("destroy_vdis", "1.0", args=(
+        Arg("vdi_uuids", List(Uuid(), min_items=1, max_items=64)),
+    ), returns=("destroyed",)),
+)}
+
+
+def parse_version(version):
+    """``"1.4"`` → ``(1, 4)``; anything else raises ``ValueError``."""
+    if not isinstance(version, str):
+        raise ValueError("version must be a string")
+    major, _, minor = version.partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        raise ValueError("version must look like MAJOR.MINOR")
+    return int(major), int(minor)
+
+
+def version_serves(have, need):
+    """True when an interface at ``have`` can serve a call pinned at ``need``."""
+    have_major, have_minor = parse_version(have)
+    need_major, need_minor = parse_version(need)
+    return have_major == need_major and have_minor >= need_minor
+
+
+def lookup(method_name):
+    """The declaration of ``method_name``; unknown → ``InvalidRequest``."""
+    method = METHODS.get(method_name) if isinstance(method_name, str) else None
+    if method is None:
+        raise exceptions.InvalidRequest(
+            method=str(method_name)[:64], field="method",
+            reason="not declared by interface %s" % VERSION)
+    return method
+
+
+def validate(method_name, args):
+    """Check a call completely; return the arguments as the endpoint gets them.
+
+    Every declared argument is present in the result (omitted nullable ones
+    as ``None``). Raises ``InvalidRequest(method, field, reason)`` on an
+    undeclared method, a missing, unknown, mistyped or out-of-range argument.
+    The reason never contains an argument's value.
+    """
+    method = lookup(method_name)
+    if not isinstance(args, dict):
+        raise exceptions.InvalidRequest(method=method.name, field="args",
+                                        reason="arguments must be a mapping")
+    unknown = sorted(str(name)[:64] for name in args if name not in method.args)
+    if unknown:
+        raise exceptions.InvalidRequest(method=method.name, field=unknown[0],
+                                        reason="is not an argument of %s" % method.name)
+    checked = {}
+    for name, arg in method.args.items():
+        try:
+            checked[name] = arg.check(args.get(name, _MISSING))
+        except _Reject as e:
+            raise exceptions.InvalidRequest(method=method.name, field=name + e.field_suffix,
+                                            reason=e.reason) from None
+    return checked
+
+
+def check_result(method_name, result):
+    """Return the problem with an endpoint's result, or ``None`` if it is fine."""
+    if not isinstance(result, dict):
+        return "%s returned %s, not a dict" % (method_name, type(result).__name__)
+    missing = [key for key in METHODS[method_name].returns if key not in result]
+    if missing:
+        return "%s result lacks %s" % (method_name, ", ".join(missing))
+    return None
+
+
+def loggable(method_name, args):
+    """``args`` fit for a log line: secrets masked, bytes reduced to a length."""
+    return {name: ("***" if _is_secret(name) and value is not None else _short(value))
+            for name, value in (args or {}).items()}
+
+
+_SECRET_ARGS = frozenset().union(*(m.secret_args for m in METHODS.values()))
+
+
+def _is_secret(name):
+    # Also masks look-alikes in calls to undeclared methods.
+    name = str(name).lower()
+    return name in _SECRET_ARGS or "password" in name or "token" in name
+
+
+def _short(value):
+    if isinstance(value, (bytes, bytearray)):
+        return "<%d bytes>" % len(value)
+    if isinstance(value, dict):
+        return "<dict of %d keys>" % len(value)
+    if isinstance(value, (list, tuple)):
+        return [_short(item) for item in value[:8]] + (["..."] if len(value) > 8 else [])
+    if isinstance(value, str) and len(value) > 80:
+        return value[:77] + "..."
+    return value

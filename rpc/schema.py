@@ -1,0 +1,248 @@
+"""Argument kinds of the method table and the checks behind them.
+
+Each kind is a small object that either accepts a value (possibly returning
+a normalised copy, e.g. a tuple turned into a list) or raises
+:class:`_Reject` with a reason. Reasons describe the rule that was broken,
+never the value itself: a value may be a secret (``auth_token``,
+``admin_password``) or a large payload, and reasons end up in logs and in
+error messages sent back to the caller.
+"""
+
+import json
+import re
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+_MISSING = object()
+
+
+class _Reject(Exception):
+    """A value broke its kind's rule; ``reason`` says which rule."""
+
+    def __init__(self, reason, field_suffix=""):
+        super().__init__(reason)
+        self.reason = reason
+        self.field_suffix = field_suffix
+
+
+def _type_name(value):
+    return type(value).__name__
+
+
+class Kind:
+    """Base of every argument kind."""
+
+    def check(self, value):
+        """Return the accepted value or raise :class:`_Reject`."""
+        raise NotImplementedError
+
+    def describe(self):
+        """Human-readable summary for docs and error messages."""
+        raise NotImplementedError
+
+
+class Str(Kind):
+    """A text string with optional length bounds and pattern."""
+
+    def __init__(self, min_len=0, max_len=65536, pattern=None):
+        self.min_len = min_len
+        self.max_len = max_len
+        self.pattern = re.compile(pattern) if pattern else None
+
+    def check(self, value):
+        if not isinstance(value, str):
+            raise _Reject("must be a string, got %s" % _type_name(value))
+        if not self.min_len <= len(value) <= self.max_len:
+            raise _Reject("length must be %d..%d characters, got %d"
+                          % (self.min_len, self.max_len, len(value)))
+        if "\x00" in value:
+            raise _Reject("must not contain NUL characters")
+        if self.pattern is not None and not self.pattern.match(value):
+            raise _Reject("must match %s" % self.pattern.pattern)
+        return value
+
+    def describe(self):
+        if self.pattern is not None:
+            return "str %s" % self.pattern.pattern
+        return "str (%d..%d chars)" % (self.min_len, self.max_len)
+
+
+class Uuid(Kind):
+    """A canonical lowercase uuid string (as XAPI and Nova print them)."""
+
+    def check(self, value):
+        if not isinstance(value, str):
+            raise _Reject("must be a uuid string, got %s" % _type_name(value))
+        if not UUID_RE.match(value):
+            raise _Reject("must be a canonical lowercase uuid")
+        return value
+
+    def describe(self):
+        return "uuid"
+
+
+class Int(Kind):
+    """An integer within ``[minimum, maximum]`` (booleans are refused)."""
+
+    def __init__(self, minimum, maximum):
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def check(self, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Reject("must be an integer, got %s" % _type_name(value))
+        if not self.minimum <= value <= self.maximum:
+            raise _Reject("must be in %d..%d, got %d" % (self.minimum, self.maximum, value))
+        return value
+
+    def describe(self):
+        return "int %d..%d" % (self.minimum, self.maximum)
+
+
+class Enum(Kind):
+    """One string out of a fixed set."""
+
+    def __init__(self, *choices):
+        self.choices = tuple(choices)
+
+    def check(self, value):
+        if not isinstance(value, str) or value not in self.choices:
+            raise _Reject("must be one of %s" % ", ".join(self.choices))
+        return value
+
+    def describe(self):
+        return "one of %s" % ", ".join(self.choices)
+
+
+class Bytes(Kind):
+    """Raw bytes up to ``max_bytes`` (base64-tagged on JSON transports)."""
+
+    def __init__(self, max_bytes):
+        self.max_bytes = max_bytes
+
+    def check(self, value):
+        if isinstance(value, bytearray):
+            value = bytes(value)
+        if not isinstance(value, bytes):
+            raise _Reject("must be bytes, got %s" % _type_name(value))
+        if len(value) > self.max_bytes:
+            raise _Reject("must be at most %d bytes, got %d" % (self.max_bytes, len(value)))
+        return value
+
+    def describe(self):
+        return "bytes (<= %d)" % self.max_bytes
+
+
+def _json_compatible(value, depth=0):
+    if depth > 32:
+        raise _Reject("nests deeper than 32 levels")
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_compatible(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Reject("has a key that is not a string (%s)" % _type_name(key))
+            out[key] = _json_compatible(item, depth + 1)
+        return out
+    raise _Reject("holds a %s, which JSON cannot carry" % _type_name(value))
+
+
+class JsonDict(Kind):
+    """A JSON-compatible dict whose JSON text is at most ``max_bytes``."""
+
+    def __init__(self, max_bytes):
+        self.max_bytes = max_bytes
+
+    def check(self, value):
+        if not isinstance(value, dict):
+            raise _Reject("must be a dict, got %s" % _type_name(value))
+        value = _json_compatible(value)
+        size = len(json.dumps(value, separators=(",", ":")).encode("utf-8"))
+        if size > self.max_bytes:
+            raise _Reject("must be at most %d bytes as JSON, got %d" % (self.max_bytes, size))
+        return value
+
+    def describe(self):
+        return "dict (<= %d bytes as JSON)" % self.max_bytes
+
+
+class List(Kind):
+    """A list of ``min_items..max_items`` elements of one kind."""
+
+    def __init__(self, item, min_items=0, max_items=64):
+        self.item = item
+        self.min_items = min_items
+        self.max_items = max_items
+
+    def check(self, value):
+        if not isinstance(value, (list, tuple)):
+            raise _Reject("must be a list, got %s" % _type_name(value))
+        if not self.min_items <= len(value) <= self.max_items:
+            raise _Reject("must have %d..%d items, got %d"
+                          % (self.min_items, self.max_items, len(value)))
+        out = []
+        for index, item in enumerate(value):
+            try:
+                out.append(self.item.check(item))
+            except _Reject as e:
+                raise _Reject(e.reason, "[%d]%s" % (index, e.field_suffix)) from None
+        return out
+
+    def describe(self):
+        return "list of %s (%d..%d)" % (self.item.describe(), self.min_items, self.max_items)
+
+
+class Pair(Kind):
+    """A two-element list ``[first, second]`` (e.g. ``[path, contents]``)."""
+
+    def __init__(self, first, second):
+        self.first = first
+        self.second = second
+
+    def check(self, value):
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise _Reject("must be a [%s, %s] pair"
+                          % (self.first.describe(), self.second.describe()))
+        out = []
+        for index, (kind, item) in enumerate(((self.first, value[0]), (self.second, value[1]))):
+            try:
+                out.append(kind.check(item))
+            except _Reject as e:
+                raise _Reject(e.reason, "[%d]%s" % (index, e.field_suffix)) from None
+        return out
+
+    def describe(self):
+        return "[%s, %s]" % (self.first.describe(), self.second.describe())
+
+
+class Arg:
+    """One declared argument.
+
+    ``nullable`` arguments accept ``None`` and may be left out (they then
+    arrive as ``None``); ``secret`` ones are never logged or echoed back.
+    """
+
+    def __init__(self, name, kind, nullable=False, secret=False):
+        self.name = name
+        self.kind = kind
+        self.nullable = nullable
+        self.secret = secret
+
+    def check(self, value=_MISSING):
+        """Return the accepted value (``None`` for an omitted nullable one)."""
+        if value is _MISSING:
+            if self.nullable:
+                return None
+            raise _Reject("is required")
+        if value is None:
+            if self.nullable:
+                return None
+            raise _Reject("must not be None")
+        return self.kind.check(value)
+
+    def describe(self):
+        text = self.kind.describe()
+        return text + " or None" if self.nullable else text

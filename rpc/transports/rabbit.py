@@ -1,0 +1,196 @@
+"""The interface over oslo.messaging RPC (``rabbit://…``).
+
+Target: topic ``nova-xen-split-agent``, server = the hypervisor's host
+name, so one broker serves any number of driver/agent pairs and each
+driver reaches only its own agent. Reconnection and heartbeats are
+oslo.messaging's, configured by its own options.
+
+Each declared method is an endpoint method of the same name, so the
+messages look like any OpenStack service's. The endpoint never raises:
+it returns the dispatcher's envelope (``{"result"}`` or ``{"error"}``), so
+typed errors cross as our own ``(type, message, kwargs)`` and no traceback
+of the agent's reaches the driver. oslo.messaging encodes messages as JSON,
+so :class:`BytesSerializer` tags ``bytes`` as base64 on the way out.
+"""
+
+import base64
+import time
+
+import oslo_messaging
+from oslo_log import log as logging
+
+from rpc import exceptions
+from rpc import methods
+from rpc.transports import TOPIC
+
+LOG = logging.getLogger(__name__)
+
+_BYTES = "__nxs_bytes__"
+_ESCAPED = "__nxs_dict__"
+# Until the agent has answered once, probe with describe at this interval:
+# a call published before the agent declared its queue would be dropped by
+# the broker, so the real call waits until a probe is answered.
+_PROBE_SECONDS = (0.2, 0.5, 1.0)
+
+
+class BytesSerializer(oslo_messaging.NoOpSerializer):
+    """Carries ``bytes`` through JSON as ``{"__nxs_bytes__": base64}``.
+
+    A dict that happens to use one of the tag keys is wrapped as
+    ``{"__nxs_dict__": {...}}``, so no payload can be mistaken for a tag.
+    """
+
+    def serialize_entity(self, ctxt, entity):
+        return _encode(entity)
+
+    def deserialize_entity(self, ctxt, entity):
+        return _decode(entity)
+
+
+def _encode(value):
+    if isinstance(value, (bytes, bytearray)):
+        return {_BYTES: base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        encoded = {key: _encode(item) for key, item in value.items()}
+        if _BYTES in value or _ESCAPED in value:
+            return {_ESCAPED: encoded}
+        return encoded
+    if isinstance(value, (list, tuple)):
+        return [_encode(item) for item in value]
+    return value
+
+
+def _decode(value):
+    if isinstance(value, dict):
+        if len(value) == 1:
+            if _BYTES in value:
+                return base64.b64decode(value[_BYTES])
+            if _ESCAPED in value:
+                return {key: _decode(item) for key, item in value[_ESCAPED].items()}
+        return {key: _decode(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_decode(item) for item in value]
+    return value
+
+
+def _endpoint_method(dispatcher, name):
+    def call(ctxt, **kwargs):
+        # oslo.messaging has already checked the pinned version against
+        # the endpoint's target; the dispatcher does the rest.
+        return dispatcher.handle(name, None, kwargs)
+    call.__name__ = name
+    return call
+
+
+class _Endpoint:
+    """One attribute per declared method; nothing else is callable."""
+
+    def __init__(self, dispatcher):
+        self.target = oslo_messaging.Target(version=dispatcher.version)
+        for name in methods.METHODS:
+            setattr(self, name, _endpoint_method(dispatcher, name))
+
+
+class RabbitServer:
+    """Serves a dispatcher as RPC server ``host`` on topic ``nova-xen-split-agent``."""
+
+    def __init__(self, conf, url, host, dispatcher, workers):
+        self.host = host
+        self.transport = oslo_messaging.get_rpc_transport(conf, url=url)
+        target = oslo_messaging.Target(topic=TOPIC, server=host, version=dispatcher.version)
+        self._server = oslo_messaging.get_rpc_server(
+            self.transport, target, [_Endpoint(dispatcher)], executor="threading",
+            serializer=BytesSerializer())
+        # Calls beyond rpc_workers wait for a worker slot on a transport
+        # thread (Dispatcher); the extra threads keep describe answerable
+        # while that many calls wait.
+        self._threads = 2 * workers + 4
+
+    def start(self):
+        """Declare the queues and start consuming."""
+        self._server.start(override_pool_size=self._threads)
+        LOG.info("Agent listening on topic %s, server %s", TOPIC, self.host)
+
+    def stop(self):
+        """Stop consuming; calls in progress finish."""
+        self._server.stop()
+
+    def wait(self):
+        """Wait for calls in progress, then release the broker connection."""
+        self._server.wait()
+        self.transport.cleanup()
+
+
+class RabbitClient:
+    """Calls the agent RPC server ``host``."""
+
+    def __init__(self, conf, url, host):
+        self.host = host
+        self.transport = oslo_messaging.get_rpc_transport(conf, url=url)
+        target = oslo_messaging.Target(topic=TOPIC, server=host)
+        self._client = oslo_messaging.get_rpc_client(self.transport, target,
+                                                     serializer=BytesSerializer())
+        self._prepared = {}
+        self._reached = False
+
+    def call(self, method, version, args, timeout):
+        """Send one request; return the reply envelope.
+
+        Raises ``AgentUnavailable`` when no reply arrives within ``timeout``,
+        ``VersionTooOld`` / ``InvalidRequest`` when oslo.messaging's own
+        dispatcher refuses the version or method.
+        """
+        deadline = time.monotonic() + timeout
+        if not self._reached:
+            self._wait_for_agent(method, timeout, deadline)
+        try:
+            return self._send(method, version, args, max(deadline - time.monotonic(), 0.001))
+        except oslo_messaging.MessagingTimeout:
+            # Unknown state: probe again before the next call.
+            self._reached = False
+            raise exceptions.AgentUnavailable(host=self.host, method=method,
+                                              timeout=timeout) from None
+        except oslo_messaging.RemoteError as e:
+            raise _from_oslo_remote(e, self.host, method, version) from None
+
+    def close(self):
+        """Release the broker connection."""
+        self.transport.cleanup()
+
+    def _send(self, method, version, args, timeout):
+        key = (version, timeout)
+        cctxt = self._prepared.get(key)
+        if cctxt is None:
+            cctxt = self._client.prepare(version=version, timeout=timeout)
+            if len(self._prepared) < 64:  # timeouts repeat: a handful of keys
+                self._prepared[key] = cctxt
+        return cctxt.call({}, method, **args)
+
+    def _wait_for_agent(self, method, timeout, deadline):
+        for attempt in range(1 << 30):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise exceptions.AgentUnavailable(host=self.host, method=method,
+                                                  timeout=timeout)
+            probe = min(_PROBE_SECONDS[min(attempt, len(_PROBE_SECONDS) - 1)], remaining)
+            try:
+                self._send("describe", methods.METHODS["describe"].since, {}, probe)
+            except oslo_messaging.MessagingTimeout:
+                continue
+            except oslo_messaging.RemoteError:
+                pass  # it answered, even if oddly: the queue exists
+            self._reached = True
+            return
+
+
+def _from_oslo_remote(error, host, method, version):
+    """Map oslo.messaging's own refusals to our typed errors."""
+    if error.exc_type == "UnsupportedVersion":
+        return exceptions.VersionTooOld(host=host, method=method,
+                                        have="older than %s" % version, need=version)
+    if error.exc_type == "NoSuchMethod":
+        return exceptions.InvalidRequest(method=method, field="method",
+                                         reason="not declared by the agent's interface")
+    # Only the first line: oslo.messaging appends the remote traceback.
+    value = (str(error.value or "").splitlines() or [""])[0]
+    return exceptions.RemoteError(exc_type=error.exc_type, value=value)
