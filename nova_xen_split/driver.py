@@ -28,21 +28,13 @@ LOG = logging.getLogger(__name__)
 
 GiB = 1024 ** 3
 # The interface this driver speaks; an agent with another major version, or
-# an older minor one, cannot serve it.
+# an older minor one, cannot serve it (AgentAPI.check_version refuses it).
 REQUIRED_AGENT_VERSION = "1.0"
 KERNEL_PLUGIN = "kernel.py"
 DESTROY_VDIS_BATCH = 64
 
 InstanceInfo = collections.namedtuple("InstanceInfo", ["state", "internal_id"])
 SpawnStep = collections.namedtuple("SpawnStep", ["name", "seconds", "detail"])
-
-
-def _version_tuple(text):
-    try:
-        major, minor = str(text).split(".", 1)
-        return int(major), int(minor)
-    except ValueError:
-        return (0, 0)
 
 
 class XenSplitDriver:
@@ -117,7 +109,7 @@ class XenSplitDriver:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                info = self.agent.describe()
+                info = self._check_version_within(deadline)
                 break
             except (exceptions.AgentUnavailable, OSError) as e:
                 if time.monotonic() >= deadline:
@@ -127,10 +119,6 @@ class XenSplitDriver:
                         "([agent] startup_timeout); is nova-xen-split-agent "
                         "running for this host? Last error: %s" % (timeout, e)) from None
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        have, need = info.get("version"), REQUIRED_AGENT_VERSION
-        have_t, need_t = _version_tuple(have), _version_tuple(need)
-        if have_t[0] != need_t[0] or have_t < need_t:
-            raise exceptions.VersionTooOld(host=host, have=have, need=need, method="init_host")
         if info.get("mode") == "independent":
             self._refuse_option("flat_injected", self._conf.flat_injected,
                                 "Injecting network configuration into the image")
@@ -140,8 +128,26 @@ class XenSplitDriver:
         self.session  # noqa: B018 -- log in now: XAPI trouble must stop startup too
         LOG.info("Agent for host %s runs in %s mode (VM %s, hypervisor host %s, "
                  "interface %s)", host, info.get("mode"), info.get("vm_uuid"),
-                 info.get("host_uuid"), have)
+                 info.get("host_uuid"), info.get("version"))
         return info
+
+    def _check_version_within(self, deadline):
+        """``check_version()``, its wait bounded by the startup deadline.
+
+        A single call waits ``[agent] rpc_timeout``; on a broker with no agent
+        that alone could outlast the startup timeout, so it is lowered for
+        the duration of the call.
+        """
+        agent_opts = self._conf.agent
+        previous = agent_opts.rpc_timeout
+        remaining = max(0.1, deadline - time.monotonic())
+        if remaining >= previous:
+            return self.agent.check_version(need=REQUIRED_AGENT_VERSION)
+        self._conf.set_override("rpc_timeout", remaining, group="agent")
+        try:
+            return self.agent.check_version(need=REQUIRED_AGENT_VERSION)
+        finally:
+            self._conf.set_override("rpc_timeout", previous, group="agent")
 
     @staticmethod
     def _refuse_option(option, value, operation):
