@@ -1,0 +1,288 @@
+"""The byte-level work behind ``PUT /import_raw_vdi`` and ``GET /export_raw_vdi``.
+
+The HTTP handler checks the request, answers ``200`` and then hands the body
+to one of the ``import_*`` functions, whose outcome becomes the task's. Every
+import failure (a body larger than the VDI, a malformed VHD or chunk stream,
+a connection cut mid-body) raises :class:`ImportFailed`; nothing is ever
+written past the VDI's size, and a VDI that held no data before a failed
+import holds none after it. After a failure the body may be partly unread, so
+the connection cannot carry another request.
+
+Speed matters (later benchmarks must not be bound by the simulator): bodies
+are read in 4 MiB pieces into one reused buffer and written with ``pwrite``;
+all-zero 64 KiB grains are skipped so they stay holes.
+"""
+
+import os
+import struct
+
+from dom0.simulator import sparsefile, vhd
+from dom0.simulator.vhdformat import (
+    DEFAULT_BLOCK_SIZE, DISK_DYNAMIC, FOOTER_SIZE, HEADER_SIZE, SECTOR,
+    DynamicHeader, Footer, VhdError, blocks_needed, new_unique_id)
+
+PIECE = 4 << 20
+_CHUNK_HEADER = struct.Struct("<QI")
+# A VHD addresses blocks by 32-bit sector numbers; the specification's limit.
+MAX_VHD_SIZE = 2040 << 30
+
+
+class ImportFailed(Exception):
+    """An import was refused or broke off; message → ['VDI_IO_ERROR', message]."""
+
+
+class _Body:
+    """Exact reads from an HTTP body of known length; a short body fails."""
+
+    def __init__(self, rfile, length):
+        self._rfile = rfile
+        self.length = length
+        self.consumed = 0
+        self._scratch = None
+
+    @property
+    def remaining(self):
+        return self.length - self.consumed
+
+    def readinto(self, view):
+        size = len(view)
+        if size > self.remaining:
+            raise ImportFailed("the body ends after %d bytes, %d more were needed"
+                               % (self.length, size - self.remaining))
+        got = 0
+        while got < size:
+            try:
+                n = self._rfile.readinto(view[got:])
+            except OSError as e:
+                raise ImportFailed("connection failed after %d of %d body bytes: %s"
+                                   % (self.consumed + got, self.length, e)) from None
+            if not n:
+                raise ImportFailed("connection closed after %d of %d body bytes"
+                                   % (self.consumed + got, self.length))
+            got += n
+        self.consumed += size
+
+    def read(self, size):
+        buf = bytearray(size)
+        self.readinto(memoryview(buf))
+        return bytes(buf)
+
+    def skip(self, size):
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(1 << 20))
+        while size > 0:
+            step = min(size, len(self._scratch))
+            self.readinto(self._scratch[:step])
+            size -= step
+
+
+class _VdiTarget:
+    """The VDI file opened for an import, undone if it fails on a fresh VDI."""
+
+    def __init__(self, vdi_path, vdi_size):
+        self.vdi_path = vdi_path
+        self.vdi_size = vdi_size
+
+    def __enter__(self):
+        self.fd = os.open(self.vdi_path, os.O_WRONLY)
+        self.writer = sparsefile.SparseWriter(self.fd, self.vdi_size)
+        self._was_empty = self.writer.fresh
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is not None and self._was_empty:
+                sparsefile.punch_hole(self.fd, 0, self.vdi_size)
+        finally:
+            os.close(self.fd)
+        return False
+
+    # The sink interface of vhd.decode_stream.
+    def begin(self, virtual_size):
+        if virtual_size > self.vdi_size:
+            raise ImportFailed("the VHD's virtual size (%d bytes) is larger than the VDI "
+                               "(%d bytes)" % (virtual_size, self.vdi_size))
+        if not self.writer.fresh:
+            # Sectors the VHD does not hold read as zeros, not as old data.
+            sparsefile.punch_hole(self.fd, 0, virtual_size)
+            self.writer.fresh = True
+
+    def write(self, offset, view):
+        if offset + len(view) > self.vdi_size:
+            raise ImportFailed("write of %d bytes at offset %d passes the VDI's end (%d)"
+                               % (len(view), offset, self.vdi_size))
+        try:
+            self.writer.write(offset, view)
+        except OSError as e:
+            raise ImportFailed("writing the VDI failed at offset %d: %s" % (offset, e)) from None
+
+
+def import_raw(rfile, content_length, vdi_path, vdi_size, chunked):
+    """Write a raw body into the VDI file; returns the disk bytes imported.
+
+    Plain: the body is the disk from offset 0. ``chunked``: XAPI's sparse
+    framing, repeated ``<uint64 offset><uint32 length>`` (little-endian) and
+    data, ended by a chunk of offset 0 and length 0.
+    """
+    body = _Body(rfile, content_length)
+    if chunked:
+        with _VdiTarget(vdi_path, vdi_size) as target:
+            return _import_chunks(body, target, vdi_size)
+    if content_length > vdi_size:
+        raise ImportFailed("the body (%d bytes) is larger than the VDI (%d bytes)"
+                           % (content_length, vdi_size))
+    with _VdiTarget(vdi_path, vdi_size) as target:
+        _copy_body(body, target, 0, content_length)
+    return content_length
+
+
+def _copy_body(body, target, offset, size):
+    buf = memoryview(bytearray(min(PIECE, max(size, 1))))
+    done = 0
+    while done < size:
+        piece = buf[:min(len(buf), size - done)]
+        body.readinto(piece)
+        target.write(offset + done, piece)
+        done += len(piece)
+
+
+def _import_chunks(body, target, vdi_size):
+    imported = 0
+    while True:
+        if body.remaining == 0:
+            raise ImportFailed("the chunk stream ends without its terminating chunk "
+                               "(offset 0, length 0)")
+        if body.remaining < _CHUNK_HEADER.size:
+            raise ImportFailed("truncated chunk header: %d bytes left, a header has %d"
+                               % (body.remaining, _CHUNK_HEADER.size))
+        offset, length = _CHUNK_HEADER.unpack(body.read(_CHUNK_HEADER.size))
+        if offset == 0 and length == 0:
+            break
+        if offset + length > vdi_size:
+            raise ImportFailed("chunk at offset %d of %d bytes passes the VDI's end (%d)"
+                               % (offset, length, vdi_size))
+        if length > body.remaining:
+            raise ImportFailed("chunk at offset %d declares %d bytes, the body has %d left"
+                               % (offset, length, body.remaining))
+        _copy_body(body, target, offset, length)
+        imported += length
+    if body.remaining:
+        raise ImportFailed("%d bytes follow the terminating chunk" % body.remaining)
+    return imported
+
+
+def import_vhd(rfile, content_length, vdi_path, vdi_size):
+    """Decode a dynamic or fixed VHD body into the VDI; returns disk bytes written."""
+    body = _Body(rfile, content_length)
+    with _VdiTarget(vdi_path, vdi_size) as target:
+        try:
+            return vhd.decode_stream(body, content_length, target)
+        except VhdError as e:
+            raise ImportFailed("malformed VHD: %s" % e) from None
+
+
+# -- export -------------------------------------------------------------------
+
+def _write_zeros(wfile, size):
+    while size > 0:
+        step = min(size, len(sparsefile.ZEROS))
+        wfile.write(sparsefile.ZEROS[:step])
+        size -= step
+
+
+def _send_range(fd, wfile, start, end, buf):
+    """Send the file's bytes [start, end); past its end they read as zeros."""
+    offset = start
+    while offset < end:
+        piece = buf[:min(len(buf), end - offset)]
+        got = os.preadv(fd, [piece], offset)
+        if got == 0:
+            _write_zeros(wfile, end - offset)
+            return
+        wfile.write(piece[:got])
+        offset += got
+
+
+def export_raw(wfile, vdi_path, vdi_size):
+    """Stream the VDI's ``vdi_size`` bytes; holes are sent as zeros unread."""
+    buf = memoryview(bytearray(PIECE))
+    fd = os.open(vdi_path, os.O_RDONLY)
+    try:
+        position = 0
+        for start, end in sparsefile.data_extents(fd, vdi_size):
+            _write_zeros(wfile, start - position)
+            _send_range(fd, wfile, start, end, buf)
+            position = end
+        _write_zeros(wfile, vdi_size - position)
+    finally:
+        os.close(fd)
+
+
+class _VhdLayout:
+    """Where each part of the dynamic VHD export of a VDI goes."""
+
+    def __init__(self, fd, vdi_size):
+        if vdi_size > MAX_VHD_SIZE:
+            raise ValueError("a VHD holds at most %d bytes, the VDI has %d"
+                             % (MAX_VHD_SIZE, vdi_size))
+        self.vdi_size = vdi_size
+        self.virtual_size = -(-vdi_size // SECTOR) * SECTOR
+        self.block_size = DEFAULT_BLOCK_SIZE
+        entries = blocks_needed(self.virtual_size, self.block_size)
+        self.table_offset = FOOTER_SIZE + HEADER_SIZE
+        self.header = DynamicHeader(self.table_offset, entries, self.block_size)
+        bat_bytes = -(-entries * 4 // SECTOR) * SECTOR
+        self.data_offset = self.table_offset + bat_bytes
+        self.span = self.header.bitmap_size + self.block_size
+        self.blocks = []
+        for start, end in sparsefile.data_extents(fd, vdi_size):
+            for index in range(start // self.block_size, (end - 1) // self.block_size + 1):
+                if not self.blocks or self.blocks[-1] < index:
+                    self.blocks.append(index)
+        self.length = self.data_offset + len(self.blocks) * self.span + FOOTER_SIZE
+
+    def bat(self):
+        raw = bytearray(b"\xff" * (self.data_offset - self.table_offset))
+        for slot, index in enumerate(self.blocks):
+            struct.pack_into(">I", raw, index * 4,
+                             (self.data_offset + slot * self.span) // SECTOR)
+        return bytes(raw)
+
+    def bitmap(self, index):
+        inside = min(self.block_size, self.virtual_size - index * self.block_size) // SECTOR
+        bits = bytearray(self.header.bitmap_size)
+        bits[:inside // 8] = b"\xff" * (inside // 8)
+        if inside % 8:
+            bits[inside // 8] = (0xFF00 >> (inside % 8)) & 0xFF
+        return bytes(bits)
+
+
+def vhd_export_length(vdi_path, vdi_size):
+    """The exact length of :func:`export_vhd`'s output for the VDI as it is now."""
+    fd = os.open(vdi_path, os.O_RDONLY)
+    try:
+        return _VhdLayout(fd, vdi_size).length
+    finally:
+        os.close(fd)
+
+
+def export_vhd(wfile, vdi_path, vdi_size):
+    """Stream the VDI as a dynamic VHD; blocks holding no allocated byte are absent."""
+    fd = os.open(vdi_path, os.O_RDONLY)
+    try:
+        layout = _VhdLayout(fd, vdi_size)
+        footer = Footer(layout.virtual_size, DISK_DYNAMIC, FOOTER_SIZE,
+                        new_unique_id()).build()
+        wfile.write(footer)
+        wfile.write(layout.header.build())
+        wfile.write(layout.bat())
+        buf = memoryview(bytearray(layout.block_size))
+        for index in layout.blocks:
+            wfile.write(layout.bitmap(index))
+            start = index * layout.block_size
+            end = min(start + layout.block_size, vdi_size)
+            _send_range(fd, wfile, start, end, buf)
+            _write_zeros(wfile, layout.block_size - (end - start))
+        wfile.write(footer)
+    finally:
+        os.close(fd)
