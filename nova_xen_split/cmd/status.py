@@ -1,0 +1,138 @@
+"""``nova-xen-split-status upgrade check --config-file F``.
+
+Checks a configuration before deployment, as ``nova-status upgrade check``
+does (``oslo.upgradecheck``): XAPI answers the configured credentials, the
+agent answers on the configured transport and speaks our interface, which
+mode it chose, and whether that mode can serve the options set. The exit
+code is the worst result: 0 success, 1 warning, 2 failure.
+"""
+
+import sys
+
+from oslo_config import cfg
+from oslo_upgradecheck import upgradecheck
+
+from nova_xen_split import conf as nxs_conf
+from nova_xen_split import driver as nxs_driver
+from nova_xen_split import xapi
+from rpc import exceptions
+
+Code = upgradecheck.Code
+Result = upgradecheck.Result
+# A status check should answer quickly even when the agent is down.
+CHECK_RPC_TIMEOUT = 10.0
+
+
+class Checks(upgradecheck.UpgradeCommands):
+    """The checks, in the order they are shown."""
+
+    def __init__(self, conf):
+        self.conf = conf
+        self._description = None
+        self._agent_error = None
+
+    def _describe(self):
+        if self._description is None and self._agent_error is None:
+            from rpc import client
+            timeout = min(self.conf.agent.rpc_timeout, CHECK_RPC_TIMEOUT)
+            agent = None
+            try:
+                agent = client.AgentAPI(self.conf, host=self.conf.host)
+                self.conf.set_override("rpc_timeout", timeout, group="agent")
+                self._description = agent.check_version(need=nxs_driver.REQUIRED_AGENT_VERSION)
+            except (exceptions.NovaXenSplitError, OSError) as e:
+                self._agent_error = e
+            finally:
+                self.conf.clear_override("rpc_timeout", group="agent")
+                if agent is not None:
+                    agent.close()
+        return self._description
+
+    def _check_xapi(self):
+        url = self.conf.xenserver.connection_url
+        try:
+            session = xapi.session_from_conf(self.conf)
+        except exceptions.XapiFailure as e:
+            return Result(Code.FAILURE, "XAPI at %s refused or did not answer: %s. Check "
+                          "[xenserver] connection_url, connection_username and "
+                          "connection_password." % (url, " ".join(e.details)))
+        try:
+            name = session.call("host.get_name_label", session.host_ref)
+        finally:
+            session.logout()
+        return Result(Code.SUCCESS, "XAPI at %s answers as host %s." % (url, name))
+
+    def _check_agent(self):
+        description = self._describe()
+        if description is None:
+            return Result(Code.FAILURE, "The agent for host %s did not answer: %s. Start "
+                          "nova-xen-split-agent with this configuration (same [DEFAULT] "
+                          "host and transport_url)." % (self.conf.host, self._agent_error))
+        return Result(Code.SUCCESS, "The agent for host %s answers, interface %s." % (
+            self.conf.host, description["version"]))
+
+    def _check_mode(self):
+        description = self._describe()
+        if description is None:
+            return Result(Code.WARNING, "Mode unknown: the agent did not answer.")
+        if description["mode"] == "in_guest":
+            detail = "in_guest: the agent works through its VM %s" % description["vm_uuid"]
+        else:
+            detail = "independent: the agent has no local VM; disk work goes to dom0 plugins"
+        return Result(Code.SUCCESS, "Mode %s on hypervisor host %s." % (
+            detail, description["host_uuid"]))
+
+    def _check_options(self):
+        description = self._describe()
+        if description is None:
+            return Result(Code.WARNING, "Cannot tell which options the mode serves: the "
+                          "agent did not answer.")
+        if description["mode"] != "independent":
+            return Result(Code.SUCCESS, "The in_guest mode serves every option.")
+        refused = [name for name, value in (
+            ("[DEFAULT] flat_injected", self.conf.flat_injected),
+            ("[xenserver] check_host", self.conf.xenserver.check_host)) if value]
+        if refused:
+            return Result(Code.FAILURE, "Independent mode cannot serve %s = True; set it to "
+                          "False (the driver refuses to start otherwise)." % ", ".join(refused))
+        return Result(Code.SUCCESS, "No option set that the independent mode cannot serve "
+                      "(pool aggregates, resize down and split kernel images are refused "
+                      "when asked for).")
+
+    _upgrade_checks = (
+        ("XAPI reachable", _check_xapi),
+        ("Agent reachable", _check_agent),
+        ("Agent mode", _check_mode),
+        ("Options the mode cannot serve", _check_options),
+    )
+
+
+def _config_args_first(argv):
+    """Accept ``upgrade check --config-file F`` as well as oslo's order.
+
+    oslo.config takes ``--config-file``/``--config-dir`` only before the
+    sub-command; operators write them after it too.
+    """
+    front, rest = [], []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("--config-file", "--config-dir") and args:
+            front += [arg, args.pop(0)]
+        elif arg.startswith(("--config-file=", "--config-dir=")):
+            front.append(arg)
+        else:
+            rest.append(arg)
+    return front + rest
+
+
+def main(argv=None):
+    conf = cfg.ConfigOpts()
+    nxs_conf.register_opts(conf)
+    argv = _config_args_first(sys.argv[1:] if argv is None else argv)
+    return upgradecheck.main(conf, project="nova-xen-split", upgrade_command=Checks(conf),
+                             argv=argv, default_config_files=None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
