@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""XAPI plugin: bring a VHD image chain from the image service into a file SR.
+
+``download_vhd`` streams the tarball that the image service serves for an
+image (``GET <endpoint>/v2/images/<id>/file`` with ``X-Auth-Token``) into a
+private staging directory inside the SR, gives every VHD a new uuid name,
+re-links each child to its parent's new name, checks the chain, and moves
+it into the SR, base first. The caller then runs ``SR.scan``. Nothing is left
+in the SR if any step fails, and the token never appears in an error.
+
+Python 3.6 compatible; standard library and XenAPIPlugin only.
+"""
+
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+import XenAPIPlugin
+
+import nxs_vhd
+from nxs_pluginlib import InvalidArgument, arg, to_json
+
+IMAGE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+TOKEN_RE = re.compile(r"^[\x21-\x7e]{0,8192}$")  # one header value: no spaces, no CR/LF
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+NUMBERED_RE = re.compile(r"^(0|[1-9][0-9]?)\.vhd$")
+OLD_STYLE = ("snap.vhd", "image.vhd")
+MAX_CHAIN = 32
+MAX_URL = 2048
+HTTP_TIMEOUT = 60           # seconds without data before giving up
+COPY_CHUNK = 1 << 20
+MAX_MEMBER_BYTES = nxs_vhd.MAX_VIRTUAL_BYTES + (64 << 20)
+
+
+class ImageFetchFailed(Exception):
+    """The image could not be fetched, unpacked or checked; nothing was kept."""
+
+
+# -- arguments -------------------------------------------------------------
+
+def _endpoint_arg(args):
+    endpoint = arg(args, "endpoint").rstrip("/")
+    if len(endpoint) > MAX_URL:
+        raise InvalidArgument("endpoint is longer than %d characters" % MAX_URL)
+    parts = urllib.parse.urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgument("endpoint must be an http:// or https:// URL, got %r"
+                              % endpoint[:80])
+    if parts.username is not None or parts.password is not None:
+        raise InvalidArgument("endpoint must not carry credentials")
+    if parts.query or parts.fragment or re.search(r"[\s\x00-\x1f\x7f]", endpoint):
+        raise InvalidArgument("endpoint must be a plain base URL (no query, fragment "
+                              "or control characters)")
+    try:
+        parts.port
+    except ValueError:
+        raise InvalidArgument("endpoint has an invalid port")
+    return endpoint
+
+
+def _sr_path_arg(args):
+    """A file SR's mount: exactly ``<SR root>/<sr-uuid>``, an existing directory."""
+    sr_path = arg(args, "sr_path")
+    root = os.path.realpath(os.environ.get("NXS_DOM0_SR_ROOT") or "/var/run/sr-mount")
+    if not os.path.isabs(sr_path) or "\x00" in sr_path:
+        raise InvalidArgument("sr_path must be an absolute path")
+    real = os.path.realpath(sr_path)
+    if os.path.dirname(real) != root or not UUID_RE.match(os.path.basename(real)):
+        raise InvalidArgument("sr_path %r is not an SR directory <%s>/<sr-uuid>"
+                              % (sr_path[:200], root))
+    if not os.path.isdir(real):
+        raise InvalidArgument("sr_path %r does not exist" % sr_path[:200])
+    return real
+
+
+# -- fetching --------------------------------------------------------------
+
+class _RefuseRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect would carry the token to wherever it points: refuse it."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise ImageFetchFailed("the image service answered HTTP %d (a redirect); "
+                               "redirects are not followed" % code)
+
+
+def _open_image(endpoint, image_id, token):
+    url = "%s/v2/images/%s/file" % (endpoint, urllib.parse.quote(image_id, safe=""))
+    headers = {"Accept": "application/octet-stream", "User-Agent": "nxs-dom0-vhd"}
+    if token:
+        headers["X-Auth-Token"] = token
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _RefuseRedirect())
+    try:
+        return opener.open(urllib.request.Request(url, headers=headers),
+                           timeout=HTTP_TIMEOUT)
+    except urllib.error.HTTPError as e:
+        e.close()
+        raise ImageFetchFailed("the image service answered HTTP %d %s for image %s"
+                               % (e.code, e.reason, image_id))
+    except urllib.error.URLError as e:
+        raise ImageFetchFailed("cannot reach the image service at %s: %s"
+                               % (endpoint, e.reason))
+    except OSError as e:
+        raise ImageFetchFailed("cannot reach the image service at %s: %s" % (endpoint, e))
+
+
+def _member_name(member):
+    name = member.name
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def _copy_sparse(source, path, size):
+    """Copy ``size`` bytes into a new file, leaving holes for zero chunks."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        zero = bytes(COPY_CHUNK)
+        copied = 0
+        while copied < size:
+            chunk = source.read(min(COPY_CHUNK, size - copied))
+            if not chunk:
+                raise ImageFetchFailed("the tarball ends inside %s" % os.path.basename(path))
+            if chunk == zero[:len(chunk)]:
+                os.lseek(fd, len(chunk), os.SEEK_CUR)
+            else:
+                os.write(fd, chunk)
+            copied += len(chunk)
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unpack(response, staging):
+    """Stream the tarball into ``staging``; only plain, expected VHD members."""
+    names = []
+    try:
+        with tarfile.open(fileobj=response, mode="r|*") as tar:
+            for member in tar:
+                name = _member_name(member)
+                if member.isdir() and name in ("", "."):
+                    continue
+                if not (NUMBERED_RE.match(name) or name in OLD_STYLE):
+                    raise ImageFetchFailed(
+                        "unexpected tarball member %r: only 0.vhd, 1.vhd, ... or "
+                        "image.vhd and snap.vhd are accepted" % member.name[:100])
+                if not member.isfile():
+                    raise ImageFetchFailed("tarball member %r is not a regular file"
+                                           % member.name[:100])
+                if name in names or len(names) >= MAX_CHAIN:
+                    raise ImageFetchFailed("tarball member %r is repeated or the chain "
+                                           "is longer than %d" % (name, MAX_CHAIN))
+                if member.size > MAX_MEMBER_BYTES:
+                    raise ImageFetchFailed("tarball member %r is %d bytes, larger than "
+                                           "any VHD" % (name, member.size))
+                _copy_sparse(tar.extractfile(member), os.path.join(staging, name),
+                             member.size)
+                names.append(name)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ImageFetchFailed("the image is not a readable tarball: %s" % e)
+    return names
+
+
+def _chain_order(names):
+    """Member names leaf first, from one of the accepted layouts."""
+    if any(NUMBERED_RE.match(n) for n in names):
+        numbers = sorted(int(n.split(".")[0]) for n in names if NUMBERED_RE.match(n))
+        if len(numbers) == len(names) and numbers == list(range(len(names))):
+            return ["%d.vhd" % n for n in numbers]
+    elif set(names) in ({"image.vhd"}, {"image.vhd", "snap.vhd"}):
+        return [n for n in OLD_STYLE if n in names]
+    raise ImageFetchFailed("the tarball holds %s: expected 0.vhd, 1.vhd, ... (no gaps) "
+                           "or image.vhd with an optional snap.vhd"
+                           % (sorted(names) or "no VHD"))
+
+
+def _check_chain(staging, order):
+    infos = []
+    for name in order:
+        try:
+            infos.append(nxs_vhd.inspect(os.path.join(staging, name)))
+        except nxs_vhd.InvalidVhd as e:
+            raise ImageFetchFailed("invalid VHD in the image: %s" % e)
+    for child, parent, child_name, parent_name in zip(infos, infos[1:], order, order[1:]):
+        if child["type"] != "differencing":
+            raise ImageFetchFailed("%s is a %s VHD but %s follows it in the chain"
+                                   % (child_name, child["type"], parent_name))
+        if child["parent_uuid"] != parent["uuid"]:
+            raise ImageFetchFailed("%s's parent is VHD %s, but %s is VHD %s" % (
+                child_name, child["parent_uuid"], parent_name, parent["uuid"]))
+    if infos[-1]["type"] == "differencing":
+        raise ImageFetchFailed("%s is a differencing VHD without its parent in the "
+                               "image" % order[-1])
+    return infos
+
+
+def _land_chain(order, staging, sr_path):
+    """Rename, re-link, re-check and move the chain into the SR; leaf uuid first."""
+    uuids = [str(uuid.uuid4()) for _ in order]
+    for name, vdi_uuid in zip(order, uuids):
+        os.rename(os.path.join(staging, name), os.path.join(staging, vdi_uuid + ".vhd"))
+    for child_uuid, parent_uuid in zip(uuids, uuids[1:]):
+        parent_file = parent_uuid + ".vhd"
+        try:
+            nxs_vhd.relink(os.path.join(staging, child_uuid + ".vhd"), parent_file,
+                           os.path.join(sr_path, parent_file))
+        except nxs_vhd.InvalidVhd as e:
+            raise ImageFetchFailed("cannot re-link the chain: %s" % e)
+    _check_chain(staging, [u + ".vhd" for u in uuids])
+    moved = []
+    try:
+        for vdi_uuid in reversed(uuids):  # base first: a scan never sees an orphan
+            target = os.path.join(sr_path, vdi_uuid + ".vhd")
+            if os.path.lexists(target):
+                raise ImageFetchFailed("%s already exists in the SR" % target)
+            os.rename(os.path.join(staging, vdi_uuid + ".vhd"), target)
+            moved.append(target)
+    except BaseException:
+        for target in moved:
+            os.unlink(target)
+        raise
+    return uuids
+
+
+# -- verbs -----------------------------------------------------------------
+
+def download_vhd(session, args):
+    """Fetch image ``image_id`` as a VHD chain into SR directory ``sr_path``."""
+    image_id = arg(args, "image_id")
+    if not IMAGE_ID_RE.match(image_id):
+        raise InvalidArgument("image_id must match %s, got %r"
+                              % (IMAGE_ID_RE.pattern, image_id[:80]))
+    endpoint = _endpoint_arg(args)
+    token = arg(args, "auth_token", required=False, default="")
+    if not TOKEN_RE.match(token):
+        raise InvalidArgument("auth_token must be printable ASCII without spaces, at "
+                              "most 8192 characters")
+    sr_path = _sr_path_arg(args)
+
+    staging = tempfile.mkdtemp(prefix=".nxs-staging-", dir=sr_path)
+    try:
+        response = _open_image(endpoint, image_id, token)
+        try:
+            order = _chain_order(_unpack(response, staging))
+        finally:
+            response.close()
+        _check_chain(staging, order)
+        uuids = _land_chain(order, staging, sr_path)
+    except Exception as e:
+        message = str(e)
+        if token and token in message:
+            raise ImageFetchFailed(message.replace(token, "<token>"))
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return to_json({"root": uuids[0], "chain": uuids})
+
+
+if __name__ == "__main__":
+    XenAPIPlugin.dispatch({
+        "download_vhd": download_vhd,
+    })
