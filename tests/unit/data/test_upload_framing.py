@@ -1,0 +1,112 @@
+"""What the uploader sends: zero detection and XAPI's sparse chunked framing.
+
+The framing is decoded here from REFERENCE's description (little-endian
+uint64 offset, uint32 length, data; a 0/0 header ends it).
+"""
+
+import os
+import struct
+
+from agent import upload
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def decode_chunked(body):
+    frames, pos = [], 0
+    while True:
+        offset, length = struct.unpack_from("<QI", body, pos)
+        pos += 12
+        if offset == 0 and length == 0:
+            assert pos == len(body), "bytes after the terminator"
+            return frames
+        frames.append((offset, body[pos:pos + length]))
+        pos += length
+
+
+def apply_frames(frames, size):
+    disk = bytearray(size)
+    for offset, data in frames:
+        disk[offset:offset + len(data)] = data
+    return bytes(disk)
+
+
+def body_of(pieces):
+    return b"".join(bytes(buf) for buffers in pieces for buf in buffers)
+
+
+def test_zero_blocks_split_runs_and_neighbours_merge():
+    buffer = bytearray(6 * 64 * KiB)
+    buffer[5] = 1                      # block 0
+    buffer[64 * KiB + 9] = 1           # block 1, merges with block 0
+    buffer[4 * 64 * KiB] = 1           # block 4 alone
+    runs = upload.nonzero_runs(buffer, len(buffer), base_offset=1000)
+
+    assert runs == [(1000, 128 * KiB), (1000 + 256 * KiB, 64 * KiB)]
+
+
+def test_a_short_last_block_is_kept_with_its_exact_length():
+    buffer = bytearray(64 * KiB + 100)
+    buffer[-1] = 7
+
+    assert upload.nonzero_runs(buffer, len(buffer)) == [(64 * KiB, 100)]
+
+
+def test_file_runs_skip_holes_and_written_zeros(tmp_path):
+    path = tmp_path / "d.raw"
+    with open(path, "wb") as f:
+        f.truncate(64 * MiB)
+        f.write(bytes(8 * MiB))                     # allocated, but zeros
+        f.seek(10 * MiB + 3)
+        f.write(b"abc")
+        f.seek(20 * MiB)
+        f.write(os.urandom(5 * MiB))                # spans PIECE_BYTES reads
+    with open(path, "rb") as f:
+        runs = upload.file_data_runs(f.fileno(), 64 * MiB)
+
+    # The small write is one file-system block of data: at most one zero block.
+    assert len(runs) == 4 and runs[0] == 10 * MiB and 3 < runs[1] <= 64 * KiB
+    assert list(runs[2:]) == [20 * MiB, 5 * MiB]
+
+
+def test_file_body_frames_rebuild_the_file(tmp_path):
+    path = tmp_path / "d.raw"
+    content = bytearray(12 * MiB + 512)
+    content[100:200] = os.urandom(100)
+    content[3 * MiB:9 * MiB] = os.urandom(6 * MiB)
+    content[-512:] = os.urandom(512)
+    path.write_bytes(content)
+    with open(path, "rb") as f:
+        flat = upload.file_data_runs(f.fileno(), len(content))
+    runs = list(zip(flat[::2], flat[1::2], strict=True))
+
+    body = body_of(upload._file_pieces(str(path), runs, framed=True))
+
+    assert len(body) == upload.chunked_length(runs)
+    frames = decode_chunked(body)
+    assert max(len(data) for _, data in frames) <= upload.PIECE_BYTES
+    assert apply_frames(frames, len(content)) == bytes(content)
+
+
+def test_window_frames_carry_stream_offsets():
+    window = bytearray(2 * MiB)
+    window[MiB:MiB + 4] = b"data"
+    view = memoryview(window)
+    runs = upload.nonzero_runs(window, len(window), base_offset=64 * MiB)
+
+    body = body_of(upload._window_pieces(view, 64 * MiB, runs))
+
+    assert len(body) == upload.chunked_length(runs)
+    assert decode_chunked(body) == [(65 * MiB, b"data" + bytes(64 * KiB - 4))]
+
+
+def test_progress_reports_done_and_total_to_the_callback():
+    seen = []
+    progress = upload.Progress("test", 300, lambda done, total: seen.append((done, total)))
+
+    progress.advance(100)
+    progress.advance(200)
+
+    assert seen == [(100, 300), (300, 300)]
+    assert "300 of 300 bytes (100.0%)" in progress.summary()
