@@ -1,0 +1,132 @@
+"""From an XML-RPC method name and parameters to a XAPI response.
+
+``Async.<Class>.<verb>`` runs the message in a thread under a new task and
+returns the task at once. As XAPI does, the task's ``result`` on success is
+the return value as XML-RPC ``<value>`` text (``<value>OpaqueRef:…</value>``
+for a ref, empty for a message that returns nothing); a failure puts the
+error description in ``error_info``.
+"""
+
+import logging
+import re
+import threading
+import xmlrpc.client
+from xml.sax.saxutils import escape
+
+from dom0.simulator import errors
+from dom0.simulator import model
+from dom0.simulator.api import generic
+from dom0.simulator.api.registry import MESSAGES, Message
+
+LOG = logging.getLogger(__name__)
+
+_PARAM_RE = re.compile(r"<param>\s*(<value>.*</value>)\s*</param>", re.S)
+
+
+def _lookup(name):
+    message = MESSAGES.get(name)
+    if message is not None:
+        return message
+    cls, _, verb = name.partition(".")
+    fn = generic.accessor(cls, verb)
+    if fn is None:
+        return None
+    # Only setters and map edits change the database.
+    return Message(name, fn, locked=True, async_ok=False, needs_session=True)
+
+
+def _check_count(message, params):
+    """XAPI counts every parameter, the session included."""
+    required = message.arity - message.optional
+    if not required <= len(params) <= message.arity:
+        raise errors.XapiError(
+            errors.MESSAGE_PARAMETER_COUNT_MISMATCH, message.name, message.arity, len(params))
+
+
+def check_session(host, session_ref):
+    if not host.store.exists("session", session_ref):
+        raise errors.XapiError(errors.SESSION_INVALID, session_ref)
+    return session_ref
+
+
+def _run(host, message, params):
+    if not message.locked:
+        return message.fn(host, *params)
+    with host.store.lock:
+        try:
+            return message.fn(host, *params)
+        finally:
+            host.store.commit()
+
+
+def call(host, name, params):
+    """Run XAPI message ``name``; returns its value or raises XapiError."""
+    is_async = name.startswith("Async.")
+    inner = name[len("Async."):] if is_async else name
+    message = _lookup(inner)
+    if message is None or (is_async and not message.async_ok):
+        raise errors.XapiError(errors.MESSAGE_METHOD_UNKNOWN, name)
+    _check_count(message, params)
+    if message.needs_session:
+        check_session(host, params[0])
+    if is_async:
+        return start_async(host, message, params)
+    result = _run(host, message, params)
+    return "" if result is None else result
+
+
+def task_value_text(value):
+    """A return value as XAPI stores it in ``task.result``."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        return "<value>%s</value>" % escape(value)
+    text = xmlrpc.client.dumps((value,), allow_none=True)
+    return _PARAM_RE.search(text).group(1)
+
+
+def new_task(host, session_ref, label, description=""):
+    with host.store.lock:
+        record = model.TASK.new_record(
+            name_label=label, name_description=description, created=model.now_text(),
+            resident_on=host.host_ref)
+        ref = host.store.add("task", record)
+        session = host.store.table("session").get(session_ref)
+        if session is not None:
+            session["tasks"].append(ref)
+        host.store.commit()
+    return ref
+
+
+def finish_task(host, task_ref, result=None, error=None):
+    """Record a task's outcome (success with ``result`` text, or ``error`` list)."""
+    with host.store.lock:
+        record = host.store.table("task").get(task_ref)
+        if record is None:  # destroyed by its owner meanwhile
+            return
+        if error is None:
+            record.update(status="success", result=result or "", progress=1.0)
+        else:
+            record.update(status="failure", error_info=[str(e) for e in error], progress=1.0)
+        record["finished"] = model.now_text()
+        host.store.touch()
+        host.store.commit()
+
+
+def start_async(host, message, params):
+    task_ref = new_task(host, params[0], "Async.%s" % message.name)
+
+    def work():
+        try:
+            value = _run(host, message, params)
+        except errors.XapiError as e:
+            finish_task(host, task_ref, error=e.description)
+        except Exception as e:  # a bug must fail the task, not hang its waiters
+            LOG.exception("Async.%s failed", message.name)
+            finish_task(host, task_ref, error=[errors.INTERNAL_ERROR, str(e)])
+        else:
+            finish_task(host, task_ref, result=task_value_text(value))
+
+    threading.Thread(target=work, name="task-%s" % message.name, daemon=True).start()
+    return task_ref
+

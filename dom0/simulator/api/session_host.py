@@ -1,0 +1,59 @@
+"""session, host and task messages beyond the generated accessors."""
+
+import hmac
+
+from dom0.simulator import errors
+from dom0.simulator import model
+from dom0.simulator.api import dispatch
+from dom0.simulator.api.registry import message
+
+USERNAME = "root"
+
+
+@message("session.login_with_password", needs_session=False)
+def login_with_password(host, uname, pwd, version="1.0", originator=""):
+    if not (isinstance(uname, str) and isinstance(pwd, str)):
+        raise errors.XapiError(errors.FIELD_TYPE_ERROR, "uname")
+    ok_user = hmac.compare_digest(uname.encode(), USERNAME.encode())
+    ok_pwd = hmac.compare_digest(pwd.encode(), host.password.encode())
+    if not (ok_user and ok_pwd):
+        raise errors.XapiError(
+            errors.SESSION_AUTHENTICATION_FAILED, uname, "Authentication failure")
+    record = model.SESSION.new_record(
+        this_host=host.host_ref, last_active=model.now_text(),
+        validation_time=model.now_text(), originator=str(originator))
+    return host.store.add("session", record)
+
+
+@message("session.logout")
+def logout(host, session):
+    for task_ref in host.store.get("session", session)["tasks"]:
+        # XAPI destroys a session's finished tasks with it.
+        task = host.store.table("task").get(task_ref)
+        if task is not None and task["status"] != "pending":
+            host.store.remove("task", task_ref)
+    host.store.remove("session", session)
+
+
+@message("host.call_plugin", locked=False, async_ok=True)
+def call_plugin(host, session, host_ref, plugin, fn, args):
+    with host.store.lock:
+        host.store.get("host", host_ref)
+    return host.plugins.call(session, plugin, fn, args)
+
+
+@message("task.create")
+def task_create(host, session, label, description):
+    if not isinstance(label, str) or not isinstance(description, str):
+        raise errors.XapiError(errors.FIELD_TYPE_ERROR, "label")
+    return dispatch.new_task(host, session, label, description)
+
+
+@message("task.destroy")
+def task_destroy(host, session, task):
+    host.store.get("task", task)
+    host.store.remove("task", task)
+    for record in host.store.table("session").values():
+        if task in record["tasks"]:
+            record["tasks"].remove(task)
+

@@ -1,0 +1,208 @@
+"""VDI messages: create, destroy, resize, copy.
+
+A VDI is the sparse file ``<state>/sr/<sr-uuid>/<vdi-uuid>.raw``; its
+``physical_utilisation`` is the file's allocated size, read on demand.
+Errors follow xen-api's ``xapi_vdi.ml`` (``VDI_IN_USE [vdi, operation]`` while
+any VBD is attached) and the file SR backend (shrinking is
+``SR_BACKEND_FAILURE_79`` "VDI Invalid size").
+"""
+
+import errno
+import logging
+import os
+
+from dom0.simulator import errors
+from dom0.simulator import model
+from dom0.simulator.api.registry import message
+
+LOG = logging.getLogger(__name__)
+
+COPY_CHUNK_BYTES = 64 << 20
+
+
+def parse_size(value, field="virtual_size"):
+    """An int64 given as XAPI sends it (a decimal string); ints accepted too."""
+    if isinstance(value, bool):
+        raise errors.XapiError(errors.FIELD_TYPE_ERROR, field)
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        size = int(value)
+    else:
+        raise errors.XapiError(errors.FIELD_TYPE_ERROR, field)
+    if size < 0:
+        raise errors.XapiError(errors.VALUE_NOT_SUPPORTED, field, str(value),
+                               "a size cannot be negative")
+    return size
+
+
+def assert_not_attached(host, vdi_ref, operation):
+    for vbd_ref in host.store.find("VBD", VDI=vdi_ref):
+        if host.store.get("VBD", vbd_ref)["currently_attached"]:
+            raise errors.XapiError(errors.VDI_IN_USE, vdi_ref, operation)
+
+
+def _map_field(record, field):
+    value = record.get(field, {})
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise errors.XapiError(errors.FIELD_TYPE_ERROR, field)
+    return dict(value)
+
+
+@message("VDI.create", async_ok=True)
+def create(host, session, record):
+    if not isinstance(record, dict):
+        raise errors.XapiError(errors.FIELD_TYPE_ERROR, "args")
+    sr_ref = record.get("SR")
+    host.store.get("SR", sr_ref)
+    size = parse_size(record.get("virtual_size"))
+    vdi_type = record.get("type", "user")
+    if vdi_type not in model.VDI_TYPES:
+        raise errors.XapiError(errors.FIELD_TYPE_ERROR, "type")
+    for flag in ("sharable", "read_only"):
+        if not isinstance(record.get(flag, False), bool):
+            raise errors.XapiError(errors.FIELD_TYPE_ERROR, flag)
+    vdi = model.VDI.new_record(
+        name_label=str(record.get("name_label", "")),
+        name_description=str(record.get("name_description", "")),
+        SR=sr_ref, virtual_size=str(size), type=vdi_type,
+        sharable=record.get("sharable", False), read_only=record.get("read_only", False),
+        other_config=_map_field(record, "other_config"),
+        sm_config=_map_field(record, "sm_config"),
+        xenstore_data=_map_field(record, "xenstore_data"),
+        tags=[str(t) for t in record.get("tags", [])])
+    vdi["location"] = vdi["uuid"]
+    path = host.vdi_path(vdi)
+    with open(path, "xb") as f:
+        f.truncate(size)
+    return host.store.add("VDI", vdi)
+
+
+def remove_vdi(host, vdi_ref):
+    """Forget a VDI, its unplugged VBDs and its files; collect unmanaged parents."""
+    vdi = host.store.get("VDI", vdi_ref)
+    for vbd_ref in host.store.find("VBD", VDI=vdi_ref):
+        host.store.remove("VBD", vbd_ref)
+    base = host.vdi_path(vdi)[:-len(".raw")]
+    for path in (base + ".raw", base + ".vhd"):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    host.store.remove("VDI", vdi_ref)
+    parent_uuid = vdi["sm_config"].get("vhd-parent")
+    if not parent_uuid:
+        return
+    try:
+        parent_ref = host.store.by_uuid("VDI", parent_uuid)
+    except errors.XapiError:
+        return
+    parent = host.store.get("VDI", parent_ref)
+    children = [r for r, v in host.store.table("VDI").items()
+                if v["sm_config"].get("vhd-parent") == parent_uuid]
+    if not parent["managed"] and not children:
+        # What XAPI's storage garbage collector does with a childless base.
+        LOG.info("VDI %s: last child gone, removing its base", parent_uuid)
+        remove_vdi(host, parent_ref)
+
+
+@message("VDI.destroy", async_ok=True)
+def destroy(host, session, vdi_ref):
+    host.store.get("VDI", vdi_ref)
+    assert_not_attached(host, vdi_ref, "destroy")
+    remove_vdi(host, vdi_ref)
+
+
+@message("VDI.resize", async_ok=True)
+def resize(host, session, vdi_ref, size):
+    vdi = host.store.get("VDI", vdi_ref)
+    new_size = parse_size(size, "size")
+    assert_not_attached(host, vdi_ref, "resize")
+    old_size = int(vdi["virtual_size"])
+    if new_size < old_size:
+        raise errors.sm_failure(errors.SR_BACKEND_FAILURE_VDI_SIZE, "VDI Invalid size",
+                                "shrinking not allowed")
+    with open(host.vdi_path(vdi), "r+b") as f:
+        f.truncate(new_size)
+    vdi["virtual_size"] = str(new_size)
+    host.store.touch()
+
+
+def _data_extents(fd, size):
+    """(offset, length) of the allocated parts of a file, holes skipped."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole is left
+                return
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if start >= size:
+            return
+        yield start, end - start
+        offset = end
+
+
+def sparse_copy(src_path, dst_path, size, dst_size=None):
+    """Copy ``size`` bytes keeping holes: only allocated extents are written.
+
+    The destination is emptied first (and sized ``dst_size``, default
+    ``size``), so whatever it held before reads as zeros.
+    """
+    with open(src_path, "rb") as src, open(dst_path, "r+b") as dst:
+        dst.truncate(0)
+        dst.truncate(size if dst_size is None else dst_size)
+        for start, length in _data_extents(src.fileno(), size):
+            done = 0
+            while done < length:
+                count = min(COPY_CHUNK_BYTES, length - done)
+                n = os.copy_file_range(src.fileno(), dst.fileno(), count,
+                                       start + done, start + done)
+                if n == 0:
+                    raise OSError(errno.EIO, "short copy of %s" % src_path)
+                done += n
+
+
+@message("VDI.copy", locked=False, async_ok=True)
+def copy(host, session, vdi_ref, sr_ref, base_vdi=model.NULL_REF, into_vdi=model.NULL_REF):
+    with host.store.lock:
+        source = host.store.get("VDI", vdi_ref)
+        host.store.get("SR", sr_ref)
+        assert_not_attached(host, vdi_ref, "copy")
+        size = int(source["virtual_size"])
+        src_path = host.vdi_path(source)
+        if into_vdi != model.NULL_REF:
+            target = host.store.get("VDI", into_vdi)
+            assert_not_attached(host, into_vdi, "copy")
+            if int(target["virtual_size"]) < size:
+                raise errors.XapiError(errors.VALUE_NOT_SUPPORTED, "into_vdi", into_vdi,
+                                       "the destination is smaller than the source")
+            dst_path, record = host.vdi_path(target), None
+            dst_size = int(target["virtual_size"])
+        else:
+            record = model.VDI.new_record(
+                name_label=source["name_label"], name_description=source["name_description"],
+                SR=sr_ref, virtual_size=str(size), type=source["type"],
+                sharable=source["sharable"], read_only=source["read_only"],
+                other_config=dict(source["other_config"]))
+            record["location"] = record["uuid"]
+            dst_path, dst_size = host.vdi_path(record), size
+    partial = dst_path + ".partial" if record else dst_path
+    try:
+        if record:
+            open(partial, "xb").close()
+        sparse_copy(src_path, partial, size, dst_size)
+    except OSError as e:
+        if record and os.path.exists(partial):
+            os.unlink(partial)
+        raise errors.XapiError(errors.VDI_IO_ERROR, "copy failed: %s" % e) from None
+    if record is None:
+        return into_vdi
+    with host.store.lock:
+        os.replace(partial, dst_path)
+        ref = host.store.add("VDI", record)
+        host.store.commit()
+    return ref

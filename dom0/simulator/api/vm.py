@@ -1,0 +1,107 @@
+"""VM messages: create, power operations, destroy.
+
+Power-state errors follow xen-api: ``VM_BAD_POWER_STATE [vm, expected,
+actual]`` with lower-case state names. Starting a guest marks its VBDs
+attached (no device is made: only dom0 and the compute VM get block devices);
+shutting a VM down detaches them.
+"""
+
+import copy
+
+from dom0.simulator import errors
+from dom0.simulator import model
+from dom0.simulator.api import vbd as vbd_api
+from dom0.simulator.api.registry import message
+
+# Fields a caller may not set through VM.create: XAPI owns them.
+_OWNED_BY_XAPI = ("uuid", "power_state", "resident_on", "is_control_domain", "domid",
+                  "allowed_operations", "current_operations", "VBDs", "metrics",
+                  "guest_metrics", "consoles", "VIFs")
+
+
+def _power(host, vm_ref):
+    return host.store.get("VM", vm_ref)["power_state"]
+
+
+def assert_power(host, vm_ref, expected):
+    actual = _power(host, vm_ref)
+    if actual != expected:
+        raise errors.XapiError(
+            errors.VM_BAD_POWER_STATE, vm_ref, expected.lower(), actual.lower())
+
+
+def _assert_not_control_domain(host, vm_ref, op):
+    if host.store.get("VM", vm_ref)["is_control_domain"]:
+        raise errors.XapiError(
+            errors.OPERATION_NOT_ALLOWED, "%s is not allowed on the control domain" % op)
+
+
+@message("VM.create", async_ok=True)
+def create(host, session, record):
+    if not isinstance(record, dict):
+        raise errors.XapiError(errors.FIELD_TYPE_ERROR, "args")
+    if not isinstance(record.get("name_label"), str):
+        raise errors.XapiError(errors.FIELD_TYPE_ERROR, "name_label")
+    values = {k: copy.deepcopy(v) for k, v in record.items() if k not in _OWNED_BY_XAPI}
+    for field, default in model.VM.fields.items():
+        if field in values and isinstance(default, dict) and not isinstance(values[field], dict):
+            raise errors.XapiError(errors.FIELD_TYPE_ERROR, field)
+    # Nova sends int64 fields as strings already; accept ints too, store strings.
+    for field, value in values.items():
+        if isinstance(model.VM.fields.get(field), str) and isinstance(value, int) \
+                and not isinstance(value, bool):
+            values[field] = str(value)
+    vm = model.VM.new_record(**values)
+    vm.update(power_state="Halted", resident_on=model.NULL_REF, domid="-1",
+              is_control_domain=False)
+    return host.store.add("VM", vm)
+
+
+@message("VM.start", async_ok=True)
+def start(host, session, vm_ref, start_paused=False, force=False):
+    record = host.store.get("VM", vm_ref)
+    if record["is_a_template"]:
+        raise errors.XapiError("VM_IS_TEMPLATE", vm_ref, "start")
+    assert_power(host, vm_ref, "Halted")
+    domids = [int(v["domid"]) for v in host.store.table("VM").values()]
+    state = "Paused" if start_paused else "Running"
+    host.store.update("VM", vm_ref, power_state=state, resident_on=host.host_ref,
+                      domid=str(max(domids) + 1))
+    for vbd_ref in host.store.find("VBD", VM=vm_ref):
+        vbd = host.store.get("VBD", vbd_ref)
+        vbd["currently_attached"] = True
+        vbd["device"] = vbd["device"] or vbd_api.device_name(vbd["userdevice"])
+    host.store.touch()
+
+
+def _shutdown(host, vm_ref, op, force):
+    _assert_not_control_domain(host, vm_ref, op)
+    if force:
+        if _power(host, vm_ref) == "Halted":
+            assert_power(host, vm_ref, "Running")
+    else:
+        assert_power(host, vm_ref, "Running")
+    for vbd_ref in host.store.find("VBD", VM=vm_ref, currently_attached=True):
+        vbd_api.detach_device(host, vbd_ref, force=True)
+        host.store.update("VBD", vbd_ref, currently_attached=False)
+    host.store.update("VM", vm_ref, power_state="Halted", resident_on=model.NULL_REF,
+                      domid="-1")
+
+
+@message("VM.clean_shutdown", async_ok=True)
+def clean_shutdown(host, session, vm_ref):
+    _shutdown(host, vm_ref, "clean_shutdown", force=False)
+
+
+@message("VM.hard_shutdown", async_ok=True)
+def hard_shutdown(host, session, vm_ref):
+    _shutdown(host, vm_ref, "hard_shutdown", force=True)
+
+
+@message("VM.destroy", async_ok=True)
+def destroy(host, session, vm_ref):
+    _assert_not_control_domain(host, vm_ref, "destroy")
+    assert_power(host, vm_ref, "Halted")
+    for vbd_ref in host.store.find("VBD", VM=vm_ref):
+        host.store.remove("VBD", vbd_ref)
+    host.store.remove("VM", vm_ref)

@@ -1,0 +1,186 @@
+"""The simulated host: its state directory, objects and moving parts.
+
+``SimulatedHost`` builds (or reloads) the database, knows where VDI files and
+VM device directories live, and owns the loop devices, the partition watcher
+and the plugin runner. At start and at shutdown it returns every loop device
+it attached and marks the VBDs unplugged, so nothing outlives it.
+"""
+
+import logging
+import os
+import socket
+
+from dom0.simulator import blockdev
+from dom0.simulator import db
+from dom0.simulator import errors
+from dom0.simulator import model
+from dom0.simulator import plugins
+from dom0.simulator import udev
+
+LOG = logging.getLogger(__name__)
+
+REPO_PLUGIN_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugins")
+
+
+class SimulatedHost:
+    def __init__(self, state_dir, password, compute_vm=False, plugin_dir=None,
+                 plugin_timeout=600, loop_devices=True, partition_devices=True):
+        self.state_dir = os.path.abspath(state_dir)
+        self.password = password
+        self.want_compute_vm = compute_vm
+        self.store = db.Store(self.state_dir)
+        self.loops = blockdev.LoopDevices(
+            self.state_dir, loop_devices and blockdev.loop_devices_available())
+        self.udev = udev.PartitionWatcher(partition_devices)
+        self.host_ref = self.pool_ref = self.dom0_ref = self.sr_ref = None
+        self.compute_vm_ref = None
+        self.devices = {}  # VBD ref -> the block device (or file) it is plugged as
+        self.plugins = None
+        self._plugin_dir = plugin_dir or REPO_PLUGIN_DIR
+        self._plugin_timeout = plugin_timeout
+
+    # -- paths --------------------------------------------------------------
+
+    @property
+    def sr_root(self):
+        return os.path.join(self.state_dir, "sr")
+
+    def sr_dir(self, sr_ref):
+        return os.path.join(self.sr_root, self.store.get("SR", sr_ref)["uuid"])
+
+    def vdi_path(self, vdi_record):
+        sr_uuid = self.store.get("SR", vdi_record["SR"])["uuid"]
+        return os.path.join(self.sr_root, sr_uuid, "%s.raw" % vdi_record["uuid"])
+
+    def vm_dir(self, vm_uuid):
+        return os.path.join(self.state_dir, "vms", vm_uuid)
+
+    def vm_dev_dir(self, vm_uuid):
+        return os.path.join(self.vm_dir(vm_uuid), "dev")
+
+    def has_block_devices(self, vm_ref):
+        """Only dom0 and the compute VM get real devices; guests are bookkeeping."""
+        return vm_ref in (self.dom0_ref, self.compute_vm_ref)
+
+    # -- life cycle ---------------------------------------------------------
+
+    def open(self):
+        """Load or create the database, clean what a previous run left, start."""
+        os.makedirs(self.state_dir, exist_ok=True)
+        with self.store.lock:
+            if not self.store.load():
+                self._create_objects()
+            self._find_objects()
+            self._set_up_compute_vm()
+            self._forget_attachments()
+            self.store.touch()
+            self.store.commit()
+        self.loops.cleanup()
+        dom0_uuid = self.store.get("VM", self.dom0_ref)["uuid"]
+        os.makedirs(self.vm_dev_dir(dom0_uuid), exist_ok=True)
+        boot_dir = os.path.join(self.state_dir, "boot", "guest")
+        os.makedirs(boot_dir, exist_ok=True)
+        self.plugins = plugins.PluginRunner(self._plugin_dir, self._plugin_timeout, {
+            "NXS_DOM0_DEV_DIR": self.vm_dev_dir(dom0_uuid),
+            "NXS_DOM0_SR_ROOT": self.sr_root,
+            "NXS_DOM0_BOOT_DIR": boot_dir,
+        })
+        self.udev.start()
+
+    def close(self):
+        """Unplug every real device and detach our loop devices."""
+        self.udev.stop()
+        with self.store.lock:
+            self._forget_attachments()
+            self.store.commit()
+            devices, self.devices = self.devices, {}
+        for dev in devices.values():
+            self.udev.unwatch(dev)
+        self.loops.cleanup()
+
+    def _create_objects(self):
+        store = self.store
+        host_ref = model.new_ref()
+        dom0 = model.VM.new_record(
+            name_label="Control domain on host: %s" % socket.gethostname(),
+            power_state="Running", is_control_domain=True, resident_on=host_ref,
+            domid="0", memory_static_max=str(4 << 30))
+        dom0_ref = store.add("VM", dom0)
+        store.add("host", model.HOST.new_record(
+            name_label=socket.gethostname(), hostname=socket.gethostname(),
+            control_domain=dom0_ref,
+            software_version={"product_brand": "xapi-sim", "xapi": "1.0"}), ref=host_ref)
+        sr = model.SR.new_record(name_label="Local storage", type="file",
+                                 other_config={"i18n-key": "local-storage"})
+        sr_ref = store.add("SR", sr)
+        store.add("PBD", model.PBD.new_record(
+            host=host_ref, SR=sr_ref, currently_attached=True,
+            device_config={"path": os.path.join(self.sr_root, sr["uuid"])}))
+        store.add("pool", model.POOL.new_record(
+            master=host_ref, default_SR=sr_ref, suspend_image_SR=sr_ref,
+            crash_dump_SR=sr_ref))
+        LOG.info("created a new host in %s", self.state_dir)
+
+    def _find_objects(self):
+        store = self.store
+        self.pool_ref = next(iter(store.table("pool")))
+        pool = store.get("pool", self.pool_ref)
+        self.host_ref = pool["master"]
+        self.sr_ref = pool["default_SR"]
+        self.dom0_ref = store.get("host", self.host_ref)["control_domain"]
+        os.makedirs(self.sr_dir(self.sr_ref), exist_ok=True)
+
+    def _identity_files(self):
+        vms = os.path.join(self.state_dir, "vms")
+        if not os.path.isdir(vms):
+            return []
+        return [os.path.join(vms, d, "sys", "hypervisor", "uuid") for d in os.listdir(vms)
+                if os.path.exists(os.path.join(vms, d, "sys", "hypervisor", "uuid"))]
+
+    def _set_up_compute_vm(self):
+        """The compute VM is the guest whose uuid file exists in its VM dir."""
+        existing = None
+        for path in self._identity_files():
+            with open(path) as f:
+                vm_uuid = f.read().strip()
+            try:
+                ref = self.store.by_uuid("VM", vm_uuid)
+            except errors.XapiError:
+                ref = None
+            if self.want_compute_vm and ref is not None and existing is None:
+                existing = ref
+            else:
+                os.unlink(path)
+        if not self.want_compute_vm:
+            return
+        if existing is None:
+            record = model.VM.new_record(
+                name_label="compute", power_state="Running", resident_on=self.host_ref,
+                domid="1", memory_static_max=str(2 << 30),
+                other_config={"nxs-role": "compute"})
+            existing = self.store.add("VM", record)
+            path = os.path.join(self.vm_dir(record["uuid"]), "sys", "hypervisor", "uuid")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(record["uuid"] + "\n")
+        self.compute_vm_ref = existing
+        self.store.update("VM", existing, power_state="Running", resident_on=self.host_ref)
+        os.makedirs(self.vm_dev_dir(self.store.get("VM", existing)["uuid"]), exist_ok=True)
+
+    def _forget_attachments(self):
+        """Mark real devices unplugged and remove their links (loops go separately)."""
+        for vm_ref in (self.dom0_ref, self.compute_vm_ref):
+            if vm_ref is None:
+                continue
+            for vbd_ref in self.store.find("VBD", VM=vm_ref, currently_attached=True):
+                self.store.update("VBD", vbd_ref, currently_attached=False)
+            dev_dir = self.vm_dev_dir(self.store.get("VM", vm_ref)["uuid"])
+            if os.path.isdir(dev_dir):
+                for name in os.listdir(dev_dir):
+                    if os.path.islink(os.path.join(dev_dir, name)):
+                        os.unlink(os.path.join(dev_dir, name))
+        for task in self.store.table("task").values():
+            if task["status"] == "pending":
+                task.update(status="failure", finished=model.now_text(),
+                            error_info=["INTERNAL_ERROR", "xapi-sim restarted"])

@@ -1,0 +1,144 @@
+"""XAPI's HTTP data handlers: ``PUT /import_raw_vdi``, ``GET /export_raw_vdi``.
+
+The checks run in the order of xen-api's ``import_raw_vdi.ml``: credentials
+(401), format (404; the task fails with ``INTERNAL_ERROR ['Unknown format
+x']``), an HTTP ``Transfer-Encoding`` (403), ``chunked`` with a non-raw format
+(400), then the VDI (404 for a ref that does not exist). Then, like XAPI, the
+handler answers ``200`` with a ``task-id`` header *before* it reads the body;
+the outcome is the task's. The bytes are moved by :mod:`dataio`.
+"""
+
+import logging
+import urllib.parse
+
+from dom0.simulator import errors
+from dom0.simulator.api import dispatch
+
+LOG = logging.getLogger(__name__)
+
+FORMATS = ("raw", "vhd")
+
+
+class Refused(Exception):
+    """The request is answered with ``status`` and no task outcome but ``error``."""
+
+    def __init__(self, status, error):
+        super().__init__(status)
+        self.status = status
+        self.error = error
+
+
+def _query(handler):
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(handler.path).query,
+                                  keep_blank_values=True)
+    return {k: v[0] for k, v in query.items()}
+
+
+def _respond(handler, status, headers=()):
+    handler.send_response(status)
+    for name, value in headers:
+        handler.send_header(name, value)
+    if status != 200:
+        handler.send_header("Content-Length", "0")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.wfile.flush()
+    handler.close_connection = True
+
+
+def _check(host, handler, query, importing):
+    """Validate a data request; returns (task_ref or None, fmt, chunked, path, size)."""
+    session = query.get("session_id")
+    if not session or not host.store.exists("session", session):
+        raise Refused(401, None)
+    task_ref = query.get("task_id")
+    if task_ref is not None and not host.store.exists("task", task_ref):
+        raise Refused(404, None)
+    fmt = query.get("format", "raw")
+    if fmt not in FORMATS:
+        raise Refused(404, [errors.INTERNAL_ERROR, "Unknown format %s" % fmt])
+    chunked = "chunked" in query
+    if importing:
+        if handler.headers.get("Transfer-Encoding"):
+            raise Refused(403, [errors.INTERNAL_ERROR, "import code cannot handle encoding: %s"
+                                % handler.headers.get("Transfer-Encoding")])
+        if chunked and fmt != "raw":
+            raise Refused(400, [errors.INTERNAL_ERROR,
+                                "unable to import a .vhd using chunked encoding"])
+    vdi_ref = query.get("vdi")
+    with host.store.lock:
+        if not host.store.exists("VDI", vdi_ref):
+            raise Refused(404, [errors.HANDLE_INVALID, "VDI", str(vdi_ref)])
+        vdi = host.store.get("VDI", vdi_ref)
+        path, size = host.vdi_path(vdi), int(vdi["virtual_size"])
+    return session, task_ref, fmt, chunked, path, size
+
+
+def _refuse(host, handler, query, refusal):
+    task_ref = query.get("task_id")
+    if refusal.error and task_ref and host.store.exists("task", task_ref):
+        dispatch.finish_task(host, task_ref, error=refusal.error)
+    LOG.info("%s %s refused: %d", handler.command, urllib.parse.urlsplit(handler.path).path,
+             refusal.status)
+    _respond(handler, refusal.status)
+
+
+def _run_task(host, task_ref, what, work):
+    from dom0.simulator import dataio
+
+    try:
+        work(dataio)
+    except dataio.ImportFailed as e:
+        LOG.info("%s failed: %s", what, e)
+        dispatch.finish_task(host, task_ref, error=[errors.VDI_IO_ERROR, str(e)])
+    except (ConnectionError, TimeoutError) as e:
+        LOG.info("%s: connection lost: %s", what, e)
+        dispatch.finish_task(host, task_ref, error=[
+            errors.VDI_IO_ERROR, "connection lost: %s" % (e.strerror or e)])
+    except Exception as e:  # the task must end, whatever went wrong
+        LOG.exception("%s failed", what)
+        dispatch.finish_task(host, task_ref, error=[errors.INTERNAL_ERROR, str(e)])
+    else:
+        dispatch.finish_task(host, task_ref)
+
+
+def handle_import(host, handler):
+    query = _query(handler)
+    try:
+        session, task_ref, fmt, chunked, path, size = _check(host, handler, query, True)
+    except Refused as refusal:
+        return _refuse(host, handler, query, refusal)
+    task_ref = task_ref or dispatch.new_task(host, session, "VDI.import")
+    length = handler.headers.get("Content-Length")
+    content_length = int(length) if length and length.isdigit() else None
+    _respond(handler, 200, [("task-id", task_ref), ("Content-Type", "application/octet-stream")])
+
+    def work(dataio):
+        if fmt == "vhd":
+            dataio.import_vhd(handler.rfile, content_length, path, size)
+        else:
+            dataio.import_raw(handler.rfile, content_length, path, size, chunked)
+
+    _run_task(host, task_ref, "import of %s" % fmt, work)
+
+
+def handle_export(host, handler):
+    query = _query(handler)
+    try:
+        session, task_ref, fmt, _, path, size = _check(host, handler, query, False)
+    except Refused as refusal:
+        return _refuse(host, handler, query, refusal)
+    from dom0.simulator import dataio
+
+    task_ref = task_ref or dispatch.new_task(host, session, "VDI.export")
+    length = size if fmt == "raw" else dataio.vhd_export_length(path, size)
+    _respond(handler, 200, [("task-id", task_ref), ("Content-Length", str(length)),
+                            ("Content-Type", "application/octet-stream")])
+
+    def work(dataio):
+        if fmt == "vhd":
+            dataio.export_vhd(handler.wfile, path, size)
+        else:
+            dataio.export_raw(handler.wfile, path, size)
+
+    _run_task(host, task_ref, "export as %s" % fmt, work)

@@ -1,0 +1,163 @@
+"""``xapi-sim``: an XAPI host for development and tests.
+
+Serves XAPI's XML-RPC API at ``/`` (POST) and its HTTP data handlers
+(``PUT /import_raw_vdi``, ``GET /export_raw_vdi``) on one threaded HTTP
+server. Prints ``xapi-sim listening on http://ADDRESS:PORT`` when ready.
+SIGTERM/SIGINT unplug every device, detach our loop devices and exit 0.
+"""
+
+import argparse
+import http.server
+import logging
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+import xml.parsers.expat
+import xmlrpc.client
+
+from dom0.simulator import errors
+from dom0.simulator import host as host_mod
+from dom0.simulator import http_data
+from dom0.simulator.api import dispatch
+# Importing the message modules registers their messages.
+from dom0.simulator.api import sr, session_host, vbd, vdi, vm  # noqa: F401
+
+LOG = logging.getLogger("xapi-sim")
+
+DEFAULT_PASSWORD = "xapi-sim"
+
+
+def xmlrpc_response(value):
+    return xmlrpc.client.dumps((value,), methodresponse=True, allow_none=True).encode()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the XenAPI SDK expects
+    server_version = "xapi-sim"
+    host = None  # set by make_server
+
+    def log_message(self, fmt, *args):
+        # The default would log query strings, which carry session ids.
+        pass
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        started = time.monotonic()
+        try:
+            params, method = xmlrpc.client.loads(body)
+        except (xml.parsers.expat.ExpatError, ValueError, TypeError) as e:
+            LOG.info("unparsable XML-RPC request: %s", e)
+            payload = xmlrpc.client.dumps(xmlrpc.client.Fault(-32700, "parse error: %s" % e),
+                                          methodresponse=True).encode()
+            return self._send(payload)
+        method = method or ""
+        try:
+            value = dispatch.call(self.host, method, list(params))
+            response = {"Status": "Success", "Value": value}
+            outcome = "ok"
+        except errors.XapiError as e:
+            response = {"Status": "Failure", "ErrorDescription": e.description}
+            outcome = e.code
+        except Exception as e:  # a bug must answer, not drop the connection
+            LOG.exception("%s failed", method)
+            response = {"Status": "Failure",
+                        "ErrorDescription": [errors.INTERNAL_ERROR, str(e)]}
+            outcome = errors.INTERNAL_ERROR
+        LOG.debug("%s -> %s (%.1f ms)", method, outcome, (time.monotonic() - started) * 1e3)
+        self._send(xmlrpc_response(response))
+
+    def _send(self, payload):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _route(self, routes):
+        path = urllib.parse.urlsplit(self.path).path
+        handler = routes.get(path)
+        if handler is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        handler(self.host, self)
+
+    def do_PUT(self):
+        self._route({"/import_raw_vdi": http_data.handle_import})
+
+    def do_GET(self):
+        self._route({"/export_raw_vdi": http_data.handle_export})
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+
+def make_server(sim_host, address, port):
+    handler = type("BoundHandler", (Handler,), {"host": sim_host})
+    return Server((address, port), handler)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="xapi-sim", description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", required=True,
+                        help="where the database, VDI files and VM device dirs live")
+    parser.add_argument("--address", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
+    parser.add_argument("--password", default=DEFAULT_PASSWORD,
+                        help="password of user root (default: %(default)s)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--compute-vm", dest="compute_vm", action="store_true",
+                       help="present a running guest standing for the compute VM")
+    group.add_argument("--no-compute-vm", dest="compute_vm", action="store_false")
+    parser.set_defaults(compute_vm=False)
+    parser.add_argument("--plugin-dir", default=None,
+                        help="dom0 plugin directory (default: the project's dom0/plugins)")
+    parser.add_argument("--plugin-timeout", type=float, default=600.0,
+                        help="seconds a plugin may run before it is killed")
+    parser.add_argument("--no-loop-devices", action="store_true",
+                        help="plug VBDs as plain files even where loop devices work")
+    parser.add_argument("--no-partition-devices", action="store_true",
+                        help="do not mirror partitions as xvdXN (like a real dom0)")
+    parser.add_argument("--verbose", action="store_true", help="log every call")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sim_host = host_mod.SimulatedHost(
+        args.state_dir, args.password, compute_vm=args.compute_vm,
+        plugin_dir=args.plugin_dir, plugin_timeout=args.plugin_timeout,
+        loop_devices=not args.no_loop_devices,
+        partition_devices=not args.no_partition_devices)
+    sim_host.open()
+    server = make_server(sim_host, args.address, args.port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    serving = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    serving.start()
+    print("xapi-sim listening on http://%s:%d" % (args.address, server.server_address[1]),
+          flush=True)
+    try:
+        while not stop.wait(1):
+            pass
+    finally:
+        LOG.info("shutting down")
+        server.shutdown()
+        server.server_close()
+        sim_host.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
