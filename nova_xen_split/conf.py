@@ -187,6 +187,32 @@ AGENT_OPTS = [
         min=1,
         help="Seconds between progress log lines of long transfers.",
     ),
+    cfg.StrOpt(
+        "privsep_start_method",
+        default="helper",
+        choices=[
+            ("helper", "Run privsep-helper through [agent] root_helper "
+             "(production: the agent itself runs unprivileged)."),
+            ("fork", "Fork the privileged daemon from the agent itself; only "
+             "when the agent already runs as root (tests, containers)."),
+        ],
+        help="How the in_guest backend starts its oslo.privsep daemon, which "
+        "runs the disk tools (partition, mkfs, grow, copy, mount).",
+    ),
+    cfg.StrOpt(
+        "root_helper",
+        default="sudo",
+        help="Command (split like a shell would) put before privsep-helper "
+        "when privsep_start_method = helper. Ignored when "
+        "[nxs_agent_privileged] helper_command is set.",
+    ),
+    cfg.FloatOpt(
+        "partition_wait_timeout",
+        default=20.0,
+        min=0.1,
+        help="Seconds to wait for a new or changed partition to show up as "
+        "a block device (udev works asynchronously).",
+    ),
 ]
 
 

@@ -1,0 +1,192 @@
+"""The one interface both backends implement, and what they are given.
+
+Like an os-brick connector: a few verbs, one file per way of touching disks
+(``in_guest.py``, ``independent.py``), picked once at startup by
+:func:`agent.backends.make_backend`. Callers never ask which one they hold.
+
+Arguments reach a backend already validated by :mod:`agent.endpoint`; a
+backend checks only what needs XAPI (does the VDI exist, is it big enough).
+"""
+
+import abc
+import threading
+
+from agent import vdis
+from nova_xen_split import xapi
+from rpc import exceptions
+
+INTERFACE_VERSION = "1.0"
+GiB = 1024 ** 3
+MiB = 1024 ** 2
+
+
+def checkpoint(step):
+    """Called between the steps of every operation.
+
+    Production does nothing here. Tests replace it (``monkeypatch``) to raise
+    at a named step and prove that the operation leaves nothing behind.
+    """
+
+
+class Sessions:
+    """One logged-in XAPI session per thread.
+
+    The XenAPI SDK's session is an XML-RPC proxy over one HTTP connection
+    and is not safe to share between the RPC server's worker threads, and a
+    shared session behind a lock would stall every call behind one long
+    plugin call. Sessions are made on first use and logged out by
+    :meth:`close`.
+    """
+
+    def __init__(self, conf):
+        self._conf = conf
+        self._local = threading.local()
+        self._all = []
+        self._lock = threading.Lock()
+
+    def get(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = xapi.session_from_conf(self._conf)
+            self._local.session = session
+            with self._lock:
+                self._all.append(session)
+        return session
+
+    def adopt(self, session):
+        """Use an already logged-in session for the calling thread."""
+        self._local.session = session
+        with self._lock:
+            self._all.append(session)
+
+    def close(self):
+        with self._lock:
+            sessions, self._all = self._all, []
+        for session in sessions:
+            session.logout()
+
+
+class AgentContext:
+    """What startup learnt, handed to the backend.
+
+    ``vm_ref``/``vm_uuid``: the agent's own VM (None when independent);
+    ``dom0_ref``: the served host's control domain; ``tag``: the value of the
+    ``nxs-agent-vbd``/``nxs-agent`` tags (``[DEFAULT] host``).
+    """
+
+    def __init__(self, conf, sessions, mode, host_ref, host_uuid, host_name,
+                 dom0_ref, vm_ref=None, vm_uuid=None):
+        self.conf = conf
+        self.sessions = sessions
+        self.mode = mode
+        self.host_ref = host_ref
+        self.host_uuid = host_uuid
+        self.host_name = host_name
+        self.dom0_ref = dom0_ref
+        self.vm_ref = vm_ref
+        self.vm_uuid = vm_uuid
+        self.tag = conf.host
+        # VDIs and VBDs an operation of this process is working on right
+        # now: an on-demand cleanup must not pull them from under it.
+        self.busy = vdis.BusySet()
+
+    @property
+    def session(self):
+        return self.sessions.get()
+
+
+class Backend(metaclass=abc.ABCMeta):
+    """The disk verbs of the agent; see INTERFACES C for the arguments."""
+
+    mode = None
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.conf = ctx.conf
+
+    # -- what is common to both -------------------------------------------
+
+    def describe(self):
+        """Mode, own VM, served host, interface version, capabilities."""
+        return {
+            "mode": self.mode,
+            "vm_uuid": self.ctx.vm_uuid,
+            "host_uuid": self.ctx.host_uuid,
+            "host": self.ctx.host_name,
+            "version": INTERFACE_VERSION,
+            "capabilities": self.capabilities(),
+        }
+
+    def cleanup_attached_vdis(self):
+        """Unplug/destroy this agent's VBDs, destroy its half-made VDIs.
+
+        Returns ``{"unplugged": n, "destroyed": m}``; skips what an operation
+        of this process is working on right now.
+        """
+        vms = [ref for ref in (self.ctx.vm_ref, self.ctx.dom0_ref) if ref]
+        return vdis.cleanup(self.ctx.session, vms, self.ctx.tag, self.ctx.busy)
+
+    def destroy_vdis(self, vdi_uuids):
+        """Destroy VDIs, unplugging this agent's VBDs of them first.
+
+        Every uuid is looked up before anything is destroyed, so an unknown
+        uuid raises InvalidRequest and changes nothing.
+        """
+        session = self.ctx.session
+        refs = [vdis.ref_by_uuid(session, uuid, "destroy_vdis", "vdi_uuids")
+                for uuid in vdi_uuids]
+        for ref in refs:
+            vdis.destroy(session, ref, self.ctx.tag)
+        return {"destroyed": len(refs)}
+
+    def vdi_ref(self, vdi_uuid, method, field="vdi_uuid"):
+        return vdis.ref_by_uuid(self.ctx.session, vdi_uuid, method, field)
+
+    def ensure_size(self, method, vdi_ref, new_gb):
+        """Grow the VDI to ``new_gb`` if smaller; refuse to shrink it."""
+        session = self.ctx.session
+        size_bytes = xapi.to_int(session.call("VDI.get_virtual_size", vdi_ref))
+        want = new_gb * GiB
+        if want < size_bytes:
+            raise exceptions.InvalidRequest(
+                method=method, field="new_gb",
+                reason="%d GiB is smaller than the disk (%d bytes); shrinking "
+                "is resize_disk's job" % (new_gb, size_bytes))
+        if want > size_bytes:
+            session.call("VDI.resize", vdi_ref, str(want))
+        return want
+
+    # -- the verbs ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def capabilities(self):
+        """``{feature: bool}`` for describe()."""
+
+    @abc.abstractmethod
+    def fetch_image(self, instance_uuid, image_id, disk_format, kernel_id,
+                    ramdisk_id, auth_token):
+        """Make the VDIs of an image; ``{"vdis": [...]}``.
+
+        Raises ImageFetchFailed, XapiFailure, UnsupportedInIndependentMode.
+        """
+
+    @abc.abstractmethod
+    def auto_configure_disk(self, vdi_uuid, new_gb):
+        """Grow the VDI, its only partition and its ext3/4 fs to ``new_gb``."""
+
+    @abc.abstractmethod
+    def generate_disk(self, instance_uuid, kind, size_mb, fs_type, label):
+        """A new ephemeral or swap VDI: one partition, formatted."""
+
+    @abc.abstractmethod
+    def generate_configdrive(self, instance_uuid, metadata, user_data,
+                             network_data, vendor_data, files, admin_password):
+        """A new config-drive VDI holding the ISO9660 image."""
+
+    @abc.abstractmethod
+    def resize_disk(self, instance_uuid, vdi_uuid, new_gb):
+        """Copy a root disk to a new, smaller VDI (resize down)."""
+
+    @abc.abstractmethod
+    def preconfigure_instance(self, vdi_uuid, network_config, files):
+        """Write network config and files into the image's filesystem."""

@@ -1,0 +1,99 @@
+"""What both backends do the same way: VHD chains, dom0 devices, checks."""
+
+import logging
+
+from agent import vdis
+from agent.backends import base
+from nova_xen_split import xapi
+from rpc import exceptions
+
+LOG = logging.getLogger(__name__)
+
+PARTITION_START = 2048  # sectors: 1 MiB aligned, as Nova made generated disks
+_PARTITION_TYPES = {"swap": "82", "vfat": "0c"}
+
+
+def partition_type_for(fs_type):
+    """msdos partition type for a filesystem: 82 swap, 0c vfat, else 83."""
+    return _PARTITION_TYPES.get(fs_type, "83")
+
+
+def round_up(value, unit):
+    return -(-value // unit) * unit
+
+
+class CommonBackend(base.Backend):
+
+    def disk_purpose(self, kind, label):
+        """Idempotency purpose of a generated disk: ``swap``, or the
+        ephemeral disk's label (``ephemeral0``, ``ephemeral1``, ...)."""
+        return "swap" if kind == "swap" else label
+
+    def dom0_wait_for_device(self, device):
+        """Path of a device plugged into dom0, once dom0 sees it."""
+        found = self.ctx.session.call_plugin_json(
+            self.conf.xenserver.partition_plugin, "wait_for_dev",
+            {"dev": device,
+             "max_seconds": self.conf.xenserver.block_device_creation_timeout})
+        return found["path"]
+
+    def check_shrink(self, src_ref, new_bytes):
+        size_bytes = xapi.to_int(self.ctx.session.call("VDI.get_virtual_size", src_ref))
+        if new_bytes >= size_bytes:
+            raise exceptions.InvalidRequest(
+                method="resize_disk", field="new_gb",
+                reason="%d bytes is not smaller than the disk (%d bytes); growing "
+                "is auto_configure_disk's job" % (new_bytes, size_bytes))
+
+    def fetch_vhd(self, instance_uuid, image_id, auth_token):
+        """The image's VHD chain through the dom0 image plugin + ``SR.scan``.
+
+        The leaf becomes the instance's ready ``root`` VDI. Each
+        ``[glance] api_servers`` entry is tried in turn.
+        """
+        session = self.ctx.session
+        with self.ctx.busy.key(instance_uuid, "root"):
+            found = vdis.find_ready(session, instance_uuid, "root")
+            if found:
+                return dict(vdis.result(session, found[0]), type="root")
+            sr_ref = vdis.default_sr(session)
+            sr_path = vdis.sr_path(session, sr_ref)
+            servers = [s.strip() for s in self.conf.glance.api_servers if s.strip()]
+            last = None
+            for endpoint in servers:
+                try:
+                    chain = session.call_plugin_json(
+                        self.conf.xenserver.image_plugin, "download_vhd",
+                        {"image_id": image_id, "endpoint": endpoint,
+                         "auth_token": auth_token or "", "sr_path": sr_path})
+                    break
+                except exceptions.XapiFailure as e:
+                    last = e
+                    LOG.warning("Image %s from %s through dom0 failed: %s",
+                                image_id, endpoint, " ".join(e.details[:3])[:300])
+            else:
+                raise exceptions.ImageFetchFailed(
+                    image_id=image_id,
+                    reason="the dom0 image plugin failed on every endpoint; last: %s"
+                    % (" ".join(last.details[:4])[:500] if last else "no endpoints"))
+            try:
+                base.checkpoint("downloaded")
+                session.call("SR.scan", sr_ref)
+                root_ref = session.call("VDI.get_by_uuid", chain["root"])
+                base.checkpoint("scanned")
+                vdis.tag(session, root_ref, instance_uuid, "root", self.ctx.tag, vdis.READY)
+            except BaseException:
+                self._forget_chain(sr_ref, chain["root"])
+                raise
+            return dict(vdis.result(session, root_ref), type="root")
+
+    def _forget_chain(self, sr_ref, root_uuid):
+        """After a failure: make XAPI see the new VHDs, then destroy the leaf
+        (XAPI's garbage collector removes its now childless parents)."""
+        session = self.ctx.session
+        try:
+            session.call("SR.scan", sr_ref)
+            vdis.destroy(session, session.call("VDI.get_by_uuid", root_uuid), self.ctx.tag)
+        except Exception:
+            LOG.exception("Could not remove the VHD chain of VDI %s after a failure",
+                          root_uuid)

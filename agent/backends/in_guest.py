@@ -1,0 +1,314 @@
+"""in_guest: plug VDIs into the agent's own VM, work on the local device.
+
+Disk tools run in the privsep daemon (:mod:`agent.privileged`); image data is
+streamed by the agent itself into the device, which the daemon lends it for
+the length of the copy (the way Nova's ``vdi_attached`` + ``temporary_chown``
+did). Separate kernels and ramdisks are handed to dom0 through the kernel
+plugin.
+"""
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+
+from agent import attach
+from agent import images
+from agent import privileged
+from agent import vdis
+from agent.backends import base
+from agent.backends.common import (
+    CommonBackend, PARTITION_START, partition_type_for, round_up)
+from nova_xen_split import configdrive
+from rpc import exceptions
+
+LOG = logging.getLogger(__name__)
+
+MBR_GAP_SECTORS = 63  # Nova gave partition-less (ami) images this gap
+WRITE_PIECE_BYTES = 4 * base.MiB
+KERNEL_PLUGIN = "kernel.py"
+IMAGE_BYTES_KEY = "nxs-image-bytes"  # exact image size (the VDI is rounded up)
+
+
+class InGuestBackend(CommonBackend):
+    mode = "in_guest"
+
+    def capabilities(self):
+        """Every verb of interface 1.0 is served."""
+        return dict.fromkeys(
+            ("fetch_vhd", "fetch_raw", "fetch_kernel_ramdisk", "auto_configure_disk",
+             "generate_disk", "generate_configdrive", "resize_down",
+             "preconfigure_instance"), True)
+
+    # -- devices -------------------------------------------------------------
+
+    def _device_path(self, name):
+        return os.path.join(self.conf.xenserver.device_dir, name)
+
+    def _wait_for_device(self, device):
+        path = self._device_path(device)
+        timeout = self.conf.xenserver.block_device_creation_timeout
+        if not _wait_until(lambda: os.path.exists(path), timeout):
+            raise exceptions.DiskOperationFailed(
+                operation="attach", target=device,
+                reason="%s did not appear within %ss" % (path, timeout))
+        return path
+
+    def _wait_for_partition(self, device, num, size_sectors=None):
+        """Wait for ``<device><num>`` (and for the kernel to see its size)."""
+        name = "%s%d" % (device, num)
+        path = self._device_path(name)
+        timeout = self.conf.agent.partition_wait_timeout
+
+        def ready():
+            if not os.path.exists(path):
+                return False
+            return size_sectors is None or _kernel_size(path) == size_sectors
+
+        if not _wait_until(ready, timeout):
+            raise exceptions.DiskOperationFailed(
+                operation="wait for partition", target=name,
+                reason="did not appear%s within %ss" % (
+                    "" if size_sectors is None else " with %d sectors" % size_sectors,
+                    timeout))
+        return name
+
+    def _attached(self, vdi_ref, read_only=False):
+        return attach.attached(
+            self.ctx.session, self.ctx.vm_ref, vdi_ref, self.ctx.tag,
+            self._wait_for_device, read_only=read_only, busy=self.ctx.busy,
+            unplug_retries=self.conf.xenserver.vbd_unplug_retries)
+
+    @contextlib.contextmanager
+    def _writable(self, device):
+        """Lend the device to this process, give it back afterwards."""
+        previous = privileged.chown_device(device, os.getuid())
+        try:
+            with open(self._device_path(device), "r+b", buffering=0) as f:
+                yield f
+                os.fsync(f.fileno())
+        finally:
+            privileged.chown_device(device, previous)
+
+    # -- fetch_image ---------------------------------------------------------
+
+    def fetch_raw(self, instance_uuid, image_id, auth_token, purpose, offset_sectors=0):
+        reader = None
+
+        def size_bytes():
+            nonlocal reader
+            reader = images.open_image(self.conf, image_id, auth_token)
+            return round_up(reader.size_bytes + offset_sectors * 512, base.MiB)
+
+        def fill(vdi_ref):
+            with self._attached(vdi_ref) as dev:
+                base.checkpoint("attached")
+                if offset_sectors:
+                    # A partition-less filesystem image: give it a partition.
+                    end = offset_sectors + round_up(reader.size_bytes, 512) // 512 - 1
+                    privileged.make_partition(dev.device, offset_sectors, end, "83", False)
+                with self._writable(dev.device) as f:
+                    f.seek(offset_sectors * 512)
+                    _copy_skipping_zeros(reader, f)
+                base.checkpoint("written")
+            vdis.set_other_config(self.ctx.session, vdi_ref, IMAGE_BYTES_KEY,
+                                  str(reader.size_bytes))
+
+        try:
+            ref = vdis.make(self.ctx, instance_uuid, purpose, size_bytes, fill)
+        finally:
+            if reader is not None:
+                reader.close()
+        return ref
+
+    def fetch_boot_file(self, instance_uuid, image_id, auth_token, kind):
+        """Kernel or ramdisk: into a scratch VDI, then copied by dom0 to its
+        boot directory; the VDI is destroyed afterwards."""
+        vdi_ref = self.fetch_raw(instance_uuid, image_id, auth_token, kind)
+        session = self.ctx.session
+        try:
+            size_bytes = int(session.call("VDI.get_other_config", vdi_ref).get(
+                IMAGE_BYTES_KEY) or session.call("VDI.get_virtual_size", vdi_ref))
+            with attach.attached(
+                    session, self.ctx.dom0_ref, vdi_ref, self.ctx.tag,
+                    self.dom0_wait_for_device, read_only=True, busy=self.ctx.busy,
+                    unplug_retries=self.conf.xenserver.vbd_unplug_retries) as dev:
+                copied = session.call_plugin_json(KERNEL_PLUGIN, "copy_vdi", {
+                    "dev": dev.device, "size_bytes": size_bytes, "kind": kind})
+        finally:
+            vdis.destroy_quietly(session, vdi_ref, self.ctx.tag)
+        return {"uuid": None, "type": kind, "size_bytes": size_bytes,
+                "path": copied["path"]}
+
+    def fetch_image(self, instance_uuid, image_id, disk_format, kernel_id,
+                    ramdisk_id, auth_token):
+        """VHD via the dom0 image plugin; raw/ami streamed into a local device;
+        aki/ari and kernel_id/ramdisk_id copied to dom0's boot directory."""
+        if disk_format == "vhd":
+            return {"vdis": [self.fetch_vhd(instance_uuid, image_id, auth_token)]}
+        if disk_format in ("aki", "ari"):
+            kind = "kernel" if disk_format == "aki" else "ramdisk"
+            return {"vdis": [self.fetch_boot_file(instance_uuid, image_id, auth_token, kind)]}
+        offset = MBR_GAP_SECTORS if disk_format == "ami" else 0
+        root = self.fetch_raw(instance_uuid, image_id, auth_token, "root", offset)
+        result = [dict(vdis.result(self.ctx.session, root), type="root")]
+        for kind, boot_image in (("kernel", kernel_id), ("ramdisk", ramdisk_id)):
+            if boot_image:
+                result.append(self.fetch_boot_file(instance_uuid, boot_image,
+                                                   auth_token, kind))
+        return {"vdis": result}
+
+    # -- disks -----------------------------------------------------------------
+
+    def auto_configure_disk(self, vdi_uuid, new_gb):
+        """Check the only partition and its ext fs, grow the VDI, then grow
+        the partition and the filesystem to the end of the disk."""
+        vdi_ref = self.vdi_ref(vdi_uuid, "auto_configure_disk")
+        with self._attached(vdi_ref) as dev:
+            self._single_ext_partition(dev.device)
+        base.checkpoint("inspected")
+        self.ensure_size("auto_configure_disk", vdi_ref, new_gb)
+        base.checkpoint("resized")
+        with self._attached(vdi_ref) as dev:
+            table = privileged.grow_partition(dev.device, 1)
+            base.checkpoint("partition grown")
+            part = self._wait_for_partition(dev.device, 1, table["partitions"][0]["size"])
+            privileged.resize_fs(part)
+        return vdis.result(self.ctx.session, vdi_ref)
+
+    def _single_ext_partition(self, device):
+        table = privileged.get_partitions(device)
+        parts = table["partitions"]
+        if table["label"] != "dos" or [p["num"] for p in parts] != [1]:
+            raise exceptions.DiskOperationFailed(
+                operation="auto_configure_disk", target=device,
+                reason="needs an msdos label with exactly partition 1, found %s"
+                % ([p["num"] for p in parts] or "none"))
+        part = self._wait_for_partition(device, 1)
+        privileged.check_fs(part)  # refuses anything but ext2/3/4
+        return part
+
+    def generate_disk(self, instance_uuid, kind, size_mb, fs_type, label):
+        """New VDI: msdos label, one partition from sector 2048, then mkfs."""
+        def fill(vdi_ref):
+            with self._attached(vdi_ref) as dev:
+                base.checkpoint("attached")
+                privileged.make_partition(dev.device, PARTITION_START, None,
+                                          partition_type_for(fs_type), False)
+                base.checkpoint("partitioned")
+                part = self._wait_for_partition(dev.device, 1)
+                privileged.mkfs(part, fs_type, label)
+                base.checkpoint("formatted")
+
+        purpose = self.disk_purpose(kind, label)
+        ref = vdis.make(self.ctx, instance_uuid, purpose, size_mb * base.MiB, fill)
+        return vdis.result(self.ctx.session, ref)
+
+    def generate_configdrive(self, instance_uuid, metadata, user_data,
+                             network_data, vendor_data, files, admin_password):
+        """Build the ISO in a private temp dir, write it into a new VDI."""
+        with tempfile.TemporaryDirectory(prefix="nxs-configdrive-") as tmp:
+            iso = os.path.join(tmp, "configdrive.iso")
+
+            def fill(vdi_ref):
+                configdrive.build_configdrive(
+                    iso, metadata, user_data=user_data, network_data=network_data,
+                    vendor_data=vendor_data, files=files, admin_password=admin_password)
+                base.checkpoint("built")
+                with self._attached(vdi_ref) as dev:
+                    base.checkpoint("attached")
+                    with self._writable(dev.device) as f, open(iso, "rb") as src:
+                        _copy_skipping_zeros(src, f)
+                    base.checkpoint("written")
+
+            ref = vdis.make(self.ctx, instance_uuid, "configdrive",
+                            configdrive.CONFIGDRIVE_SIZE_BYTES, fill)
+        return vdis.result(self.ctx.session, ref)
+
+    def resize_disk(self, instance_uuid, vdi_uuid, new_gb):
+        """Copy the root disk's only (ext) partition into a new, smaller VDI."""
+        session = self.ctx.session
+        src_ref = self.vdi_ref(vdi_uuid, "resize_disk")
+        new_bytes = new_gb * base.GiB
+        self.check_shrink(src_ref, new_bytes)
+
+        def fill(dst_ref):
+            with self._attached(src_ref, read_only=True) as src, \
+                    self._attached(dst_ref) as dst:
+                base.checkpoint("attached")
+                table = privileged.get_partitions(src.device)
+                parts = table["partitions"]
+                if table["label"] != "dos" or len(parts) != 1:
+                    raise exceptions.DiskOperationFailed(
+                        operation="resize_disk", target=vdi_uuid,
+                        reason="needs an msdos label with one partition")
+                part = parts[0]
+                privileged.make_partition(dst.device, part["start"], None, part["type"],
+                                          part["bootable"])
+                base.checkpoint("partitioned")
+                src_part = self._wait_for_partition(src.device, part["num"])
+                dst_part = self._wait_for_partition(dst.device, 1)
+                privileged.copy_shrunk_fs(src.device, src_part, dst.device, dst_part)
+                base.checkpoint("copied")
+
+        ref = vdis.make(self.ctx, instance_uuid, "resize", new_bytes, fill,
+                        sr_ref=session.call("VDI.get_SR", src_ref))
+        return vdis.result(session, ref)
+
+    def preconfigure_instance(self, vdi_uuid, network_config, files):
+        """Mount partition 1, write /etc/network/interfaces and the files."""
+        vdi_ref = self.vdi_ref(vdi_uuid, "preconfigure_instance")
+        to_write = [(path, data) for path, data in (files or [])]
+        if network_config is not None:
+            to_write.append(("/etc/network/interfaces", network_config.encode()))
+        if not to_write:
+            return {}
+        with self._attached(vdi_ref) as dev:
+            table = privileged.get_partitions(dev.device)
+            nums = [p["num"] for p in table["partitions"]]
+            part = (self._wait_for_partition(dev.device, nums[0]) if nums
+                    else dev.device)
+            privileged.inject_files(part, to_write)
+        return {}
+
+
+def _wait_until(predicate, timeout, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def _kernel_size(path):
+    """The kernel's idea of a block device's size, in 512-byte sectors."""
+    name = os.path.basename(os.path.realpath(path))
+    try:
+        with open("/sys/class/block/%s/size" % name) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _copy_skipping_zeros(source, target):
+    """Copy ``source`` to the (fresh, zero-filled) ``target`` file, seeking
+    over all-zero pieces; returns the byte count."""
+    start = target.tell()
+    copied = 0
+    while True:
+        piece = source.read(WRITE_PIECE_BYTES)
+        if not piece:
+            break
+        if piece.count(0) == len(piece):
+            target.seek(len(piece), os.SEEK_CUR)
+        else:
+            view = memoryview(piece)
+            while view:
+                view = view[target.write(view):]
+        copied += len(piece)
+    if copied:
+        target.seek(start + copied)
+    return copied

@@ -1,0 +1,168 @@
+"""independent: no local VM; disk work in dom0, data through XAPI's HTTP import.
+
+VDIs are plugged into the served host's control domain and handed to the
+``partition_utils`` plugin; image data and the config drive go up with
+``PUT /import_raw_vdi`` (sparse ``chunked`` framing), each upload confirmed
+by its XAPI task. What needs a local mount or a local copy is refused with
+:class:`UnsupportedInIndependentMode`.
+"""
+
+import logging
+import os
+import tempfile
+
+from agent import attach
+from agent import images
+from agent import upload
+from agent import vdis
+from agent.backends import base
+from agent.backends.common import CommonBackend, PARTITION_START, partition_type_for
+from agent.backends.common import round_up
+from nova_xen_split import configdrive
+from rpc import exceptions
+
+LOG = logging.getLogger(__name__)
+
+MODE_OPTION = "[xenserver] independent_compute / no local VM on the served host"
+
+
+def _unsupported(feature, option=MODE_OPTION):
+    return exceptions.UnsupportedInIndependentMode(feature=feature, option=option)
+
+
+class IndependentBackend(CommonBackend):
+    mode = "independent"
+
+    def capabilities(self):
+        """What works without a local VM."""
+        caps = dict.fromkeys(
+            ("fetch_vhd", "fetch_raw", "auto_configure_disk", "generate_disk",
+             "generate_configdrive"), True)
+        caps.update(dict.fromkeys(
+            ("fetch_kernel_ramdisk", "resize_down", "preconfigure_instance"), False))
+        return caps
+
+    def _plugin(self, fn, **args):
+        return self.ctx.session.call_plugin_json(
+            self.conf.xenserver.partition_plugin, fn, args)
+
+    def _dom0_attached(self, vdi_ref):
+        return attach.attached(
+            self.ctx.session, self.ctx.dom0_ref, vdi_ref, self.ctx.tag,
+            self.dom0_wait_for_device, busy=self.ctx.busy,
+            unplug_retries=self.conf.xenserver.vbd_unplug_retries)
+
+    # -- fetch_image -----------------------------------------------------------
+
+    def fetch_image(self, instance_uuid, image_id, disk_format, kernel_id,
+                    ramdisk_id, auth_token):
+        """VHD via the dom0 image plugin; raw streamed to ``import_raw_vdi``.
+
+        Raises UnsupportedInIndependentMode for kernel/ramdisk images and
+        partition-less (ami) disk images.
+        """
+        if disk_format in ("aki", "ari") or kernel_id or ramdisk_id:
+            raise _unsupported(
+                "Booting from separate kernel/ramdisk images",
+                "image properties disk_format=%s, kernel_id, ramdisk_id; "
+                "[xenserver] independent_compute" % disk_format)
+        if disk_format == "ami":
+            raise _unsupported(
+                "Partition-less (ami) disk images, which need a partition table "
+                "written around the data",
+                "image property disk_format=ami; [xenserver] independent_compute")
+        if disk_format == "vhd":
+            return {"vdis": [self.fetch_vhd(instance_uuid, image_id, auth_token)]}
+        return {"vdis": [dict(self._fetch_raw(instance_uuid, image_id, auth_token),
+                              type="root")]}
+
+    def _fetch_raw(self, instance_uuid, image_id, auth_token):
+        reader = None
+
+        def size_bytes():
+            nonlocal reader
+            reader = images.open_image(self.conf, image_id, auth_token)
+            return round_up(reader.size_bytes, base.MiB)
+
+        def fill(vdi_ref):
+            base.checkpoint("created")
+            upload.upload_stream(self.ctx.session, vdi_ref, reader, reader.size_bytes)
+            base.checkpoint("uploaded")
+
+        try:
+            ref = vdis.make(self.ctx, instance_uuid, "root", size_bytes, fill)
+        finally:
+            if reader is not None:
+                reader.close()
+        return vdis.result(self.ctx.session, ref)
+
+    # -- disks -------------------------------------------------------------------
+
+    def auto_configure_disk(self, vdi_uuid, new_gb):
+        """Check the partition table in dom0, grow the VDI, then let
+        ``partition_utils.resize_partition_and_fs`` grow partition and fs."""
+        vdi_ref = self.vdi_ref(vdi_uuid, "auto_configure_disk")
+        with self._dom0_attached(vdi_ref) as dev:
+            table = self._plugin("get_partitions", dev=dev.device)
+        nums = [p["num"] for p in table.get("partitions", [])]
+        if table.get("label") != "dos" or nums != [1]:
+            raise exceptions.DiskOperationFailed(
+                operation="auto_configure_disk", target=vdi_uuid,
+                reason="needs an msdos label with exactly partition 1, found %s"
+                % (nums or "none"))
+        base.checkpoint("inspected")
+        self.ensure_size("auto_configure_disk", vdi_ref, new_gb)
+        base.checkpoint("resized")
+        with self._dom0_attached(vdi_ref) as dev:
+            self._plugin("resize_partition_and_fs", dev=dev.device, partnum=1,
+                         partition_wait_seconds=int(self.conf.agent.partition_wait_timeout))
+        return vdis.result(self.ctx.session, vdi_ref)
+
+    def generate_disk(self, instance_uuid, kind, size_mb, fs_type, label):
+        """New VDI plugged into dom0: ``make_partition`` then ``mkfs``."""
+        wait_seconds = int(self.conf.agent.partition_wait_timeout)
+
+        def fill(vdi_ref):
+            with self._dom0_attached(vdi_ref) as dev:
+                base.checkpoint("attached")
+                self._plugin("make_partition", dev=dev.device,
+                             partition_start=PARTITION_START, partition_end="-",
+                             partition_type=partition_type_for(fs_type),
+                             partition_wait_seconds=wait_seconds)
+                base.checkpoint("partitioned")
+                self._plugin("mkfs", dev=dev.device, partnum=1, fs_type=fs_type,
+                             fs_label=label, partition_wait_seconds=wait_seconds)
+                base.checkpoint("formatted")
+
+        purpose = self.disk_purpose(kind, label)
+        ref = vdis.make(self.ctx, instance_uuid, purpose, size_mb * base.MiB, fill)
+        return vdis.result(self.ctx.session, ref)
+
+    def generate_configdrive(self, instance_uuid, metadata, user_data,
+                             network_data, vendor_data, files, admin_password):
+        """Build the ISO locally, upload it with ``PUT /import_raw_vdi``."""
+        with tempfile.TemporaryDirectory(prefix="nxs-configdrive-") as tmp:
+            iso = os.path.join(tmp, "configdrive.iso")
+
+            def fill(vdi_ref):
+                configdrive.build_configdrive(
+                    iso, metadata, user_data=user_data, network_data=network_data,
+                    vendor_data=vendor_data, files=files, admin_password=admin_password)
+                base.checkpoint("built")
+                upload.upload_file(self.ctx.session, vdi_ref, iso, fmt="chunked")
+                base.checkpoint("uploaded")
+
+            ref = vdis.make(self.ctx, instance_uuid, "configdrive",
+                            configdrive.CONFIGDRIVE_SIZE_BYTES, fill)
+        return vdis.result(self.ctx.session, ref)
+
+    def resize_disk(self, instance_uuid, vdi_uuid, new_gb):
+        """Always UnsupportedInIndependentMode (needs a local copy)."""
+        raise _unsupported(
+            "Resizing a disk down (copying its filesystem into a smaller disk)")
+
+    def preconfigure_instance(self, vdi_uuid, network_config, files):
+        """Always UnsupportedInIndependentMode (needs a local mount)."""
+        raise _unsupported(
+            "Injecting network configuration or files into an image",
+            "[DEFAULT] flat_injected; [xenserver] independent_compute")

@@ -1,0 +1,324 @@
+"""The agent's whole root-capable surface: one privsep context, a few verbs.
+
+Each entrypoint takes plain data, checks it (device names must name a block
+device under ``[xenserver] device_dir``; every number must be in range),
+runs one short job with argument lists and timeouts, and returns plain data.
+The in_guest backend is the only user; the rest of the agent can run
+unprivileged.
+
+The daemon reads ``device_dir`` from what :func:`start` recorded before it
+forked, or (started through privsep-helper, which is handed the agent's
+``--config-file``\\ s) from the global configuration.
+"""
+
+import json
+import os
+import re
+import shlex
+import stat
+import subprocess
+import tempfile
+
+from oslo_config import cfg
+from oslo_privsep import capabilities as caps
+from oslo_privsep import priv_context
+
+from rpc import exceptions
+
+agent_ctx = priv_context.PrivContext(
+    "agent",
+    cfg_section="nxs_agent_privileged",
+    pypath=__name__ + ".agent_ctx",
+    capabilities=[caps.CAP_SYS_ADMIN, caps.CAP_DAC_OVERRIDE, caps.CAP_CHOWN,
+                  caps.CAP_FOWNER, caps.CAP_DAC_READ_SEARCH],
+)
+
+DEVICE_RE = re.compile(r"^(xvd|sd|hd)[a-z]{1,2}$")
+PARTITION_RE = re.compile(r"^((xvd|sd|hd)[a-z]{1,2})([1-9][0-9]?)$")
+PARTITION_TYPES = ("83", "82", "0c")
+FS_TYPES = ("ext3", "ext4", "vfat", "swap")
+LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{0,16}$")
+MAX_SECTOR = 1 << 40
+MAX_UID = (1 << 31) - 1
+MAX_FILES = 64
+MAX_FILE_BYTES = 1 << 20
+SHORT_TIMEOUT = 120
+LONG_TIMEOUT = 3600
+
+_device_dir = None
+
+
+def start(conf):
+    """Start the privileged daemon as ``[agent] privsep_start_method`` says."""
+    global _device_dir
+    _device_dir = conf.xenserver.device_dir
+    if conf.agent.privsep_start_method == "fork":
+        agent_ctx.start(priv_context.Method.FORK)
+    else:
+        priv_context.init(root_helper=shlex.split(conf.agent.root_helper))
+        agent_ctx.start(priv_context.Method.ROOTWRAP)
+
+
+def stop():
+    agent_ctx.stop()
+
+
+# -- argument checks (run inside the daemon) --------------------------------
+
+def _configured_device_dir():
+    if _device_dir:
+        return _device_dir
+    from nova_xen_split import conf as nxs_conf
+    try:
+        return cfg.CONF.xenserver.device_dir
+    except cfg.NoSuchOptError:
+        nxs_conf.register_opts(cfg.CONF)
+        return cfg.CONF.xenserver.device_dir
+
+
+def _bad(operation, target, reason):
+    return exceptions.DiskOperationFailed(operation=operation, target=target, reason=reason)
+
+
+def _block_device(operation, name, pattern):
+    """``<device_dir>/<name>`` if the name is well-formed and a block device."""
+    if not isinstance(name, str) or not pattern.match(name):
+        raise _bad(operation, repr(name)[:40], "not a device name")
+    path = os.path.join(_configured_device_dir(), name)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise _bad(operation, name, "no such device: %s" % e.strerror) from None
+    if not stat.S_ISBLK(mode):
+        raise _bad(operation, name, "not a block device")
+    return path
+
+
+def _disk(operation, name):
+    return _block_device(operation, name, DEVICE_RE)
+
+
+def _partition(operation, name):
+    return _block_device(operation, name, PARTITION_RE)
+
+
+def _int_in(operation, what, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(operation, what, "%r is not an integer in %d..%d" % (value, low, high))
+    return value
+
+
+def _run(operation, target, argv, stdin=None, timeout=SHORT_TIMEOUT, ok=(0,)):
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise _bad(operation, target, "%s timed out after %ss" % (argv[0], timeout)) from None
+    except OSError as e:
+        raise _bad(operation, target, "cannot run %s: %s" % (argv[0], e)) from None
+    if proc.returncode not in ok:
+        raise _bad(operation, target, "%s exited %d: %s" % (
+            argv[0], proc.returncode, proc.stderr.strip()[-2000:]))
+    return proc.stdout
+
+
+def _table(operation, path):
+    out = _run(operation, path, ["sfdisk", "--json", path], ok=(0, 1))
+    if not out.strip():
+        return {"label": None, "partitions": []}
+    table = json.loads(out)["partitiontable"]
+    return {
+        "label": table.get("label"),
+        "partitions": [
+            {"num": int(re.search(r"(\d+)$", p["node"]).group(1)),
+             "start": int(p["start"]), "size": int(p["size"]),
+             "type": p.get("type"), "bootable": bool(p.get("bootable"))}
+            for p in table.get("partitions", [])],
+    }
+
+
+def _size_sectors(operation, path):
+    out = _run(operation, path, ["blockdev", "--getsz", path])
+    return int(out.strip())
+
+
+# -- entrypoints ------------------------------------------------------------
+
+@agent_ctx.entrypoint
+def get_partitions(device):
+    """The disk's msdos table: ``{"label", "partitions", "size_sectors"}``."""
+    path = _disk("get_partitions", device)
+    table = _table("get_partitions", path)
+    table["size_sectors"] = _size_sectors("get_partitions", path)
+    return table
+
+
+@agent_ctx.entrypoint
+def make_partition(device, start_sector, end_sector, partition_type, bootable):
+    """Write a new msdos label with one primary partition.
+
+    ``end_sector`` None means the end of the disk.
+    """
+    path = _disk("make_partition", device)
+    _int_in("make_partition", "start_sector", start_sector, 1, MAX_SECTOR)
+    if partition_type not in PARTITION_TYPES:
+        raise _bad("make_partition", device, "partition type %r" % (partition_type,))
+    line = "start=%d, type=%s" % (start_sector, partition_type)
+    if end_sector is not None:
+        _int_in("make_partition", "end_sector", end_sector, start_sector, MAX_SECTOR)
+        line += ", size=%d" % (end_sector - start_sector + 1)
+    if bootable:
+        line += ", bootable"
+    _run("make_partition", path, ["sfdisk", "-q", "--wipe", "always", path],
+         stdin="label: dos\n%s\n" % line, ok=(0, 1))
+    return _table("make_partition", path)
+
+
+@agent_ctx.entrypoint
+def mkfs(partition, fs_type, label):
+    """Make a filesystem (or swap) with a label on a partition."""
+    path = _partition("mkfs", partition)
+    if fs_type not in FS_TYPES:
+        raise _bad("mkfs", partition, "unknown fs type %r" % (fs_type,))
+    if not isinstance(label, str) or not LABEL_RE.match(label) or (
+            fs_type == "vfat" and len(label) > 11):
+        raise _bad("mkfs", partition, "label %r not allowed for %s" % (label, fs_type))
+    if fs_type == "swap":
+        argv = ["mkswap", "-L", label, path]
+    elif fs_type == "vfat":
+        argv = ["mkfs.vfat", "-n", label.upper(), path]
+    else:
+        argv = ["mkfs", "-t", fs_type, "-F", "-q", "-L", label, path]
+    _run("mkfs", partition, argv, timeout=LONG_TIMEOUT)
+
+
+@agent_ctx.entrypoint
+def check_fs(partition):
+    """``e2fsck -fp``: repair what is safe; anything worse is an error."""
+    path = _partition("check_fs", partition)
+    # 1 = errors corrected: fine before a resize.
+    _run("check_fs", partition, ["e2fsck", "-f", "-p", path], timeout=LONG_TIMEOUT,
+         ok=(0, 1))
+
+
+@agent_ctx.entrypoint
+def grow_partition(device, partnum):
+    """Move the end of the only partition to the end of the disk.
+
+    Keeps its start, type and boot flag; returns the new table.
+    """
+    path = _disk("grow_partition", device)
+    _int_in("grow_partition", "partnum", partnum, 1, 1)
+    table = _table("grow_partition", path)
+    parts = table["partitions"]
+    if table["label"] != "dos" or len(parts) != 1 or parts[0]["num"] != 1:
+        raise _bad("grow_partition", device, "needs an msdos label with exactly "
+                   "partition 1, found %s" % [p["num"] for p in parts])
+    # -N 1 changes only partition 1 (start, type, boot flag, boot code and
+    # disk id stay); ", +" moves its end as far as the disk allows.
+    _run("grow_partition", path, ["sfdisk", "-q", "--no-reread", "-N", "1", path],
+         stdin=", +\n", ok=(0, 1))
+    return _table("grow_partition", path)
+
+
+@agent_ctx.entrypoint
+def resize_fs(partition):
+    """``resize2fs`` the filesystem to fill its partition, then check it."""
+    path = _partition("resize_fs", partition)
+    _run("resize_fs", partition, ["resize2fs", path], timeout=LONG_TIMEOUT)
+    _run("resize_fs", partition, ["e2fsck", "-f", "-p", path], timeout=LONG_TIMEOUT,
+         ok=(0, 1))
+
+
+@agent_ctx.entrypoint
+def chown_device(device, uid):
+    """Give the device to ``uid`` (so the agent can stream into it); returns
+    the previous owner, which the caller gives back afterwards."""
+    path = _block_device("chown_device", device, DEVICE_RE)
+    _int_in("chown_device", "uid", uid, 0, MAX_UID)
+    previous = os.stat(path).st_uid
+    os.chown(path, uid, -1)
+    return previous
+
+
+@agent_ctx.entrypoint
+def copy_shrunk_fs(src_device, src_partition, dst_device, dst_partition):
+    """Copy an ext filesystem into a smaller partition of another disk.
+
+    The boot code and the gap before the partition come along; the source is
+    only read: its filesystem is copied to a private sparse scratch file,
+    shrunk there to the destination partition's size, then written out.
+    """
+    src_disk = _disk("copy_shrunk_fs", src_device)
+    dst_disk = _disk("copy_shrunk_fs", dst_device)
+    src = _partition("copy_shrunk_fs", src_partition)
+    dst = _partition("copy_shrunk_fs", dst_partition)
+    if src_disk == dst_disk or not src_partition.startswith(src_device) or \
+            not dst_partition.startswith(dst_device):
+        raise _bad("copy_shrunk_fs", dst_device, "partitions must be on two disks")
+    dst_table = _table("copy_shrunk_fs", dst_disk)
+    start = dst_table["partitions"][0]["start"]
+    dst_bytes = dst_table["partitions"][0]["size"] * 512
+    _copy_boot_area(src_disk, dst_disk, start)
+    with tempfile.TemporaryDirectory(prefix="nxs-shrink-") as scratch:
+        image = os.path.join(scratch, "fs.img")
+        _run("copy_shrunk_fs", src_partition,
+             ["dd", "if=" + src, "of=" + image, "bs=4M", "conv=sparse", "status=none"],
+             timeout=LONG_TIMEOUT)
+        _run("copy_shrunk_fs", src_partition, ["e2fsck", "-f", "-p", image],
+             timeout=LONG_TIMEOUT, ok=(0, 1))
+        _run("copy_shrunk_fs", src_partition,
+             ["resize2fs", image, "%dK" % (dst_bytes // 1024)], timeout=LONG_TIMEOUT)
+        _run("copy_shrunk_fs", dst_partition,
+             ["dd", "if=" + image, "of=" + dst, "bs=4M", "conv=fsync", "status=none"],
+             timeout=LONG_TIMEOUT)
+    _run("copy_shrunk_fs", dst_partition, ["e2fsck", "-f", "-p", dst],
+         timeout=LONG_TIMEOUT, ok=(0, 1))
+
+
+def _copy_boot_area(src_disk, dst_disk, start_sector):
+    """Boot code (first 446 bytes) and the gap up to the partition start."""
+    with open(src_disk, "rb") as src, open(dst_disk, "r+b") as dst:
+        dst.write(src.read(446))
+        src.seek(512)
+        dst.seek(512)
+        dst.write(src.read(max(0, start_sector * 512 - 512)))
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+@agent_ctx.entrypoint
+def inject_files(partition, files):
+    """Mount the partition, write ``[(path, bytes)]``, unmount.
+
+    Paths are absolute inside the guest fs; nothing may resolve outside it
+    (guest symlinks included).
+    """
+    path = _partition("inject_files", partition)
+    if not isinstance(files, (list, tuple)) or len(files) > MAX_FILES:
+        raise _bad("inject_files", partition, "files must be a list of at most %d"
+                   % MAX_FILES)
+    for item in files:
+        name, data = item
+        if (not isinstance(name, str) or not name.startswith("/") or "\0" in name
+                or ".." in name.split("/") or not isinstance(data, bytes)
+                or len(data) > MAX_FILE_BYTES):
+            raise _bad("inject_files", partition, "bad file entry %r" % (name,))
+    with tempfile.TemporaryDirectory(prefix="nxs-mnt-") as root:
+        _run("inject_files", partition, ["mount", "-t", "auto", path, root])
+        try:
+            real_root = os.path.realpath(root)
+            for name, data in files:
+                target = os.path.join(real_root, name.lstrip("/"))
+                parent = os.path.realpath(os.path.dirname(target))
+                if not (parent + "/").startswith(real_root + "/"):
+                    raise _bad("inject_files", partition, "%s leaves the filesystem" % name)
+                os.makedirs(parent, mode=0o755, exist_ok=True)
+                if os.path.realpath(parent) != parent:
+                    raise _bad("inject_files", partition, "%s leaves the filesystem" % name)
+                fd = os.open(os.path.join(parent, os.path.basename(target)),
+                             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+        finally:
+            _run("inject_files", partition, ["umount", root])

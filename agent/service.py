@@ -1,0 +1,133 @@
+"""``nova-xen-split-agent``: detect, check, clean up, serve.
+
+Startup (issue 5): find the local VM, log in to XAPI, choose the backend,
+refuse what the chosen mode cannot serve (one line on stderr naming the
+option, exit status 1, no traceback, never the password), clean up what a
+crash left, then serve the message interface until SIGTERM/SIGINT.
+"""
+
+import signal
+import sys
+import threading
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from agent import detect
+from agent import endpoint as agent_endpoint
+from agent.backends import base
+from agent.backends import make_backend
+from nova_xen_split import conf as nxs_conf
+from nova_xen_split import xapi
+from rpc import exceptions
+
+LOG = logging.getLogger(__name__)
+PROG = "nova-xen-split-agent"
+EXIT_REFUSED = 1
+EXIT_BAD_CONFIG = 2
+
+
+class WorkerSessions(base.Sessions):
+    """Per-thread sessions whose calls may run as long as a long RPC call
+    (plugin calls that fetch images take minutes; the login timeout is
+    meant for the login only)."""
+
+    def get(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            xs = self._conf.xenserver
+            session = xapi.XapiSession(
+                xs.connection_url, xs.connection_username, xs.connection_password,
+                timeout=self._conf.agent.long_rpc_timeout).login()
+            self.adopt(session)
+        return session
+
+
+class AgentService:
+    """The agent's life: :meth:`start` (startup steps 1–6), :meth:`stop`."""
+
+    def __init__(self, conf):
+        self.conf = conf
+        self.sessions = WorkerSessions(conf)
+        self.backend = None
+        self.server = None
+        self._privsep = False
+        self._stopped = threading.Event()
+
+    def start(self):
+        """Raises detect.StartupRefused (or XapiFailure) when it cannot serve."""
+        conf = self.conf
+        session = detect.login(conf)
+        self.sessions.adopt(session)
+        ctx = detect.detect(conf, session, self.sessions)
+        self.backend = make_backend(ctx)
+        if ctx.mode == detect.IN_GUEST:
+            from agent import privileged
+            privileged.start(conf)  # before any thread exists: it may fork
+            self._privsep = True
+        cleaned = self.backend.cleanup_attached_vdis()
+        LOG.info("Startup cleanup: %(unplugged)d VBD(s) unplugged, %(destroyed)d "
+                 "half-made VDI(s) destroyed", cleaned)
+        from rpc import server as rpc_server
+        self.server = rpc_server.AgentServer(
+            conf, agent_endpoint.AgentEndpoint(self.backend), host=conf.host)
+        self.server.start()
+        LOG.info("Serving interface %s in %s mode: VM %s, host %s (%s), server %s",
+                 base.INTERFACE_VERSION, ctx.mode, ctx.vm_uuid or "none",
+                 ctx.host_name, ctx.host_uuid, conf.host)
+
+    def stop(self):
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.server is not None:
+            self.server.stop()
+
+    def wait(self):
+        if self.server is not None:
+            self.server.wait()
+        self.close()
+
+    def close(self):
+        if self._privsep:
+            from agent import privileged
+            privileged.stop()
+            self._privsep = False
+        self.sessions.close()
+
+
+def _refuse(message, status=EXIT_REFUSED):
+    sys.stderr.write("%s: refusing to start: %s\n" % (PROG, message))
+    sys.stderr.flush()
+    return status
+
+
+def main(argv=None):
+    conf = cfg.CONF
+    nxs_conf.register_opts(conf)
+    logging.register_options(conf)
+    try:
+        conf(sys.argv[1:] if argv is None else argv, project="nova-xen-split",
+             prog=PROG)
+    except cfg.Error as e:
+        return _refuse(str(e).splitlines()[0], EXIT_BAD_CONFIG)
+    logging.setup(conf, "nova-xen-split")
+    service = AgentService(conf)
+    try:
+        service.start()
+    except detect.StartupRefused as e:
+        service.close()
+        LOG.error("Refusing to start: %s", e)
+        return _refuse(str(e))
+    except (cfg.Error, exceptions.NovaXenSplitError) as e:
+        service.close()
+        LOG.error("Refusing to start: %s", e)
+        return _refuse(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    signal.signal(signal.SIGINT, lambda *_: service.stop())
+    service.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
