@@ -189,6 +189,7 @@ def relink(path, parent_name, parent_path):
     try:
         header = bytearray(os.pread(fd, HEADER_BYTES, offset))
         header[NAME_AT:NAME_AT + NAME_BYTES] = encoded_name.ljust(NAME_BYTES, b"\x00")
+        writes = []  # all checked before the first byte changes
         for slot in range(8):
             at = LOCATORS_AT + 24 * slot
             code, space, _, _, data_offset = LOCATOR.unpack_from(header, at)
@@ -199,11 +200,13 @@ def relink(path, parent_name, parent_path):
                     raise InvalidVhd("%s: parent locator %d has room for %d bytes, the new "
                                      "parent needs %d" % (os.path.basename(path), slot,
                                                           room, len(data)))
-                os.pwrite(fd, data.ljust(room, b"\x00"), data_offset)
+                writes.append((data.ljust(room, b"\x00"), data_offset))
                 LOCATOR.pack_into(header, at, code, space, len(data), 0, data_offset)
             elif code != b"\x00\x00\x00\x00":
                 header[at:at + 24] = bytes(24)
         struct.pack_into(">I", header, 36, checksum(header, 36))
+        for data, data_offset in writes:
+            os.pwrite(fd, data, data_offset)
         os.pwrite(fd, bytes(header), offset)
         os.fsync(fd)
     finally:

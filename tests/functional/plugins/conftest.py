@@ -1,0 +1,152 @@
+"""Fixtures for the dom0 plugin tests: plugins called as XAPI calls them.
+
+Every test goes through ``host.call_plugin`` on a running ``xapi-sim``, with
+VDIs plugged into dom0 as real loop devices (VBD.create + VBD.plug, the
+device name from VBD.get_device), exactly as the agent's independent
+backend uses the plugins.
+"""
+
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import threading
+
+import pytest
+import XenAPI
+
+MIB = 1 << 20
+
+
+class Dom0:
+    """A simulator session with dom0, its host and the default SR at hand."""
+
+    def __init__(self, sim):
+        self.sim = sim
+        self.session = sim.session()
+        self.api = self.session.xenapi
+        self.host = self.api.host.get_all()[0]
+        self.dom0 = next(ref for ref, rec in self.api.VM.get_all_records().items()
+                         if rec["is_control_domain"])
+        self.dom0_uuid = self.api.VM.get_uuid(self.dom0)
+        self.sr = self.api.pool.get_default_SR(self.api.pool.get_all()[0])
+        pbd = self.api.SR.get_PBDs(self.sr)[0]
+        self.sr_path = self.api.PBD.get_device_config(pbd)["path"]
+        self.plugged = []
+
+    def call(self, plugin, fn, **args):
+        """``host.call_plugin``; the JSON result decoded."""
+        return json.loads(self.api.host.call_plugin(self.host, plugin, fn, args))
+
+    def failure(self, plugin, fn, **args):
+        """The ErrorDescription of a call that must fail."""
+        with pytest.raises(XenAPI.Failure) as caught:
+            self.api.host.call_plugin(self.host, plugin, fn, args)
+        return caught.value.details
+
+    def new_vdi(self, size_bytes, name="plugin-test"):
+        return self.api.VDI.create({
+            "name_label": name, "name_description": "", "SR": self.sr,
+            "virtual_size": str(size_bytes), "type": "user", "sharable": False,
+            "read_only": False, "other_config": {}, "sm_config": {}, "xenstore_data": {},
+            "tags": []})
+
+    def plug(self, vdi):
+        """Plug ``vdi`` into dom0 → (device name, real block device path)."""
+        vbd = self.api.VBD.create({
+            "VM": self.dom0, "VDI": vdi, "userdevice": "autodetect", "bootable": False,
+            "mode": "RW", "type": "Disk", "empty": False, "unpluggable": True,
+            "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}})
+        self.api.VBD.plug(vbd)
+        self.plugged.append(vbd)
+        dev = self.api.VBD.get_device(vbd)
+        return dev, os.path.realpath(os.path.join(self.sim.vm_dev_dir(self.dom0_uuid), dev))
+
+    def unplug_all(self):
+        for vbd in reversed(self.plugged):
+            self.api.VBD.unplug(vbd)
+            self.api.VBD.destroy(vbd)
+        self.plugged = []
+
+    def close(self):
+        try:
+            self.unplug_all()
+        finally:
+            self.session.xenapi.session.logout()
+
+
+@pytest.fixture
+def dom0(xapi_sim):
+    handle = Dom0(xapi_sim)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture
+def dom0_disk(dom0):
+    """Factory: a fresh VDI of ``size_mib`` plugged into dom0 → (dev, /dev/loopN)."""
+    def factory(size_mib=64):
+        return dom0.plug(dom0.new_vdi(size_mib * MIB))
+    return factory
+
+
+def head_digest(device, size=MIB):
+    """Hash of the first MiB: the table, the gap and the start of a filesystem."""
+    with open(device, "rb", buffering=0) as f:
+        return hashlib.sha256(f.read(size)).hexdigest()
+
+
+def tool(*cmd, ok=(0,), input_text=None):
+    """Run an independent checking tool; its stdout."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=120,
+                          input=input_text)
+    assert proc.returncode in ok, "%s: %s %s" % (cmd, proc.stdout, proc.stderr)
+    return proc.stdout
+
+
+class ImageService:
+    """A loopback image service: ``GET /v2/images/<id>/file`` with X-Auth-Token."""
+
+    def __init__(self, token):
+        self.token = token
+        self.images = {}      # image id → bytes of the tarball
+        self.requests = []    # (path, token header)
+        service = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                service.requests.append((self.path, self.headers.get("X-Auth-Token")))
+                if self.headers.get("X-Auth-Token") != service.token:
+                    self.send_error(401)
+                    return
+                parts = self.path.split("/")
+                body = service.images.get(parts[3]) if len(parts) == 5 else None
+                if body is None or parts[:3] != ["", "v2", "images"] or parts[4] != "file":
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def image_service():
+    service = ImageService(token="tok-" + os.urandom(12).hex())
+    yield service
+    service.close()
