@@ -14,6 +14,7 @@ import xmlrpc.client
 from xml.sax.saxutils import escape
 
 from dom0.simulator import errors
+from dom0.simulator import faults
 from dom0.simulator import model
 from dom0.simulator.api import generic
 from dom0.simulator.api.registry import MESSAGES, Message
@@ -69,6 +70,7 @@ def call(host, name, params):
     _check_count(message, params)
     if message.needs_session:
         check_session(host, params[0])
+    faults.check(inner)  # tests only: armed failures (dom0/simulator/faults.py)
     if is_async:
         return start_async(host, message, params)
     result = _run(host, message, params)
