@@ -25,6 +25,7 @@ PIECE = 4 << 20
 _CHUNK_HEADER = struct.Struct("<QI")
 # A VHD addresses blocks by 32-bit sector numbers; the specification's limit.
 MAX_VHD_SIZE = 2040 << 30
+_UNBOUNDED = 1 << 63
 
 
 class ImportFailed(Exception):
@@ -122,12 +123,18 @@ def import_raw(rfile, content_length, vdi_path, vdi_size, chunked):
 
     Plain: the body is the disk from offset 0. ``chunked``: XAPI's sparse
     framing, repeated ``<uint64 offset><uint32 length>`` (little-endian) and
-    data, ended by a chunk of offset 0 and length 0.
+    data, ended by a chunk of offset 0 and length 0. ``content_length`` None
+    (no header) reads a plain body until the peer closes it.
     """
-    body = _Body(rfile, content_length)
     if chunked:
+        # Without a Content-Length the terminating chunk alone ends the body.
+        body = _Body(rfile, _UNBOUNDED if content_length is None else content_length)
         with _VdiTarget(vdi_path, vdi_size) as target:
-            return _import_chunks(body, target, vdi_size)
+            return _import_chunks(body, target, vdi_size, content_length is not None)
+    if content_length is None:
+        with _VdiTarget(vdi_path, vdi_size) as target:
+            return _copy_until_eof(rfile, target, vdi_size)
+    body = _Body(rfile, content_length)
     if content_length > vdi_size:
         raise ImportFailed("the body (%d bytes) is larger than the VDI (%d bytes)"
                            % (content_length, vdi_size))
@@ -146,7 +153,26 @@ def _copy_body(body, target, offset, size):
         done += len(piece)
 
 
-def _import_chunks(body, target, vdi_size):
+def _copy_until_eof(rfile, target, vdi_size):
+    """A plain body without a Content-Length: read until the peer closes."""
+    buf = memoryview(bytearray(PIECE))
+    done = 0
+    while True:
+        try:
+            got = rfile.readinto(buf)
+        except OSError as e:
+            raise ImportFailed("connection failed after %d body bytes: %s"
+                               % (done, e)) from None
+        if not got:
+            return done
+        if done + got > vdi_size:
+            raise ImportFailed("the body (more than %d bytes) is larger than the VDI "
+                               "(%d bytes)" % (done + got, vdi_size))
+        target.write(done, buf[:got])
+        done += got
+
+
+def _import_chunks(body, target, vdi_size, length_known):
     imported = 0
     while True:
         if body.remaining == 0:
@@ -166,13 +192,15 @@ def _import_chunks(body, target, vdi_size):
                                % (offset, length, body.remaining))
         _copy_body(body, target, offset, length)
         imported += length
-    if body.remaining:
+    if length_known and body.remaining:
         raise ImportFailed("%d bytes follow the terminating chunk" % body.remaining)
     return imported
 
 
 def import_vhd(rfile, content_length, vdi_path, vdi_size):
     """Decode a dynamic or fixed VHD body into the VDI; returns disk bytes written."""
+    if content_length is None:
+        raise ImportFailed("a VHD body needs a Content-Length")
     body = _Body(rfile, content_length)
     with _VdiTarget(vdi_path, vdi_size) as target:
         try:
