@@ -144,16 +144,23 @@ def chunked_length(runs):
 # -- one PUT ------------------------------------------------------------------
 
 def _put(xapi_session, vdi_ref, query, content_length, pieces, progress):
-    """PUT ``pieces`` (lists of buffers) as one import with its own task."""
+    """PUT ``pieces`` (lists of buffers) as one import with its own task.
+
+    XAPI answers before it reads the body, so the answer is read first: a
+    refusal costs no data sent, and a 200 means the body is awaited.
+    """
     task_ref = xapi_session.call(
         "task.create", "nova-xen-split import",
         "import of %d bytes into %s" % (content_length, vdi_ref))
     url = urllib.parse.urlsplit(xapi_session.http_url(
         "/import_raw_vdi", vdi=vdi_ref, task_id=task_ref, **query))
+    # Never show the query: it holds the session id.
+    where = "%s://%s%s" % (url.scheme, url.netloc, url.path)
     if url.scheme == "https":
         connection = http.client.HTTPSConnection(url.hostname, url.port, timeout=60)
     else:
         connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    response = None
     try:
         try:
             connection.putrequest("PUT", "%s?%s" % (url.path, url.query),
@@ -161,19 +168,20 @@ def _put(xapi_session, vdi_ref, query, content_length, pieces, progress):
             connection.putheader("Content-Type", "application/octet-stream")
             connection.putheader("Content-Length", str(content_length))
             connection.endheaders()
+            sock = connection.sock
+            response = http.client.HTTPResponse(sock, method="PUT")
+            response.begin()
         except (OSError, http.client.HTTPException) as e:
             _forget_task(xapi_session, task_ref)
             raise exceptions.XapiFailure(details=[
-                "CONNECTION_FAILED", "%s://%s/import_raw_vdi" % (url.scheme, url.netloc),
-                str(e) or type(e).__name__]) from None
-        sent_error = _send_body(connection.sock, pieces, progress)
-        status, reason = _read_status(connection)
+                "CONNECTION_FAILED", where, str(e) or type(e).__name__]) from None
+        if response.status != 200:
+            _refused(xapi_session, task_ref, where, response)
+        sent_error = _send_body(sock, pieces, progress)
     finally:
+        if response is not None:
+            response.close()
         connection.close()
-    if status is not None and status != 200:
-        _forget_task(xapi_session, task_ref)
-        raise exceptions.XapiFailure(details=[
-            "IMPORT_HTTP_ERROR", "PUT /import_raw_vdi answered HTTP %d %s" % (status, reason)])
     # The task has the last word, even when sending broke: XAPI fails it with
     # the reason it stopped reading.
     xapi_session.wait_for_task(
@@ -183,6 +191,22 @@ def _put(xapi_session, vdi_ref, query, content_length, pieces, progress):
         raise exceptions.XapiFailure(details=[
             "IMPORT_INCOMPLETE", "body cut after %d of %d bytes: %s"
             % (progress.done_bytes, content_length, sent_error)])
+
+
+def _refused(xapi_session, task_ref, where, response):
+    """Raise for a non-200 answer, with the task's error info if XAPI set one."""
+    try:
+        status = xapi_session.call("task.get_status", task_ref)
+        info = (xapi_session.call("task.get_error_info", task_ref)
+                if status in ("failure", "cancelled") else [])
+    except exceptions.XapiFailure:
+        info = []
+    _forget_task(xapi_session, task_ref)
+    http_status = "PUT %s answered HTTP %d %s" % (where, response.status, response.reason)
+    LOG.warning("%s", http_status)
+    if info:
+        raise exceptions.XapiFailure(details=[str(d) for d in info])
+    raise exceptions.XapiFailure(details=["IMPORT_HTTP_ERROR", http_status])
 
 
 def _send_body(sock, pieces, progress):
@@ -210,17 +234,6 @@ def _sendmsg_all(sock, buffers):
             continue
         sock.sendall(memoryview(buffer)[sent:])
         sent = 0
-
-
-def _read_status(connection):
-    """The response status and reason, or (None, None) when none came."""
-    try:
-        # Only the status line and headers: XAPI keeps the connection open
-        # until the import ends, and the task reports that end.
-        response = connection.getresponse()
-        return response.status, response.reason
-    except (OSError, http.client.HTTPException):
-        return None, None
 
 
 def _forget_task(xapi_session, task_ref):
