@@ -1,0 +1,210 @@
+"""VDIs as sparse files; VBDs plugged into dom0 as real loop devices."""
+
+import os
+import subprocess
+
+from tests.functional.simulator.simhelpers import (
+    allocated_bytes, failure, new_vbd, new_vdi, new_vm, vdi_path, wait_task)
+
+MiB = 1 << 20
+
+
+def test_vdi_create_makes_a_sparse_file_of_the_virtual_size(sim, xapi, sr_ref):
+    vdi = new_vdi(xapi, sr_ref, 64 * MiB, other_config={"nxs-purpose": "root"},
+                  sm_config={"k": "v"})
+    record = xapi.VDI.get_record(vdi)
+    assert record["virtual_size"] == str(64 * MiB)  # int64 travels as a string
+    assert record["physical_utilisation"] == "0"
+    assert record["other_config"] == {"nxs-purpose": "root"}
+    assert xapi.VDI.get_sm_config(vdi) == {"k": "v"}
+    assert record["SR"] == sr_ref and vdi in xapi.SR.get_VDIs(sr_ref)
+    path = vdi_path(sim, xapi, vdi)
+    assert os.path.getsize(path) == 64 * MiB and allocated_bytes(path) == 0
+    xapi.VDI.destroy(vdi)
+    assert not os.path.exists(path)
+
+
+def test_vdi_create_refuses_a_size_that_is_not_a_number(xapi, sr_ref):
+    assert failure(new_vdi, xapi, sr_ref, "big") == ["FIELD_TYPE_ERROR", "virtual_size"]
+
+
+def test_physical_utilisation_follows_allocated_blocks(sim, xapi, sr_ref):
+    vdi = new_vdi(xapi, sr_ref, 16 * MiB)
+    with open(vdi_path(sim, xapi, vdi), "r+b") as f:
+        f.seek(4 * MiB)
+        f.write(b"\xab" * MiB)
+    assert int(xapi.VDI.get_physical_utilisation(vdi)) == MiB
+    xapi.VDI.destroy(vdi)
+
+
+def test_resize_grows_and_refuses_to_shrink(sim, xapi, sr_ref):
+    vdi = new_vdi(xapi, sr_ref, 8 * MiB)
+    xapi.VDI.resize(vdi, str(16 * MiB))
+    assert xapi.VDI.get_virtual_size(vdi) == str(16 * MiB)
+    assert os.path.getsize(vdi_path(sim, xapi, vdi)) == 16 * MiB
+    assert failure(xapi.VDI.resize, vdi, str(4 * MiB)) == [
+        "SR_BACKEND_FAILURE_79", "", "VDI Invalid size [opterr=shrinking not allowed]", ""]
+    assert xapi.VDI.get_virtual_size(vdi) == str(16 * MiB)
+    xapi.VDI.destroy(vdi)
+
+
+def test_copy_keeps_data_and_holes(sim, xapi, sr_ref):
+    vdi = new_vdi(xapi, sr_ref, 32 * MiB, other_config={"nxs-purpose": "root"})
+    with open(vdi_path(sim, xapi, vdi), "r+b") as f:
+        f.write(b"head" * 1024)
+        f.seek(20 * MiB)
+        f.write(b"tail" * 1024)
+    copy = xapi.VDI.copy(vdi, sr_ref)
+    assert copy != vdi
+    src, dst = vdi_path(sim, xapi, vdi), vdi_path(sim, xapi, copy)
+    assert open(src, "rb").read() == open(dst, "rb").read()
+    assert allocated_bytes(dst) <= allocated_bytes(src) < MiB
+    assert xapi.VDI.get_virtual_size(copy) == str(32 * MiB)
+    assert xapi.VDI.get_other_config(copy) == {"nxs-purpose": "root"}
+    xapi.VDI.destroy(copy)
+    xapi.VDI.destroy(vdi)
+
+
+def test_async_copy_task_result_is_the_new_vdi_as_xmlrpc_value(sim, xapi, sr_ref):
+    vdi = new_vdi(xapi, sr_ref, 4 * MiB)
+    task = xapi.Async.VDI.copy(vdi, sr_ref)
+    assert task.startswith("OpaqueRef:")
+    assert wait_task(xapi, task) == "success"
+    result = xapi.task.get_result(task)
+    assert result.startswith("<value>OpaqueRef:") and result.endswith("</value>")
+    copy = result[len("<value>"):-len("</value>")]
+    assert xapi.VDI.get_virtual_size(copy) == str(4 * MiB)
+    assert xapi.task.get_progress(task) == 1.0
+    xapi.task.destroy(task)
+    xapi.VDI.destroy(copy)
+    xapi.VDI.destroy(vdi)
+
+
+def test_async_task_failure_carries_the_error(xapi, sr_ref):
+    task = xapi.Async.VDI.copy("OpaqueRef:missing", sr_ref)
+    assert wait_task(xapi, task) == "failure"
+    assert xapi.task.get_error_info(task) == ["HANDLE_INVALID", "VDI", "OpaqueRef:missing"]
+    xapi.task.destroy(task)
+    assert failure(xapi.task.get_status, task)[0] == "HANDLE_INVALID"
+
+
+def test_task_create_makes_a_pending_task(xapi, host_ref):
+    task = xapi.task.create("upload", "config drive")
+    record = xapi.task.get_record(task)
+    assert record["status"] == "pending" and record["name_label"] == "upload"
+    assert record["resident_on"] == host_ref and record["progress"] == 0.0
+    xapi.task.destroy(task)
+
+
+def test_vbd_plug_into_dom0_makes_a_loop_device_named_by_get_device(
+        sim, xapi, sr_ref, dom0_ref):
+    vdi = new_vdi(xapi, sr_ref, 8 * MiB)
+    vbd = new_vbd(xapi, dom0_ref, vdi)
+    assert xapi.VBD.get_currently_attached(vbd) is False
+    xapi.VBD.plug(vbd)
+    device = xapi.VBD.get_device(vbd)
+    assert device == "xvdb"  # autodetect: lowest free userdevice from 1
+    link = os.path.join(sim.vm_dev_dir(xapi.VM.get_uuid(dom0_ref)), device)
+    target = os.readlink(link)
+    assert target.startswith("/dev/loop")
+    out = subprocess.run(["losetup", "--list", "--noheadings", "-O", "BACK-FILE", target],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == vdi_path(sim, xapi, vdi)
+    assert xapi.VBD.get_currently_attached(vbd) is True
+    assert failure(xapi.VBD.plug, vbd) == ["DEVICE_ALREADY_ATTACHED", vbd]
+    assert failure(xapi.VDI.destroy, vdi) == ["VDI_IN_USE", vdi, "destroy"]
+    assert failure(xapi.VBD.destroy, vbd)[0] == "OPERATION_NOT_ALLOWED"
+    xapi.VBD.unplug(vbd)
+    assert not os.path.lexists(link)
+    assert subprocess.run(["losetup", target], capture_output=True).returncode != 0
+    assert failure(xapi.VBD.unplug, vbd) == ["DEVICE_ALREADY_DETACHED", vbd]
+    xapi.VBD.destroy(vbd)
+    xapi.VDI.destroy(vdi)
+
+
+def test_two_plugged_vdis_are_two_block_devices_with_their_own_data(
+        sim, xapi, sr_ref, dom0_ref):
+    vdis = [new_vdi(xapi, sr_ref, 4 * MiB) for _ in range(2)]
+    for n, vdi in enumerate(vdis):
+        with open(vdi_path(sim, xapi, vdi), "r+b") as f:
+            f.write(b"disk-%d" % n)
+    vbds = [new_vbd(xapi, dom0_ref, vdi) for vdi in vdis]
+    for vbd in vbds:
+        xapi.VBD.plug(vbd)
+    dev_dir = sim.vm_dev_dir(xapi.VM.get_uuid(dom0_ref))
+    devices = [xapi.VBD.get_device(vbd) for vbd in vbds]
+    assert devices == ["xvdb", "xvdc"]
+    targets = [os.path.realpath(os.path.join(dev_dir, d)) for d in devices]
+    assert targets[0] != targets[1]
+    for n, target in enumerate(targets):
+        assert os.path.exists(target) and os.stat(target).st_rdev != 0
+        with open(target, "rb") as f:
+            assert f.read(6) == b"disk-%d" % n
+    for vbd in vbds:
+        xapi.VBD.unplug(vbd)
+        xapi.VBD.destroy(vbd)
+    for vdi in vdis:
+        xapi.VDI.destroy(vdi)
+
+
+def test_read_only_vbd_is_a_read_only_device(sim, xapi, sr_ref, dom0_ref):
+    vdi = new_vdi(xapi, sr_ref, 4 * MiB)
+    vbd = new_vbd(xapi, dom0_ref, vdi, mode="RO")
+    xapi.VBD.plug(vbd)
+    link = os.path.join(sim.vm_dev_dir(xapi.VM.get_uuid(dom0_ref)), xapi.VBD.get_device(vbd))
+    name = os.path.basename(os.readlink(link))
+    assert open("/sys/block/%s/ro" % name).read().strip() == "1"
+    xapi.VBD.unplug(vbd)
+    xapi.VBD.destroy(vbd)
+    xapi.VDI.destroy(vdi)
+
+
+def test_vbd_create_with_a_number_and_a_taken_number(xapi, sr_ref, dom0_ref):
+    vdi = new_vdi(xapi, sr_ref, MiB)
+    vbd = new_vbd(xapi, dom0_ref, vdi, userdevice="5")
+    assert xapi.VBD.get_userdevice(vbd) == "5"
+    assert failure(new_vbd, xapi, dom0_ref, vdi, "5") == ["DEVICE_ALREADY_EXISTS", "5"]
+    assert failure(new_vbd, xapi, dom0_ref, vdi, "sideways") == ["INVALID_DEVICE", "sideways"]
+    xapi.VBD.destroy(vbd)
+    xapi.VDI.destroy(vdi)
+
+
+def test_empty_cd_vbd_has_no_vdi(xapi):
+    vm = new_vm(xapi)
+    vbd = new_vbd(xapi, vm, "OpaqueRef:NULL", userdevice="3", mode="RO", vbd_type="CD",
+                  empty=True)
+    record = xapi.VBD.get_record(vbd)
+    assert record["empty"] is True and record["VDI"] == "OpaqueRef:NULL"
+    assert record["type"] == "CD"
+    xapi.VM.destroy(vm)
+
+
+def test_plugging_into_a_halted_guest_is_vm_bad_power_state(xapi, sr_ref):
+    vm = new_vm(xapi)
+    vdi = new_vdi(xapi, sr_ref, MiB)
+    vbd = new_vbd(xapi, vm, vdi)
+    assert failure(xapi.VBD.plug, vbd) == ["VM_BAD_POWER_STATE", vm, "running", "halted"]
+    xapi.VM.destroy(vm)
+    xapi.VDI.destroy(vdi)
+
+
+def test_a_rw_disk_attached_to_one_guest_is_in_use_for_another(xapi, sr_ref):
+    vms = [new_vm(xapi) for _ in range(2)]
+    vdi = new_vdi(xapi, sr_ref, MiB)
+    new_vbd(xapi, vms[0], vdi)
+    for vm in vms:
+        xapi.VM.start(vm, False, False)
+    second = new_vbd(xapi, vms[1], vdi)
+    assert failure(xapi.VBD.plug, second) == ["VDI_IN_USE", vdi]
+    assert xapi.VBD.get_currently_attached(second) is False
+    for vm in vms:
+        xapi.VM.hard_shutdown(vm)
+        xapi.VM.destroy(vm)
+    xapi.VDI.destroy(vdi)
+
+
+def test_destroying_a_vdi_removes_its_unplugged_vbds(xapi, sr_ref, dom0_ref):
+    vdi = new_vdi(xapi, sr_ref, MiB)
+    vbd = new_vbd(xapi, dom0_ref, vdi)
+    xapi.VDI.destroy(vdi)
+    assert failure(xapi.VBD.get_record, vbd) == ["HANDLE_INVALID", "VBD", vbd]

@@ -1,0 +1,118 @@
+"""VM life cycle and the compute VM."""
+
+import os
+
+from tests.functional.simulator.simhelpers import failure, new_vbd, new_vdi, new_vm
+
+MiB = 1 << 20
+
+
+def test_vm_create_keeps_nova_fields_and_starts_halted(xapi):
+    vm = new_vm(xapi, "keeps-fields")
+    record = xapi.VM.get_record(vm)
+    assert record["power_state"] == "Halted"
+    assert record["resident_on"] == "OpaqueRef:NULL"
+    assert record["memory_static_max"] == str(512 * MiB)
+    assert record["other_config"]["nova_uuid"] == "00000000-0000-0000-0000-000000000001"
+    assert record["is_control_domain"] is False
+    assert xapi.VM.get_by_uuid(record["uuid"]) == vm
+    xapi.VM.destroy(vm)
+
+
+def test_vm_create_requires_a_name_label(xapi):
+    assert failure(xapi.VM.create, {"memory_static_max": "1"}) == [
+        "FIELD_TYPE_ERROR", "name_label"]
+
+
+def test_start_and_shutdowns_move_power_state_and_residence(xapi, host_ref):
+    vm = new_vm(xapi)
+    xapi.VM.start(vm, False, False)
+    assert xapi.VM.get_power_state(vm) == "Running"
+    assert xapi.VM.get_resident_on(vm) == host_ref
+    xapi.VM.clean_shutdown(vm)
+    assert xapi.VM.get_power_state(vm) == "Halted"
+    assert xapi.VM.get_resident_on(vm) == "OpaqueRef:NULL"
+    xapi.VM.start(vm, False, False)
+    xapi.VM.hard_shutdown(vm)
+    assert xapi.VM.get_power_state(vm) == "Halted"
+    xapi.VM.destroy(vm)
+
+
+def test_power_operations_in_the_wrong_state_are_vm_bad_power_state(xapi):
+    vm = new_vm(xapi)
+    assert failure(xapi.VM.clean_shutdown, vm) == ["VM_BAD_POWER_STATE", vm, "running", "halted"]
+    xapi.VM.start(vm, False, False)
+    assert failure(xapi.VM.start, vm, False, False) == [
+        "VM_BAD_POWER_STATE", vm, "halted", "running"]
+    assert failure(xapi.VM.destroy, vm) == ["VM_BAD_POWER_STATE", vm, "halted", "running"]
+    xapi.VM.hard_shutdown(vm)
+    xapi.VM.destroy(vm)
+
+
+def test_control_domain_cannot_be_shut_down_or_destroyed(xapi, dom0_ref):
+    assert failure(xapi.VM.hard_shutdown, dom0_ref)[0] == "OPERATION_NOT_ALLOWED"
+    assert failure(xapi.VM.destroy, dom0_ref)[0] == "OPERATION_NOT_ALLOWED"
+    assert xapi.VM.get_power_state(dom0_ref) == "Running"
+
+
+def test_guest_vbds_attach_on_start_without_a_device_and_detach_on_shutdown(
+        sim, xapi, sr_ref):
+    vm = new_vm(xapi)
+    vdi = new_vdi(xapi, sr_ref, MiB)
+    vbd = new_vbd(xapi, vm, vdi, userdevice="0")
+    assert xapi.VM.get_VBDs(vm) == [vbd]
+    xapi.VM.start(vm, False, False)
+    assert xapi.VBD.get_currently_attached(vbd) is True
+    assert xapi.VBD.get_device(vbd) == "xvda"
+    vm_dev_dir = sim.vm_dev_dir(xapi.VM.get_uuid(vm))
+    assert not os.path.exists(os.path.join(vm_dev_dir, "xvda"))  # guests get no block device
+    xapi.VM.clean_shutdown(vm)
+    assert xapi.VBD.get_currently_attached(vbd) is False
+    xapi.VM.destroy(vm)
+    xapi.VDI.destroy(vdi)
+
+
+def test_destroying_a_vm_destroys_its_vbds_but_not_its_vdis(xapi, sr_ref):
+    vm = new_vm(xapi)
+    vdi = new_vdi(xapi, sr_ref, MiB)
+    vbd = new_vbd(xapi, vm, vdi)
+    xapi.VM.destroy(vm)
+    assert failure(xapi.VBD.get_record, vbd) == ["HANDLE_INVALID", "VBD", vbd]
+    assert xapi.VDI.get_VBDs(vdi) == []
+    xapi.VDI.destroy(vdi)
+
+
+def test_other_config_of_a_vm_can_be_extended(xapi, dom0_ref):
+    vm = new_vm(xapi)
+    xapi.VM.add_to_other_config(vm, "nxs-agent", "host-1")
+    assert xapi.VM.get_other_config(vm)["nxs-agent"] == "host-1"
+    xapi.VM.destroy(vm)
+
+
+def test_async_vm_start_returns_a_task_that_succeeds_with_an_empty_result(xapi):
+    from tests.functional.simulator.simhelpers import wait_task
+    vm = new_vm(xapi)
+    task = xapi.Async.VM.start(vm, False, False)
+    assert wait_task(xapi, task) == "success"
+    assert xapi.task.get_result(task) == ""
+    assert xapi.VM.get_power_state(vm) == "Running"
+    xapi.task.destroy(task)
+    xapi.VM.hard_shutdown(vm)
+    xapi.VM.destroy(vm)
+
+
+def test_compute_vm_is_a_running_guest_that_knows_its_uuid(xapi_sim_compute):
+    xapi = xapi_sim_compute.session().xenapi
+    uuid = xapi_sim_compute.compute_vm_uuid
+    path = os.path.join(xapi_sim_compute.state_dir, "vms", uuid, "sys", "hypervisor", "uuid")
+    assert open(path).read().strip() == uuid
+    vm = xapi.VM.get_by_uuid(uuid)
+    record = xapi.VM.get_record(vm)
+    assert record["is_control_domain"] is False
+    assert record["power_state"] == "Running"
+    host = xapi.pool.get_master(xapi.pool.get_all()[0])
+    assert record["resident_on"] == host
+
+
+def test_no_compute_vm_means_no_identity_file(sim):
+    assert sim.compute_vm_uuid is None
