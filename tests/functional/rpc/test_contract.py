@@ -1,0 +1,248 @@
+"""The interface contract, run over both transports (``transport`` fixture)."""
+
+import concurrent.futures
+import time
+
+import pytest
+
+from rpc import exceptions
+from rpc import methods
+from tests.functional.rpc.conftest import RPC_TIMEOUT, unique_host
+from tests.functional.rpc.endpoint import ALL_BYTES, INSTANCE, VALID_ARGS, VDI, expected_result
+
+
+@pytest.mark.parametrize("method", sorted(methods.METHODS))
+def test_every_declared_method_round_trips_with_its_arguments_intact(agent, method):
+    api, endpoint, host = agent
+    result = getattr(api, method)(**VALID_ARGS[method])
+
+    assert result == expected_result(method, VALID_ARGS[method], host)
+    assert endpoint.calls == [(method, VALID_ARGS[method])]
+
+
+def test_bytes_cross_both_ways_unchanged(agent):
+    api, endpoint, _ = agent
+    args = dict(VALID_ARGS["generate_configdrive"], user_data=ALL_BYTES * 256,
+                files=[["/a", ALL_BYTES], ["/b", b"\x00" * 1000]])
+
+    result = api.generate_configdrive(**args)
+
+    received = endpoint.calls[0][1]
+    assert received["user_data"] == ALL_BYTES * 256
+    assert received["files"] == [["/a", ALL_BYTES], ["/b", b"\x00" * 1000]]
+    assert received["metadata"]["__nxs_bytes__"] == "not bytes"
+    assert result["user_data"] == ALL_BYTES * 256
+
+
+def test_omitted_nullable_arguments_reach_the_endpoint_as_none(agent):
+    api, endpoint, _ = agent
+    api._call("fetch_image", "1.0", dict(instance_uuid=INSTANCE, image_id="img",
+                                         disk_format="raw"), check=False)
+
+    received = endpoint.calls[0][1]
+    assert received["kernel_id"] is None and received["auth_token"] is None
+
+
+BAD_REQUESTS = [
+    ("undeclared method", "format_host", {}, "method"),
+    ("missing argument", "generate_disk",
+     dict(VALID_ARGS["generate_disk"], label=None), "label"),
+    ("required argument left out", "destroy_vdis", {}, "vdi_uuids"),
+    ("extra argument", "auto_configure_disk",
+     dict(VALID_ARGS["auto_configure_disk"], force=True), "force"),
+    ("string for an int", "auto_configure_disk", dict(vdi_uuid=VDI, new_gb="20"), "new_gb"),
+    ("bool for an int", "auto_configure_disk", dict(vdi_uuid=VDI, new_gb=True), "new_gb"),
+    ("int below range", "auto_configure_disk", dict(vdi_uuid=VDI, new_gb=0), "new_gb"),
+    ("int above range", "resize_disk", dict(VALID_ARGS["resize_disk"], new_gb=65537), "new_gb"),
+    ("uppercase uuid", "auto_configure_disk", dict(vdi_uuid=VDI.upper(), new_gb=1), "vdi_uuid"),
+    ("label breaking its pattern", "generate_disk",
+     dict(VALID_ARGS["generate_disk"], label="has space"), "label"),
+    ("value outside the enum", "generate_disk",
+     dict(VALID_ARGS["generate_disk"], fs_type="xfs"), "fs_type"),
+    ("image id with a slash", "fetch_image",
+     dict(VALID_ARGS["fetch_image"], image_id="../etc"), "image_id"),
+    ("user data too large", "generate_configdrive",
+     dict(VALID_ARGS["generate_configdrive"], user_data=b"x" * 65537), "user_data"),
+    ("text where bytes are declared", "generate_configdrive",
+     dict(VALID_ARGS["generate_configdrive"], user_data="text"), "user_data"),
+    ("file entry that is not a pair", "preconfigure_instance",
+     dict(VALID_ARGS["preconfigure_instance"], files=[["/etc/motd"]]), "files[0]"),
+    ("too many vdis", "destroy_vdis", dict(vdi_uuids=[VDI] * 65), "vdi_uuids"),
+    ("no vdis", "destroy_vdis", dict(vdi_uuids=[]), "vdi_uuids"),
+    ("bad uuid inside a list", "destroy_vdis", dict(vdi_uuids=[VDI, "x"]), "vdi_uuids[1]"),
+]
+
+
+@pytest.mark.parametrize("case, method, args, field", BAD_REQUESTS,
+                         ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_request_is_refused_by_the_server_before_the_endpoint_runs(
+        agent, case, method, args, field):
+    api, endpoint, _ = agent
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        api._call(method, "1.0", args, check=False)  # bypass the client-side check
+
+    assert raised.value.kwargs["field"] == field
+    assert endpoint.calls == []
+
+
+def test_bad_request_is_refused_by_the_client_before_anything_is_sent(agent):
+    api, endpoint, _ = agent
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        api.generate_disk(instance_uuid=INSTANCE, kind="ephemeral", size_mb=0,
+                          fs_type="ext4", label="eph")
+    assert raised.value.kwargs == {"method": "generate_disk", "field": "size_mb",
+                                   "reason": "must be in 1..67108864, got 0"}
+    assert endpoint.calls == []
+
+
+def test_secret_argument_never_appears_in_the_error(agent):
+    api, endpoint, _ = agent
+    token = "tok-" + "s" * 9000
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        api._call("fetch_image", "1.0", dict(VALID_ARGS["fetch_image"], auth_token=token),
+                  check=False)
+    assert raised.value.kwargs["field"] == "auth_token"
+    assert "tok-" not in str(raised.value) and "tok-" not in repr(raised.value.kwargs)
+
+
+def test_xapi_failure_crosses_with_its_error_description(agent):
+    api, endpoint, _ = agent
+    endpoint.fail["destroy_vdis"] = exceptions.XapiFailure(
+        details=["VDI_IN_USE", "OpaqueRef:1234", "destroy"])
+
+    with pytest.raises(exceptions.XapiFailure) as raised:
+        api.destroy_vdis(vdi_uuids=[VDI])
+
+    assert raised.value.details == ["VDI_IN_USE", "OpaqueRef:1234", "destroy"]
+    assert raised.value.code == "VDI_IN_USE"
+
+
+def test_unsupported_in_independent_mode_crosses_with_its_facts(agent):
+    api, endpoint, _ = agent
+    endpoint.fail["resize_disk"] = exceptions.UnsupportedInIndependentMode(
+        feature="Resizing a disk down", option="[xenserver] independent_compute")
+
+    with pytest.raises(exceptions.UnsupportedInIndependentMode) as raised:
+        api.resize_disk(**VALID_ARGS["resize_disk"])
+
+    assert raised.value.kwargs == {"feature": "Resizing a disk down",
+                                   "option": "[xenserver] independent_compute"}
+    assert str(raised.value).startswith("Resizing a disk down is not supported")
+
+
+def test_unexpected_exception_arrives_as_remote_error_without_traceback(agent):
+    api, endpoint, _ = agent
+    endpoint.fail["cleanup_attached_vdis"] = KeyError("vbd-42")
+
+    with pytest.raises(exceptions.RemoteError) as raised:
+        api.cleanup_attached_vdis()
+
+    assert raised.value.kwargs == {"exc_type": "KeyError", "value": "'vbd-42'"}
+    assert "Traceback" not in str(raised.value) and ".py" not in str(raised.value)
+
+
+def test_result_breaking_the_interface_is_reported_not_passed_on(agent, monkeypatch):
+    api, endpoint, _ = agent
+    monkeypatch.setattr(endpoint, "generate_disk",
+                        lambda **kwargs: {"uuid": kwargs["instance_uuid"]}, raising=False)
+
+    with pytest.raises(exceptions.RemoteError) as raised:
+        api.generate_disk(**VALID_ARGS["generate_disk"])
+    assert raised.value.kwargs["exc_type"] == "InvalidResult"
+    assert "size_bytes" in raised.value.kwargs["value"]
+
+
+def test_call_without_answer_raises_agent_unavailable_in_time(agent):
+    api, endpoint, host = agent
+    api.describe()  # connected and known to answer
+    endpoint.delay["destroy_vdis"] = 30
+
+    started = time.monotonic()
+    with pytest.raises(exceptions.AgentUnavailable) as raised:
+        api.destroy_vdis(vdi_uuids=[VDI])
+    elapsed = time.monotonic() - started
+
+    assert raised.value.kwargs == {"host": host, "method": "destroy_vdis",
+                                   "timeout": RPC_TIMEOUT}
+    assert RPC_TIMEOUT <= elapsed < RPC_TIMEOUT + 0.5
+
+
+def test_agent_still_answers_after_a_call_timed_out(agent):
+    api, endpoint, _ = agent
+    endpoint.delay["destroy_vdis"] = 30
+    with pytest.raises(exceptions.AgentUnavailable):
+        api.destroy_vdis(vdi_uuids=[VDI])
+
+    del endpoint.delay["destroy_vdis"]
+
+    assert api.destroy_vdis(vdi_uuids=[INSTANCE]) == {"destroyed": 1}
+
+
+def test_concurrent_slow_and_fast_calls_all_get_their_own_answers(agent):
+    api, endpoint, host = agent
+    endpoint.delay["generate_disk"] = 0.3
+    calls = []
+    for n in range(24):
+        instance = "00000000-0000-4000-8000-%012d" % n
+        if n % 3 == 0:
+            calls.append(("generate_disk", dict(VALID_ARGS["generate_disk"],
+                                                instance_uuid=instance, size_mb=n + 1)))
+        elif n % 3 == 1:
+            calls.append(("resize_disk", dict(instance_uuid=instance, vdi_uuid=VDI,
+                                              new_gb=n)))
+        else:
+            calls.append(("describe", {}))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(getattr(api, name), **args) for name, args in calls]
+        results = [f.result(timeout=30) for f in futures]
+
+    assert results == [expected_result(name, args, host) for name, args in calls]
+    assert sorted(endpoint.names_called()) == sorted(name for name, _ in calls)
+
+
+def test_describe_is_answered_while_every_worker_is_busy(agent):
+    api, endpoint, _ = agent
+    endpoint.delay["fetch_image"] = 30
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        slow = [pool.submit(api.fetch_image, **VALID_ARGS["fetch_image"]) for _ in range(6)]
+        while endpoint.names_called().count("fetch_image") < 4:  # all 4 workers taken
+            time.sleep(0.01)
+
+        description = api.describe()
+
+        assert description["version"] == methods.VERSION
+        assert not any(f.done() for f in slow)
+        endpoint.release.set()
+        assert all(f.result(timeout=30)["vdis"] for f in slow)
+
+
+def test_call_pinned_at_a_newer_version_is_refused_by_the_server(agent):
+    api, endpoint, _ = agent
+    with pytest.raises(exceptions.VersionTooOld) as raised:
+        api._call("describe", "1.1", {}, check=False)
+    with pytest.raises(exceptions.VersionTooOld):
+        api._call("snapshot_vdi", "1.1", {}, check=False)  # a method 1.0 lacks
+
+    assert raised.value.kwargs["need"] == "1.1"
+    assert endpoint.calls == []
+
+
+def test_client_refuses_early_a_version_the_agent_announced_it_lacks(agent):
+    api, endpoint, _ = agent
+    assert api.check_version()["version"] == "1.0"
+    with pytest.raises(exceptions.VersionTooOld) as raised:
+        api._call("snapshot_vdi", "1.1", {}, check=False)
+
+    assert raised.value.kwargs == {"host": api.host, "method": "snapshot_vdi",
+                                   "have": "1.0", "need": "1.1"}
+    assert endpoint.names_called() == ["describe"]
+
+
+def test_check_version_refuses_an_agent_of_another_major_version(transport):
+    host = unique_host()
+    transport.agent(host, version="2.0")
+    api = transport.api(host)
+
+    with pytest.raises(exceptions.VersionTooOld):
+        api.check_version()
