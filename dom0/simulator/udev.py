@@ -31,6 +31,7 @@ class _Watched:
         self.dev_dir = dev_dir
         self.name = name
         self.table_hash = None
+        self.kernel_partitions = {}
         self.links = set()
 
 
@@ -100,15 +101,21 @@ class PartitionWatcher:
 
     def _sync(self, entry):
         digest = _table_hash(entry.dev)
-        if digest is not None and digest != entry.table_hash:
+        kernel = blockdev.partitions_of(entry.dev)
+        # Re-run partx when the table changed, and also when the kernel's set
+        # changed under us: a BLKRRPART (sfdisk ends with one) makes this
+        # kernel forget the partitions, since it cannot parse tables itself.
+        if digest is not None and (digest != entry.table_hash
+                                   or kernel != entry.kernel_partitions):
             entry.table_hash = digest
             proc = subprocess.run(["partx", "-u", entry.dev], capture_output=True,
                                   text=True, timeout=PARTX_TIMEOUT)
             # partx exits 1 when the table is now empty, after removing all.
             if proc.returncode not in (0, 1):
                 LOG.warning("partx -u %s: %s", entry.dev, proc.stderr.strip())
+            kernel = entry.kernel_partitions = blockdev.partitions_of(entry.dev)
         wanted = {}
-        for number, node in blockdev.partitions_of(entry.dev).items():
+        for number, node in kernel.items():
             if os.path.exists(node):  # devtmpfs creates the node a moment later
                 wanted[os.path.join(entry.dev_dir, "%s%d" % (entry.name, number))] = node
         for link in entry.links - set(wanted):

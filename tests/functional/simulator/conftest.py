@@ -43,7 +43,7 @@ def exit3(session, args):
 
 def garbage(session, args):
     print("this is not XML-RPC")
-    return ""
+    sys.exit(0)
 
 
 def crash(session, args):
