@@ -176,6 +176,14 @@ class LocalServer:
         error = exceptions.AccessDenied(uid=uid, path=self.path).to_wire()
         try:
             conn.sendall(framing.pack({"id": 0, "error": error}))
+            # Closing with the peer's request unread would reset the
+            # connection and could destroy the answer before it is read:
+            # half-close, then discard input (bounded) until the peer closes.
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(2)
+            for _ in range(64):
+                if not conn.recv(65536):
+                    break
         except OSError:
             pass
         return False
