@@ -137,6 +137,16 @@ def _table(operation, path):
     }
 
 
+def _tell_kernel(operation, path):
+    """Have the kernel pick up the new table (BLKPG, as ``partx -u`` does).
+
+    sfdisk's own BLKRRPART is refused by devices the kernel does not
+    partition-scan (loop devices without partscan; the simulated hosts);
+    udev still creates the ``<dev>N`` links afterwards, and callers wait.
+    """
+    _run(operation, path, ["partx", "-u", path], ok=(0, 1))
+
+
 def _size_sectors(operation, path):
     out = _run(operation, path, ["blockdev", "--getsz", path])
     return int(out.strip())
@@ -171,6 +181,7 @@ def make_partition(device, start_sector, end_sector, partition_type, bootable):
         line += ", bootable"
     _run("make_partition", path, ["sfdisk", "-q", "--wipe", "always", path],
          stdin="label: dos\n%s\n" % line, ok=(0, 1))
+    _tell_kernel("make_partition", path)
     return _table("make_partition", path)
 
 
@@ -218,6 +229,7 @@ def grow_partition(device, partnum):
     # disk id stay); ", +" moves its end as far as the disk allows.
     _run("grow_partition", path, ["sfdisk", "-q", "--no-reread", "-N", "1", path],
          stdin=", +\n", ok=(0, 1))
+    _tell_kernel("grow_partition", path)
     return _table("grow_partition", path)
 
 

@@ -1,0 +1,74 @@
+"""Independent checks of disk images: util-linux, e2fsprogs, bsdtar.
+
+The agent's VDIs are sparse files in the simulator's SR directory; these
+helpers read them with the standard tools (never with the agent's code).
+"""
+
+import glob
+import json
+import os
+import subprocess
+
+
+def run(argv, ok=(0,), stdin=None):
+    proc = subprocess.run(argv, capture_output=True, timeout=120, input=stdin)
+    assert proc.returncode in ok, "%s exited %d: %s" % (
+        argv, proc.returncode, proc.stderr.decode(errors="replace"))
+    return proc.stdout.decode(errors="replace")
+
+
+def vdi_file(sim, vdi_uuid):
+    found = glob.glob(os.path.join(sim.state_dir, "sr", "*", vdi_uuid + ".raw"))
+    assert found, "no file for VDI %s" % vdi_uuid
+    return found[0]
+
+
+def partitions(path):
+    """``sfdisk --json`` of a disk image: list of {start, size, type, bootable}."""
+    table = json.loads(run(["sfdisk", "--json", path]))["partitiontable"]
+    return table
+
+
+def partition_offset(path, num=1):
+    part = partitions(path)["partitions"][num - 1]
+    return int(part["start"]) * 512
+
+
+def probe(path, offset):
+    """``blkid -p`` of what lies at ``offset``: {"TYPE": ..., "LABEL": ...}."""
+    out = run(["blkid", "-p", "-O", str(offset), "-o", "export", path], ok=(0, 2))
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def e2fsck_clean(path, offset):
+    proc = subprocess.run(["e2fsck", "-fn", "%s?offset=%d" % (path, offset)],
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def ext_write(path, offset, guest_path, data, tmp_path):
+    src = tmp_path / ("debugfs-src-%d" % abs(hash(guest_path)))
+    src.write_bytes(data)
+    run(["debugfs", "-w", "-R", "write %s %s" % (src, guest_path),
+         "%s?offset=%d" % (path, offset)])
+
+
+def ext_read(path, offset, guest_path):
+    proc = subprocess.run(["debugfs", "-R", "cat %s" % guest_path,
+                           "%s?offset=%d" % (path, offset)],
+                          capture_output=True, timeout=60)
+    return proc.stdout
+
+
+def ext_block_count(path, offset):
+    out = run(["dumpe2fs", "-h", "%s?offset=%d" % (path, offset)])
+    for line in out.splitlines():
+        if line.startswith("Block count:"):
+            return int(line.split(":")[1])
+        
+    raise AssertionError("no block count in dumpe2fs output")
+
+
+def iso_file(path, member):
+    """A member of an ISO9660 image, read with bsdtar."""
+    return run(["bsdtar", "-xOf", path, member])
