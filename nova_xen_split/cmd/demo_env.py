@@ -272,8 +272,10 @@ def write_config(path, sim, host, glance_url, work_dir, transport_url=None,
         "state_path = %s" % work_dir,
         "default_ephemeral_format = ext4",
     ]
-    if transport_url:
-        lines.append("transport_url = %s" % transport_url)
+    # Named explicitly even for the local socket: oslo.messaging's own default
+    # for transport_url is "rabbit://", which would otherwise win.
+    socket_path = os.path.join(work_dir, "agent.sock")
+    lines.append("transport_url = %s" % (transport_url or "unix://" + socket_path))
     lines += [
         "",
         "[xenserver]",
@@ -290,11 +292,15 @@ def write_config(path, sim, host, glance_url, work_dir, transport_url=None,
         "api_servers = %s" % glance_url,
         "",
         "[agent]",
-        "socket_path = %s" % os.path.join(work_dir, "agent.sock"),
+        "socket_path = %s" % socket_path,
         "startup_timeout = 30",
         "rpc_timeout = 120",
-        "",
     ]
+    if vm_uuid:
+        # The demo runs as root: the in-guest backend's privileged daemon is
+        # forked from the agent instead of started through sudo.
+        lines.append("privsep_start_method = fork")
+    lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))
     os.chmod(path, 0o600)  # it holds the XAPI password

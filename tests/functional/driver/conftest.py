@@ -1,0 +1,191 @@
+"""A driver/agent pair on a simulator, as deployed: two processes, one config file.
+
+``make_pair(sim, transport_url)`` writes the config file a deployment would
+have (the same file for both sides), starts ``nova-xen-split-agent
+--config-file F`` as its own process, and builds a :class:`XenSplitDriver`
+in the test process on that file. Host names are unique per pair so pairs
+on one broker never see each other's calls; their queues are deleted after
+the test.
+"""
+
+import base64
+import os
+import subprocess
+import uuid as uuidlib
+
+import pytest
+from oslo_config import cfg
+
+from nova_xen_split import conf as nxs_conf
+from nova_xen_split import driver as nxs_driver
+from nova_xen_split import objects
+from nova_xen_split import vm_utils
+from nova_xen_split.cmd import demo_env
+
+IMAGE_MB = 64
+GiB = 1024 ** 3
+MiB = 1024 ** 2
+USER_DATA = b"#cloud-config\nfinal_message: hello from the functional test\n"
+
+
+class Pair:
+    """One agent process and one driver for one simulated hypervisor."""
+
+    def __init__(self, sim, host, config_file, agent, driver):
+        self.sim = sim
+        self.host = host
+        self.config_file = config_file
+        self.agent = agent
+        self.driver = driver
+
+    def session(self):
+        return self.sim.session()
+
+    def counts(self):
+        s = self.session()
+        try:
+            return {cls: len(getattr(s.xenapi, cls).get_all()) for cls in ("VM", "VDI", "VBD")}
+        finally:
+            s.xenapi.session.logout()
+
+
+def load_conf(config_file, **overrides):
+    conf = cfg.ConfigOpts()
+    nxs_conf.register_opts(conf)
+    conf(args=["--config-file", config_file], project="nova-xen-split",
+         default_config_files=[])
+    for (group, name), value in overrides.items():
+        conf.set_override(name, value, group=group)
+    return conf
+
+
+@pytest.fixture(scope="session")
+def demo_image(tmp_path_factory):
+    """A 64 MiB raw disk: msdos label, ext4 partition 1 (label demo-root) with /etc/motd."""
+    path = str(tmp_path_factory.mktemp("images") / "disk.raw")
+    demo_env.make_disk_image(path, IMAGE_MB, message="written before the spawn\n")
+    return path
+
+
+@pytest.fixture
+def image_service(demo_image):
+    service = demo_env.ImageService()
+    service.add("test-image", demo_image)
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def make_pair(tmp_path, image_service, rabbit_cleanup):
+    """Factory: ``make_pair(sim, transport_url=None, driver_overrides=None)`` → Pair."""
+    pairs = []
+
+    def factory(sim, transport_url=None, driver_overrides=None, init=True):
+        host = "nxs-test-%s" % uuidlib.uuid4().hex[:10]
+        work = tmp_path / host
+        work.mkdir()
+        config_file = demo_env.write_config(
+            str(work / "nova-xen-split.conf"), sim, host, image_service.url, str(work),
+            transport_url=transport_url, vm_uuid=sim.compute_vm_uuid)
+        if transport_url:
+            rabbit_cleanup.append("nova-xen-split-agent.%s" % host)
+        agent = demo_env.Agent(config_file, str(work / "agent.log")).start()
+        driver = nxs_driver.XenSplitDriver(load_conf(config_file, **(driver_overrides or {})))
+        pair = Pair(sim, host, config_file, agent, driver)
+        pairs.append(pair)
+        if init:
+            wait_for_agent(pair)
+        return pair
+
+    yield factory
+    for pair in pairs:
+        pair.driver.cleanup_host(pair.host)
+        pair.agent.stop()
+
+
+def wait_for_agent(pair, timeout=60):
+    """init_host as the compute service does, failing early if the agent died."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    pair.driver._conf.set_override("startup_timeout", 1.0, group="agent")
+    while True:
+        assert not pair.agent.exited(), "agent exited: %s" % pair.agent.output_tail(40)
+        try:
+            return pair.driver.init_host(pair.host)
+        except Exception as e:  # noqa: BLE001 -- only "not up yet" is retried
+            if "describe()" not in str(e) or time.monotonic() > deadline:
+                raise
+
+
+def full_flavor():
+    """Root grown from the 64 MiB image to 1 GiB, 1 GiB ephemeral, 64 MiB swap."""
+    return objects.Flavor(name="t.full", memory_mb=256, vcpus=2, root_gb=1,
+                          ephemeral_gb=1, swap=64)
+
+
+def make_instance(flavor=None, **kwargs):
+    fields = dict(hostname="test-vm", flavor=flavor or full_flavor(), image_ref="test-image",
+                  config_drive="True", project_id="p-test",
+                  user_data=base64.b64encode(USER_DATA).decode(),
+                  key_name="k1", key_data="ssh-ed25519 AAAAtest k1@test",
+                  metadata={"purpose": "functional"}, availability_zone="nova")
+    fields.update(kwargs)
+    return objects.Instance(**fields)
+
+
+def image_meta(**properties):
+    return objects.ImageMeta(id="test-image", disk_format="raw", size=IMAGE_MB * MiB,
+                             properties=objects.ImageMetaProps(properties))
+
+
+def spawn(pair, instance, meta=None, files=(("/etc/injected.txt", b"injected\n"),)):
+    pair.driver.spawn(objects.RequestContext(auth_token="test-token"), instance,
+                      meta or image_meta(), list(files), "admin-pw", {},
+                      [{"id": "5b2f1b0c-0d3a-4f3e-8c61-3b7d0f1a2b3c",
+                        "address": "fa:16:3e:11:22:33",
+                        "network": {"id": "n", "subnets": [{
+                            "cidr": "192.0.2.0/24",
+                            "ips": [{"address": "192.0.2.20", "type": "fixed"}],
+                            "gateway": {"address": "192.0.2.1"}, "dns": []}]}}])
+
+
+def vdi_path(sim, vdi_uuid):
+    """The sparse file behind a VDI, in the simulator's SR directory."""
+    sr_root = os.path.join(sim.state_dir, "sr")
+    for sr in os.listdir(sr_root):
+        path = os.path.join(sr_root, sr, vdi_uuid + ".raw")
+        if os.path.exists(path):
+            return path
+    raise AssertionError("no file for VDI %s under %s" % (vdi_uuid, sr_root))
+
+
+def run(cmd, timeout=120):
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, "%s: %s" % (cmd, proc.stderr)
+    return proc.stdout
+
+
+def leftovers(pair, instance_uuid, baseline):
+    """What of an instance is still on the pair's hypervisor (empty: nothing)."""
+    s = pair.session()
+    try:
+        left = []
+        for rec in s.xenapi.VM.get_all_records().values():
+            if rec["other_config"].get(vm_utils.NOVA_UUID_KEY) == instance_uuid:
+                left.append("VM %s" % rec["name_label"])
+        for rec in s.xenapi.VDI.get_all_records().values():
+            if rec["other_config"].get(vm_utils.VDI_INSTANCE_KEY) == instance_uuid:
+                left.append("VDI %s (%s)" % (rec["uuid"],
+                                             rec["other_config"].get(vm_utils.VDI_PURPOSE_KEY)))
+    finally:
+        s.xenapi.session.logout()
+    now = pair.counts()
+    for cls in ("VM", "VDI", "VBD"):
+        if now[cls] != baseline[cls]:
+            left.append("%s count %d, was %d" % (cls, now[cls], baseline[cls]))
+    loops = demo_env.loops_backed_under(pair.sim.state_dir)
+    if loops:
+        left.append("loop devices %s" % loops)
+    return left
