@@ -22,7 +22,7 @@ import struct
 import time
 import urllib.parse
 
-from agent import vhd
+from agent import readahead, vhd
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -303,32 +303,34 @@ def upload_stream(xapi_session, vdi_ref, reader, size_bytes, window_bytes=WINDOW
                   progress=None, progress_interval=None):
     """Write ``size_bytes`` read from ``reader`` into VDI ``vdi_ref``.
 
-    The stream is read one window at a time; each window's non-zero 64 KiB
-    blocks go out as one chunked PUT with its own task (a window of zeros
-    sends nothing), so memory stays at one window. ``reader`` has
-    ``readinto`` or ``read``. ``progress(done, total)`` counts stream bytes.
-    Raises XapiFailure (HTTP status or a task's error info),
+    The stream is read in two halves of ``window_bytes`` that take turns: a
+    thread reads one half while the other is sent, so memory stays at
+    ``window_bytes``. Each half's non-zero 64 KiB blocks go out as one
+    chunked PUT with its own task; a half of zeros sends nothing. ``reader``
+    has ``readinto`` or ``read``. ``progress(done, total)`` counts stream
+    bytes. Raises XapiFailure (HTTP status or a task's error info),
     DiskOperationFailed (stream shorter than ``size_bytes``), and whatever
     the reader raises (ImageFetchFailed for image downloads).
     """
-    if window_bytes < ZERO_BLOCK_BYTES or window_bytes % ZERO_BLOCK_BYTES:
-        raise ValueError("window_bytes must be a multiple of %d" % ZERO_BLOCK_BYTES)
-    window = bytearray(min(window_bytes, max(size_bytes, ZERO_BLOCK_BYTES)))
-    view = memoryview(window)
+    half = window_bytes // 2
+    if half < ZERO_BLOCK_BYTES or half % ZERO_BLOCK_BYTES:
+        raise ValueError("window_bytes must be a multiple of %d" % (2 * ZERO_BLOCK_BYTES))
+    half = min(half, max(size_bytes, ZERO_BLOCK_BYTES))
     tracker = Progress("upload of a %d-byte stream" % size_bytes, size_bytes,
                        progress, progress_interval)
     sent_bytes = puts = 0
-    for window_offset in range(0, size_bytes, len(window)):
-        length = min(len(window), size_bytes - window_offset)
-        _read_exactly(reader, view[:length], window_offset, size_bytes)
-        runs = nonzero_runs(window, length, window_offset)
-        if runs:
-            body_length = chunked_length(runs)
-            _put(xapi_session, vdi_ref, {"format": "raw", "chunked": "true"}, body_length,
-                 _window_pieces(view, window_offset, runs), _Quiet())
-            sent_bytes += body_length
-            puts += 1
-        tracker.advance(length)
+    with readahead.ReadAhead(reader, size_bytes, half) as windows:
+        for window in windows:
+            runs = nonzero_runs(window.buffer, window.length, window.offset)
+            if runs:
+                body_length = chunked_length(runs)
+                _put(xapi_session, vdi_ref, {"format": "raw", "chunked": "true"},
+                     body_length, _window_pieces(window.view, window.offset, runs),
+                     _Quiet())
+                sent_bytes += body_length
+                puts += 1
+            tracker.advance(window.length)
+            windows.release(window)
     LOG.info("%s: done, %s; sent %d bytes in %d PUT(s)",
              tracker.label, tracker.summary(), sent_bytes, puts)
 
@@ -348,21 +350,3 @@ def _window_pieces(view, window_offset, runs):
             start = offset - window_offset
             yield [_FRAME_HEADER.pack(offset, size), view[start:start + size]]
     yield [_END_OF_FRAMES]
-
-
-def _read_exactly(reader, view, stream_offset, size_bytes):
-    filled = 0
-    readinto = getattr(reader, "readinto", None)
-    while filled < len(view):
-        if readinto is not None:
-            got = readinto(view[filled:])
-        else:
-            data = reader.read(len(view) - filled)
-            got = len(data)
-            view[filled:filled + got] = data
-        if not got:
-            raise exceptions.DiskOperationFailed(
-                operation="upload", target="stream",
-                reason="stream ended after %d of %d bytes" % (stream_offset + filled,
-                                                             size_bytes))
-        filled += got

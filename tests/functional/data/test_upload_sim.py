@@ -153,8 +153,14 @@ def test_stream_round_trips_in_windows_and_skips_zero_windows(xapi_sim, session)
     size = 24 * MiB + 4 * KiB + 7                   # not a multiple of anything
     reader = PatternReader(size, zero_mib=set(range(8, 16)) | {20})
     vdi = new_vdi(session, 32 * MiB)
+    calls = []
+    real_call = session.call
+    session.call = lambda method, *args: calls.append(method) or real_call(method, *args)
 
-    upload.upload_stream(session, vdi, reader, size, window_bytes=8 * MiB)
+    # 16 MiB of memory: halves of 8 MiB, the second of which is all zeros.
+    upload.upload_stream(session, vdi, reader, size, window_bytes=16 * MiB)
+
+    assert calls.count("task.create") == 3
 
     path = vdi_file(xapi_sim, session, vdi)
     assert file_digest(path, size) == reader.digest()
@@ -170,7 +176,7 @@ def test_stream_shorter_than_announced_is_an_error(session):
     vdi = new_vdi(session, 8 * MiB)
 
     with pytest.raises(exceptions.DiskOperationFailed, match="ended after 3145728 of"):
-        upload.upload_stream(session, vdi, reader, 4 * MiB, window_bytes=8 * MiB)
+        upload.upload_stream(session, vdi, reader, 4 * MiB, window_bytes=16 * MiB)
 
 
 @pytest.mark.parametrize("fmt", ["raw", "chunked", "vhd"])

@@ -1,0 +1,170 @@
+"""Throughput and memory of the agent's uploader against xapi-sim.
+
+One run, one machine: a dense and a sparse disk image are sent into fresh
+VDIs of a simulator started for the run, in every upload format, beside two
+baselines measured in the same run: ``cp`` of the dense file on the same disk,
+and a plain ``PUT /import_raw_vdi?format=raw`` of every byte (the simulator's
+own import rate). Also the VHD encoder alone (stream to nowhere). Prints
+MB/s of disk bytes covered, bytes sent, and the peak Python memory
+(tracemalloc) of each upload; the process's peak RSS at the end.
+
+    .venv/bin/python -m bench.data_upload [--size-mib 1024] [--sparse-percent 5]
+"""
+
+import argparse
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+
+from agent import upload, vhd
+from nova_xen_split import xapi
+
+MiB = 1024 * 1024
+PASSWORD = "bench"
+
+
+def start_sim(state_dir):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dom0.simulator.server", "--state-dir", state_dir,
+         "--port", "0", "--password", PASSWORD, "--no-compute-vm", "--no-loop-devices"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in proc.stdout:
+        m = re.search(r"listening on (http://\S+)", line)
+        if m:
+            return proc, m.group(1)
+    proc.wait(30)
+    raise SystemExit("xapi-sim did not start")
+
+
+def make_image(path, size, data_percent):
+    """``data_percent`` of the disk as non-zero 1 MiB pieces spread evenly."""
+    noise = os.urandom(MiB)
+    pieces = size // MiB
+    every = max(1, round(100 / data_percent)) if data_percent < 100 else 1
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for index in range(0, pieces, every):
+            f.seek(index * MiB)
+            f.write(index.to_bytes(8, "little") + noise[8:])
+    subprocess.run(["sync"], check=True, timeout=600)
+
+
+def new_vdi(session, size):
+    sr = session.call("SR.get_all")[0]
+    return session.call("VDI.create", {
+        "name_label": "bench", "name_description": "", "SR": sr,
+        "virtual_size": str(size), "type": "user", "sharable": False, "read_only": False,
+        "other_config": {}, "sm_config": {}, "xenstore_data": {}, "tags": []})
+
+
+def measure(label, size, action, results):
+    tracemalloc.start()
+    started = time.monotonic()
+    sent = action()
+    seconds = time.monotonic() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    results.append((label, size / seconds / 1e6, seconds, sent, peak / MiB))
+
+
+def send(session, vdi, kind, path, size):
+    """One upload of ``path``; returns the body bytes sent (None: not counted)."""
+    sent = [0]
+
+    def track(done, total):
+        sent[0] = done
+
+    if kind == "stream":
+        with open(path, "rb", buffering=0) as reader:
+            upload.upload_stream(session, vdi, reader, size)
+        return None
+    upload.upload_file(session, vdi, path, kind, progress=track)
+    return sent[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--sparse-percent", type=float, default=5.0)
+    parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    args = parser.parse_args()
+    size = args.size_mib * MiB
+    work = tempfile.mkdtemp(prefix="nxs-bench-", dir=args.dir)
+    proc = None
+    try:
+        dense, sparse = os.path.join(work, "dense.raw"), os.path.join(work, "sparse.raw")
+        make_image(dense, size, 100)
+        make_image(sparse, size, args.sparse_percent)
+        proc, url = start_sim(os.path.join(work, "sim"))
+        session = xapi.XapiSession(url, "root", PASSWORD).login()
+        results = []
+
+        def cp():
+            subprocess.run(["cp", "--sparse=never", dense, os.path.join(work, "copy")],
+                           check=True, timeout=3600)
+            subprocess.run(["sync"], check=True, timeout=600)
+            os.unlink(os.path.join(work, "copy"))
+            return size
+
+        measure("baseline: cp dense (same disk, synced)", size, cp, results)
+
+        def encode_only(path):
+            def run():
+                stream = vhd.VhdStream.from_file(path)
+                return sum(len(piece) for piece in stream)
+            return run
+
+        measure("vhd encoder alone, dense", size, encode_only(dense), results)
+        measure("vhd encoder alone, sparse", size, encode_only(sparse), results)
+
+        cases = [
+            ("baseline: plain raw PUT, dense", "raw", dense),
+            ("upload_file vhd, dense", "vhd", dense),
+            ("upload_file chunked, dense", "chunked", dense),
+            ("upload_stream, dense", "stream", dense),
+            ("baseline: plain raw PUT, sparse", "raw", sparse),
+            ("upload_file vhd, sparse", "vhd", sparse),
+            ("upload_file chunked, sparse", "chunked", sparse),
+            ("upload_stream, sparse", "stream", sparse),
+        ]
+        for label, kind, path in cases:
+            vdi = new_vdi(session, size)
+            measure(label, size, lambda: send(session, vdi, kind, path, size),  # noqa: B023
+                    results)
+            session.call("VDI.destroy", vdi)
+        session.logout()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(60)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print("setup: %d MiB images (dense: every byte non-zero; sparse: %.1f%% data in "
+          "1 MiB pieces), xapi-sim on loopback, %d CPUs, python %s"
+          % (args.size_mib, args.sparse_percent, os.cpu_count(), sys.version.split()[0]))
+    print("%-42s %9s %8s %12s %10s" % ("case", "MB/s", "seconds", "bytes sent", "peak MiB"))
+    for label, rate, seconds, sent, peak in results:
+        print("%-42s %9.1f %8.2f %12s %10.1f" % (label, rate, seconds,
+                                                  "-" if sent is None else sent, peak))
+    rates = {label: rate for label, rate, *_ in results}
+    base = rates["baseline: plain raw PUT, dense"]
+    for label in ("upload_file vhd, dense", "upload_file chunked, dense",
+                  "upload_stream, dense"):
+        print("%s vs plain raw PUT: %.0f%%" % (label, 100 * rates[label] / base))
+    sparse_base = rates["baseline: plain raw PUT, sparse"]
+    for label in ("upload_file vhd, sparse", "upload_file chunked, sparse",
+                  "upload_stream, sparse"):
+        print("%s vs plain raw PUT of the same image: %.1fx" % (label,
+                                                               rates[label] / sparse_base))
+    print("peak RSS of this process: %.1f MiB"
+          % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+if __name__ == "__main__":
+    main()
