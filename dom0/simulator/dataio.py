@@ -68,12 +68,17 @@ class _Body:
         self.readinto(memoryview(buf))
         return bytes(buf)
 
+    def buffer(self, size):
+        """A reusable buffer of at least ``size`` bytes (one per body)."""
+        if self._scratch is None or len(self._scratch) < size:
+            self._scratch = memoryview(bytearray(max(size, 1 << 20)))
+        return self._scratch
+
     def skip(self, size):
-        if self._scratch is None:
-            self._scratch = memoryview(bytearray(1 << 20))
+        scratch = self.buffer(1 << 20)
         while size > 0:
-            step = min(size, len(self._scratch))
-            self.readinto(self._scratch[:step])
+            step = min(size, len(scratch))
+            self.readinto(scratch[:step])
             size -= step
 
 
@@ -144,7 +149,7 @@ def import_raw(rfile, content_length, vdi_path, vdi_size, chunked):
 
 
 def _copy_body(body, target, offset, size):
-    buf = memoryview(bytearray(min(PIECE, max(size, 1))))
+    buf = body.buffer(min(PIECE, size))
     done = 0
     while done < size:
         piece = buf[:min(len(buf), size - done)]

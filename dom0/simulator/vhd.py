@@ -115,10 +115,13 @@ def decode_stream(reader, length, sink):
     _check_block_range(bat, header, position, end_of_data, "VHD")
     sink.begin(copy.current_size)
 
-    order = sorted((sector, index) for index, sector in enumerate(bat) if sector != BAT_FREE)
+    # File order; one int per block (sector << 32 | index) keeps a large BAT cheap.
+    order = sorted(sector << 32 | index for index, sector in enumerate(bat)
+                   if sector != BAT_FREE)
     buf = memoryview(bytearray(min(PIECE, header.block_size)))
     written = 0
-    for sector, index in order:
+    for key in order:
+        sector, index = key >> 32, key & 0xFFFFFFFF
         offset = sector * SECTOR
         if offset < position:
             raise VhdError("BAT entry %d: block at offset %d overlaps the data before it "
