@@ -1,0 +1,115 @@
+"""Agents that come late, die and come back, and share a broker."""
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from rpc import transports
+from tests.functional.rpc.conftest import Pair, rabbit_queues, unique_host
+from tests.functional.rpc.endpoint import INSTANCE, VDI
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+
+
+class ChildAgent:
+    """An agent process (tests/functional/rpc/agent_child.py)."""
+
+    def __init__(self, transport_url, host):
+        self.incarnation = str(uuid.uuid4())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.functional.rpc.agent_child", transport_url, host,
+             self.incarnation],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.kill()
+            raise RuntimeError("child agent did not start: %r" % line)
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def children():
+    started = []
+    yield started
+    for child in started:
+        child.kill()
+
+
+def test_client_started_before_its_agent_gets_its_answer_once_the_agent_is_up(transport):
+    host = unique_host()
+    api = transport.api(host, rpc_timeout=15)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(api.destroy_vdis, vdi_uuids=[VDI, INSTANCE])
+        time.sleep(1.0)
+        assert not pending.done()
+        _, endpoint = transport.agent(host)
+
+        assert pending.result(timeout=20) == {"destroyed": 2}
+    assert endpoint.names_called().count("destroy_vdis") == 1
+
+
+def test_agent_killed_and_restarted_serves_the_next_call(transport, children):
+    host = unique_host()
+    url = transport.conf(host).transport_url
+    api = transport.api(host, rpc_timeout=15)
+    first = ChildAgent(url, host)
+    children.append(first)
+    assert api.describe()["vm_uuid"] == first.incarnation
+
+    first.kill(signal.SIGKILL)  # a crash: no clean-up, a stale socket file
+    second = ChildAgent(url, host)
+    children.append(second)
+
+    assert api.describe()["vm_uuid"] == second.incarnation
+    assert api.destroy_vdis(vdi_uuids=[VDI]) == {"destroyed": 1}
+
+
+def test_agent_stopped_cleanly_and_restarted_serves_the_next_call(transport, children):
+    host = unique_host()
+    url = transport.conf(host).transport_url
+    api = transport.api(host, rpc_timeout=15)
+    first = ChildAgent(url, host)
+    children.append(first)
+    assert api.describe()["vm_uuid"] == first.incarnation
+
+    first.kill(signal.SIGTERM)
+    second = ChildAgent(url, host)
+    children.append(second)
+
+    assert api.describe()["vm_uuid"] == second.incarnation
+
+
+def test_two_agents_on_one_broker_each_receive_only_their_own_calls(socket_dir):
+    from tests.conftest import need, rabbit_available
+    need(rabbit_available(), "RabbitMQ does not answer on 127.0.0.1:5672")
+    pair = Pair("rabbit", socket_dir)
+    try:
+        host_a, host_b = unique_host("hv-a"), unique_host("hv-b")
+        _, endpoint_a = pair.agent(host_a)
+        _, endpoint_b = pair.agent(host_b)
+        api_a, api_b = pair.api(host_a), pair.api(host_b)
+
+        for n in range(5):
+            assert api_a.destroy_vdis(vdi_uuids=[VDI] * (n + 1)) == {"destroyed": n + 1}
+            assert api_b.describe()["host"] == host_b
+
+        assert [n for n in endpoint_a.names_called() if n != "describe"] == ["destroy_vdis"] * 5
+        assert set(endpoint_b.names_called()) == {"describe"}
+        assert api_a.describe()["host"] == host_a
+        queues = rabbit_queues(transports.TOPIC + ".")
+        assert {transports.TOPIC + "." + host_a, transports.TOPIC + "." + host_b} <= set(queues)
+    finally:
+        pair.cleanup()
