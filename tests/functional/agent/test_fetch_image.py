@@ -1,0 +1,147 @@
+"""fetch_image in both modes: raw streams, VHD chains, kernels; what is refused."""
+
+import os
+import subprocess
+import tarfile
+import uuid
+
+import pytest
+
+from rpc import exceptions
+from tests.functional.agent import disktools
+
+MiB = 1 << 20
+
+
+def _raw_image(tmp_path, size_bytes=24 * MiB, name="image.raw"):
+    """A sparse raw disk image: a partition table and a few data runs."""
+    path = tmp_path / name
+    with open(path, "wb") as f:
+        f.truncate(size_bytes)
+    disktools.run(["sfdisk", "-q", str(path)], stdin=b"label: dos\nstart=2048, type=83\n")
+    with open(path, "r+b") as f:
+        for offset in (3 * MiB, 10 * MiB + 4096, size_bytes - 8192):
+            f.seek(offset)
+            f.write(os.urandom(8192))
+    return path
+
+
+def _same_prefix(path_a, path_b, length):
+    return subprocess.run(["cmp", "-n", str(length), str(path_a), str(path_b)],
+                          capture_output=True, timeout=60).returncode == 0
+
+
+def test_fetch_image_raw_streams_the_image_into_a_new_root_vdi(agent, image_server, tmp_path):
+    image = _raw_image(tmp_path)
+    image_id = image_server.add(image)
+
+    fetched = agent.endpoint.fetch_image(
+        instance_uuid=str(uuid.uuid4()), image_id=image_id, disk_format="raw",
+        auth_token="tok-123")
+
+    [root] = fetched["vdis"]
+    assert root["type"] == "root"
+    assert root["size_bytes"] == 24 * MiB
+    assert _same_prefix(image, disktools.vdi_file(agent.sim, root["uuid"]), 24 * MiB)
+    assert image_server.requests[-1] == (image_id, "tok-123")
+    assert agent.tagged_vbds() == []
+
+
+def test_fetch_image_vhd_goes_through_the_dom0_plugin_and_sr_scan(agent, image_server, tmp_path):
+    raw = _raw_image(tmp_path, 16 * MiB)
+    vhd = tmp_path / "0.vhd"
+    disktools.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
+                   "subformat=dynamic", str(raw), str(vhd)])
+    tarball = tmp_path / "image.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(vhd, arcname="0.vhd")
+    instance = str(uuid.uuid4())
+
+    fetched = agent.endpoint.fetch_image(
+        instance_uuid=instance, image_id=image_server.add(tarball), disk_format="vhd",
+        auth_token=None)
+
+    [root] = fetched["vdis"]
+    assert root["type"] == "root"
+    assert _same_prefix(raw, disktools.vdi_file(agent.sim, root["uuid"]), 16 * MiB)
+    again = agent.endpoint.fetch_image(
+        instance_uuid=instance, image_id="anything-else", disk_format="vhd",
+        auth_token=None)
+    assert again["vdis"][0]["uuid"] == root["uuid"]
+
+
+def test_fetch_image_of_an_unknown_image_fails_typed_and_leaves_no_vdi(agent, image_server):
+    before = agent.vdi_uuids()
+
+    with pytest.raises(exceptions.ImageFetchFailed):
+        agent.endpoint.fetch_image(
+            instance_uuid=str(uuid.uuid4()), image_id="missing", disk_format="raw",
+            auth_token=None)
+
+    assert agent.vdi_uuids() == before
+
+
+@pytest.fixture
+def in_guest_agent(make_sim, loop_devices, image_server, make_agent):
+    return make_agent(make_sim(compute_vm=True), "in_guest", image_server)
+
+
+@pytest.fixture
+def independent_agent(make_sim, loop_devices, image_server, make_agent):
+    return make_agent(make_sim(compute_vm=False), "independent", image_server)
+
+
+def test_in_guest_fetch_of_a_kernel_lands_in_dom0s_boot_dir_and_keeps_no_vdi(
+        in_guest_agent, image_server, tmp_path):
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(os.urandom(3 * MiB + 123))
+    before = in_guest_agent.vdi_uuids()
+
+    fetched = in_guest_agent.endpoint.fetch_image(
+        instance_uuid=str(uuid.uuid4()), image_id=image_server.add(kernel),
+        disk_format="aki", auth_token=None)
+
+    [entry] = fetched["vdis"]
+    assert entry["type"] == "kernel" and entry["uuid"] is None
+    assert entry["path"].startswith(os.path.join(in_guest_agent.sim.state_dir, "boot"))
+    with open(entry["path"], "rb") as f:
+        assert f.read() == kernel.read_bytes()
+    assert in_guest_agent.vdi_uuids() == before
+    assert in_guest_agent.tagged_vbds() == []
+
+
+def test_in_guest_fetch_of_an_ami_puts_the_filesystem_in_a_partition_at_sector_63(
+        in_guest_agent, image_server, tmp_path):
+    fs_image = tmp_path / "fs.img"
+    with open(fs_image, "wb") as f:
+        f.truncate(8 * MiB)
+    disktools.run(["mkfs.ext4", "-q", "-F", "-L", "amiroot", str(fs_image)])
+
+    fetched = in_guest_agent.endpoint.fetch_image(
+        instance_uuid=str(uuid.uuid4()), image_id=image_server.add(fs_image),
+        disk_format="ami", auth_token=None)
+
+    path = disktools.vdi_file(in_guest_agent.sim, fetched["vdis"][0]["uuid"])
+    [part] = disktools.partitions(path)["partitions"]
+    assert part["start"] == 63
+    assert disktools.probe(path, 63 * 512)["LABEL"] == "amiroot"
+    clean, output = disktools.e2fsck_clean(path, 63 * 512)
+    assert clean, output
+
+
+@pytest.mark.parametrize("disk_format,kernel_id,words", [
+    ("aki", None, "kernel/ramdisk"),
+    ("ami", "kernel-1", "kernel_id"),
+    ("ami", None, "disk_format=ami"),
+])
+def test_independent_refuses_kernel_ramdisk_and_ami_images_naming_the_property(
+        independent_agent, disk_format, kernel_id, words):
+    before = independent_agent.vdi_uuids()
+
+    with pytest.raises(exceptions.UnsupportedInIndependentMode, match=words) as caught:
+        independent_agent.endpoint.fetch_image(
+            instance_uuid=str(uuid.uuid4()), image_id="img", disk_format=disk_format,
+            kernel_id=kernel_id, auth_token=None)
+
+    assert "independent_compute" in str(caught.value)
+    assert independent_agent.vdi_uuids() == before
