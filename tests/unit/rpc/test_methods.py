@@ -1,0 +1,112 @@
+"""The method table and its argument checks, without any transport."""
+
+import pytest
+
+from rpc import exceptions
+from rpc import methods
+from tests.functional.rpc.endpoint import INSTANCE, VALID_ARGS, VDI
+
+
+def test_every_method_is_declared_with_a_version_and_a_result_shape():
+    for method in methods.METHODS.values():
+        assert methods.version_serves(methods.VERSION, method.since)
+        assert all(arg.name == name for name, arg in method.args.items())
+
+
+def test_only_describe_bypasses_the_worker_pool():
+    assert [m.name for m in methods.METHODS.values() if m.control] == ["describe"]
+
+
+def test_long_calls_are_the_disk_and_image_operations():
+    assert {m.name for m in methods.METHODS.values() if m.long} == {
+        "fetch_image", "resize_disk", "generate_disk", "auto_configure_disk",
+        "generate_configdrive"}
+
+
+@pytest.mark.parametrize("method", sorted(methods.METHODS))
+def test_valid_arguments_pass_unchanged(method):
+    assert methods.validate(method, VALID_ARGS[method]) == VALID_ARGS[method]
+
+
+def test_omitted_nullable_arguments_are_filled_with_none():
+    checked = methods.validate("preconfigure_instance", {"vdi_uuid": VDI})
+    assert checked == {"vdi_uuid": VDI, "network_config": None, "files": None}
+
+
+def test_tuples_become_lists():
+    checked = methods.validate("destroy_vdis", {"vdi_uuids": (VDI, INSTANCE)})
+    assert checked == {"vdi_uuids": [VDI, INSTANCE]}
+
+
+@pytest.mark.parametrize("args, field, reason", [
+    ({"vdi_uuid": VDI}, "new_gb", "is required"),
+    ({"vdi_uuid": VDI, "new_gb": 1.5}, "new_gb", "must be an integer, got float"),
+    ({"vdi_uuid": VDI, "new_gb": 65537}, "new_gb", "must be in 1..65536, got 65537"),
+    ({"vdi_uuid": None, "new_gb": 1}, "vdi_uuid", "must not be None"),
+    ({"vdi_uuid": VDI + "\n", "new_gb": 1}, "vdi_uuid", "must be a canonical lowercase uuid"),
+    ({"vdi_uuid": VDI, "new_gb": 1, "zzz": 1, "aaa": 2}, "aaa",
+     "is not an argument of auto_configure_disk"),
+])
+def test_violation_names_the_field_and_the_rule(args, field, reason):
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("auto_configure_disk", args)
+    assert raised.value.kwargs == {"method": "auto_configure_disk", "field": field,
+                                   "reason": reason}
+
+
+def test_pattern_refuses_a_trailing_newline():
+    args = dict(VALID_ARGS["generate_disk"], label="eph\n")
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("generate_disk", args)
+    assert raised.value.kwargs["field"] == "label"
+
+
+def test_metadata_must_be_json_and_at_most_one_mib():
+    base = VALID_ARGS["generate_configdrive"]
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("generate_configdrive", dict(base, metadata={"uuid": b"x"}))
+    assert "JSON" in raised.value.kwargs["reason"]
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("generate_configdrive", dict(base, metadata={"x": "y" * (1 << 20)}))
+    assert raised.value.kwargs["reason"].startswith("must be at most 1048576 bytes as JSON")
+    with pytest.raises(exceptions.InvalidRequest):
+        methods.validate("generate_configdrive", dict(base, metadata={1: "int key"}))
+
+
+def test_file_contents_out_of_bounds_names_the_element():
+    args = dict(VALID_ARGS["generate_configdrive"], files=[["/a", b""], ["/b", "text"]])
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("generate_configdrive", args)
+    assert raised.value.kwargs["field"] == "files[1][1]"
+
+
+def test_unknown_method_is_an_invalid_request():
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("rm_rf", {})
+    assert raised.value.kwargs["field"] == "method"
+
+
+def test_secrets_never_reach_a_reason_or_a_log_line():
+    token = "gAAAAA" + "x" * 9000
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("fetch_image", dict(VALID_ARGS["fetch_image"], auth_token=token))
+    assert "gAAAAA" not in str(raised.value)
+
+    logged = methods.loggable("generate_configdrive", VALID_ARGS["generate_configdrive"])
+    assert logged["admin_password"] == "***"
+    assert logged["user_data"] == "<1024 bytes>"
+    assert methods.loggable("fetch_image", VALID_ARGS["fetch_image"])["auth_token"] == "***"
+    assert methods.loggable("undeclared", {"os_password": "pw"})["os_password"] == "***"
+
+
+@pytest.mark.parametrize("have, need, serves", [
+    ("1.0", "1.0", True), ("1.3", "1.1", True), ("1.0", "1.1", False), ("2.0", "1.0", False),
+])
+def test_version_compatibility_follows_oslo_messaging(have, need, serves):
+    assert methods.version_serves(have, need) is serves
+
+
+def test_result_check_names_missing_keys():
+    assert methods.check_result("destroy_vdis", {"destroyed": 1}) is None
+    assert methods.check_result("destroy_vdis", {}) == "destroy_vdis result lacks destroyed"
+    assert methods.check_result("describe", []) == "describe returned list, not a dict"
