@@ -49,13 +49,13 @@ class Pair:
             s.xenapi.session.logout()
 
 
-def load_conf(config_file, **overrides):
+def load_conf(config_file, overrides=None):
     conf = cfg.ConfigOpts()
     nxs_conf.register_opts(conf)
     conf(args=["--config-file", config_file], project="nova-xen-split",
          default_config_files=[])
-    for (group, name), value in overrides.items():
-        conf.set_override(name, value, group=group)
+    for (group, name), value in (overrides or {}).items():
+        conf.set_override(name, value, group=None if group == "DEFAULT" else group)
     return conf
 
 
@@ -91,7 +91,7 @@ def make_pair(tmp_path, image_service, rabbit_cleanup):
         if transport_url:
             rabbit_cleanup.append("nova-xen-split-agent.%s" % host)
         agent = demo_env.Agent(config_file, str(work / "agent.log")).start()
-        driver = nxs_driver.XenSplitDriver(load_conf(config_file, **(driver_overrides or {})))
+        driver = nxs_driver.XenSplitDriver(load_conf(config_file, driver_overrides))
         pair = Pair(sim, host, config_file, agent, driver)
         pairs.append(pair)
         if init:
