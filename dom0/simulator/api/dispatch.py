@@ -7,6 +7,7 @@ for a ref, empty for a message that returns nothing); a failure puts the
 error description in ``error_info``.
 """
 
+import datetime
 import logging
 import re
 import threading
@@ -87,8 +88,23 @@ def task_value_text(value):
     return _PARAM_RE.search(text).group(1)
 
 
+# Like XAPI's garbage collector, forget finished tasks nobody destroyed after
+# an hour, so the database does not grow with every unchecked upload.
+FINISHED_TASK_TTL = datetime.timedelta(hours=1)
+
+
+def _collect_old_tasks(host):
+    cutoff = (datetime.datetime.now(datetime.timezone.utc) - FINISHED_TASK_TTL).strftime(
+        "%Y%m%dT%H:%M:%SZ")
+    for ref, task in list(host.store.table("task").items()):
+        # The text form sorts in time order.
+        if task["status"] != "pending" and task["finished"] < cutoff:
+            host.store.remove("task", ref)
+
+
 def new_task(host, session_ref, label, description=""):
     with host.store.lock:
+        _collect_old_tasks(host)
         record = model.TASK.new_record(
             name_label=label, name_description=description, created=model.now_text(),
             resident_on=host.host_ref)

@@ -112,6 +112,15 @@ def test_compute_vm_is_a_running_guest_that_knows_its_uuid(xapi_sim_compute):
     assert record["power_state"] == "Running"
     host = xapi.pool.get_master(xapi.pool.get_all()[0])
     assert record["resident_on"] == host
+    # Its VBDs become real block devices in its own device directory.
+    sr = xapi.pool.get_default_SR(xapi.pool.get_all()[0])
+    vdi = new_vdi(xapi, sr, MiB)
+    vbd = new_vbd(xapi, vm, vdi)
+    xapi.VBD.plug(vbd)
+    link = os.path.join(xapi_sim_compute.vm_dev_dir(uuid), xapi.VBD.get_device(vbd))
+    assert os.readlink(link).startswith("/dev/loop")
+    xapi.VBD.unplug(vbd)
+    assert not os.path.lexists(link)
 
 
 def test_no_compute_vm_means_no_identity_file(sim):
