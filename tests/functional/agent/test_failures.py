@@ -1,0 +1,162 @@
+"""A failure at any step of an operation leaves no VBD and no new VDI.
+
+The failure is injected through ``agent.backends.base.checkpoint``, the
+hook every operation calls between its steps (a no-op in production).
+"""
+
+import tarfile
+import uuid
+
+import pytest
+
+from agent.backends import base
+from tests.functional.agent import disktools
+
+MiB = 1 << 20
+
+
+class InjectedFailure(Exception):
+    pass
+
+
+def _fail_at(monkeypatch, step):
+    seen = []
+
+    def checkpoint(name):
+        seen.append(name)
+        if name == step:
+            raise InjectedFailure(step)
+
+    monkeypatch.setattr(base, "checkpoint", checkpoint)
+    return seen
+
+
+def _vhd_tarball(tmp_path):
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as f:
+        f.truncate(4 * MiB)
+        f.seek(MiB)
+        f.write(b"vhd data" * 512)
+    vhd = tmp_path / "0.vhd"
+    disktools.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
+                   "subformat=dynamic", str(raw), str(vhd)])
+    tarball = tmp_path / "image.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(vhd, arcname="0.vhd")
+    return tarball
+
+
+def _operations(agent, image_server, tmp_path):
+    raw = tmp_path / "image.raw"
+    with open(raw, "wb") as f:
+        f.truncate(8 * MiB)
+        f.write(b"raw image data" * 100)
+    raw_id = image_server.add(raw)
+    vhd_id = image_server.add(_vhd_tarball(tmp_path))
+    ep = agent.endpoint
+    return {
+        "generate_disk": lambda inst: ep.generate_disk(
+            instance_uuid=inst, kind="ephemeral", size_mb=16, fs_type="ext4",
+            label="ephemeral0"),
+        "generate_configdrive": lambda inst: ep.generate_configdrive(
+            instance_uuid=inst, metadata={"uuid": inst}, files=[]),
+        "fetch_raw": lambda inst: ep.fetch_image(
+            instance_uuid=inst, image_id=raw_id, disk_format="raw"),
+        "fetch_vhd": lambda inst: ep.fetch_image(
+            instance_uuid=inst, image_id=vhd_id, disk_format="vhd"),
+    }
+
+
+STEPS = {
+    ("in_guest", "generate_disk"): ["attached", "partitioned", "formatted"],
+    ("independent", "generate_disk"): ["attached", "partitioned", "formatted"],
+    ("in_guest", "generate_configdrive"): ["built", "attached", "written"],
+    ("independent", "generate_configdrive"): ["built", "uploaded"],
+    ("in_guest", "fetch_raw"): ["attached", "written"],
+    ("independent", "fetch_raw"): ["created", "uploaded"],
+    ("in_guest", "fetch_vhd"): ["downloaded", "scanned"],
+    ("independent", "fetch_vhd"): ["downloaded", "scanned"],
+}
+
+
+@pytest.mark.parametrize("operation", ["generate_disk", "generate_configdrive",
+                                       "fetch_raw", "fetch_vhd"])
+def test_a_failure_at_every_step_leaves_nothing_and_a_retry_then_succeeds(
+        agent, image_server, tmp_path, monkeypatch, operation):
+    run = _operations(agent, image_server, tmp_path)[operation]
+    before = agent.vdi_uuids()
+    instance = str(uuid.uuid4())
+
+    for step in STEPS[(agent.ctx.mode, operation)]:
+        seen = _fail_at(monkeypatch, step)
+        with pytest.raises(InjectedFailure):
+            run(instance)
+        assert step in seen
+        assert agent.tagged_vbds() == [], step
+        assert agent.vdi_uuids() == before, step
+
+    monkeypatch.setattr(base, "checkpoint", lambda name: None)
+    made = run(instance)
+    assert made
+
+
+def test_a_failure_while_growing_leaves_no_vbd_and_the_data_intact(
+        agent, tmp_path, monkeypatch):
+    made = agent.endpoint.generate_disk(
+        instance_uuid=str(uuid.uuid4()), kind="ephemeral", size_mb=32,
+        fs_type="ext4", label="root")
+    path = disktools.vdi_file(agent.sim, made["uuid"])
+    disktools.ext_write(path, 2048 * 512, "/kept.txt", b"kept\n", tmp_path)
+
+    for step in ("inspected", "resized"):
+        _fail_at(monkeypatch, step)
+        with pytest.raises(InjectedFailure):
+            agent.endpoint.auto_configure_disk(vdi_uuid=made["uuid"], new_gb=1)
+        assert agent.tagged_vbds() == []
+        clean, output = disktools.e2fsck_clean(path, 2048 * 512)
+        assert clean, output
+
+    monkeypatch.setattr(base, "checkpoint", lambda name: None)
+    agent.endpoint.auto_configure_disk(vdi_uuid=made["uuid"], new_gb=1)
+    assert disktools.ext_read(path, 2048 * 512, "/kept.txt") == b"kept\n"
+
+
+def test_in_guest_resize_disk_failing_at_any_step_leaves_nothing(
+        make_sim, loop_devices, make_agent, tmp_path, monkeypatch):
+    agent = make_agent(make_sim(compute_vm=True), "in_guest")
+    source = agent.endpoint.generate_disk(
+        instance_uuid=str(uuid.uuid4()), kind="ephemeral", size_mb=1100,
+        fs_type="ext4", label="root")
+    before = agent.vdi_uuids()
+    instance = str(uuid.uuid4())
+
+    for step in ("attached", "partitioned", "copied"):
+        _fail_at(monkeypatch, step)
+        with pytest.raises(InjectedFailure):
+            agent.endpoint.resize_disk(instance_uuid=instance, vdi_uuid=source["uuid"],
+                                       new_gb=1)
+        assert agent.tagged_vbds() == [], step
+        assert agent.vdi_uuids() == before, step
+
+
+def test_cleanup_attached_vdis_removes_tagged_vbds_and_half_made_vdis(agent):
+    from agent import attach
+    from agent import vdis
+    session = agent.session
+    sr = vdis.default_sr(session)
+    half_made = vdis.create(session, sr, 8 * MiB, str(uuid.uuid4()), "root", agent.ctx.tag)
+    vm_ref = agent.ctx.vm_ref or agent.ctx.dom0_ref
+    vbd = session.call("VBD.create", {
+        "VM": vm_ref, "VDI": half_made, "userdevice": "autodetect", "bootable": False,
+        "mode": "RW", "type": "Disk", "unpluggable": True, "empty": False,
+        "other_config": {attach.VBD_TAG: agent.ctx.tag}, "qos_algorithm_type": "",
+        "qos_algorithm_params": {}})
+    session.call("VBD.plug", vbd)
+    foreign = vdis.create(session, sr, 8 * MiB, str(uuid.uuid4()), "root", "another-agent")
+
+    cleaned = agent.endpoint.cleanup_attached_vdis()
+
+    assert cleaned == {"unplugged": 1, "destroyed": 1}
+    assert agent.tagged_vbds() == []
+    assert agent.agent_vdis(state="in-progress") == []
+    assert session.call("VDI.get_uuid", foreign)  # another agent's work stays

@@ -1,0 +1,103 @@
+"""resize_disk and preconfigure_instance: done in_guest, refused independent."""
+
+import uuid
+
+import pytest
+
+from rpc import exceptions
+from tests.functional.agent import disktools
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@pytest.fixture
+def in_guest_agent(make_sim, loop_devices, image_server, make_agent):
+    return make_agent(make_sim(compute_vm=True), "in_guest", image_server)
+
+
+@pytest.fixture
+def independent_agent(make_sim, loop_devices, image_server, make_agent):
+    return make_agent(make_sim(compute_vm=False), "independent", image_server)
+
+
+def _ext4_disk(agent, tmp_path, size_mb, data):
+    made = agent.endpoint.generate_disk(
+        instance_uuid=str(uuid.uuid4()), kind="ephemeral", size_mb=size_mb,
+        fs_type="ext4", label="root")
+    path = disktools.vdi_file(agent.sim, made["uuid"])
+    disktools.ext_write(path, 2048 * 512, "/data.bin", data, tmp_path)
+    return made
+
+
+def test_resize_disk_copies_the_filesystem_into_a_smaller_vdi(in_guest_agent, tmp_path):
+    data = bytes(range(256)) * 4096
+    source = _ext4_disk(in_guest_agent, tmp_path, 1536, data)
+    source_path = disktools.vdi_file(in_guest_agent.sim, source["uuid"])
+    with open(source_path, "r+b") as f:  # boot code the copy must keep
+        f.write(b"\xeb\x63BOOTCODE")
+
+    resized = in_guest_agent.endpoint.resize_disk(
+        instance_uuid=str(uuid.uuid4()), vdi_uuid=source["uuid"], new_gb=1)
+
+    assert resized["size_bytes"] == GiB and resized["uuid"] != source["uuid"]
+    path = disktools.vdi_file(in_guest_agent.sim, resized["uuid"])
+    [part] = disktools.partitions(path)["partitions"]
+    assert part["start"] == 2048 and part["start"] + part["size"] == GiB // 512
+    clean, output = disktools.e2fsck_clean(path, 2048 * 512)
+    assert clean, output
+    assert disktools.ext_read(path, 2048 * 512, "/data.bin") == data
+    assert disktools.ext_block_count(path, 2048 * 512) * 1024 <= part["size"] * 512
+    with open(path, "rb") as f:
+        assert f.read(10) == b"\xeb\x63BOOTCODE"
+    clean, output = disktools.e2fsck_clean(source_path, 2048 * 512)
+    assert clean, output
+    assert in_guest_agent.tagged_vbds() == []
+
+
+def test_resize_disk_refuses_a_size_that_is_not_smaller(in_guest_agent, tmp_path):
+    source = _ext4_disk(in_guest_agent, tmp_path, 64, b"x")
+    before = in_guest_agent.vdi_uuids()
+
+    with pytest.raises(exceptions.InvalidRequest, match="not smaller"):
+        in_guest_agent.endpoint.resize_disk(
+            instance_uuid=str(uuid.uuid4()), vdi_uuid=source["uuid"], new_gb=1)
+
+    assert in_guest_agent.vdi_uuids() == before
+
+
+def test_preconfigure_instance_writes_network_config_and_files(in_guest_agent, tmp_path):
+    disk = _ext4_disk(in_guest_agent, tmp_path, 64, b"x")
+
+    in_guest_agent.endpoint.preconfigure_instance(
+        vdi_uuid=disk["uuid"], network_config="auto eth0\niface eth0 inet dhcp\n",
+        files=[["/root/.ssh/authorized_keys", b"ssh-ed25519 AAAA test\n"]])
+
+    path = disktools.vdi_file(in_guest_agent.sim, disk["uuid"])
+    assert disktools.ext_read(path, 2048 * 512, "/etc/network/interfaces") == \
+        b"auto eth0\niface eth0 inet dhcp\n"
+    assert disktools.ext_read(path, 2048 * 512, "/root/.ssh/authorized_keys") == \
+        b"ssh-ed25519 AAAA test\n"
+    clean, output = disktools.e2fsck_clean(path, 2048 * 512)
+    assert clean, output
+    assert in_guest_agent.tagged_vbds() == []
+
+
+def test_independent_refuses_resize_down_naming_feature_and_option(independent_agent):
+    disk = independent_agent.endpoint.generate_disk(
+        instance_uuid=str(uuid.uuid4()), kind="swap", size_mb=8, fs_type="swap",
+        label="swap")
+    before = independent_agent.vdi_uuids()
+
+    with pytest.raises(exceptions.UnsupportedInIndependentMode,
+                       match="Resizing a disk down.*independent_compute"):
+        independent_agent.endpoint.resize_disk(
+            instance_uuid=str(uuid.uuid4()), vdi_uuid=disk["uuid"], new_gb=1)
+
+    assert independent_agent.vdi_uuids() == before
+
+
+def test_independent_refuses_preconfigure_naming_flat_injected(independent_agent):
+    with pytest.raises(exceptions.UnsupportedInIndependentMode, match="flat_injected"):
+        independent_agent.endpoint.preconfigure_instance(
+            vdi_uuid=str(uuid.uuid4()), network_config="auto eth0\n", files=None)
