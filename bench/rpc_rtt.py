@@ -36,6 +36,7 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_privsep import priv_context
 
+from nova_xen_split import conf as nxs_conf
 from rpc import client, methods, server, transports
 
 RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
@@ -48,6 +49,7 @@ NOTHING_CLEANED = {"unplugged": 0, "destroyed": 0}
 
 def make_conf(transport_url, host, **agent):
     conf = cfg.ConfigOpts()
+    nxs_conf.register_opts(conf)
     transports.register_opts(conf)
     conf(args=[], default_config_files=[], default_config_dirs=[])
     conf.set_override("transport_url", transport_url)

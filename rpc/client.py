@@ -16,6 +16,9 @@ from rpc import transports
 class AgentAPI:
     """Client of the agent serving hypervisor ``host`` (default ``[DEFAULT] host``).
 
+    ``conf`` must have the project's options registered
+    (``nova_xen_split.conf.register_opts``); oslo.messaging's are added here.
+
     Timeouts: ``[agent] long_rpc_timeout`` for the calls the method table
     marks long (image fetches, disk creation and copies), ``[agent]
     rpc_timeout`` for the rest.

@@ -16,6 +16,10 @@ from rpc import transports
 class AgentServer:
     """Serves ``endpoint`` for hypervisor ``host`` (default ``[DEFAULT] host``).
 
+    ``conf`` must have the project's options registered
+    (``nova_xen_split.conf.register_opts``); oslo.messaging's are added here.
+    Raises ``TypeError`` when ``endpoint`` lacks a declared method.
+
     ``version`` is the interface version this server announces and accepts
     (default: the current one); a call pinned at a newer minor version is
     refused with ``VersionTooOld``.

@@ -10,13 +10,15 @@ args, timeout) -> envelope`` and ``close()``, and a server with
 
 import urllib.parse
 
-from nova_xen_split import conf as nxs_conf
-
 TOPIC = "nova-xen-split-agent"
 
 
 def register_opts(conf):
-    """Register the project's and oslo.messaging's options on ``conf``.
+    """Register oslo.messaging's options on ``conf``.
+
+    The project's own options (``[DEFAULT] host``, ``[agent] ...``) are the
+    caller's to register (``nova_xen_split.conf.register_opts``): ``rpc``
+    imports nothing of the project's.
 
     oslo.messaging registers most of its options lazily, on the first
     transport, but ``transport_url`` must be readable before we know
@@ -27,7 +29,6 @@ def register_opts(conf):
     """
     import oslo_messaging.opts
 
-    nxs_conf.register_opts(conf)
     for group, opts in oslo_messaging.opts.list_opts():
         conf.register_opts(opts, group=group)
     for module_name, attr, group in (

@@ -15,6 +15,7 @@ import uuid
 import pytest
 from oslo_config import cfg
 
+from nova_xen_split import conf as nxs_conf
 from rpc import client
 from rpc import server
 from rpc import transports
@@ -29,6 +30,7 @@ WORKERS = 4
 def make_conf(transport_url, host, **agent):
     """A private ConfigOpts for one side of one pair."""
     conf = cfg.ConfigOpts()
+    nxs_conf.register_opts(conf)
     transports.register_opts(conf)
     conf(args=[], default_config_files=[], default_config_dirs=[])
     conf.set_override("transport_url", transport_url)
