@@ -113,16 +113,19 @@ def main(argv=None):
         return _refuse(str(e).splitlines()[0], EXIT_BAD_CONFIG)
     logging.setup(conf, "nova-xen-split")
     service = AgentService(conf)
+    refusal = None
     try:
         service.start()
     except detect.StartupRefused as e:
-        service.close()
-        LOG.error("Refusing to start: %s", e)
-        return _refuse(str(e))
+        refusal = str(e)
     except (cfg.Error, exceptions.NovaXenSplitError) as e:
+        refusal = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if refusal is not None:
+        # Logged outside the except block: oslo.log would append the
+        # exception to the line, and the line must stay one line.
         service.close()
-        LOG.error("Refusing to start: %s", e)
-        return _refuse(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        LOG.error("Refusing to start: %s", refusal)
+        return _refuse(refusal)
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
     service.wait()

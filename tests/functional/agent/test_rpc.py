@@ -1,0 +1,81 @@
+"""The agent's endpoint behind a real ``rpc`` transport (local Unix socket).
+
+Bad requests get typed errors and change nothing; good ones work end to end.
+"""
+
+import uuid
+
+import pytest
+
+from rpc import client as rpc_client
+from rpc import exceptions
+from rpc import server as rpc_server
+from rpc import transports
+from tests.functional.agent import disktools
+
+
+@pytest.fixture(params=["in_guest", "independent"])
+def served(request, make_sim, loop_devices, image_server, make_agent, tmp_path):
+    mode = request.param
+    agent = make_agent(make_sim(compute_vm=(mode == "in_guest")), mode, image_server)
+    transports.register_opts(agent.conf)
+    agent.conf.set_override("transport_url", "unix://%s" % (tmp_path / "agent.sock"))
+    server = rpc_server.AgentServer(agent.conf, agent.endpoint, host=agent.conf.host)
+    server.start()
+    api = rpc_client.AgentAPI(agent.conf, host=agent.conf.host)
+    yield agent, api
+    api.close()
+    server.stop()
+    server.wait()
+
+
+BAD_REQUESTS = [
+    ("generate_disk", dict(kind="ephemeral", size_mb=0, fs_type="ext4", label="e0"),
+     "size_mb"),
+    ("generate_disk", dict(kind="ephemeral", size_mb=1 << 40, fs_type="ext4", label="e0"),
+     "size_mb"),
+    ("generate_disk", dict(kind="ephemeral", size_mb=64, fs_type="ext4",
+                           label="x;rm -rf /"), "label"),
+    ("generate_disk", dict(kind="ephemeral", size_mb=64, fs_type="xfs", label="e0"),
+     "fs_type"),
+    ("generate_disk", dict(kind="swap", size_mb=64, fs_type="ext4", label="swap"),
+     "fs_type"),
+    ("auto_configure_disk", dict(new_gb=0), "new_gb"),
+    ("auto_configure_disk", dict(new_gb=10 ** 9), "new_gb"),
+    ("auto_configure_disk", dict(new_gb=2), "vdi_uuid"),
+    ("destroy_vdis", dict(), "vdi_uuids"),
+    ("fetch_image", dict(image_id="../../etc/passwd", disk_format="raw"), "image_id"),
+    ("fetch_image", dict(image_id="img", disk_format="qcow2"), "disk_format"),
+]
+
+
+@pytest.mark.parametrize("method,args,field", BAD_REQUESTS)
+def test_a_bad_request_gets_invalid_request_naming_the_field_and_changes_nothing(
+        served, method, args, field):
+    agent, api = served
+    args = dict(args)
+    if method in ("generate_disk", "fetch_image"):
+        args["instance_uuid"] = str(uuid.uuid4())
+    if method == "auto_configure_disk":
+        args["vdi_uuid"] = str(uuid.uuid4())  # exists nowhere
+    if method == "destroy_vdis":
+        args["vdi_uuids"] = [str(uuid.uuid4())]
+    before = agent.vdi_uuids()
+
+    with pytest.raises(exceptions.InvalidRequest) as caught:
+        getattr(api, method)(**args)
+
+    assert field in str(caught.value)
+    assert agent.vdi_uuids() == before
+    assert agent.tagged_vbds() == []
+
+
+def test_generate_disk_through_the_socket_makes_a_labelled_swap_disk(served):
+    agent, api = served
+
+    made = api.generate_disk(instance_uuid=str(uuid.uuid4()), kind="swap", size_mb=32,
+                             fs_type="swap", label="swap")
+
+    found = disktools.probe(disktools.vdi_file(agent.sim, made["uuid"]), 2048 * 512)
+    assert (found["TYPE"], found["LABEL"]) == ("swap", "swap")
+    assert api.describe()["mode"] == agent.ctx.mode

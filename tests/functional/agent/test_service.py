@@ -1,0 +1,201 @@
+"""The real console script: startup refusals, modes, and a SIGKILL mid-fetch."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+from oslo_config import cfg
+
+from agent import vdis
+from nova_xen_split import conf as nxs_conf
+from rpc import client as rpc_client
+from rpc import transports
+
+AGENT = os.path.join(os.path.dirname(sys.executable), "nova-xen-split-agent")
+MiB = 1 << 20
+
+
+def write_config(tmp_path, sim, mode, image_server=None, name="agent.conf", **options):
+    """An agent config file; ``options`` are ``section__key=value``."""
+    sections = {
+        "DEFAULT": {"host": "svc-%s" % uuid.uuid4().hex[:8],
+                    "state_path": str(tmp_path),
+                    "transport_url": "unix://%s" % (tmp_path / "agent.sock")},
+        "xenserver": {"connection_url": sim.url,
+                      "connection_password": sim.password,
+                      "xenstore_read_command": "false",
+                      "vm_uuid_file": str(tmp_path / "no-uuid-here")},
+        "agent": {"privsep_start_method": "fork", "rpc_timeout": "30"},
+    }
+    if mode == "in_guest":
+        vm_uuid = sim.compute_vm_uuid
+        sections["xenserver"].update(
+            vm_uuid_file=os.path.join(sim.state_dir, "vms", vm_uuid, "sys", "hypervisor",
+                                      "uuid"),
+            device_dir=sim.vm_dev_dir(vm_uuid))
+    if image_server is not None:
+        sections["glance"] = {"api_servers": image_server.url}
+    for key, value in options.items():
+        section, option = key.split("__")
+        sections.setdefault(section, {})[option] = value
+    path = tmp_path / name
+    with open(path, "w") as f:
+        for section, values in sections.items():
+            f.write("[%s]\n" % section)
+            for key, value in values.items():
+                f.write("%s = %s\n" % (key, value))
+    return path, sections["DEFAULT"]["host"]
+
+
+def refusal(config_path):
+    proc = subprocess.run([AGENT, "--config-file", str(config_path)],
+                          capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stderr, proc.stdout
+
+
+@pytest.mark.parametrize("options,option_named", [
+    ({"xenserver__check_host": "true"}, "[xenserver] check_host"),
+    ({"DEFAULT__flat_injected": "true"}, "[DEFAULT] flat_injected"),
+    ({"xenserver__independent_compute": "false"}, "[xenserver] independent_compute"),
+    ({"xenserver__connection_password": "Wr0ng-Passw0rd"}, "connection_password"),
+    ({"xenserver__connection_url": "http://127.0.0.1:9"}, "[xenserver] connection_url"),
+])
+def test_refusals_print_one_line_naming_the_option_and_exit_non_zero(
+        xapi_sim, tmp_path, options, option_named):
+    config, _host = write_config(tmp_path, xapi_sim, "independent", **options)
+
+    status, stderr, stdout = refusal(config)
+
+    assert status != 0
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert option_named in lines[0]
+    assert "Traceback" not in stderr + stdout
+    assert "Wr0ng-Passw0rd" not in stderr + stdout
+    assert xapi_sim.password not in stderr + stdout
+
+
+class RunningAgent:
+    def __init__(self, config, host, tmp_path):
+        self.config = config
+        self.host = host
+        self.log_path = tmp_path / ("agent-%s.log" % uuid.uuid4().hex[:6])
+        self.log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen([AGENT, "--config-file", str(config)],
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        conf = cfg.ConfigOpts()
+        nxs_conf.register_opts(conf)
+        transports.register_opts(conf)
+        conf(["--config-file", str(config)])
+        self.api = rpc_client.AgentAPI(conf, host=host)
+
+    def wait_serving(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output()
+            try:
+                return self.api.describe()
+            except Exception:
+                time.sleep(0.2)
+        raise AssertionError("agent did not serve: %s" % self.output())
+
+    def output(self):
+        return self.log_path.read_text()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        self.api.close()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.mark.parametrize("compute_vm,mode", [(True, "in_guest"), (False, "independent")])
+def test_auto_detection_chooses_the_mode_logs_it_and_sigterm_exits_zero(
+        make_sim, loop_devices, tmp_path, compute_vm, mode):
+    sim = make_sim(compute_vm=compute_vm)
+    config, host = write_config(tmp_path, sim, mode)
+    agent = RunningAgent(config, host, tmp_path)
+    try:
+        described = agent.wait_serving()
+    finally:
+        status = agent.stop()
+
+    assert described["mode"] == mode
+    assert status == 0
+    log = agent.output()
+    assert "in %s mode: VM %s" % (mode, sim.compute_vm_uuid or "none") in log
+    assert "Serving interface 1.0" in log
+
+
+def _tagged(session, host):
+    vbds = [rec for rec in session.xenapi.VBD.get_all_records().values()
+            if rec["other_config"].get("nxs-agent-vbd") == host]
+    in_progress = [rec for rec in session.xenapi.VDI.get_all_records().values()
+                   if rec["other_config"].get(vdis.AGENT_KEY) == host
+                   and rec["other_config"].get(vdis.STATE_KEY) == vdis.IN_PROGRESS]
+    return vbds, in_progress
+
+
+@pytest.mark.parametrize("compute_vm,mode", [(True, "in_guest"), (False, "independent")])
+def test_sigkill_during_an_image_fetch_then_restart_leaves_no_vbd_and_no_half_made_vdi(
+        make_sim, loop_devices, image_server, tmp_path, compute_vm, mode):
+    sim = make_sim(compute_vm=compute_vm)
+    image = tmp_path / "slow.raw"
+    with open(image, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(MiB))
+    image_id = image_server.add(image)
+    image_server.delay = 0.1  # 64 MiB take about 6 s
+    config, host = write_config(tmp_path, sim, mode, image_server)
+    session = sim.session()
+    agent = RunningAgent(config, host, tmp_path)
+    agent.wait_serving()
+    errors = []
+    fetch = threading.Thread(target=lambda: errors.append(_try(
+        agent.api.fetch_image, instance_uuid=str(uuid.uuid4()), image_id=image_id,
+        disk_format="raw", auth_token=None)))
+    fetch.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        vbds, in_progress = _tagged(session, host)
+        if in_progress and (vbds or mode == "independent"):
+            break
+        time.sleep(0.1)
+    assert in_progress, agent.output()
+
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait(30)
+    fetch.join(60)
+    agent.stop()
+    restarted = RunningAgent(config, host, tmp_path)
+    try:
+        restarted.wait_serving()
+        vbds, in_progress = _tagged(session, host)
+    finally:
+        restarted.stop()
+
+    assert errors and errors[0] is not None  # the caller saw the fetch fail
+    assert vbds == []
+    assert in_progress == []
+
+
+def _try(fn, **kwargs):
+    try:
+        fn(**kwargs)
+    except Exception as e:
+        return e
+    return None
