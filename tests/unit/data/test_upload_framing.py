@@ -65,9 +65,30 @@ def test_file_runs_skip_holes_and_written_zeros(tmp_path):
     with open(path, "rb") as f:
         runs = upload.file_data_runs(f.fileno(), 64 * MiB)
 
-    # The small write is one file-system block of data: at most one zero block.
-    assert len(runs) == 4 and runs[0] == 10 * MiB and 3 < runs[1] <= 64 * KiB
-    assert list(runs[2:]) == [20 * MiB, 5 * MiB]
+    assert list(runs) == [10 * MiB, 64 * KiB, 20 * MiB, 5 * MiB]
+
+
+def test_data_extents_sharing_a_block_give_one_run(tmp_path):
+    path = tmp_path / "d.raw"
+    with open(path, "wb") as f:
+        f.truncate(MiB)
+        f.write(b"a")                      # extent at 0
+        f.seek(40 * KiB)
+        f.write(b"b")                      # another extent, same 64 KiB block
+        f.seek(64 * KiB + 60 * KiB)
+        f.write(b"c")                      # the next block
+    with open(path, "rb") as f:
+        runs = upload.file_data_runs(f.fileno(), MiB)
+
+    assert list(runs) == [0, 128 * KiB]
+
+
+def test_a_block_that_is_zero_only_at_its_start_is_data(tmp_path):
+    path = tmp_path / "d.raw"
+    with open(path, "wb") as f:
+        f.write(bytes(64 * KiB - 1) + b"z")
+    with open(path, "rb") as f:
+        assert list(upload.file_data_runs(f.fileno(), 64 * KiB)) == [0, 64 * KiB]
 
 
 def test_file_body_frames_rebuild_the_file(tmp_path):
