@@ -71,7 +71,7 @@ def remove_file(session, args):
     path = arg(args, "path")
     boot_dir = _boot_dir()
     if not os.path.isabs(path) or os.path.dirname(path) != boot_dir or \
-            not FILE_RE.match(os.path.basename(path)):
+            not FILE_RE.fullmatch(os.path.basename(path)):
         raise InvalidArgument("path %r is not a kernel or ramdisk file in %s"
                               % (path[:200], boot_dir))
     try:

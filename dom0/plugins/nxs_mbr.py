@@ -6,7 +6,6 @@ older ones miscount cylinders. A one-partition MBR is 66 bytes we can write
 exactly; the tests check the result with the current sfdisk.
 """
 
-import fcntl
 import os
 import struct
 
@@ -20,7 +19,6 @@ GPT_PROTECTIVE = 0xEE
 MAX_SECTORS = 0xFFFFFFFF  # 32-bit LBA fields
 MAX_LOGICAL = 60          # a bound on the EBR chain walk
 WIPE_GAP_SECTORS = 2048   # a fresh label clears up to 1 MiB before the partition
-BLKRRPART = 0x125F        # ioctl: re-read the partition table
 
 
 def _chs(lba):
@@ -119,6 +117,10 @@ def write_single_partition(path, start, end, part_type):
     no signature of an earlier filesystem or boot loader survives to confuse
     blkid, and a GPT header left behind (primary and backup). Keeps the disk
     identifier if there was one. Flushes before returning.
+
+    The kernel is not asked to re-read the table (BLKRRPART): partition
+    devices come from udev/partx or kpartx on the hosts we run on, and a
+    re-read by a kernel without the msdos parser drops what they added.
     """
     fd = open_device(path, writable=True)
     try:
@@ -162,15 +164,3 @@ def set_primary_end(path, num, new_end):
     finally:
         os.close(fd)
 
-
-def reread(path):
-    """Ask the kernel to re-read the table, as sfdisk does; a kernel that
-    does not parse tables for this disk (loop devices without partition
-    scanning, dom0's blkfront) refuses, and udev or kpartx take over."""
-    fd = open_device(path)
-    try:
-        fcntl.ioctl(fd, BLKRRPART)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

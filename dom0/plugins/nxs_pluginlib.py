@@ -17,6 +17,7 @@ import struct
 import subprocess
 import time
 
+# Patterns are applied with fullmatch: "$" alone lets a trailing newline in.
 DISK_RE = re.compile(r"^(xvd|sd|hd)[a-z]{1,2}$")
 PARTITION_RE = re.compile(r"^((?:xvd|sd|hd)[a-z]{1,2})([1-9][0-9]{0,2})$")
 INT_RE = re.compile(r"^[0-9]{1,20}$")
@@ -70,7 +71,7 @@ def int_arg(args, name, low, high, required=True, default=None):
     value = arg(args, name, required=required)
     if value is None:
         return default
-    if not INT_RE.match(value):
+    if not INT_RE.fullmatch(value):
         raise InvalidArgument(
             "argument %r must be a non-negative decimal integer, got %r"
             % (name, value[:40]))
@@ -95,7 +96,7 @@ def choice_arg(args, name, choices, required=True, default=None):
 def disk_arg(args, name="dev"):
     """A bare whole-disk device name such as ``xvdb``, never a path."""
     value = arg(args, name)
-    if not DISK_RE.match(value):
+    if not DISK_RE.fullmatch(value):
         raise InvalidArgument(
             "argument %r must be a device name like xvdb (not a path), got %r"
             % (name, value[:40]))

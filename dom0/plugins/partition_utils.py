@@ -158,7 +158,7 @@ def _partition(dev, table, num):
 def _label_arg(args, fs_type):
     label = arg(args, "fs_label", required=False, default="")
     pattern = VFAT_LABEL_RE if fs_type == "vfat" else LABEL_RE
-    if not pattern.match(label) or label.startswith("-"):
+    if not pattern.fullmatch(label) or label.startswith("-"):
         raise InvalidArgument("fs_label %r has characters a %s label cannot take "
                               "(allowed: %s)" % (label[:40], fs_type, pattern.pattern))
     if len(label.encode("ascii")) > LABEL_MAX[fs_type]:
@@ -172,7 +172,7 @@ def _label_arg(args, fs_type):
 def wait_for_dev(session, args):
     """Wait until device (or partition) ``dev`` exists; a timeout is an error."""
     dev = arg(args, "dev")
-    if not (DISK_RE.match(dev) or PARTITION_RE.match(dev)):
+    if not (DISK_RE.fullmatch(dev) or PARTITION_RE.fullmatch(dev)):
         raise InvalidArgument("argument 'dev' must be a device name like xvdb or xvdb1 "
                               "(not a path), got %r" % dev[:40])
     max_seconds = int_arg(args, "max_seconds", 0, MAX_WAIT_SECONDS)
@@ -218,7 +218,6 @@ def make_partition(session, args):
                               % (end - start + 1))
 
     nxs_mbr.write_single_partition(disk_path, start, end, PARTITION_TYPES[part_type])
-    nxs_mbr.reread(disk_path)
     partition = _partition(dev, _dos_table(dev, disk_path), 1)
     with MappedPartition(dev, disk_path, partition, wait_seconds):
         pass  # the partition is usable: that is what the caller needs to know
@@ -281,7 +280,6 @@ def resize_partition_and_fs(session, args):
 
     if new_end != partition["end"]:
         nxs_mbr.set_primary_end(disk_path, partnum, new_end)
-        nxs_mbr.reread(disk_path)
         partition = _partition(dev, _dos_table(dev, disk_path), partnum)
     with MappedPartition(dev, disk_path, partition, wait_seconds) as path:
         run(["resize2fs", path], timeout=MKFS_TIMEOUT)

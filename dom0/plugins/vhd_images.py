@@ -71,7 +71,7 @@ def _sr_path_arg(args):
     if not os.path.isabs(sr_path) or "\x00" in sr_path:
         raise InvalidArgument("sr_path must be an absolute path")
     real = os.path.realpath(sr_path)
-    if os.path.dirname(real) != root or not UUID_RE.match(os.path.basename(real)):
+    if os.path.dirname(real) != root or not UUID_RE.fullmatch(os.path.basename(real)):
         raise InvalidArgument("sr_path %r is not an SR directory <%s>/<sr-uuid>"
                               % (sr_path[:200], root))
     if not os.path.isdir(real):
@@ -147,7 +147,7 @@ def _unpack(response, staging):
                 name = _member_name(member)
                 if member.isdir() and name in ("", "."):
                     continue
-                if not (NUMBERED_RE.match(name) or name in OLD_STYLE):
+                if not (NUMBERED_RE.fullmatch(name) or name in OLD_STYLE):
                     raise ImageFetchFailed(
                         "unexpected tarball member %r: only 0.vhd, 1.vhd, ... or "
                         "image.vhd and snap.vhd are accepted" % member.name[:100])
@@ -170,8 +170,9 @@ def _unpack(response, staging):
 
 def _chain_order(names):
     """Member names leaf first, from one of the accepted layouts."""
-    if any(NUMBERED_RE.match(n) for n in names):
-        numbers = sorted(int(n.split(".")[0]) for n in names if NUMBERED_RE.match(n))
+    if any(NUMBERED_RE.fullmatch(n) for n in names):
+        numbers = sorted(int(n.split(".")[0])
+                         for n in names if NUMBERED_RE.fullmatch(n))
         if len(numbers) == len(names) and numbers == list(range(len(names))):
             return ["%d.vhd" % n for n in numbers]
     elif set(names) in ({"image.vhd"}, {"image.vhd", "snap.vhd"}):
@@ -234,12 +235,12 @@ def _land_chain(order, staging, sr_path):
 def download_vhd(session, args):
     """Fetch image ``image_id`` as a VHD chain into SR directory ``sr_path``."""
     image_id = arg(args, "image_id")
-    if not IMAGE_ID_RE.match(image_id):
+    if not IMAGE_ID_RE.fullmatch(image_id):
         raise InvalidArgument("image_id must match %s, got %r"
                               % (IMAGE_ID_RE.pattern, image_id[:80]))
     endpoint = _endpoint_arg(args)
     token = arg(args, "auth_token", required=False, default="")
-    if not TOKEN_RE.match(token):
+    if not TOKEN_RE.fullmatch(token):
         raise InvalidArgument("auth_token must be printable ASCII without spaces, at "
                               "most 8192 characters")
     sr_path = _sr_path_arg(args)
