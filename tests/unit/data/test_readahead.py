@@ -65,3 +65,7 @@ def test_leaving_early_stops_the_thread():
 
     assert not thread.is_alive()
     assert reader.tell() <= 3000        # at most the two buffers were filled
+
+
+def test_an_empty_stream_gives_no_windows():
+    assert collect(io.BytesIO(b""), 0, 4096) == []
