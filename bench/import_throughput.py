@@ -10,8 +10,10 @@ filesystem in the same run:
 
 Page cache: caches cannot be dropped here, so both sides run on equal terms:
 each source file is read once before timing (warm), destinations are new
-files on the filesystem of the simulator's SR, and neither side syncs unless
-``--sync`` is given (then both fsync their output inside the timing).
+files on the filesystem of the simulator's SR, ``sync`` runs before each
+timing so neither side pays for what an earlier step left dirty, and neither
+side syncs its own output unless ``--sync`` is given (then both fsync it
+inside the timing). The machine may be shared: the load average is printed.
 Each measurement runs ``--rounds`` times, alternating cp and import; the best
 of each is compared.
 
@@ -139,7 +141,13 @@ class Simulator:
         return elapsed
 
 
+def settle():
+    """Write back what earlier steps left dirty, so it slows neither side."""
+    os.sync()
+
+
 def time_cp(src, dst, sync):
+    settle()
     started = time.monotonic()
     run(["cp", src, dst])
     if sync:
@@ -151,6 +159,7 @@ def time_cp(src, dst, sync):
 
 def time_import(sim, src, fmt, vdi_size, sync):
     vdi, vdi_path = sim.new_vdi(vdi_size)
+    settle()
     elapsed = sim.upload(vdi, src, fmt)
     if sync:
         started = time.monotonic()
@@ -165,8 +174,9 @@ def measure(sim, name, src, fmt, vdi_size, check, args, work):
     size = os.path.getsize(src)
     warm(src)
     print("\n%s: %s, %d bytes (%s)" % (name, os.path.basename(src), size, fmt))
-    print("  page cache before timing: source warm (read once); %s"
-          % meminfo("Cached", "Dirty", "Writeback", "MemFree"))
+    print("  page cache before timing: source warm (read once); %s; load average %s"
+          % (meminfo("Cached", "Dirty", "Writeback", "MemFree"),
+             " ".join("%.2f" % v for v in os.getloadavg())))
     best_cp = best_import = None
     for round_no in range(1, args.rounds + 1):
         dst = os.path.join(work, "cp-copy")
@@ -198,7 +208,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", help="where sources and the simulator state go "
                         "(default: a new directory under /var/tmp)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sync", action="store_true", help="fsync outputs inside timing")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="nxs-bench-", dir=args.work_dir or "/var/tmp")
@@ -218,8 +228,9 @@ def main():
         print("setup: work dir %s on %s (%s), %d CPUs, Python %s, cp = %s"
               % (work, fs[0], fs[1], os.cpu_count(), sys.version.split()[0],
                  run(["cp", "--version"]).splitlines()[0]))
-        print("sync: %s; rounds: %d (cp and import alternate; best of each compared)"
-              % ("outputs fsynced inside timing" if args.sync else "none (page cache)",
+        print("sync before each timing; outputs %s; rounds: %d (cp and import "
+              "alternate; best of each compared)"
+              % ("fsynced inside timing" if args.sync else "left in the page cache",
                  args.rounds))
         dense_ratio = measure(sim, "dense raw", dense, "raw", GiB,
                               same_content(dense, GiB), args, work)
