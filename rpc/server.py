@@ -40,7 +40,7 @@ class AgentServer:
         self._transport.start()
 
     def stop(self):
-        """Stop taking new calls; calls in progress run to their end."""
+        """Stop taking new calls; calls in progress run to their end and are answered."""
         self._transport.stop()
 
     def wait(self):

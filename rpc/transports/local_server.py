@@ -101,7 +101,7 @@ class LocalServer:
         LOG.info("Agent listening on unix socket %s", self.path)
 
     def stop(self):
-        """Stop accepting and drop every connection; running calls finish."""
+        """Stop accepting and reading requests; running calls still answer."""
         self._stopping = True
         if self._listener is not None:
             try:
@@ -114,7 +114,9 @@ class LocalServer:
             conns = list(self._conns)
         for conn in conns:
             try:
-                conn.shutdown(socket.SHUT_RDWR)
+                # Reading stops (the reader sees EOF); writing does not, so
+                # calls in progress still deliver their replies.
+                conn.shutdown(socket.SHUT_RD)
             except OSError:
                 pass
         try:
@@ -190,6 +192,7 @@ class LocalServer:
 
     def _serve_connection(self, conn):
         write_lock = threading.Lock()
+        in_flight = set()
         with self._lock:
             self._conns.add(conn)
         try:
@@ -203,15 +206,17 @@ class LocalServer:
                 except (framing.FrameError, OSError) as e:
                     LOG.warning("Dropping connection on %s: %s", self.path, e)
                     return
-                if not self._handle(conn, write_lock, request):
+                if not self._handle(conn, write_lock, request, in_flight):
                     LOG.warning("Dropping connection on %s: malformed request", self.path)
                     return
         finally:
+            # Calls already accepted on this connection answer before it closes.
+            concurrent.futures.wait(list(in_flight))
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
 
-    def _handle(self, conn, write_lock, request):
+    def _handle(self, conn, write_lock, request, in_flight):
         """Start serving one request; False if it is not a request at all."""
         if not (isinstance(request, dict) and isinstance(request.get("id"), int)
                 and not isinstance(request.get("id"), bool) and request["id"] > 0):
@@ -227,7 +232,9 @@ class LocalServer:
         if method.control:
             self._reply(conn, write_lock, request_id, self.dispatcher.run(method, args))
         else:
-            self._pool.submit(self._run, conn, write_lock, request_id, method, args)
+            future = self._pool.submit(self._run, conn, write_lock, request_id, method, args)
+            in_flight.add(future)
+            future.add_done_callback(in_flight.discard)
         return True
 
     def _run(self, conn, write_lock, request_id, method, args):

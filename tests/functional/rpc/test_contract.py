@@ -164,7 +164,7 @@ def test_call_without_answer_raises_agent_unavailable_in_time(agent):
 
     assert raised.value.kwargs == {"host": host, "method": "destroy_vdis",
                                    "timeout": RPC_TIMEOUT}
-    assert RPC_TIMEOUT <= elapsed < RPC_TIMEOUT + 0.5
+    assert RPC_TIMEOUT <= elapsed < RPC_TIMEOUT + 0.75
 
 
 def test_agent_still_answers_after_a_call_timed_out(agent):

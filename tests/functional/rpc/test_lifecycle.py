@@ -12,7 +12,7 @@ import pytest
 
 from rpc import transports
 from tests.functional.rpc.conftest import Pair, rabbit_queues, unique_host
-from tests.functional.rpc.endpoint import INSTANCE, VDI
+from tests.functional.rpc.endpoint import INSTANCE, VALID_ARGS, VDI
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
@@ -59,6 +59,23 @@ def test_client_started_before_its_agent_gets_its_answer_once_the_agent_is_up(tr
 
         assert pending.result(timeout=20) == {"destroyed": 2}
     assert endpoint.names_called().count("destroy_vdis") == 1
+
+
+def test_agent_stopping_answers_the_calls_it_has_accepted(transport):
+    host = unique_host()
+    srv, endpoint = transport.agent(host)
+    api = transport.api(host)
+    api.describe()
+    endpoint.delay["generate_disk"] = 0.5
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(api.generate_disk, **VALID_ARGS["generate_disk"])
+        while "generate_disk" not in endpoint.names_called():
+            time.sleep(0.01)
+        srv.stop()
+        srv.wait()
+
+        assert pending.result(timeout=10)["size_bytes"] == 1024 << 20
 
 
 def test_agent_killed_and_restarted_serves_the_next_call(transport, children):
