@@ -65,7 +65,7 @@ def ext_block_count(path, offset):
     for line in out.splitlines():
         if line.startswith("Block count:"):
             return int(line.split(":")[1])
-        
+
     raise AssertionError("no block count in dumpe2fs output")
 
 
