@@ -1,0 +1,72 @@
+"""The console scripts as an operator runs them: ``nova-xen-split demo``, ``-status``."""
+
+import glob
+import os
+import subprocess
+import sys
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _run(args, timeout):
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+
+
+def _demo_dirs():
+    return set(glob.glob("/tmp/nxs-demo-*"))
+
+
+def test_demo_boots_and_tears_down_an_instance_in_both_modes(loop_devices):
+    before = _demo_dirs()
+    proc = _run([os.path.join(BIN, "nova-xen-split"), "demo"], timeout=240)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "== independent mode ==" in out and "== in_guest mode ==" in out
+    assert "mode independent, interface 1.0" in out and "mode in_guest, interface 1.0" in out
+    for step in ("fetch_image", "auto_configure_disk", "generate_disk", "generate_configdrive",
+                 "VM.start", "destroy"):
+        assert step in out
+    assert out.count("ok: booted, destroyed, nothing left behind") == 2
+    assert _demo_dirs() == before  # its temporary directory is gone
+
+
+def test_demo_runs_over_rabbitmq(loop_devices, rabbit_url):
+    proc = _run([os.path.join(BIN, "nova-xen-split"), "demo", "--mode", "independent",
+                 "--transport-url", rabbit_url], timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "transport %s" % rabbit_url in proc.stdout
+    assert "ok: booted, destroyed, nothing left behind" in proc.stdout
+
+
+def _status(config_file):
+    return _run([os.path.join(BIN, "nova-xen-split-status"), "upgrade", "check",
+                 "--config-file", config_file], timeout=120)
+
+
+def test_status_check_passes_for_a_working_pair(xapi_sim, make_pair):
+    pair = make_pair(xapi_sim)
+    proc = _status(pair.config_file)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "independent" in proc.stdout and "answers" in proc.stdout
+
+
+def test_status_check_fails_for_an_option_the_mode_cannot_serve(xapi_sim, make_pair, tmp_path):
+    pair = make_pair(xapi_sim)
+    config = tmp_path / "check_host.conf"
+    with open(pair.config_file) as f:
+        text = f.read()
+    config.write_text(text.replace("[xenserver]\n", "[xenserver]\ncheck_host = true\n"))
+    proc = _status(str(config))
+    assert proc.returncode == 2, proc.stdout
+    assert "check_host" in proc.stdout
+
+
+def test_status_check_fails_when_xapi_and_the_agent_are_unreachable(tmp_path):
+    config = tmp_path / "nothing.conf"
+    config.write_text("[DEFAULT]\nhost = nowhere\ntransport_url = unix://%s\n"
+                      "[xenserver]\nconnection_url = http://127.0.0.1:9\n"
+                      "[agent]\nrpc_timeout = 1\n" % (tmp_path / "none.sock"))
+    proc = _status(str(config))
+    assert proc.returncode == 2
+    assert "XAPI at http://127.0.0.1:9 refused or did not answer" in proc.stdout
+    assert "did not answer" in proc.stdout
