@@ -82,27 +82,25 @@ def accessor(cls, verb):
     spec = model.CLASSES.get(cls)
     if spec is None:
         return None
-    store_of = lambda host: host.store  # noqa: E731
-
     if verb == "get_record":
         def get_record(host, session, ref):
             return render(host, cls, ref)
         return get_record
     if verb == "get_all":
         def get_all(host, session):
-            return list(store_of(host).table(cls))
+            return list(host.store.table(cls))
         return get_all
     if verb == "get_all_records":
         def get_all_records(host, session):
-            return {ref: render(host, cls, ref) for ref in store_of(host).table(cls)}
+            return {ref: render(host, cls, ref) for ref in host.store.table(cls)}
         return get_all_records
     if verb == "get_by_uuid":
         def get_by_uuid(host, session, uuid):
-            return store_of(host).by_uuid(cls, uuid)
+            return host.store.by_uuid(cls, uuid)
         return get_by_uuid
     if verb == "get_by_name_label" and "name_label" in spec.fields:
         def get_by_name_label(host, session, label):
-            return store_of(host).find(cls, name_label=label)
+            return host.store.find(cls, name_label=label)
         return get_by_name_label
     if verb.startswith("get_"):
         field = verb[4:]
@@ -114,32 +112,32 @@ def accessor(cls, verb):
         field = verb[4:]
 
         def setter(host, session, ref, value):
-            record = store_of(host).get(cls, ref)
+            record = host.store.get(cls, ref)
             _check_type(spec, field, value)
             record[field] = value
-            store_of(host).touch()
+            host.store.touch()
             return ""
         return setter
     if verb.startswith("add_to_") and verb[7:] in spec.maps:
         field = verb[7:]
 
         def add_to(host, session, ref, key, value):
-            record = store_of(host).get(cls, ref)
+            record = host.store.get(cls, ref)
             if not isinstance(key, str) or not isinstance(value, str):
                 raise errors.XapiError(errors.FIELD_TYPE_ERROR, field)
             if key in record[field]:
                 raise errors.XapiError(errors.MAP_DUPLICATE_KEY, cls, field, ref, key)
             record[field][key] = value
-            store_of(host).touch()
+            host.store.touch()
             return ""
         return add_to
     if verb.startswith("remove_from_") and verb[12:] in spec.maps:
         field = verb[12:]
 
         def remove_from(host, session, ref, key):
-            record = store_of(host).get(cls, ref)
+            record = host.store.get(cls, ref)
             if record[field].pop(key, None) is not None:
-                store_of(host).touch()
+                host.store.touch()
             return ""
         return remove_from
     return None
