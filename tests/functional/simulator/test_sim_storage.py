@@ -1,5 +1,6 @@
 """VDIs as sparse files; VBDs plugged into dom0 as real loop devices."""
 
+import concurrent.futures
 import os
 import subprocess
 
@@ -208,3 +209,24 @@ def test_destroying_a_vdi_removes_its_unplugged_vbds(xapi, sr_ref, dom0_ref):
     vbd = new_vbd(xapi, dom0_ref, vdi)
     xapi.VDI.destroy(vdi)
     assert failure(xapi.VBD.get_record, vbd) == ["HANDLE_INVALID", "VBD", vbd]
+
+
+def test_concurrent_plugs_from_several_clients_get_distinct_devices(sim, sr_ref, dom0_ref):
+    def plug_one(_):
+        xapi = sim.session().xenapi
+        vdi = new_vdi(xapi, sr_ref, MiB)
+        vbd = new_vbd(xapi, dom0_ref, vdi)
+        xapi.VBD.plug(vbd)
+        device = xapi.VBD.get_device(vbd)
+        link = os.path.join(sim.vm_dev_dir(xapi.VM.get_uuid(dom0_ref)), device)
+        target = os.readlink(link)
+        return xapi, vdi, vbd, device, target
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        plugged = list(pool.map(plug_one, range(4)))
+    assert len({p[3] for p in plugged}) == 4  # device names
+    assert len({p[4] for p in plugged}) == 4  # loop devices
+    for xapi, vdi, vbd, _, _ in plugged:
+        xapi.VBD.unplug(vbd)
+        xapi.VBD.destroy(vbd)
+        xapi.VDI.destroy(vdi)
