@@ -60,6 +60,7 @@ class LocalServer:
         self._listener = None
         self._inode = None
         self._pool = None
+        self._accept_thread = None
         self._threads = []
         self._conns = set()
         self._lock = threading.Lock()
@@ -97,12 +98,13 @@ class LocalServer:
         self._stopping = False
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.workers, thread_name_prefix="nxs-rpc-worker")
-        self._spawn(self._accept_loop, "nxs-rpc-accept")
+        self._accept_thread = self._spawn(self._accept_loop, "nxs-rpc-accept")
         LOG.info("Agent listening on unix socket %s", self.path)
 
     def stop(self):
         """Stop accepting and reading requests; running calls still answer."""
-        self._stopping = True
+        with self._lock:
+            self._stopping = True
         if self._listener is not None:
             try:
                 self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
@@ -127,6 +129,8 @@ class LocalServer:
 
     def wait(self):
         """Wait until every thread of the server has finished."""
+        if self._accept_thread is not None:
+            self._accept_thread.join()  # no connection thread starts after this
         for thread in list(self._threads):
             thread.join()
         if self._pool is not None:
@@ -153,6 +157,7 @@ class LocalServer:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
+        return thread
 
     # -- connections -----------------------------------------------------
 
@@ -195,8 +200,9 @@ class LocalServer:
         in_flight = set()
         with self._lock:
             self._conns.add(conn)
+            stopping = self._stopping  # stop() has already half-closed the others
         try:
-            if not self._allowed(conn):
+            if stopping or not self._allowed(conn):
                 return
             while not self._stopping:
                 try:
