@@ -57,13 +57,17 @@ class _Body:
             try:
                 n = self._rfile.readinto(view[got:])
             except OSError as e:
-                raise ImportFailed("connection failed after %d of %d body bytes: %s"
-                                   % (self.consumed + got, self.length, e)) from None
+                raise ImportFailed("connection failed after %s: %s"
+                                   % (self._progress(got), e)) from None
             if not n:
-                raise ImportFailed("connection closed after %d of %d body bytes"
-                                   % (self.consumed + got, self.length))
+                raise ImportFailed("connection closed after %s" % self._progress(got))
             got += n
         self.consumed += size
+
+    def _progress(self, extra):
+        if self.length == _UNBOUNDED:
+            return "%d body bytes" % (self.consumed + extra)
+        return "%d of %d body bytes" % (self.consumed + extra, self.length)
 
     def read(self, size):
         buf = bytearray(size)

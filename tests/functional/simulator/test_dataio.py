@@ -181,6 +181,16 @@ def test_malformed_chunk_stream_fails_and_a_fresh_vdi_stays_empty(tmp_path, send
     assert allocated(vdi) == 0
 
 
+def test_chunked_body_without_content_length_ends_at_its_terminating_chunk(tmp_path, send):
+    data = os.urandom(8192)
+    vdi = make_vdi(tmp_path / "vdi", MiB)
+
+    written = dataio.import_raw(send(chunk(4096, data) + END), None, vdi, MiB, chunked=True)
+
+    assert written == len(data)
+    assert read(vdi)[4096:4096 + len(data)] == data
+
+
 def test_chunked_stream_cut_mid_chunk_fails(tmp_path, send):
     vdi = make_vdi(tmp_path / "vdi", 16 * MiB)
     body = chunk(0, os.urandom(2 * MiB)) + END
@@ -211,6 +221,30 @@ def test_vhd_larger_than_the_vdi_fails_before_writing(tmp_path, send):
     with pytest.raises(dataio.ImportFailed, match=r"virtual size \(8388608 bytes\) is larger"):
         dataio.import_vhd(send(body), len(body), vdi, 4 * MiB)
     assert allocated(vdi) == 0
+
+
+def test_vhd_body_without_content_length_is_refused(tmp_path, send):
+    vdi = make_vdi(tmp_path / "vdi", MiB)
+    with pytest.raises(dataio.ImportFailed, match="needs a Content-Length"):
+        dataio.import_vhd(send(b""), None, vdi, MiB)
+
+
+def test_vhd_import_over_old_data_leaves_zeros_where_the_vhd_has_no_data(tmp_path, send):
+    src = make_vdi(tmp_path / "src.raw", 8 * MiB)
+    with open(src, "r+b") as f:
+        f.seek(3 * MiB)
+        f.write(os.urandom(MiB))
+    qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on",
+             src, str(tmp_path / "d.vhd"))
+    body = read(tmp_path / "d.vhd")
+    vdi = make_vdi(tmp_path / "vdi", 8 * MiB)
+    with open(vdi, "r+b") as f:
+        f.write(os.urandom(8 * MiB))
+
+    dataio.import_vhd(send(body), len(body), vdi, 8 * MiB)
+
+    assert read(vdi) == read(src)
+    assert allocated(vdi) == MiB
 
 
 def sparse_vdi(tmp_path, size, extents):
