@@ -83,12 +83,24 @@ def _endpoint_method(dispatcher, name):
 
 
 class _Endpoint:
-    """One attribute per declared method; nothing else is callable."""
+    """One attribute per declared method, all handed to the dispatcher.
+
+    Any other public name also resolves to the dispatcher, which refuses it
+    with ``InvalidRequest`` exactly as over the local socket (rather than
+    oslo.messaging's ``NoSuchMethod``, logged with a traceback). Names that
+    oslo.messaging reserves for itself (``oslo_*``) are left alone.
+    """
 
     def __init__(self, dispatcher):
         self.target = oslo_messaging.Target(version=dispatcher.version)
+        self._dispatcher = dispatcher
         for name in methods.METHODS:
             setattr(self, name, _endpoint_method(dispatcher, name))
+
+    def __getattr__(self, name):
+        if name.startswith(("_", "oslo_")) or name == "target":
+            raise AttributeError(name)
+        return _endpoint_method(self._dispatcher, name)
 
 
 class RabbitServer:
