@@ -106,18 +106,25 @@ class _VdiTarget:
 
     # The sink interface of vhd.decode_stream.
     def begin(self, virtual_size):
-        if virtual_size > self.vdi_size:
+        # A VHD counts whole sectors, so a VDI whose size is not a multiple of
+        # 512 (its own VHD export, say) may receive a VHD up to that multiple,
+        # provided the bytes past the VDI's end are zeros (see write).
+        if virtual_size > -(-self.vdi_size // SECTOR) * SECTOR:
             raise ImportFailed("the VHD's virtual size (%d bytes) is larger than the VDI "
                                "(%d bytes)" % (virtual_size, self.vdi_size))
         if not self.writer.fresh:
             # Sectors the VHD does not hold read as zeros, not as old data.
-            sparsefile.punch_hole(self.fd, 0, virtual_size)
+            sparsefile.punch_hole(self.fd, 0, min(virtual_size, self.vdi_size))
             self.writer.fresh = True
 
     def write(self, offset, view):
-        if offset + len(view) > self.vdi_size:
-            raise ImportFailed("write of %d bytes at offset %d passes the VDI's end (%d)"
-                               % (len(view), offset, self.vdi_size))
+        end = offset + len(view)
+        if end > self.vdi_size:
+            beyond = view[max(self.vdi_size - offset, 0):]
+            if end - self.vdi_size >= SECTOR or not sparsefile.is_zero(beyond):
+                raise ImportFailed("write of %d bytes at offset %d passes the VDI's end (%d)"
+                                   % (len(view), offset, self.vdi_size))
+            view = view[:len(view) - len(beyond)]
         try:
             self.writer.write(offset, view)
         except OSError as e:

@@ -296,6 +296,18 @@ def test_vhd_export_imports_back_into_an_identical_sparse_vdi(tmp_path, send):
     assert allocated(copy) <= allocated(vdi) + 2 * 64 * 1024  # 64 KiB zero grains
 
 
+def test_vdi_of_an_odd_byte_size_round_trips_through_its_vhd_export(tmp_path, send):
+    size = 3 * MiB + 1000  # not a whole number of sectors
+    vdi = sparse_vdi(tmp_path, size, [(0, 4096), (size - 200, 200)])
+    out = io.BytesIO()
+    dataio.export_vhd(out, vdi, size)
+    copy = make_vdi(tmp_path / "copy", size)
+
+    dataio.import_vhd(send(out.getvalue()), len(out.getvalue()), copy, size)
+
+    assert read(copy) == read(vdi)
+
+
 def test_raw_export_sends_holes_as_zeros(tmp_path):
     vdi = sparse_vdi(tmp_path, 9 * MiB + 512, [(MiB, 4096), (9 * MiB, 512)])
     out = io.BytesIO()
