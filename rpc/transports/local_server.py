@@ -56,7 +56,11 @@ class LocalServer:
         self.path = path
         self.dispatcher = dispatcher
         self.workers = workers
-        self.gid = grp.getgrnam(group).gr_gid if group else None
+        try:
+            self.gid = grp.getgrnam(group).gr_gid if group else None
+        except KeyError:
+            raise ValueError("[agent] socket_group %r is not a group on this machine"
+                             % group) from None
         self._listener = None
         self._inode = None
         self._pool = None

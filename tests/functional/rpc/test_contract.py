@@ -167,6 +167,13 @@ def test_call_without_answer_raises_agent_unavailable_in_time(agent):
     assert RPC_TIMEOUT <= elapsed < RPC_TIMEOUT + 0.75
 
 
+def test_long_call_may_outlast_the_short_timeout(agent):
+    api, endpoint, _ = agent
+    endpoint.delay["fetch_image"] = RPC_TIMEOUT + 0.3
+
+    assert api.fetch_image(**VALID_ARGS["fetch_image"])["vdis"][0]["type"] == "root"
+
+
 def test_agent_still_answers_after_a_call_timed_out(agent):
     api, endpoint, _ = agent
     endpoint.delay["destroy_vdis"] = 30

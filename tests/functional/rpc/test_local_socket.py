@@ -118,6 +118,11 @@ def test_socket_group_gets_mode_0660_and_that_group(unix):
     assert stat.S_IMODE(info.st_mode) == 0o660 and info.st_gid == NOBODY
 
 
+def test_unknown_socket_group_is_refused_at_construction(unix):
+    with pytest.raises(ValueError, match="socket_group 'no-such-group-xyz'"):
+        unix.agent(unique_host(), socket_group="no-such-group-xyz")
+
+
 def test_other_user_is_refused_by_the_socket_permissions(unix):
     need_root()
     srv, endpoint = unix.agent(unique_host())
