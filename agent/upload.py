@@ -14,15 +14,12 @@ little-endian ``uint64 offset, uint32 length, data``, ended by ``0, 0``).
 """
 
 import array
-import http.client
 import logging
 import os
-import socket
 import struct
-import time
-import urllib.parse
 
-from agent import readahead, vhd
+from agent import readahead, vdi_import, vhd
+from agent.vdi_import import Progress
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -30,47 +27,14 @@ LOG = logging.getLogger(__name__)
 WINDOW_BYTES = 64 * 1024 * 1024
 ZERO_BLOCK_BYTES = 64 * 1024
 PIECE_BYTES = 4 * 1024 * 1024
+_MiB = 1024 * 1024
 FORMATS = ("vhd", "chunked", "raw")
-# After the body is sent XAPI only has to finish writing; a task still
-# running this long later is stuck.
-TASK_TIMEOUT_SECONDS = 600.0
-DEFAULT_PROGRESS_INTERVAL = 5.0
 
 _FRAME_HEADER = struct.Struct("<QI")
 _END_OF_FRAMES = _FRAME_HEADER.pack(0, 0)
 _ZEROS = bytes(ZERO_BLOCK_BYTES)
 # A block whose first bytes are not all zero holds data: no need to read on.
 _PROBE_BYTES = 4096
-_MB = 1000 * 1000
-
-
-class Progress:
-    """Counts bytes, logs bytes/%/MB/s every ``interval`` seconds, calls back."""
-
-    def __init__(self, label, total_bytes, callback=None, interval=None):
-        self.label = label
-        self.total_bytes = total_bytes
-        self.done_bytes = 0
-        self._callback = callback
-        self._interval = interval or DEFAULT_PROGRESS_INTERVAL
-        self._started = time.monotonic()
-        self._next_log = self._started + self._interval
-
-    def advance(self, count):
-        self.done_bytes += count
-        now = time.monotonic()
-        if now >= self._next_log:
-            self._next_log = now + self._interval
-            LOG.info("%s: %s", self.label, self.summary(now))
-        if self._callback is not None:
-            self._callback(self.done_bytes, self.total_bytes)
-
-    def summary(self, now=None):
-        elapsed = max((now or time.monotonic()) - self._started, 1e-6)
-        percent = 100.0 * self.done_bytes / self.total_bytes if self.total_bytes else 100.0
-        return "%d of %d bytes (%.1f%%) in %.1fs, %.1f MB/s" % (
-            self.done_bytes, self.total_bytes, percent, elapsed,
-            self.done_bytes / elapsed / _MB)
 
 
 # -- finding data -------------------------------------------------------------
@@ -158,120 +122,6 @@ def chunked_length(runs):
     return sum(length for _, length in runs) + (frames + 1) * _FRAME_HEADER.size
 
 
-# -- one PUT ------------------------------------------------------------------
-
-def _put(xapi_session, vdi_ref, query, content_length, pieces, progress):
-    """PUT ``pieces`` (lists of buffers) as one import with its own task.
-
-    XAPI answers before it reads the body, so the answer is read first: a
-    refusal costs no data sent, and a 200 means the body is awaited.
-    """
-    task_ref = xapi_session.call(
-        "task.create", "nova-xen-split import",
-        "import of %d bytes into %s" % (content_length, vdi_ref))
-    url = urllib.parse.urlsplit(xapi_session.http_url(
-        "/import_raw_vdi", vdi=vdi_ref, task_id=task_ref, **query))
-    # Never show the query: it holds the session id.
-    where = "%s://%s%s" % (url.scheme, url.netloc, url.path)
-    if url.scheme == "https":
-        connection = http.client.HTTPSConnection(url.hostname, url.port, timeout=60)
-    else:
-        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
-    response = None
-    try:
-        try:
-            connection.putrequest("PUT", "%s?%s" % (url.path, url.query),
-                                  skip_accept_encoding=True)
-            connection.putheader("Content-Type", "application/octet-stream")
-            connection.putheader("Content-Length", str(content_length))
-            connection.endheaders()
-            sock = connection.sock
-            response = http.client.HTTPResponse(sock, method="PUT")
-            response.begin()
-        except (OSError, http.client.HTTPException) as e:
-            _forget_task(xapi_session, task_ref)
-            raise exceptions.XapiFailure(details=[
-                "CONNECTION_FAILED", where, str(e) or type(e).__name__]) from None
-        if response.status != 200:
-            _refused(xapi_session, task_ref, where, response)
-        sent_error = _send_body(sock, pieces, progress)
-        if sent_error is None and response.will_close:
-            _await_close(response)
-    finally:
-        if response is not None:
-            response.close()
-        connection.close()
-    # The task has the last word, even when sending broke: XAPI fails it with
-    # the reason it stopped reading.
-    xapi_session.wait_for_task(
-        task_ref, poll=0.002,
-        timeout=TASK_TIMEOUT_SECONDS if sent_error is None else 60.0)
-    if sent_error is not None:
-        raise exceptions.XapiFailure(details=[
-            "IMPORT_INCOMPLETE", "body cut after %d of %d bytes: %s"
-            % (progress.done_bytes, content_length, sent_error)])
-
-
-def _await_close(response):
-    """Wait until XAPI closes the connection: it does so when the import ends,
-    which saves polling the task while the last bytes are written."""
-    try:
-        while response.read(65536):
-            pass
-    except (OSError, http.client.HTTPException):
-        pass  # the task, asked next, tells what happened
-
-
-def _refused(xapi_session, task_ref, where, response):
-    """Raise for a non-200 answer, with the task's error info if XAPI set one."""
-    try:
-        status = xapi_session.call("task.get_status", task_ref)
-        info = (xapi_session.call("task.get_error_info", task_ref)
-                if status in ("failure", "cancelled") else [])
-    except exceptions.XapiFailure:
-        info = []
-    _forget_task(xapi_session, task_ref)
-    http_status = "PUT %s answered HTTP %d %s" % (where, response.status, response.reason)
-    LOG.warning("%s", http_status)
-    if info:
-        raise exceptions.XapiFailure(details=[str(d) for d in info])
-    raise exceptions.XapiFailure(details=["IMPORT_HTTP_ERROR", http_status])
-
-
-def _send_body(sock, pieces, progress):
-    """Send every piece; returns None, or why sending stopped."""
-    gather = isinstance(sock, socket.socket) and not hasattr(sock, "context")
-    try:
-        for buffers in pieces:
-            if gather:
-                _sendmsg_all(sock, buffers)
-            else:
-                for buffer in buffers:
-                    sock.sendall(buffer)
-            progress.advance(sum(len(b) for b in buffers))
-    except OSError as e:
-        return str(e) or type(e).__name__
-    return None
-
-
-def _sendmsg_all(sock, buffers):
-    """One gathering send of the buffers (no copy), finishing partial sends."""
-    sent = sock.sendmsg(buffers)
-    for buffer in buffers:
-        if sent >= len(buffer):
-            sent -= len(buffer)
-            continue
-        sock.sendall(memoryview(buffer)[sent:])
-        sent = 0
-
-
-def _forget_task(xapi_session, task_ref):
-    try:
-        xapi_session.call("task.destroy", task_ref)
-    except exceptions.XapiFailure:
-        LOG.debug("could not destroy import task", exc_info=True)
-
-
 # -- files --------------------------------------------------------------------
 
 def upload_file(xapi_session, vdi_ref, path, fmt="vhd", progress=None,
@@ -303,7 +153,7 @@ def upload_file(xapi_session, vdi_ref, path, fmt="vhd", progress=None,
         pieces = _file_pieces(path, runs, framed=(fmt == "chunked"))
     tracker = Progress("upload of %s as %s" % (os.path.basename(path), fmt),
                        length, progress, progress_interval)
-    _put(xapi_session, vdi_ref, query, length, pieces, tracker)
+    vdi_import.put(xapi_session, vdi_ref, query, length, pieces, tracker)
     LOG.info("%s: done, %s", tracker.label, tracker.summary())
 
 
@@ -334,40 +184,97 @@ def upload_stream(xapi_session, vdi_ref, reader, size_bytes, window_bytes=WINDOW
                   progress=None, progress_interval=None):
     """Write ``size_bytes`` read from ``reader`` into VDI ``vdi_ref``.
 
-    The stream is read in two halves of ``window_bytes`` that take turns: a
-    thread reads one half while the other is sent, so memory stays at
-    ``window_bytes``. Each half's non-zero 64 KiB blocks go out as one
-    chunked PUT with its own task; a half of zeros sends nothing. ``reader``
-    has ``readinto`` or ``read``. ``progress(done, total)`` counts stream
-    bytes. Raises XapiFailure (HTTP status or a task's error info),
-    DiskOperationFailed (stream shorter than ``size_bytes``), and whatever
-    the reader raises (ImageFetchFailed for image downloads).
+    ``window_bytes`` bounds the memory, whatever the stream's size: a thread
+    reads the stream in two windows of 7/16 of it, taking turns, while the
+    other is sent; the last 1/8 gathers the non-zero blocks of sparse windows
+    so that mostly-empty disks cost few PUTs. A window with more data than
+    that goes out as it lies, as one chunked PUT; zero windows send nothing.
+    Every PUT has its own task, checked. ``reader`` has ``readinto`` or
+    ``read``; ``progress(done, total)`` counts stream bytes. Raises
+    XapiFailure (HTTP status or a task's error info), DiskOperationFailed
+    (stream shorter than ``size_bytes``), and whatever the reader raises
+    (ImageFetchFailed for image downloads).
     """
-    half = window_bytes // 2
-    if half < ZERO_BLOCK_BYTES or half % ZERO_BLOCK_BYTES:
-        raise ValueError("window_bytes must be a multiple of %d" % (2 * ZERO_BLOCK_BYTES))
-    half = min(half, max(size_bytes, ZERO_BLOCK_BYTES))
+    if window_bytes < _MiB or window_bytes % _MiB:
+        raise ValueError("window_bytes must be a whole number of MiB, got %d" % window_bytes)
+    read_bytes = min(window_bytes * 7 // 16, _round_up(max(size_bytes, 1), ZERO_BLOCK_BYTES))
+    batch = _Batch(window_bytes // 8)
     tracker = Progress("upload of a %d-byte stream" % size_bytes, size_bytes,
                        progress, progress_interval)
-    sent_bytes = puts = 0
-    with readahead.ReadAhead(reader, size_bytes, half) as windows:
+    sender = _Sender(xapi_session, vdi_ref)
+    with readahead.ReadAhead(reader, size_bytes, read_bytes) as windows:
         for window in windows:
             runs = nonzero_runs(window.buffer, window.length, window.offset)
-            if runs:
-                body_length = chunked_length(runs)
-                _put(xapi_session, vdi_ref, {"format": "raw", "chunked": "true"},
-                     body_length, _window_pieces(window.view, window.offset, runs),
-                     _Quiet())
-                sent_bytes += body_length
-                puts += 1
+            data_bytes = sum(length for _, length in runs)
+            if data_bytes > batch.capacity:
+                sender.send(batch.take())
+                sender.send((runs, _frames(window.view, window.offset, runs)))
+            elif data_bytes:
+                if data_bytes > batch.free:
+                    sender.send(batch.take())
+                for offset, length in runs:
+                    start = offset - window.offset
+                    batch.add(offset, window.view[start:start + length])
             tracker.advance(window.length)
             windows.release(window)
+    sender.send(batch.take())
     LOG.info("%s: done, %s; sent %d bytes in %d PUT(s)",
-             tracker.label, tracker.summary(), sent_bytes, puts)
+             tracker.label, tracker.summary(), sender.sent_bytes, sender.puts)
+
+
+class _Sender:
+    """Chunked PUTs of (runs, pieces) into one VDI, counted."""
+
+    def __init__(self, xapi_session, vdi_ref):
+        self.xapi_session = xapi_session
+        self.vdi_ref = vdi_ref
+        self.sent_bytes = 0
+        self.puts = 0
+
+    def send(self, body):
+        runs, pieces = body
+        if not runs:
+            return
+        length = chunked_length(runs)
+        vdi_import.put(self.xapi_session, self.vdi_ref, {"format": "raw", "chunked": "true"},
+                       length, pieces, _Quiet())
+        self.sent_bytes += length
+        self.puts += 1
+
+
+class _Batch:
+    """Non-zero runs of several sparse windows, copied together for one PUT."""
+
+    def __init__(self, capacity):
+        self.capacity = capacity
+        self.used = 0
+        self.runs = []
+        self._buffer = None  # allocated on first use: dense streams never need it
+
+    @property
+    def free(self):
+        return self.capacity - self.used
+
+    def add(self, offset, view):
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(self.capacity))
+        self._buffer[self.used:self.used + len(view)] = view
+        self.used += len(view)
+        last = self.runs[-1] if self.runs else None
+        if last and last[0] + last[1] == offset:
+            self.runs[-1] = (last[0], last[1] + len(view))
+        else:
+            self.runs.append((offset, len(view)))
+
+    def take(self):
+        """(runs, pieces) of what is gathered; the batch is empty again once
+        the pieces have been sent."""
+        runs, self.runs, self.used = self.runs, [], 0
+        return runs, _frames(self._buffer, None, runs)
 
 
 class _Quiet:
-    """Progress sink of a single window: the stream's tracker counts instead."""
+    """Progress sink of a single PUT: the stream's tracker counts instead."""
 
     done_bytes = 0
 
@@ -375,9 +282,17 @@ class _Quiet:
         self.done_bytes += count
 
 
-def _window_pieces(view, window_offset, runs):
+def _frames(view, view_offset, runs):
+    """Frames of ``runs`` whose data lie in ``view``: at ``offset - view_offset``,
+    or back to back from the start of ``view`` when ``view_offset`` is None."""
+    position = 0
     for run_offset, run_length in runs:
         for offset, size in _split(run_offset, run_length):
-            start = offset - window_offset
+            start = position if view_offset is None else offset - view_offset
             yield [_FRAME_HEADER.pack(offset, size), view[start:start + size]]
+            position += size
     yield [_END_OF_FRAMES]
+
+
+def _round_up(value, multiple):
+    return -(-value // multiple) * multiple

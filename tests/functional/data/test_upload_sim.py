@@ -149,26 +149,45 @@ def file_digest(path, size):
     return h.hexdigest()
 
 
-def test_stream_round_trips_in_windows_and_skips_zero_windows(xapi_sim, session):
-    size = 24 * MiB + 4 * KiB + 7                   # not a multiple of anything
-    reader = PatternReader(size, zero_mib=set(range(8, 16)) | {20})
-    vdi = new_vdi(session, 32 * MiB)
+def count_calls(session):
+    """Spy on a real session: the XAPI methods it calls, in order."""
     calls = []
     real_call = session.call
     session.call = lambda method, *args: calls.append(method) or real_call(method, *args)
+    return calls
 
-    # 16 MiB of memory: halves of 8 MiB, the second of which is all zeros.
+
+def test_stream_round_trips_in_windows_and_zero_windows_send_nothing(xapi_sim, session):
+    size = 24 * MiB + 4 * KiB + 7                   # not a multiple of anything
+    # With 16 MiB of memory: read windows of 7 MiB, a 2 MiB batch.
+    reader = PatternReader(size, zero_mib=set(range(7, 14)) | {20})
+    vdi = new_vdi(session, 32 * MiB)
+    calls = count_calls(session)
+
     upload.upload_stream(session, vdi, reader, size, window_bytes=16 * MiB)
 
-    assert calls.count("task.create") == 3
-
+    assert calls.count("task.create") == 3          # window [7, 14) MiB sent nothing
     path = vdi_file(xapi_sim, session, vdi)
     assert file_digest(path, size) == reader.digest()
     with open(path, "rb") as f:
         f.seek(size)
         assert f.read() == bytes(32 * MiB - size)
-    assert allocated_bytes(path) < 17 * MiB          # the zero window cost nothing
+    assert allocated_bytes(path) < 17 * MiB
     assert session.call("task.get_all") == []
+
+
+def test_sparse_windows_are_gathered_into_few_puts(xapi_sim, session):
+    size = 64 * MiB
+    data_mib = set(range(0, 64, 8))                  # 1 MiB of data every 8 MiB
+    reader = PatternReader(size, zero_mib=set(range(64)) - data_mib)
+    vdi = new_vdi(session, size)
+    calls = count_calls(session)
+
+    upload.upload_stream(session, vdi, reader, size, window_bytes=16 * MiB)
+
+    # Eight windows hold data; the 2 MiB batch takes two of them per PUT.
+    assert calls.count("task.create") == 4
+    assert file_digest(vdi_file(xapi_sim, session, vdi), size) == reader.digest()
 
 
 def test_stream_shorter_than_announced_is_an_error(session):

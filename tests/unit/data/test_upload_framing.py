@@ -116,10 +116,24 @@ def test_window_frames_carry_stream_offsets():
     view = memoryview(window)
     runs = upload.nonzero_runs(window, len(window), base_offset=64 * MiB)
 
-    body = body_of(upload._window_pieces(view, 64 * MiB, runs))
+    body = body_of(upload._frames(view, 64 * MiB, runs))
 
     assert len(body) == upload.chunked_length(runs)
     assert decode_chunked(body) == [(65 * MiB, b"data" + bytes(64 * KiB - 4))]
+
+
+def test_a_batch_packs_runs_back_to_back_and_merges_neighbours():
+    batch = upload._Batch(256 * KiB)
+    batch.add(10 * MiB, memoryview(b"a" * (64 * KiB)))
+    batch.add(10 * MiB + 64 * KiB, memoryview(b"b" * (64 * KiB)))
+    batch.add(30 * MiB, memoryview(b"c" * 100))
+
+    runs, pieces = batch.take()
+
+    assert runs == [(10 * MiB, 128 * KiB), (30 * MiB, 100)]
+    assert decode_chunked(body_of(pieces)) == [
+        (10 * MiB, b"a" * (64 * KiB) + b"b" * (64 * KiB)), (30 * MiB, b"c" * 100)]
+    assert batch.free == 256 * KiB
 
 
 def test_progress_reports_done_and_total_to_the_callback():

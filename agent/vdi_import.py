@@ -1,0 +1,169 @@
+"""One ``PUT /import_raw_vdi`` into a VDI, with its task, checked.
+
+XAPI answers 200 (with a ``task-id`` header) before it reads the body, and
+the outcome is the task's: a client that stops at the 200 never learns that
+an import failed. So :func:`put` reads that first answer before sending
+(a refusal costs no data), sends the body in pieces with ``Content-Length``
+(never ``Transfer-Encoding``, which XAPI refuses), waits for XAPI to close
+the connection, and then asks the task, raising XapiFailure with the task's
+``error_info`` when it failed. What the body holds is :mod:`agent.upload`'s
+business.
+"""
+
+import http.client
+import logging
+import socket
+import time
+import urllib.parse
+
+from rpc import exceptions
+
+LOG = logging.getLogger(__name__)
+
+# After the body is sent XAPI only has to finish writing; a task still
+# running this long later is stuck.
+TASK_TIMEOUT_SECONDS = 600.0
+DEFAULT_PROGRESS_INTERVAL = 5.0
+_MB = 1000 * 1000
+
+
+class Progress:
+    """Counts bytes, logs bytes/%/MB/s every ``interval`` seconds, calls back."""
+
+    def __init__(self, label, total_bytes, callback=None, interval=None):
+        self.label = label
+        self.total_bytes = total_bytes
+        self.done_bytes = 0
+        self._callback = callback
+        self._interval = interval or DEFAULT_PROGRESS_INTERVAL
+        self._started = time.monotonic()
+        self._next_log = self._started + self._interval
+
+    def advance(self, count):
+        self.done_bytes += count
+        now = time.monotonic()
+        if now >= self._next_log:
+            self._next_log = now + self._interval
+            LOG.info("%s: %s", self.label, self.summary(now))
+        if self._callback is not None:
+            self._callback(self.done_bytes, self.total_bytes)
+
+    def summary(self, now=None):
+        elapsed = max((now or time.monotonic()) - self._started, 1e-6)
+        percent = 100.0 * self.done_bytes / self.total_bytes if self.total_bytes else 100.0
+        return "%d of %d bytes (%.1f%%) in %.1fs, %.1f MB/s" % (
+            self.done_bytes, self.total_bytes, percent, elapsed,
+            self.done_bytes / elapsed / _MB)
+
+
+
+def put(xapi_session, vdi_ref, query, content_length, pieces, progress):
+    """PUT ``pieces`` (lists of buffers) as one import with its own task.
+
+    XAPI answers before it reads the body, so the answer is read first: a
+    refusal costs no data sent, and a 200 means the body is awaited.
+    """
+    task_ref = xapi_session.call(
+        "task.create", "nova-xen-split import",
+        "import of %d bytes into %s" % (content_length, vdi_ref))
+    url = urllib.parse.urlsplit(xapi_session.http_url(
+        "/import_raw_vdi", vdi=vdi_ref, task_id=task_ref, **query))
+    # Never show the query: it holds the session id.
+    where = "%s://%s%s" % (url.scheme, url.netloc, url.path)
+    if url.scheme == "https":
+        connection = http.client.HTTPSConnection(url.hostname, url.port, timeout=60)
+    else:
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    response = None
+    try:
+        try:
+            connection.putrequest("PUT", "%s?%s" % (url.path, url.query),
+                                  skip_accept_encoding=True)
+            connection.putheader("Content-Type", "application/octet-stream")
+            connection.putheader("Content-Length", str(content_length))
+            connection.endheaders()
+            sock = connection.sock
+            response = http.client.HTTPResponse(sock, method="PUT")
+            response.begin()
+        except (OSError, http.client.HTTPException) as e:
+            _forget_task(xapi_session, task_ref)
+            raise exceptions.XapiFailure(details=[
+                "CONNECTION_FAILED", where, str(e) or type(e).__name__]) from None
+        if response.status != 200:
+            _refused(xapi_session, task_ref, where, response)
+        sent_error = _send_body(sock, pieces, progress)
+        if sent_error is None and response.will_close:
+            _await_close(response)
+    finally:
+        if response is not None:
+            response.close()
+        connection.close()
+    # The task has the last word, even when sending broke: XAPI fails it with
+    # the reason it stopped reading.
+    xapi_session.wait_for_task(
+        task_ref, poll=0.002,
+        timeout=TASK_TIMEOUT_SECONDS if sent_error is None else 60.0)
+    if sent_error is not None:
+        raise exceptions.XapiFailure(details=[
+            "IMPORT_INCOMPLETE", "body cut after %d of %d bytes: %s"
+            % (progress.done_bytes, content_length, sent_error)])
+
+
+def _await_close(response):
+    """Wait until XAPI closes the connection: it does so when the import ends,
+    which saves polling the task while the last bytes are written."""
+    try:
+        while response.read(65536):
+            pass
+    except (OSError, http.client.HTTPException):
+        pass  # the task, asked next, tells what happened
+
+
+def _refused(xapi_session, task_ref, where, response):
+    """Raise for a non-200 answer, with the task's error info if XAPI set one."""
+    try:
+        status = xapi_session.call("task.get_status", task_ref)
+        info = (xapi_session.call("task.get_error_info", task_ref)
+                if status in ("failure", "cancelled") else [])
+    except exceptions.XapiFailure:
+        info = []
+    _forget_task(xapi_session, task_ref)
+    http_status = "PUT %s answered HTTP %d %s" % (where, response.status, response.reason)
+    LOG.warning("%s", http_status)
+    if info:
+        raise exceptions.XapiFailure(details=[str(d) for d in info])
+    raise exceptions.XapiFailure(details=["IMPORT_HTTP_ERROR", http_status])
+
+
+def _send_body(sock, pieces, progress):
+    """Send every piece; returns None, or why sending stopped."""
+    gather = isinstance(sock, socket.socket) and not hasattr(sock, "context")
+    try:
+        for buffers in pieces:
+            if gather:
+                _sendmsg_all(sock, buffers)
+            else:
+                for buffer in buffers:
+                    sock.sendall(buffer)
+            progress.advance(sum(len(b) for b in buffers))
+    except OSError as e:
+        return str(e) or type(e).__name__
+    return None
+
+
+def _sendmsg_all(sock, buffers):
+    """One gathering send of the buffers (no copy), finishing partial sends."""
+    sent = sock.sendmsg(buffers)
+    for buffer in buffers:
+        if sent >= len(buffer):
+            sent -= len(buffer)
+            continue
+        sock.sendall(memoryview(buffer)[sent:])
+        sent = 0
+
+
+def _forget_task(xapi_session, task_ref):
+    try:
+        xapi_session.call("task.destroy", task_ref)
+    except exceptions.XapiFailure:
+        LOG.debug("could not destroy import task", exc_info=True)
