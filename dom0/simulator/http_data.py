@@ -19,6 +19,31 @@ LOG = logging.getLogger(__name__)
 FORMATS = ("raw", "vhd")
 
 
+class SocketBody:
+    """The request body straight from the socket, for ``dataio``'s ``readinto``.
+
+    The handler's buffered reader (8 KiB buffer) halves the receive rate of
+    large bodies; past what it has already buffered, this reads with
+    ``recv_into`` directly into the caller's buffer.
+    """
+
+    def __init__(self, rfile, sock):
+        self._rfile = rfile
+        self._sock = sock
+        self._buffered = True
+
+    def readinto(self, view):
+        if self._buffered:
+            # peek() returns what is buffered (one raw read if nothing is).
+            pending = len(self._rfile.peek(1))
+            if pending:
+                n = self._rfile.readinto(view[:min(pending, len(view))])
+                self._buffered = n < pending
+                return n
+            self._buffered = False
+        return self._sock.recv_into(view)
+
+
 class Refused(Exception):
     """The request is answered with ``status`` and no task outcome but ``error``."""
 
@@ -113,11 +138,13 @@ def handle_import(host, handler):
     content_length = int(length) if length and length.isdigit() else None
     _respond(handler, 200, [("task-id", task_ref), ("Content-Type", "application/octet-stream")])
 
+    body = SocketBody(handler.rfile, handler.connection)
+
     def work(dataio):
         if fmt == "vhd":
-            dataio.import_vhd(handler.rfile, content_length, path, size)
+            dataio.import_vhd(body, content_length, path, size)
         else:
-            dataio.import_raw(handler.rfile, content_length, path, size, chunked)
+            dataio.import_raw(body, content_length, path, size, chunked)
 
     _run_task(host, task_ref, "import of %s" % fmt, work)
 
