@@ -6,17 +6,23 @@ device name from VBD.get_device), exactly as the agent's independent
 backend uses the plugins.
 """
 
+import gzip
 import hashlib
 import http.server
+import io
 import json
 import os
 import subprocess
+import tarfile
 import threading
 
 import pytest
 import XenAPI
 
+from tests.functional.plugins import vhdchain
+
 MIB = 1 << 20
+SIZE = 12 * MIB  # virtual size of the test images
 
 
 class Dom0:
@@ -91,10 +97,13 @@ def dom0_disk(dom0):
     return factory
 
 
-def head_digest(device, size=MIB):
-    """Hash of the first MiB: the table, the gap and the start of a filesystem."""
+def disk_digest(device):
+    """Hash of a whole (small) disk: a refused request must not change it."""
+    digest = hashlib.sha256()
     with open(device, "rb", buffering=0) as f:
-        return hashlib.sha256(f.read(size)).hexdigest()
+        for chunk in iter(lambda: f.read(MIB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def tool(*cmd, ok=(0,), input_text=None):
@@ -121,6 +130,10 @@ class ImageService:
                     self.send_error(401)
                     return
                 parts = self.path.split("/")
+                if len(parts) == 5 and parts[3] == "echo-token":
+                    # A careless service that repeats the token in its reason.
+                    self.send_error(403, "token %s is not allowed" % service.token)
+                    return
                 body = service.images.get(parts[3]) if len(parts) == 5 else None
                 if body is None or parts[:3] != ["", "v2", "images"] or parts[4] != "file":
                     self.send_error(404)
@@ -150,3 +163,51 @@ def image_service():
     service = ImageService(token="tok-" + os.urandom(12).hex())
     yield service
     service.close()
+
+
+def source_disk(seed):
+    """Some data, some zeros, a tail that is not block-aligned in content."""
+    disk = bytearray(SIZE)
+    disk[:300000] = os.urandom(300000)
+    disk[5 * MIB:5 * MIB + 70000] = bytes([seed]) * 70000
+    disk[SIZE - 4096:] = os.urandom(4096)
+    return disk
+
+
+def tarball(members, compress=False):
+    """``members``: (name, bytes) plain files, or TarInfo objects as they are."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                tar.addfile(member)
+                continue
+            name, data = member
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = buf.getvalue()
+    return gzip.compress(data) if compress else data
+
+
+def download_args(dom0, service, image_id, **overrides):
+    args = {"image_id": image_id, "endpoint": service.endpoint,
+            "auth_token": service.token, "sr_path": dom0.sr_path}
+    args.update(overrides)
+    return args
+
+
+@pytest.fixture
+def chain_files(tmp_path):
+    """base.raw → 1.vhd (qemu-img), child content → 0.vhd over it."""
+    base = source_disk(7)
+    child = bytearray(base)
+    child[4096:8192] = os.urandom(4096)
+    child[9 * MIB:9 * MIB + 512] = b"\xaa" * 512
+    (tmp_path / "base.raw").write_bytes(base)
+    vhdchain.make_base(str(tmp_path / "base.raw"), str(tmp_path / "1.vhd"))
+    vhdchain.make_child(bytes(base), bytes(child), str(tmp_path / "1.vhd"), "1.vhd",
+                        str(tmp_path / "0.vhd"))
+    return {"base": bytes(base), "child": bytes(child),
+            "1.vhd": (tmp_path / "1.vhd").read_bytes(),
+            "0.vhd": (tmp_path / "0.vhd").read_bytes()}

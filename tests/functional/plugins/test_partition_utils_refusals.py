@@ -4,21 +4,11 @@ Every refusal is a XENAPI_PLUGIN_FAILURE [fn, class, message] whose message
 names the problem; the whole disk hashes the same before and after.
 """
 
-import hashlib
-
 import pytest
 
-from tests.functional.plugins.conftest import tool
+from tests.functional.plugins.conftest import disk_digest, tool
 
 PLUGIN = "partition_utils.py"
-
-
-def _disk_digest(device):
-    digest = hashlib.sha256()
-    with open(device, "rb", buffering=0) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @pytest.fixture
@@ -31,11 +21,11 @@ def formatted(dom0, dom0_disk):
 
 
 def _refused(dom0, device, fn, error_class, phrase, **args):
-    before = _disk_digest(device)
+    before = disk_digest(device)
     details = dom0.failure(PLUGIN, fn, **args)
     assert details[:3] == ["XENAPI_PLUGIN_FAILURE", fn, error_class], details
     assert phrase in details[3], details
-    assert _disk_digest(device) == before, "a refused %s changed the disk" % fn
+    assert disk_digest(device) == before, "a refused %s changed the disk" % fn
     return details[3]
 
 

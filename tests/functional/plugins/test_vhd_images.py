@@ -1,0 +1,73 @@
+"""vhd_images.download_vhd through host.call_plugin, from a loopback image service.
+
+The chain lands in the simulator's SR directory; ``SR.scan`` introduces it
+and ``GET /export_raw_vdi`` must give back exactly the source disk.
+"""
+
+import os
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from tests.functional.plugins import vhdchain
+from tests.functional.plugins.conftest import SIZE, download_args, tarball
+
+PLUGIN = "vhd_images.py"
+
+
+def _export_raw(dom0, vdi_ref):
+    query = urllib.parse.urlencode({"session_id": dom0.session._session, "vdi": vdi_ref,
+                                    "format": "raw"})
+    with urllib.request.urlopen("%s/export_raw_vdi?%s" % (dom0.sim.url, query),
+                                timeout=60) as response:
+        return response.read()
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["tar", "tar.gz"])
+def test_a_single_image_vhd_lands_in_the_sr_with_the_source_content(
+        dom0, image_service, chain_files, compress):
+    image_service.images["img-1"] = tarball([("image.vhd", chain_files["1.vhd"])], compress)
+
+    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-1"))
+
+    assert result["chain"] == [result["root"]]
+    assert image_service.requests == [("/v2/images/img-1/file", image_service.token)]
+    assert sorted(os.listdir(dom0.sr_path)) == [result["root"] + ".vhd"]
+    dom0.api.SR.scan(dom0.sr)
+    vdi = dom0.api.VDI.get_by_uuid(result["root"])
+    assert int(dom0.api.VDI.get_virtual_size(vdi)) == SIZE
+    assert _export_raw(dom0, vdi) == chain_files["base"]
+
+
+def test_a_numbered_chain_lands_as_a_leaf_over_its_unmanaged_parent(
+        dom0, image_service, chain_files):
+    image_service.images["img-2"] = tarball(
+        [("0.vhd", chain_files["0.vhd"]), ("1.vhd", chain_files["1.vhd"])])
+
+    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-2"))
+
+    leaf_uuid, parent_uuid = result["chain"]
+    assert result["root"] == leaf_uuid != parent_uuid
+    dom0.api.SR.scan(dom0.sr)
+    leaf = dom0.api.VDI.get_by_uuid(leaf_uuid)
+    parent = dom0.api.VDI.get_by_uuid(parent_uuid)
+    assert dom0.api.VDI.get_sm_config(leaf)["vhd-parent"] == parent_uuid
+    assert dom0.api.VDI.get_managed(parent) is False
+    assert _export_raw(dom0, leaf) == chain_files["child"]
+    assert _export_raw(dom0, parent) == chain_files["base"]
+
+
+def test_old_style_snap_over_image_is_accepted_in_either_member_order(
+        dom0, image_service, chain_files, tmp_path):
+    vhdchain.make_child(chain_files["base"], chain_files["child"], str(tmp_path / "1.vhd"),
+                        "image.vhd", str(tmp_path / "snap.vhd"))
+    image_service.images["img-3"] = tarball(
+        [("./image.vhd", chain_files["1.vhd"]),
+         ("./snap.vhd", (tmp_path / "snap.vhd").read_bytes())])
+
+    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-3"))
+
+    dom0.api.SR.scan(dom0.sr)
+    assert _export_raw(dom0, dom0.api.VDI.get_by_uuid(result["root"])) == \
+        chain_files["child"]

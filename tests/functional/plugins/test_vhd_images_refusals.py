@@ -1,0 +1,155 @@
+"""download_vhd refuses bad requests and bad images, leaving the SR as it was.
+
+Each refusal is a XENAPI_PLUGIN_FAILURE naming the problem; afterwards the
+SR directory holds exactly what it held before (no VHD, no staging dir), and
+the auth token appears in no error.
+"""
+
+import os
+import socket
+import tarfile
+
+import pytest
+
+from tests.functional.plugins import vhdchain
+from tests.functional.plugins.conftest import download_args, tarball
+
+PLUGIN = "vhd_images.py"
+
+
+def _refused(dom0, service, image_id, error_class, phrase, **overrides):
+    before = sorted(os.listdir(dom0.sr_path))
+    details = dom0.failure(PLUGIN, "download_vhd",
+                           **download_args(dom0, service, image_id, **overrides))
+    assert details[:3] == ["XENAPI_PLUGIN_FAILURE", "download_vhd", error_class], details
+    assert phrase in details[3], details
+    assert service.token not in " ".join(details)
+    assert sorted(os.listdir(dom0.sr_path)) == before
+    return details[3]
+
+
+@pytest.mark.parametrize("endpoint, phrase", [
+    ("ftp://127.0.0.1/images", "http:// or https://"),
+    ("file:///etc/passwd", "http:// or https://"),
+    ("127.0.0.1:9292", "http:// or https://"),
+    ("http://", "http:// or https://"),
+    ("http://user:secret@127.0.0.1:9292", "must not carry credentials"),
+    ("http://127.0.0.1:9292/?x=1", "plain base URL"),
+    ("http://127.0.0.1:9292/a b", "plain base URL"),
+    ("http://127.0.0.1:99999", "invalid port"),
+])
+def test_endpoints_other_than_plain_http_urls_are_refused(dom0, image_service, endpoint,
+                                                          phrase):
+    _refused(dom0, image_service, "img", "InvalidArgument", phrase, endpoint=endpoint)
+
+
+@pytest.mark.parametrize("image_id", ["../../x", "a/b", "", ".", "..", "x" * 65, "a\nb"])
+def test_image_ids_outside_the_pattern_are_refused(dom0, image_service, image_id):
+    _refused(dom0, image_service, image_id, "InvalidArgument", "image_id must match")
+
+
+def test_a_token_that_could_inject_a_header_is_refused(dom0, image_service):
+    _refused(dom0, image_service, "img", "InvalidArgument", "printable ASCII",
+             auth_token="tok\r\nX-Injected: 1")
+
+
+def test_sr_paths_outside_the_sr_root_are_refused(dom0, image_service, tmp_path):
+    root = os.path.dirname(dom0.sr_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    disguised = os.path.join(root, "0b4f5e6a-1c2d-4e3f-8a9b-0c1d2e3f4a5b")
+    os.symlink(str(outside), disguised)
+    try:
+        for sr_path in ["/tmp", root, dom0.sr_path + "/../..", str(outside), disguised,
+                        "relative/sr", os.path.join(root, "not-a-uuid")]:
+            _refused(dom0, image_service, "img", "InvalidArgument", "sr_path",
+                     sr_path=sr_path)
+    finally:
+        os.unlink(disguised)
+    assert os.listdir(str(outside)) == []
+    assert image_service.requests == []  # refused before anything was fetched
+
+
+def test_a_wrong_token_is_reported_as_the_services_answer(dom0, image_service):
+    _refused(dom0, image_service, "img", "ImageFetchFailed", "HTTP 401",
+             auth_token="not-the-token")
+
+
+def test_the_token_is_scrubbed_even_when_the_service_repeats_it(dom0, image_service):
+    message = _refused(dom0, image_service, "echo-token", "ImageFetchFailed", "HTTP 403")
+    assert "<token>" in message
+
+
+def test_an_unknown_image_is_reported_with_its_id(dom0, image_service):
+    _refused(dom0, image_service, "no-such-image", "ImageFetchFailed",
+             "HTTP 404 Not Found for image no-such-image")
+
+
+def test_an_unreachable_service_is_a_clean_failure(dom0, image_service):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _refused(dom0, image_service, "img", "ImageFetchFailed", "cannot reach the image service",
+             endpoint="http://127.0.0.1:%d" % port)
+
+
+def _link(name, target, kind=tarfile.SYMTYPE):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+def _dir(name):
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+@pytest.mark.parametrize("members, phrase", [
+    (lambda v: [("../0.vhd", v["1.vhd"])], "unexpected tarball member '../0.vhd'"),
+    (lambda v: [("/etc/cron.d/x", b"x")], "unexpected tarball member '/etc/cron.d/x'"),
+    (lambda v: [("sub/0.vhd", v["1.vhd"])], "unexpected tarball member"),
+    (lambda v: [("0.vhd", v["1.vhd"]), ("evil.sh", b"rm -rf /")], "'evil.sh'"),
+    (lambda v: [_link("image.vhd", "/etc/passwd")], "not a regular file"),
+    (lambda v: [("1.vhd", v["1.vhd"]), _link("0.vhd", "1.vhd", tarfile.LNKTYPE)],
+     "not a regular file"),
+    (lambda v: [_dir("0.vhd")], "not a regular file"),
+    (lambda v: [_dir("sub")], "unexpected tarball member 'sub'"),
+    (lambda v: [("0.vhd", v["0.vhd"]), ("0.vhd", v["1.vhd"])], "repeated"),
+    (lambda v: [("0.vhd", v["0.vhd"]), ("2.vhd", v["1.vhd"])], "no gaps"),
+    (lambda v: [("1.vhd", v["1.vhd"])], "no gaps"),
+    (lambda v: [("0.vhd", v["0.vhd"]), ("image.vhd", v["1.vhd"])], "expected 0.vhd"),
+    (lambda v: [("snap.vhd", v["0.vhd"])], "expected 0.vhd"),
+    (lambda v: [], "no VHD"),
+    (lambda v: [("0.vhd", v["0.vhd"])], "differencing VHD without its parent"),
+    (lambda v: [("0.vhd", v["1.vhd"]), ("1.vhd", v["1.vhd"])],
+     "0.vhd is a dynamic VHD but 1.vhd follows it"),
+    (lambda v: [("image.vhd", v["1.vhd"][:-488] + bytes([v["1.vhd"][-488] ^ 1])
+                 + v["1.vhd"][-487:])], "footer checksum"),
+    (lambda v: [("image.vhd", b"not a vhd" * 100)], "no VHD footer"),
+])
+def test_tarballs_with_unexpected_members_or_bad_vhds_are_refused(
+        dom0, image_service, chain_files, members, phrase):
+    image_service.images["bad"] = tarball(members(chain_files))
+    _refused(dom0, image_service, "bad", "ImageFetchFailed", phrase)
+
+
+def test_a_child_whose_parent_uuid_does_not_match_is_refused(
+        dom0, image_service, chain_files, tmp_path):
+    (tmp_path / "other.raw").write_bytes(chain_files["base"])
+    vhdchain.make_base(str(tmp_path / "other.raw"), str(tmp_path / "other.vhd"))
+    image_service.images["bad"] = tarball(
+        [("0.vhd", chain_files["0.vhd"]), ("1.vhd", (tmp_path / "other.vhd").read_bytes())])
+    _refused(dom0, image_service, "bad", "ImageFetchFailed", "0.vhd's parent is VHD")
+
+
+def test_a_body_that_is_not_a_tarball_is_refused(dom0, image_service):
+    image_service.images["bad"] = os.urandom(20000)
+    _refused(dom0, image_service, "bad", "ImageFetchFailed", "not a readable tarball")
+
+
+def test_a_truncated_tarball_is_refused(dom0, image_service, chain_files):
+    image_service.images["bad"] = tarball([("image.vhd", chain_files["1.vhd"])])[:300000]
+    _refused(dom0, image_service, "bad", "ImageFetchFailed",
+             "not a readable tarball: unexpected end of data")
