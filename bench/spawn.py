@@ -1,0 +1,278 @@
+"""Wall time of a full spawn through the split, against the backend in-process.
+
+One run, everything on this machine, one ``xapi-sim`` without a compute VM
+(independent mode), the image served by a separate ``python -m http.server``
+process so that no configuration shares its CPU with the image service:
+
+* the spawn: a 1 GiB raw image (msdos label, one ext4 partition, 20 % of the
+  disk written with data), root grown to 2 GiB, 1 GiB ephemeral (ext4),
+  512 MiB swap, a config drive; then a destroy (not timed);
+* configurations, interleaved round by round so drift hits all alike:
+  ``in-process`` — the driver calls the agent's endpoint object directly (the
+  same backend, no RPC, no second process); ``local socket`` — the agent as
+  its own process on the embedded Unix-socket transport; ``rabbitmq`` — the
+  same over RabbitMQ at 127.0.0.1:5672;
+* then 8 spawns at once against one agent (local socket): 8 drivers, as 8
+  compute workers, each with its own XAPI session.
+
+Prints the median and each run per configuration, the split's overhead over
+in-process (target ≤ 5 %), and the concurrent total.
+
+Run as root (the simulator plugs loop devices):
+    .venv/bin/python bench/spawn.py [--rounds 3] [--concurrent 8]
+"""
+
+import argparse
+import concurrent.futures
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from oslo_config import cfg  # noqa: E402
+
+from agent import detect  # noqa: E402
+from agent import endpoint as agent_endpoint  # noqa: E402
+from agent import service as agent_service  # noqa: E402
+from agent.backends import make_backend  # noqa: E402
+from nova_xen_split import conf as nxs_conf  # noqa: E402
+from nova_xen_split import driver as nxs_driver  # noqa: E402
+from nova_xen_split import objects  # noqa: E402
+from nova_xen_split.cmd import demo_env  # noqa: E402
+
+MiB = 1 << 20
+GiB = 1 << 30
+RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
+IMAGE_ID = "bench-1g"
+
+
+def make_image(path, data_fraction=0.2):
+    """1 GiB raw: msdos label, ext4 partition 1 holding ~20 % of the disk as a file."""
+    work = tempfile.mkdtemp(dir=os.path.dirname(path))
+    root = os.path.join(work, "root")
+    os.makedirs(root)
+    data_bytes = int(GiB * data_fraction)
+    with open(os.path.join(root, "data.bin"), "wb") as f:
+        for _ in range(data_bytes // (4 * MiB)):
+            f.write(os.urandom(4 * MiB))
+    fs_path = os.path.join(work, "fs.img")
+    with open(fs_path, "wb") as f:
+        f.truncate(GiB - 2048 * 512)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "bench-root", "-d", root, fs_path],
+                   check=True, timeout=300)
+    with open(path, "wb") as f:
+        f.truncate(GiB)
+    subprocess.run(["sfdisk", "--quiet", path], input="label: dos\nstart=2048, type=83\n",
+                   text=True, check=True, timeout=60)
+    subprocess.run(["dd", "if=" + fs_path, "of=" + path, "bs=4M", "seek=1M",
+                    "oflag=seek_bytes", "conv=notrunc,sparse", "status=none"],
+                   check=True, timeout=300)
+    shutil.rmtree(work)
+    used = os.stat(path).st_blocks * 512
+    return used
+
+
+def start_image_service(image_path, root):
+    """``python -m http.server`` serving ``/v2/images/<id>/file``, its own process."""
+    image_dir = os.path.join(root, "v2", "images", IMAGE_ID)
+    os.makedirs(image_dir)
+    os.link(image_path, os.path.join(image_dir, "file"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                             "127.0.0.1", "--directory", root],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, "http://127.0.0.1:%d" % port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("image service did not start")
+
+
+def load_conf(config_file):
+    conf = cfg.ConfigOpts()
+    nxs_conf.register_opts(conf)
+    conf(args=["--config-file", config_file], project="nova-xen-split",
+         default_config_files=[])
+    return conf
+
+
+class InProcessAgent:
+    """The agent's endpoint called directly: the same backend, no RPC."""
+
+    def __init__(self, conf):
+        self.sessions = agent_service.WorkerSessions(conf)
+        session = detect.login(conf)
+        self.sessions.adopt(session)
+        ctx = detect.detect(conf, session, self.sessions)
+        self.endpoint = agent_endpoint.AgentEndpoint(make_backend(ctx))
+
+    def check_version(self, need=None):
+        return self.endpoint.describe()
+
+    def close(self):
+        self.sessions.close()
+
+    def __getattr__(self, name):
+        return getattr(self.endpoint, name)
+
+
+def flavor():
+    return objects.Flavor(name="bench", memory_mb=1024, vcpus=2, root_gb=2,
+                          ephemeral_gb=1, swap=512)
+
+
+def one_spawn(driver):
+    instance = objects.Instance(hostname="bench", flavor=flavor(), image_ref=IMAGE_ID,
+                                config_drive="True", project_id="bench")
+    meta = objects.ImageMeta(id=IMAGE_ID, disk_format="raw", size=GiB)
+    started = time.monotonic()
+    driver.spawn(objects.RequestContext(auth_token="bench"), instance, meta,
+                 [("/etc/bench", b"x")], None, {}, [])
+    elapsed = time.monotonic() - started
+    steps = list(driver.last_spawn_steps)
+    driver.destroy(None, instance)
+    return elapsed, steps
+
+
+class Setup:
+    """One configuration: a config file, maybe an agent process, a driver."""
+
+    def __init__(self, name, sim, work, image_url, transport_url=None, in_process=False):
+        self.name = name
+        self.host = "nxs-bench-%s-%s" % (name.replace(" ", "-"), uuid.uuid4().hex[:6])
+        self.work = os.path.join(work, self.host)
+        os.makedirs(self.work)
+        self.config = demo_env.write_config(
+            os.path.join(self.work, "nxs.conf"), sim, self.host, image_url, self.work,
+            transport_url=transport_url)
+        self.agent = None
+        self.transport_url = transport_url
+        if in_process:
+            self.agent_api = InProcessAgent(load_conf(self.config))
+        else:
+            self.agent = demo_env.Agent(self.config, os.path.join(self.work, "agent.log"))
+            self.agent.start()
+            self.agent_api = None
+
+    def driver(self):
+        driver = nxs_driver.XenSplitDriver(load_conf(self.config), agent=self.agent_api)
+        deadline = time.monotonic() + 60
+        driver._conf.set_override("startup_timeout", 1.0, group="agent")
+        while True:
+            if self.agent is not None and self.agent.exited():
+                raise RuntimeError("agent exited: %s" % self.agent.output_tail())
+            try:
+                driver.init_host(self.host)
+                return driver
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+
+    def close(self):
+        if self.agent is not None:
+            self.agent.stop()
+        elif self.agent_api is not None:
+            self.agent_api.close()
+        if self.transport_url and shutil.which("rabbitmqctl"):
+            subprocess.run(["rabbitmqctl", "-q", "delete_queue",
+                            "nova-xen-split-agent.%s" % self.host],
+                           capture_output=True, timeout=60, check=False)
+
+
+def concurrent_spawns(setup, count):
+    drivers = [setup.driver() for _ in range(count)]
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        results = list(pool.map(lambda d: _try_spawn(d), drivers))
+    total = time.monotonic() - started
+    for d in drivers:
+        d.cleanup_host(setup.host)
+    return total, results
+
+
+def _try_spawn(driver):
+    try:
+        return one_spawn(driver)[0], None
+    except Exception as e:  # noqa: BLE001 -- reported, not hidden
+        return None, "%s: %s" % (type(e).__name__, e)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrent", type=int, default=8)
+    parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--no-rabbit", action="store_true")
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="nxs-bench-spawn-", dir=args.work_dir)
+    sim = image_proc = None
+    setups = []
+    try:
+        image_path = os.path.join(work, "image.raw")
+        used = make_image(image_path)
+        image_proc, image_url = start_image_service(image_path, os.path.join(work, "www"))
+        sim = demo_env.Simulator(os.path.join(work, "sim"), compute_vm=False).start()
+        print("setup: xapi-sim (independent mode) at %s; image 1 GiB raw, %d MiB allocated "
+              "(%.0f %%), served by python -m http.server; spawn: root grow to 2 GiB, "
+              "1 GiB ephemeral ext4, 512 MiB swap, config drive; %d rounds; %d cores"
+              % (sim.url, used // MiB, 100.0 * used / GiB, args.rounds, os.cpu_count()))
+        setups = [Setup("in-process", sim, work, image_url, in_process=True),
+                  Setup("local socket", sim, work, image_url)]
+        if not args.no_rabbit:
+            setups.append(Setup("rabbitmq", sim, work, image_url, transport_url=RABBIT_URL))
+        drivers = {s.name: s.driver() for s in setups}
+        for d in drivers.values():  # warm-up: caches, connections, first privsep/plugin
+            one_spawn(d)
+        times = {s.name: [] for s in setups}
+        last_steps = {}
+        for _ in range(args.rounds):
+            for s in setups:
+                elapsed, last_steps[s.name] = one_spawn(drivers[s.name])
+                times[s.name].append(elapsed)
+        base = statistics.median(times["in-process"])
+        print("\n%-14s %9s %10s   %s" % ("config", "median s", "overhead", "runs (s)"))
+        for s in setups:
+            med = statistics.median(times[s.name])
+            print("%-14s %9.2f %9.1f %%   %s" % (
+                s.name, med, 100.0 * (med - base) / base,
+                " ".join("%.2f" % t for t in times[s.name])))
+        print("\nsteps of the last local-socket spawn: %s" % ", ".join(
+            "%s %.2f s" % (st.name, st.seconds) for st in last_steps["local socket"]))
+        for d in drivers.values():
+            d.cleanup_host(None)
+        total, results = concurrent_spawns(setups[1], args.concurrent)
+        ok = [t for t, err in results if err is None]
+        print("\n%d spawns at once on one agent (local socket): %d succeeded, total %.2f s, "
+              "each %s s" % (args.concurrent, len(ok), total,
+                             " ".join("%.1f" % t for t in ok)))
+        for _t, err in results:
+            if err:
+                print("  failed: %s" % err)
+        return 0 if len(ok) == args.concurrent else 1
+    finally:
+        for s in setups:
+            s.close()
+        if sim is not None:
+            sim.stop()
+        if image_proc is not None:
+            image_proc.terminate()
+            image_proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
