@@ -126,3 +126,12 @@ def test_unplug_of_a_mounted_device_is_rejected_and_changes_nothing(
     assert not os.path.lexists(link)
     xapi.VBD.destroy(vbd)
     xapi.VDI.destroy(vdi)
+
+
+def test_plugin_running_past_the_timeout_is_killed_and_reported(loop_devices, make_sim,
+                                                                plugin_dir):
+    sim = make_sim(extra_args=["--plugin-dir", str(plugin_dir), "--plugin-timeout", "1"])
+    xapi = sim.session().xenapi
+    host = xapi.pool.get_master(xapi.pool.get_all()[0])
+    details = failure(xapi.host.call_plugin, host, PLUGIN, "sleep", {"seconds": "60"})
+    assert details[:2] == ["XENAPI_PLUGIN_FAILURE", "timeout"]
