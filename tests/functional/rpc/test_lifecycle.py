@@ -109,9 +109,7 @@ def test_agent_stopped_cleanly_and_restarted_serves_the_next_call(transport, chi
     assert api.describe()["vm_uuid"] == second.incarnation
 
 
-def test_two_agents_on_one_broker_each_receive_only_their_own_calls(socket_dir):
-    from tests.conftest import need, rabbit_available
-    need(rabbit_available(), "RabbitMQ does not answer on 127.0.0.1:5672")
+def test_two_agents_on_one_broker_each_receive_only_their_own_calls(rabbit_url, socket_dir):
     pair = Pair("rabbit", socket_dir)
     try:
         host_a, host_b = unique_host("hv-a"), unique_host("hv-b")

@@ -14,6 +14,7 @@ import pytest
 
 from rpc import exceptions
 from rpc.transports import framing, local_client
+from tests.conftest import need
 from tests.functional.rpc.conftest import Pair, unique_host
 from tests.functional.rpc.endpoint import VALID_ARGS, VDI
 
@@ -21,8 +22,7 @@ NOBODY = 65534
 
 
 def need_root():
-    if os.geteuid() != 0:
-        pytest.skip("connecting as another uid needs root")
+    need(os.geteuid() == 0, "connecting as another uid needs root")
 
 
 @pytest.fixture
