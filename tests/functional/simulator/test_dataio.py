@@ -10,12 +10,12 @@ import io
 import os
 import socket
 import struct
-import subprocess
 import threading
 
 import pytest
 
 from dom0.simulator import dataio
+from tests.functional.simulator.vhdtestlib import qemu_img
 
 MiB = 1 << 20
 
@@ -201,12 +201,6 @@ def test_chunked_stream_cut_mid_chunk_fails(tmp_path, send):
 
 
 # -- VHD import and export -------------------------------------------------------
-
-
-def qemu_img(*args):
-    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def test_vhd_larger_than_the_vdi_fails_before_writing(tmp_path, send):

@@ -11,19 +11,14 @@ import http.client
 import os
 import re
 import struct
-import subprocess
 import time
 import urllib.parse
 
 import pytest
 
+from tests.functional.simulator.vhdtestlib import qemu_img
+
 MiB = 1 << 20
-
-
-def qemu_img(*args):
-    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 class Host:

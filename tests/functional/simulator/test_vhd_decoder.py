@@ -8,9 +8,7 @@ back. Differencing chains, which qemu-img cannot write, are built by
 """
 
 import os
-import shutil
 import struct
-import subprocess
 
 import pytest
 
@@ -18,15 +16,6 @@ from dom0.simulator import dataio, vhd
 from tests.functional.simulator import vhdtestlib
 
 MiB = 1 << 20
-
-pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
-
-
-def run(cmd):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, "%s failed: %s" % (cmd, proc.stderr)
-    return proc.stdout
-
 
 def make_raw(path, size, extents):
     """A sparse raw file of ``size`` with random data at (offset, length) extents."""
@@ -39,13 +28,14 @@ def make_raw(path, size, extents):
 
 
 def qemu_vhd(raw, vhd_path, options="subformat=dynamic"):
-    run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", options, raw, vhd_path])
+    vhdtestlib.qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", options, str(raw),
+                        str(vhd_path))
     return vhd_path
 
 
 def qemu_read(vhd_path, out):
     """What qemu-img reads from the VHD, as a raw file."""
-    run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", vhd_path, out])
+    vhdtestlib.qemu_img("convert", "-f", "vpc", "-O", "raw", str(vhd_path), str(out))
     return out
 
 

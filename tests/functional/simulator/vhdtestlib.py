@@ -11,6 +11,8 @@ decoder under test would hide bugs both have):
 * :func:`vhd_info` — the footer and header fields tests assert on.
 * :func:`apply_writes` — the raw disk a set of writes should produce, the
   expected answer to compare a decoder with.
+* :func:`qemu_img` — run ``qemu-img`` (skips without it; fails instead
+  under ``NXS_REQUIRE_REAL=1``).
 
 Example (a base made by qemu-img, a child changing one sector)::
 
@@ -18,9 +20,13 @@ Example (a base made by qemu-img, a child changing one sector)::
 """
 
 import os
+import shutil
 import struct
+import subprocess
 import time
 import uuid
+
+from tests.conftest import need
 
 SECTOR = 512
 BLOCK_SIZE = 2 << 20
@@ -141,3 +147,11 @@ def apply_writes(raw_path, writes):
         for offset, data in writes:
             f.seek(offset)
             f.write(data)
+
+
+def qemu_img(*args):
+    """Run ``qemu-img`` with ``args``; its stdout. A failure carries its stderr."""
+    need(shutil.which("qemu-img"), "qemu-img is not installed")
+    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, "qemu-img %s failed: %s" % (" ".join(args), proc.stderr)
+    return proc.stdout
