@@ -1,6 +1,7 @@
 """The interface contract, run over both transports (``transport`` fixture)."""
 
 import concurrent.futures
+import logging
 import time
 
 import pytest
@@ -103,6 +104,20 @@ def test_secret_argument_never_appears_in_the_error(agent):
                   check=False)
     assert raised.value.kwargs["field"] == "auth_token"
     assert "tok-" not in str(raised.value) and "tok-" not in repr(raised.value.kwargs)
+
+
+def test_secrets_stay_out_of_every_log_line_on_both_sides(agent, caplog):
+    api, endpoint, _ = agent
+    caplog.set_level(logging.DEBUG)
+    api.fetch_image(**VALID_ARGS["fetch_image"])
+    api.generate_configdrive(**VALID_ARGS["generate_configdrive"])
+    with pytest.raises(exceptions.InvalidRequest):
+        api._call("fetch_image", "1.0", dict(VALID_ARGS["fetch_image"], image_id="/"),
+                  check=False)
+
+    assert "Calling fetch_image" in caplog.text  # the calls were logged...
+    assert VALID_ARGS["fetch_image"]["auth_token"] not in caplog.text  # ...masked
+    assert VALID_ARGS["generate_configdrive"]["admin_password"] not in caplog.text
 
 
 def test_xapi_failure_crosses_with_its_error_description(agent):
