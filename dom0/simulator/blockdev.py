@@ -83,7 +83,8 @@ class LoopDevices:
     """Attach/detach loop devices for one state directory, with a record on disk."""
 
     def __init__(self, state_dir, enabled):
-        self.state_dir = os.path.realpath(state_dir)
+        # Both spellings: the kernel records the path losetup was given.
+        self.roots = {os.path.realpath(state_dir) + os.sep, os.path.abspath(state_dir) + os.sep}
         self.enabled = enabled
         self.record_path = os.path.join(state_dir, RECORD_FILE)
         self.lock = threading.Lock()
@@ -104,7 +105,7 @@ class LoopDevices:
 
     def _ours(self, dev):
         path = backing_file(dev)
-        return path is not None and path.startswith(self.state_dir + os.sep)
+        return path is not None and any(path.startswith(root) for root in self.roots)
 
     def attach(self, path, read_only):
         """A block device for ``path``: a new loop device, or the file itself."""
