@@ -56,12 +56,15 @@ class Progress:
             self.done_bytes / elapsed / _MB)
 
 
-
 def put(xapi_session, vdi_ref, query, content_length, pieces, progress):
     """PUT ``pieces`` (lists of buffers) as one import with its own task.
 
     XAPI answers before it reads the body, so the answer is read first: a
     refusal costs no data sent, and a 200 means the body is awaited.
+    ``progress.advance(n)`` is called per piece sent. Raises XapiFailure:
+    XAPI's error description (task.create, a failed task, a refusal whose
+    task says why), ``IMPORT_HTTP_ERROR`` (another answer than 200),
+    ``CONNECTION_FAILED`` or ``IMPORT_INCOMPLETE`` (the body could not be sent).
     """
     task_ref = xapi_session.call(
         "task.create", "nova-xen-split import",
@@ -91,7 +94,15 @@ def put(xapi_session, vdi_ref, query, content_length, pieces, progress):
                 "CONNECTION_FAILED", where, str(e) or type(e).__name__]) from None
         if response.status != 200:
             _refused(xapi_session, task_ref, where, response)
-        sent_error = _send_body(sock, pieces, progress)
+        try:
+            sent_error = _send_body(sock, pieces, progress)
+        except BaseException:
+            # The body's source failed: cutting the connection makes XAPI
+            # fail the task, which is then collected before re-raising.
+            response.close()
+            connection.close()
+            _collect_task(xapi_session, task_ref)
+            raise
         if sent_error is None and response.will_close:
             _await_close(response)
     finally:
@@ -160,6 +171,14 @@ def _sendmsg_all(sock, buffers):
             continue
         sock.sendall(memoryview(buffer)[sent:])
         sent = 0
+
+
+def _collect_task(xapi_session, task_ref):
+    """Wait (briefly) for an abandoned import's task to end, then drop it."""
+    try:
+        xapi_session.wait_for_task(task_ref, timeout=30.0, poll=0.01)
+    except exceptions.XapiFailure:
+        pass  # expected: the import was cut; wait_for_task destroyed the task
 
 
 def _forget_task(xapi_session, task_ref):

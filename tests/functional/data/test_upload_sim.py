@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from agent import upload
+from agent import upload, vdi_import
 from nova_xen_split import xapi
 from rpc import exceptions
 
@@ -240,3 +240,17 @@ def test_stream_upload_memory_is_bounded_by_the_window(session):
         tracemalloc.stop()
 
     assert peak < window + 4 * MiB
+
+
+def test_a_failing_body_source_raises_its_error_and_leaves_no_task(session):
+    vdi = new_vdi(session, 8 * MiB)
+
+    def pieces():
+        yield [b"\1" * MiB]
+        raise exceptions.DiskOperationFailed(operation="read", target="src", reason="gone")
+
+    with pytest.raises(exceptions.DiskOperationFailed, match="gone"):
+        vdi_import.put(session, vdi, {"format": "raw"}, 4 * MiB, pieces(),
+                       upload.Progress("test", 4 * MiB))
+
+    assert session.call("task.get_all") == []
