@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from dom0.simulator import dataio, vhd
+from dom0.simulator import dataio, vhd, vhdformat
 from tests.functional.simulator import vhdtestlib
 
 MiB = 1 << 20
@@ -317,3 +317,16 @@ def test_stream_refuses_overlapping_blocks(tmp_path):
     corrupt(image, table + 4, first)  # block 1 now shares block 0's place
     with pytest.raises(dataio.ImportFailed, match="overlaps the data before it"):
         stream_decode(image, tmp_path / "vdi.raw", 8 * MiB)
+
+
+@pytest.mark.parametrize("size_mib", [10, 127, 1024, 40 * 1024, 120 * 1024])
+def test_chs_geometry_matches_the_one_qemu_img_records(tmp_path, size_mib):
+    # Without force_size qemu-img rounds the size to a geometry and records both.
+    image = tmp_path / "g.vhd"
+    vhdtestlib.qemu_img("create", "-q", "-f", "vpc", "-o", "subformat=dynamic",
+                        str(image), "%dM" % size_mib)
+    with open(image, "rb") as f:
+        f.seek(48)
+        current_size, cylinders, heads, sectors = struct.unpack(">QHBB", f.read(12))
+
+    assert vhdformat.chs_geometry(current_size) == (cylinders, heads, sectors)
