@@ -11,6 +11,8 @@ Empty space is not sent: files are mapped with SEEK_DATA/SEEK_HOLE and
 all-zero 64 KiB blocks are dropped, then sent either as a dynamic VHD
 (:mod:`agent.vhd`) or in XAPI's sparse ``chunked`` framing (repeated
 little-endian ``uint64 offset, uint32 length, data``, ended by ``0, 0``).
+The PUT itself (its task, XAPI's early answer, the checks) is
+:mod:`agent.vdi_import`.
 """
 
 import array
@@ -142,7 +144,7 @@ def upload_file(xapi_session, vdi_ref, path, fmt="vhd", progress=None,
         pieces = ([piece] for piece in stream)
     else:
         with open(path, "rb") as source:
-            file_size = os.fstat(source.fileno()).st_size
+            file_size = os.lseek(source.fileno(), 0, os.SEEK_END)  # block devices too
             if fmt == "chunked":
                 flat = file_data_runs(source.fileno(), file_size)
                 runs = list(zip(flat[::2], flat[1::2], strict=True))

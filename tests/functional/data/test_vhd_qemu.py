@@ -99,3 +99,20 @@ def test_a_sparse_source_costs_only_its_data_blocks(tmp_path):
 
     assert len(stream.blocks) == 10
     assert stream.length < 10 * (2 * MiB + 512) + 8 * 1024
+
+
+def test_a_block_device_source_is_encoded_whole(tmp_path, loop_devices):
+    source = make_disk(tmp_path / "src.raw", 8 * MiB, [(5 * MiB, os.urandom(4096))])
+    attach = subprocess.run(["losetup", "-f", "--show", source], capture_output=True,
+                            text=True, timeout=30)
+    assert attach.returncode == 0, attach.stderr
+    device = attach.stdout.strip()
+    try:
+        stream = vhd.VhdStream.from_file(device)
+        image = write_stream(stream, tmp_path / "disk.vhd")
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True, timeout=30)
+    qemu_img("convert", "-f", "vpc", "-O", "raw", image, str(tmp_path / "back.raw"))
+
+    assert stream.virtual_size == 8 * MiB and list(stream.blocks) == [2]
+    assert filecmp.cmp(source, tmp_path / "back.raw", shallow=False)
