@@ -8,14 +8,15 @@ allow-list, argument validation, a worker slot (unless the method is a
 control call), the endpoint call, the result check, error reduction.
 """
 
+import logging
 import threading
 
-from oslo_log import log as logging
+from oslo_log import log as oslo_logging
 
 from rpc import exceptions
 from rpc import methods
 
-LOG = logging.getLogger(__name__)
+LOG = oslo_logging.getLogger(__name__)
 
 
 class Dispatcher:
@@ -61,7 +62,8 @@ class Dispatcher:
 
     def run(self, method, checked):
         """Call the endpoint with validated arguments; return the envelope."""
-        LOG.debug("Calling %s(%s)", method.name, methods.loggable(method.name, checked))
+        if LOG.isEnabledFor(logging.DEBUG):  # spare the masking work otherwise
+            LOG.debug("Calling %s(%s)", method.name, methods.loggable(method.name, checked))
         try:
             if method.control:
                 result = getattr(self.endpoint, method.name)(**checked)
