@@ -35,6 +35,7 @@ MAX_WAIT_SECONDS = 300
 DEFAULT_PARTITION_WAIT_SECONDS = 5
 MKFS_TIMEOUT = 3600
 KPARTX_TIMEOUT = 60
+MAPPER_DIR = "/dev/mapper"
 KPARTX_ADD_RE = re.compile(r"^add map (\S+) \(\d+:\d+\): 0 (\d+) linear ")
 
 
@@ -109,7 +110,7 @@ class MappedPartition(object):
         for line in out.splitlines():
             m = KPARTX_ADD_RE.match(line.strip())
             if m and m.group(1) == wanted:
-                real = _matching_node(os.path.join("/dev/mapper", wanted), self.partition)
+                real = _matching_node(os.path.join(MAPPER_DIR, wanted), self.partition)
                 if real:
                     return real
         self._unmap(quiet=True)
@@ -219,8 +220,12 @@ def make_partition(session, args):
 
     nxs_mbr.write_single_partition(disk_path, start, end, PARTITION_TYPES[part_type])
     partition = _partition(dev, _dos_table(dev, disk_path), 1)
-    with MappedPartition(dev, disk_path, partition, wait_seconds):
-        pass  # the partition is usable: that is what the caller needs to know
+    try:
+        with MappedPartition(dev, disk_path, partition, wait_seconds):
+            pass  # the partition is usable: that is what the caller needs to know
+    except (DeviceTimeout, DeviceError) as e:
+        raise e.__class__("the table is written on %s, but its partition is not usable: %s"
+                          % (dev, e))
     return to_json({"partition": "%s1" % dev, "start": start, "end": end})
 
 
