@@ -145,3 +145,17 @@ def test_progress_reports_done_and_total_to_the_callback():
 
     assert seen == [(100, 300), (300, 300)]
     assert "300 of 300 bytes (100.0%)" in progress.summary()
+
+
+def test_progress_logs_bytes_percent_and_rate_once_per_interval(caplog):
+    caplog.set_level("INFO", logger="agent.vdi_import")
+    progress = upload.Progress("upload of disk.raw", 4 * MiB, interval=1e-9)
+    quiet = upload.Progress("upload of disk.raw", 4 * MiB, interval=3600)
+
+    progress.advance(MiB)
+    quiet.advance(MiB)
+
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert "upload of disk.raw: 1048576 of 4194304 bytes (25.0%)" in lines[0]
+    assert "MB/s" in lines[0]
