@@ -12,7 +12,6 @@ before the error is raised, and an error of the agent surfaces unchanged.
 """
 
 import collections
-import contextlib
 import json
 import logging
 import time
@@ -20,6 +19,7 @@ import time
 from nova_xen_split import driver_errors
 from nova_xen_split import instance_metadata
 from nova_xen_split import objects
+from nova_xen_split import spawn as spawn_mod
 from nova_xen_split import vm_utils
 from nova_xen_split import xapi
 from rpc import exceptions
@@ -27,14 +27,12 @@ from rpc import exceptions
 LOG = logging.getLogger(__name__)
 
 GiB = 1024 ** 3
+SpawnStep = spawn_mod.SpawnStep
 # The interface this driver speaks; an agent with another major version, or
 # an older minor one, cannot serve it (AgentAPI.check_version refuses it).
 REQUIRED_AGENT_VERSION = "1.0"
-KERNEL_PLUGIN = "kernel.py"
-DESTROY_VDIS_BATCH = 64
 
 InstanceInfo = collections.namedtuple("InstanceInfo", ["state", "internal_id"])
-SpawnStep = collections.namedtuple("SpawnStep", ["name", "seconds", "detail"])
 
 
 class XenSplitDriver:
@@ -179,159 +177,16 @@ class XenSplitDriver:
             raise driver_errors.FlavorDiskSmallerThanImage(
                 flavor_size=root_bytes, image_size=int(image.size))
 
-        made = _Made()
-        self.last_spawn_steps = []
+        job = spawn_mod.Spawn(self._conf, self.agent, self.session, self.on_step)
+        self.last_spawn_steps = job.steps
         try:
-            self._spawn(context, instance, image, flavor, user_data, files,
-                        admin_password, network_info, made)
+            job.run(context, instance, image, user_data, files, admin_password, network_info)
         except BaseException as e:
             LOG.warning("Spawn of %s failed (%s: %s); removing what was made",
                         instance.uuid, type(e).__name__, e)
-            with self._step("cleanup", "after %s" % type(e).__name__):
-                self._undo(instance.uuid, made)
+            with job.step("cleanup", "after %s" % type(e).__name__):
+                job.undo(instance.uuid)
             raise
-
-    def _spawn(self, context, instance, image, flavor, user_data, files,
-               admin_password, network_info, made):
-        props = image.properties
-        with self._step("fetch_image", image.disk_format) as detail:
-            fetched = self.agent.fetch_image(
-                instance_uuid=instance.uuid,
-                image_id=str(image.id or instance.image_ref),
-                disk_format=image.disk_format,
-                kernel_id=props.get("kernel_id") or instance.kernel_id or None,
-                ramdisk_id=props.get("ramdisk_id") or instance.ramdisk_id or None,
-                auth_token=getattr(context, "auth_token", None))
-            vdis = {}
-            for vdi in fetched["vdis"]:
-                made.vdi_uuids.append(vdi["uuid"])
-                vdis[vdi["type"]] = vdi
-            root = vdis["root"]
-            detail.append(_size(root["size_bytes"]))
-
-        root_bytes = int(flavor.root_gb) * GiB
-        if root_bytes and int(root["size_bytes"]) > root_bytes:
-            raise driver_errors.FlavorDiskSmallerThanImage(
-                flavor_size=root_bytes, image_size=int(root["size_bytes"]))
-        if root_bytes > int(root["size_bytes"]):
-            with self._step("auto_configure_disk", "root") as detail:
-                grown = self.agent.auto_configure_disk(
-                    vdi_uuid=root["uuid"], new_gb=int(flavor.root_gb))
-                root = dict(root, **grown)
-                detail.append(_size(root["size_bytes"]))
-
-        disks = [("root", root, vm_utils.USERDEVICE_ROOT, True, False)]
-        if int(flavor.swap or 0) > 0:
-            with self._step("generate_disk", "swap") as detail:
-                swap = self.agent.generate_disk(
-                    instance_uuid=instance.uuid, kind="swap", size_mb=int(flavor.swap),
-                    fs_type="swap", label="swap")
-                made.vdi_uuids.append(swap["uuid"])
-                detail.append(_size(swap["size_bytes"]))
-            disks.append(("swap", swap, vm_utils.USERDEVICE_SWAP, False, False))
-        if int(flavor.ephemeral_gb or 0) > 0:
-            fs_type = self._conf.default_ephemeral_format
-            with self._step("generate_disk", "ephemeral " + fs_type) as detail:
-                ephemeral = self.agent.generate_disk(
-                    instance_uuid=instance.uuid, kind="ephemeral",
-                    size_mb=int(flavor.ephemeral_gb) * 1024, fs_type=fs_type,
-                    label="ephemeral0")
-                made.vdi_uuids.append(ephemeral["uuid"])
-                detail.append(_size(ephemeral["size_bytes"]))
-            disks.append(("ephemeral", ephemeral, vm_utils.USERDEVICE_EPHEMERAL, False, False))
-        if self._wants_configdrive(instance, image):
-            with self._step("generate_configdrive", "config-2") as detail:
-                drive = self.agent.generate_configdrive(
-                    instance_uuid=instance.uuid,
-                    metadata=instance_metadata.build_meta_data(instance, files),
-                    user_data=user_data,
-                    network_data=instance_metadata.build_network_data(network_info),
-                    vendor_data=None,
-                    files=files,
-                    admin_password=admin_password)
-                made.vdi_uuids.append(drive["uuid"])
-                detail.append(_size(drive["size_bytes"]))
-            disks.append(("configdrive", drive, vm_utils.USERDEVICE_CONFIGDRIVE, False, True))
-
-        session = self.session
-        with self._step("VM.create", vm_utils.vm_mode_for(image)) as detail:
-            made.vm_ref = vm_utils.create_vm(
-                session, instance, flavor, vm_utils.vm_mode_for(image))
-            self._set_kernel(session, made.vm_ref, vdis)
-            detail.append("%d MiB, %s vCPU" % (flavor.memory_mb, flavor.vcpus))
-        with self._step("VBD.create", "%d disks" % len(disks)):
-            for _name, vdi, userdevice, bootable, read_only in disks:
-                vm_utils.create_vbd(session, made.vm_ref,
-                                    vm_utils.vdi_ref(session, vdi["uuid"]),
-                                    userdevice, bootable=bootable, read_only=read_only)
-        with self._step("VM.start", instance.name):
-            session.call("VM.start", made.vm_ref, False, False)
-
-    def _set_kernel(self, session, vm_ref, vdis):
-        """Boot a split-kernel image with the files the agent copied into dom0."""
-        for kind, field in (("kernel", "PV_kernel"), ("ramdisk", "PV_ramdisk")):
-            path = (vdis.get(kind) or {}).get("path")
-            if path:
-                session.call("VM.set_" + field, vm_ref, path)
-                session.call("VM.add_to_other_config", vm_ref, "nxs-%s-file" % kind, path)
-
-    def _wants_configdrive(self, instance, image):
-        if image.properties.get("img_config_drive") == "mandatory":
-            return True
-        return str(instance.config_drive or "").lower() not in ("", "false", "0", "none")
-
-    @contextlib.contextmanager
-    def _step(self, name, what=""):
-        detail = [what] if what else []
-        started = time.monotonic()
-        try:
-            yield detail
-        finally:
-            step = SpawnStep(name, time.monotonic() - started, ", ".join(detail))
-            self.last_spawn_steps.append(step)
-            if self.on_step is not None:
-                self.on_step(step)
-
-    def _undo(self, instance_uuid, made):
-        """Remove the VM, its VBDs and the instance's VDIs; never raises."""
-        session = self.session
-        kernel_files = []
-        if made.vm_ref is not None:
-            try:
-                kernel_files = self._kernel_files(made.vm_ref)
-                vm_utils.destroy_vm(session, made.vm_ref)
-            except exceptions.NovaXenSplitError:
-                LOG.exception("Could not remove VM of %s", instance_uuid)
-        self._destroy_disks(instance_uuid, made.vdi_uuids, kernel_files)
-
-    def _destroy_disks(self, instance_uuid, vdi_uuids, kernel_files=()):
-        """Agent's destroy_vdis first; then XAPI directly for anything left.
-
-        The second pass finds VDIs by their instance tag, so disks the agent
-        was still making when it died (or when the call timed out) go too.
-        """
-        for start in range(0, len(vdi_uuids), DESTROY_VDIS_BATCH):
-            batch = vdi_uuids[start:start + DESTROY_VDIS_BATCH]
-            try:
-                self.agent.destroy_vdis(vdi_uuids=list(batch))
-            except exceptions.NovaXenSplitError as e:
-                LOG.warning("Agent could not destroy VDIs of %s (%s); removing them "
-                            "through XAPI", instance_uuid, e)
-        try:
-            swept = vm_utils.sweep_instance_vdis(self.session, instance_uuid, vdi_uuids)
-            if swept:
-                LOG.info("Removed %d leftover VDI(s) of %s through XAPI", swept, instance_uuid)
-        except exceptions.NovaXenSplitError:
-            LOG.exception("Could not sweep VDIs of %s", instance_uuid)
-        for path in kernel_files:
-            try:
-                self.session.call_plugin(KERNEL_PLUGIN, "remove_file", {"path": path})
-            except exceptions.NovaXenSplitError:
-                LOG.exception("Could not remove %s from dom0", path)
-
-    def _kernel_files(self, vm_ref):
-        other = self.session.call("VM.get_other_config", vm_ref) or {}
-        return [other[k] for k in ("nxs-kernel-file", "nxs-ramdisk-file") if other.get(k)]
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -355,10 +210,11 @@ class XenSplitDriver:
         if vm_ref is None:
             LOG.warning("Instance %s has no VM on this hypervisor", instance.uuid)
         else:
-            kernel_files = self._kernel_files(vm_ref)
+            kernel_files = spawn_mod.kernel_files_of(self.session, vm_ref)
             vdi_uuids = vm_utils.destroy_vm(self.session, vm_ref)
         if destroy_disks:
-            self._destroy_disks(instance.uuid, vdi_uuids, kernel_files)
+            spawn_mod.destroy_disks(self.agent, self.session, instance.uuid, vdi_uuids,
+                                    kernel_files)
 
     def list_instances(self):
         """Names of the instances' VMs on this hypervisor."""
@@ -458,17 +314,3 @@ class XenSplitDriver:
     def remove_from_aggregate(self, context, aggregate, host, **kwargs):
         return self.add_to_aggregate(context, aggregate, host, **kwargs)
 
-
-class _Made:
-    """What a spawn has made so far, for the undo."""
-
-    def __init__(self):
-        self.vdi_uuids = []
-        self.vm_ref = None
-
-
-def _size(size_bytes):
-    size = int(size_bytes)
-    if size >= GiB and size % GiB == 0:
-        return "%d GiB" % (size // GiB)
-    return "%d MiB" % (size // (1024 * 1024))

@@ -1,0 +1,194 @@
+"""One spawn: the disk steps through the agent, the VM through XAPI, and its undo.
+
+:class:`Spawn` records what it has made (VDI uuids, the VM) and each step
+with its timing, so the driver can show progress and, when a step fails,
+remove exactly what this spawn made. :func:`destroy_disks` is shared with
+the driver's ``destroy``: the agent's ``destroy_vdis`` first, then XAPI
+directly for whatever is left, so a dead agent cannot leak disks.
+"""
+
+import collections
+import contextlib
+import logging
+import time
+
+from nova_xen_split import driver_errors
+from nova_xen_split import instance_metadata
+from nova_xen_split import vm_utils
+
+LOG = logging.getLogger(__name__)
+
+GiB = 1024 ** 3
+KERNEL_PLUGIN = "kernel.py"
+DESTROY_VDIS_BATCH = 64  # the interface's limit per destroy_vdis call
+
+SpawnStep = collections.namedtuple("SpawnStep", ["name", "seconds", "detail"])
+
+
+def wants_configdrive(instance, image):
+    """Nova's rule: the instance asks for one, or the image makes it mandatory."""
+    if image.properties.get("img_config_drive") == "mandatory":
+        return True
+    return str(instance.config_drive or "").lower() not in ("", "false", "0", "none")
+
+
+class Spawn:
+    """The steps of one spawn and what they made."""
+
+    def __init__(self, conf, agent, session, on_step=None):
+        self._conf = conf
+        self.agent = agent
+        self.session = session
+        self.on_step = on_step
+        self.steps = []
+        self.vdi_uuids = []
+        self.vm_ref = None
+
+    def run(self, context, instance, image, user_data, files, admin_password,
+            network_info):
+        """Make the disks, the VM and its VBDs; start it. Raises on the first failure."""
+        flavor = instance.flavor
+        props = image.properties
+        with self.step("fetch_image", image.disk_format) as detail:
+            fetched = self.agent.fetch_image(
+                instance_uuid=instance.uuid,
+                image_id=str(image.id or instance.image_ref),
+                disk_format=image.disk_format,
+                kernel_id=props.get("kernel_id") or instance.kernel_id or None,
+                ramdisk_id=props.get("ramdisk_id") or instance.ramdisk_id or None,
+                auth_token=getattr(context, "auth_token", None))
+            vdis = {}
+            for vdi in fetched["vdis"]:
+                self.vdi_uuids.append(vdi["uuid"])
+                vdis[vdi["type"]] = vdi
+            root = vdis["root"]
+            detail.append(_size(root["size_bytes"]))
+
+        root_bytes = int(flavor.root_gb) * GiB
+        if root_bytes and int(root["size_bytes"]) > root_bytes:
+            raise driver_errors.FlavorDiskSmallerThanImage(
+                flavor_size=root_bytes, image_size=int(root["size_bytes"]))
+        if root_bytes > int(root["size_bytes"]):
+            with self.step("auto_configure_disk", "root") as detail:
+                grown = self.agent.auto_configure_disk(
+                    vdi_uuid=root["uuid"], new_gb=int(flavor.root_gb))
+                root = dict(root, **grown)
+                detail.append(_size(root["size_bytes"]))
+
+        disks = [("root", root, vm_utils.USERDEVICE_ROOT, True, False)]
+        if int(flavor.swap or 0) > 0:
+            with self.step("generate_disk", "swap") as detail:
+                swap = self.agent.generate_disk(
+                    instance_uuid=instance.uuid, kind="swap", size_mb=int(flavor.swap),
+                    fs_type="swap", label="swap")
+                self.vdi_uuids.append(swap["uuid"])
+                detail.append(_size(swap["size_bytes"]))
+            disks.append(("swap", swap, vm_utils.USERDEVICE_SWAP, False, False))
+        if int(flavor.ephemeral_gb or 0) > 0:
+            fs_type = self._conf.default_ephemeral_format
+            with self.step("generate_disk", "ephemeral " + fs_type) as detail:
+                ephemeral = self.agent.generate_disk(
+                    instance_uuid=instance.uuid, kind="ephemeral",
+                    size_mb=int(flavor.ephemeral_gb) * 1024, fs_type=fs_type,
+                    label="ephemeral0")
+                self.vdi_uuids.append(ephemeral["uuid"])
+                detail.append(_size(ephemeral["size_bytes"]))
+            disks.append(("ephemeral", ephemeral, vm_utils.USERDEVICE_EPHEMERAL, False, False))
+        if wants_configdrive(instance, image):
+            with self.step("generate_configdrive", "config-2") as detail:
+                drive = self.agent.generate_configdrive(
+                    instance_uuid=instance.uuid,
+                    metadata=instance_metadata.build_meta_data(instance, files),
+                    user_data=user_data,
+                    network_data=instance_metadata.build_network_data(network_info),
+                    vendor_data=None,
+                    files=files,
+                    admin_password=admin_password)
+                self.vdi_uuids.append(drive["uuid"])
+                detail.append(_size(drive["size_bytes"]))
+            disks.append(("configdrive", drive, vm_utils.USERDEVICE_CONFIGDRIVE, False, True))
+
+        session = self.session
+        with self.step("VM.create", vm_utils.vm_mode_for(image)) as detail:
+            self.vm_ref = vm_utils.create_vm(
+                session, instance, flavor, vm_utils.vm_mode_for(image))
+            self._set_kernel(session, self.vm_ref, vdis)
+            detail.append("%d MiB, %s vCPU" % (flavor.memory_mb, flavor.vcpus))
+        with self.step("VBD.create", "%d disks" % len(disks)):
+            for _name, vdi, userdevice, bootable, read_only in disks:
+                vm_utils.create_vbd(session, self.vm_ref,
+                                    vm_utils.vdi_ref(session, vdi["uuid"]),
+                                    userdevice, bootable=bootable, read_only=read_only)
+        with self.step("VM.start", instance.name):
+            session.call("VM.start", self.vm_ref, False, False)
+
+    def _set_kernel(self, session, vm_ref, vdis):
+        """Boot a split-kernel image with the files the agent copied into dom0."""
+        for kind, field in (("kernel", "PV_kernel"), ("ramdisk", "PV_ramdisk")):
+            path = (vdis.get(kind) or {}).get("path")
+            if path:
+                session.call("VM.set_" + field, vm_ref, path)
+                session.call("VM.add_to_other_config", vm_ref, "nxs-%s-file" % kind, path)
+
+    @contextlib.contextmanager
+    def step(self, name, what=""):
+        """Time a step; the body may append words to the yielded detail list."""
+        detail = [what] if what else []
+        started = time.monotonic()
+        try:
+            yield detail
+        finally:
+            step = SpawnStep(name, time.monotonic() - started, ", ".join(detail))
+            self.steps.append(step)
+            if self.on_step is not None:
+                self.on_step(step)
+
+    def undo(self, instance_uuid):
+        """Remove the VM, its VBDs and the instance's VDIs; never raises."""
+        kernel_files = []
+        if self.vm_ref is not None:
+            try:
+                kernel_files = kernel_files_of(self.session, self.vm_ref)
+                vm_utils.destroy_vm(self.session, self.vm_ref)
+            except Exception:  # noqa: BLE001 -- the undo goes on whatever failed
+                LOG.exception("Could not remove VM of %s", instance_uuid)
+        destroy_disks(self.agent, self.session, instance_uuid, self.vdi_uuids, kernel_files)
+
+
+def destroy_disks(agent, session, instance_uuid, vdi_uuids, kernel_files=()):
+    """Agent's destroy_vdis first; then XAPI directly for anything left.
+
+    The second pass finds VDIs by their instance tag, so disks the agent
+    was still making when it died (or when the call timed out) go too.
+    """
+    for start in range(0, len(vdi_uuids), DESTROY_VDIS_BATCH):
+        batch = vdi_uuids[start:start + DESTROY_VDIS_BATCH]
+        try:
+            agent.destroy_vdis(vdi_uuids=list(batch))
+        except Exception as e:  # noqa: BLE001 -- a dead agent must not stop the undo
+            LOG.warning("Agent could not destroy VDIs of %s (%s); removing them "
+                        "through XAPI", instance_uuid, e)
+    try:
+        swept = vm_utils.sweep_instance_vdis(session, instance_uuid, vdi_uuids)
+        if swept:
+            LOG.info("Removed %d leftover VDI(s) of %s through XAPI", swept, instance_uuid)
+    except Exception:  # noqa: BLE001 -- report it; the caller's error matters more
+        LOG.exception("Could not sweep VDIs of %s", instance_uuid)
+    for path in kernel_files:
+        try:
+            session.call_plugin(KERNEL_PLUGIN, "remove_file", {"path": path})
+        except Exception:  # noqa: BLE001 -- as above
+            LOG.exception("Could not remove %s from dom0", path)
+
+
+def kernel_files_of(session, vm_ref):
+    """Files in dom0 that a split-kernel VM boots from (removed with it)."""
+    other = session.call("VM.get_other_config", vm_ref) or {}
+    return [other[k] for k in ("nxs-kernel-file", "nxs-ramdisk-file") if other.get(k)]
+
+
+def _size(size_bytes):
+    size = int(size_bytes)
+    if size >= GiB and size % GiB == 0:
+        return "%d GiB" % (size // GiB)
+    return "%d MiB" % (size // (1024 * 1024))
