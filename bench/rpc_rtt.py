@@ -5,7 +5,8 @@ serves a do-nothing endpoint over the local Unix socket and over RabbitMQ,
 plus a bare oslo.messaging RPC server with the same do-nothing method.
 From this process, sequential calls measure the round trip (p50/p90/p99)
 of: our client over the local socket (``describe``, answered on the
-connection's thread, and ``cleanup_attached_vdis``, which takes a worker);
+connection's thread, and ``cleanup_attached_vdis``, which takes a worker;
+and, for comparison, ``describe`` on a fresh connection each time);
 our client over RabbitMQ; a bare oslo.messaging RPCClient (the floor of that
 transport); an oslo.privsep daemon call (the floor of a local channel: a
 privsep context started with the fork method as root, no-op entrypoint).
@@ -210,6 +211,8 @@ def main():
             "local socket, describe": round_trips(local.describe, args.calls),
             "local socket, cleanup_attached_vdis": round_trips(
                 local.cleanup_attached_vdis, args.calls),
+            "local socket, new connection per call": round_trips(
+                lambda: (local.describe(), local.close()), args.calls // 4),
             "bare oslo.messaging (floor)": round_trips(
                 lambda: bare.call({}, "describe"), args.rabbit_calls),
             "RabbitMQ, AgentAPI.describe": round_trips(rabbit.describe, args.rabbit_calls),
