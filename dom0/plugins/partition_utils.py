@@ -29,7 +29,7 @@ FS_TYPES = ("ext3", "ext4", "vfat", "swap")
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]*$")
 VFAT_LABEL_RE = re.compile(r"^[A-Za-z0-9_-]*$")  # FAT forbids '.' in labels
 LABEL_MAX = {"ext3": 16, "ext4": 16, "vfat": 11, "swap": 16}
-MAX_WAIT_SECONDS = 300
+MAX_WAIT_SECONDS = 3600  # the agent's options have no upper bound; this is ours
 # How long a new or changed partition may take to show up as <dev>N before
 # kpartx is tried: udev is asynchronous on every Xen host.
 DEFAULT_PARTITION_WAIT_SECONDS = 5
@@ -137,7 +137,7 @@ class MappedPartition(object):
 # -- argument helpers ------------------------------------------------------
 
 def _wait_arg(args):
-    return int_arg(args, "partition_wait_seconds", 0, 60, required=False,
+    return int_arg(args, "partition_wait_seconds", 0, 600, required=False,
                    default=DEFAULT_PARTITION_WAIT_SECONDS)
 
 

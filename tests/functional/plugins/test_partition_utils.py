@@ -38,6 +38,14 @@ def test_wait_for_dev_answers_with_the_device_path(dom0, dom0_disk):
                       "path": os.path.join(dom0.sim.vm_dev_dir(dom0.dom0_uuid), dev)}
 
 
+def test_wait_for_dev_also_waits_for_a_partition(dom0, dom0_disk):
+    dev, _ = dom0_disk()
+    dom0.call(PLUGIN, "make_partition", dev=dev, partition_start="2048", partition_end="-")
+    result = dom0.call(PLUGIN, "wait_for_dev", dev=dev + "1", max_seconds="2")
+    assert os.path.realpath(result["path"]) == os.path.realpath(
+        os.path.join(dom0.sim.vm_dev_dir(dom0.dom0_uuid), dev)) + "p1"
+
+
 def test_wait_for_dev_times_out_with_an_error_not_an_empty_answer(dom0):
     details = dom0.failure(PLUGIN, "wait_for_dev", dev="xvdz", max_seconds="1")
     assert details[:3] == ["XENAPI_PLUGIN_FAILURE", "wait_for_dev", "DeviceTimeout"]

@@ -73,7 +73,7 @@ def test_a_device_not_plugged_into_dom0_is_named_in_the_error(dom0, formatted):
     ({"partition_start": "2048", "partition_end": "-", "partition_type": "ee"},
      "partition_type"),
     ({"partition_start": "2048"}, "missing argument 'partition_end'"),
-    ({"partition_start": "2048", "partition_end": "-", "partition_wait_seconds": "61"},
+    ({"partition_start": "2048", "partition_end": "-", "partition_wait_seconds": "601"},
      "out of range"),
 ])
 def test_make_partition_refuses_bad_geometry(dom0, formatted, args, phrase):
