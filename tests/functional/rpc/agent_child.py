@@ -1,9 +1,10 @@
 """An agent in its own process, for tests that kill and restart one.
 
-    python -m tests.functional.rpc.agent_child TRANSPORT_URL HOST INCARNATION
+    python -m tests.functional.rpc.agent_child TRANSPORT_URL HOST INCARNATION [METHOD=SECONDS]
 
 Serves a RecordingEndpoint whose describe() reports INCARNATION as its
-``vm_uuid``, prints ``ready`` once listening, stops cleanly on SIGTERM.
+``vm_uuid`` (and METHOD takes SECONDS), prints ``ready`` once listening,
+stops cleanly on SIGTERM.
 """
 
 import signal
@@ -26,7 +27,11 @@ class IncarnationEndpoint(RecordingEndpoint):
 
 def main():
     url, host, incarnation = sys.argv[1:4]
-    agent = server.AgentServer(make_conf(url, host), IncarnationEndpoint(host, incarnation))
+    endpoint = IncarnationEndpoint(host, incarnation)
+    for delay in sys.argv[4:]:
+        method, seconds = delay.split("=")
+        endpoint.delay[method] = float(seconds)
+    agent = server.AgentServer(make_conf(url, host), endpoint)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     agent.start()

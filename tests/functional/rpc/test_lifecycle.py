@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from rpc import transports
+from rpc import exceptions, transports
 from tests.functional.rpc.conftest import Pair, rabbit_queues, unique_host
 from tests.functional.rpc.endpoint import INSTANCE, VALID_ARGS, VDI
 
@@ -21,11 +21,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
 class ChildAgent:
     """An agent process (tests/functional/rpc/agent_child.py)."""
 
-    def __init__(self, transport_url, host):
+    def __init__(self, transport_url, host, *delays):
         self.incarnation = str(uuid.uuid4())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.functional.rpc.agent_child", transport_url, host,
-             self.incarnation],
+             self.incarnation, *delays],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
@@ -126,5 +126,27 @@ def test_two_agents_on_one_broker_each_receive_only_their_own_calls(rabbit_url, 
         assert api_a.describe()["host"] == host_a
         queues = rabbit_queues(transports.TOPIC + ".")
         assert {transports.TOPIC + "." + host_a, transports.TOPIC + "." + host_b} <= set(queues)
+    finally:
+        pair.cleanup()
+
+
+def test_local_agent_dying_mid_call_fails_the_call_at_once(socket_dir, children):
+    pair = Pair("unix", socket_dir)
+    host = unique_host()
+    url = pair.conf(host).transport_url
+    api = pair.api(host)  # long_rpc_timeout 10 s
+    agent = ChildAgent(url, host, "generate_disk=60")
+    children.append(agent)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(api.generate_disk, **VALID_ARGS["generate_disk"])
+            time.sleep(0.5)
+            started = time.monotonic()
+            agent.kill(signal.SIGKILL)
+
+            with pytest.raises(exceptions.AgentUnavailable) as raised:
+                pending.result(timeout=20)
+        assert "Lost the connection" in str(raised.value)
+        assert time.monotonic() - started < 5  # the socket told us; no 10 s wait
     finally:
         pair.cleanup()
