@@ -85,7 +85,8 @@ def openstack_tree(metadata, user_data=None, network_data=None, vendor_data=None
             raise _invalid(name, "must be a dict")
     contents = []
     for number, item in enumerate(files):
-        if len(item) != 2 or not isinstance(item[0], str) or not item[0]:
+        if not isinstance(item, (list, tuple)) or len(item) != 2 \
+                or not isinstance(item[0], str) or not item[0]:
             raise _invalid("files", "item %d is not [path, contents]" % number)
         data = item[1].encode("utf-8") if isinstance(item[1], str) else item[1]
         if not isinstance(data, (bytes, bytearray)):

@@ -100,6 +100,7 @@ def test_user_data_up_to_64_KiB_is_accepted():
     ({"user_data": "text, not bytes"}, "user_data"),
     ({"network_data": ["not", "a", "dict"]}, "network_data"),
     ({"files": [["/etc/motd"]]}, "files"),
+    ({"files": ["/etc/motd"]}, "files"),
     ({"files": [["/etc/motd", 42]]}, "files"),
 ])
 def test_bad_requests_are_typed_errors_naming_the_field(tmp_path, kwargs, field):
