@@ -20,6 +20,7 @@ import pytest
 import XenAPI
 
 from tests.functional.plugins import vhdchain
+from tests.functional.simulator import vhdtestlib
 
 MIB = 1 << 20
 SIZE = 12 * MIB  # virtual size of the test images
@@ -199,15 +200,17 @@ def download_args(dom0, service, image_id, **overrides):
 
 @pytest.fixture
 def chain_files(tmp_path):
-    """base.raw → 1.vhd (qemu-img), child content → 0.vhd over it."""
+    """1.vhd: the base disk by qemu-img; 0.vhd: a child over it by the
+    simulator tests' independent builder (blocks stored out of order)."""
     base = source_disk(7)
+    writes = [(4096, os.urandom(4096)), (9 * MIB, b"\xaa" * 512)]
     child = bytearray(base)
-    child[4096:8192] = os.urandom(4096)
-    child[9 * MIB:9 * MIB + 512] = b"\xaa" * 512
+    for offset, data in writes:
+        child[offset:offset + len(data)] = data
     (tmp_path / "base.raw").write_bytes(base)
     vhdchain.make_base(str(tmp_path / "base.raw"), str(tmp_path / "1.vhd"))
-    vhdchain.make_child(bytes(base), bytes(child), str(tmp_path / "1.vhd"), "1.vhd",
-                        str(tmp_path / "0.vhd"))
+    vhdtestlib.build_vhd(str(tmp_path / "0.vhd"), SIZE, writes,
+                         parent_path=str(tmp_path / "1.vhd"), block_order="descending")
     return {"base": bytes(base), "child": bytes(child),
             "1.vhd": (tmp_path / "1.vhd").read_bytes(),
             "0.vhd": (tmp_path / "0.vhd").read_bytes()}

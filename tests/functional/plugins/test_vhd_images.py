@@ -5,6 +5,7 @@ and ``GET /export_raw_vdi`` must give back exactly the source disk.
 """
 
 import os
+import struct
 import urllib.parse
 import urllib.request
 
@@ -58,7 +59,7 @@ def test_a_numbered_chain_lands_as_a_leaf_over_its_unmanaged_parent(
     assert _export_raw(dom0, parent) == chain_files["base"]
 
 
-def test_old_style_snap_over_image_is_accepted_in_either_member_order(
+def test_old_style_snap_over_image_is_accepted_and_its_locators_relinked(
         dom0, image_service, chain_files, tmp_path):
     vhdchain.make_child(chain_files["base"], chain_files["child"], str(tmp_path / "1.vhd"),
                         "image.vhd", str(tmp_path / "snap.vhd"))
@@ -68,6 +69,13 @@ def test_old_style_snap_over_image_is_accepted_in_either_member_order(
 
     result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-3"))
 
+    leaf_uuid, parent_uuid = result["chain"]
+    with open(os.path.join(dom0.sr_path, leaf_uuid + ".vhd"), "rb") as f:
+        leaf = f.read()
+    header = leaf[512:1536]
+    assert header[64:576].decode("utf-16-be").rstrip("\0") == parent_uuid + ".vhd"
+    code, _, length, _, offset = struct.unpack_from(">4sIIIQ", header, 576 + 2 * 24)
+    assert (code, leaf[offset:offset + length]) == (
+        b"MacX", ("file://./%s.vhd" % parent_uuid).encode())
     dom0.api.SR.scan(dom0.sr)
-    assert _export_raw(dom0, dom0.api.VDI.get_by_uuid(result["root"])) == \
-        chain_files["child"]
+    assert _export_raw(dom0, dom0.api.VDI.get_by_uuid(leaf_uuid)) == chain_files["child"]

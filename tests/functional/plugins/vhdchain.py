@@ -4,7 +4,9 @@ A base is made with ``qemu-img convert -O vpc`` (an implementation we did
 not write); a differencing child is written here because qemu cannot write
 one. The child carries the three parent locators XenServer's tools write
 (W2ku, W2ru, MacX), so re-linking them is exercised, and names its parent
-by the parent's footer unique id, as the spec requires.
+by the parent's footer unique id, as the spec requires. (The simulator
+tests' ``vhdtestlib`` builds children without locators; the numbered-chain
+tests use it, the old-style and re-link tests use this.)
 """
 
 import os
