@@ -75,10 +75,22 @@ class InGuestBackend(CommonBackend):
         return name
 
     def _attached(self, vdi_ref, read_only=False):
+        if self.conf.xenserver.check_host:
+            self._check_host()
         return attach.attached(
             self.ctx.session, self.ctx.vm_ref, vdi_ref, self.ctx.tag,
             self._wait_for_device, read_only=read_only, busy=self.ctx.busy,
             unplug_retries=self.conf.xenserver.vbd_unplug_retries)
+
+    def _check_host(self):
+        """[xenserver] check_host: plug nothing into a VM that has moved
+        (a migrated agent VM would write into another host's disks)."""
+        resident_on = self.ctx.session.call("VM.get_resident_on", self.ctx.vm_ref)
+        if resident_on != self.ctx.host_ref:
+            raise exceptions.DiskOperationFailed(
+                operation="check_host", target="VM %s" % self.ctx.vm_uuid,
+                reason="no longer resident on host %s ([xenserver] check_host)"
+                % self.ctx.host_name)
 
     @contextlib.contextmanager
     def _writable(self, device):
