@@ -139,7 +139,8 @@ class ModeResult:
         self.leftovers = []
 
 
-def run_mode(mode, work_dir, images, image_id, image_size, printer, transport_url, full):
+def run_mode(mode, work_dir, images, image_id, disk_format, image_size, printer,
+             transport_url, full):
     result = ModeResult(mode)
     started = time.monotonic()
     mode_dir = os.path.join(work_dir, mode)
@@ -168,8 +169,8 @@ def run_mode(mode, work_dir, images, image_id, image_size, printer, transport_ur
         session = driver.session
         baseline = {cls: len(session.call(cls + ".get_all")) for cls in ("VM", "VDI", "VBD")}
         instance = demo_instance(mode, demo_flavor(full), image_id)
-        image_meta = objects.ImageMeta(id=image_id, name="demo-image", disk_format="raw",
-                                       size=image_size)
+        image_meta = objects.ImageMeta(id=image_id, name="demo-image",
+                                       disk_format=disk_format, size=image_size)
         driver.spawn(objects.RequestContext(auth_token="demo-token", project_id="demo"),
                      instance, image_meta, [("/etc/demo.txt", b"injected by the demo\n")],
                      "demo-admin-password", {}, demo_network_info())
@@ -233,13 +234,14 @@ def print_summary(printer, results):
             printer.line("  %-12s %-10s %-12s %-5s %12s %12s" % (
                 r.mode, userdevice, purpose, vbd_mode, _human(size), _human(used)))
     printer.line("")
-    printer.line("  %-12s %-22s %10s" % ("mode", "step", "seconds"))
+    printer.line("  %-12s %-32s %8s" % ("mode", "step", "seconds"))
     for r in results:
         for step in r.steps:
-            printer.line("  %-12s %-22s %10.2f" % (r.mode, step.name + (
-                " (%s)" % step.detail.split(",")[0] if step.name == "generate_disk" else ""),
-                step.seconds))
-        printer.line("  %-12s %-22s %10.2f" % (r.mode, "total (with startup)", r.seconds))
+            label = step.name
+            if step.name in ("fetch_image", "generate_disk") and step.detail:
+                label += " (%s)" % step.detail.split(",")[0]
+            printer.line("  %-12s %-32s %8.2f" % (r.mode, label, step.seconds))
+        printer.line("  %-12s %-32s %8.2f" % (r.mode, "total (with startup)", r.seconds))
     printer.line("")
     for r in results:
         if r.error:
@@ -289,11 +291,25 @@ def run(state_dir=None, transport_url=None, modes=MODES, printer=None):
         images.start()
         printer.line("Image %s: raw, %s, msdos label, ext4 partition with /etc/motd, "
                      "served at %s" % (image_id, _human(image_size), images.url))
+        image_for = {mode: (image_id, "raw") for mode in modes}
+        missing = demo_env.missing_tools(demo_env.VHD_TOOLS)
+        if "in_guest" in modes and missing:
+            printer.line("No VHD variant (missing qemu-img; install with: %s): in_guest "
+                         "boots the raw image too." % demo_env.install_hint(missing))
+        elif "in_guest" in modes:
+            vhd_id = image_id + "-vhd"
+            tar_size = demo_env.make_vhd_tarball(image_path, image_path + ".tar")
+            images.add(vhd_id, image_path + ".tar")
+            image_for["in_guest"] = (vhd_id, "vhd")
+            printer.line("Image %s: the same disk as a VHD tarball (0.vhd, %s) for the "
+                         "dom0 image plugin; booted in in_guest mode" % (
+                             vhd_id, _human(tar_size)))
         for mode in modes:
             printer.line("")
             printer.line("== %s mode ==" % mode)
-            results.append(run_mode(mode, work_dir, images, image_id, image_size, printer,
-                                    transport_url, full))
+            mode_image, disk_format = image_for[mode]
+            results.append(run_mode(mode, work_dir, images, mode_image, disk_format,
+                                    image_size, printer, transport_url, full))
     finally:
         images.stop()
         if not keep:

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 
@@ -31,9 +32,12 @@ TOOL_PACKAGES = {
     "e2fsck": "e2fsprogs",
     "resize2fs": "e2fsprogs",
     "mkfs.vfat": "dosfstools",
+    "qemu-img": "qemu-utils",
 }
 # What building the demo image needs (no root: mkfs -d fills a plain file).
 IMAGE_TOOLS = ("sfdisk", "mkfs.ext4")
+# The VHD variant of the image (booted in in_guest mode) needs qemu-img.
+VHD_TOOLS = ("qemu-img",)
 # What the disk steps need where they run (dom0 plugins or the in-guest backend).
 DISK_TOOLS = ("sfdisk", "partx", "losetup", "blkid", "mkswap", "mkfs.ext4",
               "mkfs.ext3", "e2fsck", "resize2fs")
@@ -118,6 +122,21 @@ def make_disk_image(path, size_mb=64, message="hello from nova-xen-split demo\n"
         shutil.copyfileobj(src, dst, 4 * MiB)
     shutil.rmtree(work)
     return os.path.getsize(path)
+
+
+def make_vhd_tarball(raw_path, tar_path):
+    """The raw disk as Glance serves a XenServer image: a tarball with ``0.vhd``.
+
+    ``qemu-img`` (an independent VHD producer) writes a dynamic VHD of the
+    exact size; the dom0 image plugin unpacks it into the SR.
+    """
+    vhd_path = tar_path + ".vhd"
+    _run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
+          "subformat=dynamic,force_size=on", raw_path, vhd_path], timeout=120)
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(vhd_path, arcname="0.vhd")
+    os.unlink(vhd_path)
+    return os.path.getsize(tar_path)
 
 
 class _ImageHandler(http.server.BaseHTTPRequestHandler):

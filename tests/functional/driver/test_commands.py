@@ -26,6 +26,7 @@ def test_demo_boots_and_tears_down_an_instance_in_both_modes(loop_devices):
     for step in ("fetch_image", "auto_configure_disk", "generate_disk", "generate_configdrive",
                  "VM.start", "destroy"):
         assert step in out
+    assert "fetch_image (raw)" in out and "fetch_image (vhd)" in out
     assert out.count("ok: booted, destroyed, nothing left behind") == 2
     assert _demo_dirs() == before  # its temporary directory is gone
 
