@@ -21,7 +21,9 @@ class AgentAPI:
 
     Timeouts: ``[agent] long_rpc_timeout`` for the calls the method table
     marks long (image fetches, disk creation and copies), ``[agent]
-    rpc_timeout`` for the rest.
+    rpc_timeout`` for the rest. During a long call the agent must also show
+    signs of life every ``rpc_timeout`` (RabbitMQ: call-monitor heartbeats;
+    local socket: the connection stays open).
     """
 
     def __init__(self, conf, host=None):
@@ -43,11 +45,15 @@ class AgentAPI:
             raise exceptions.VersionTooOld(host=self.host, method=method,
                                            have=self.agent_version, need=version)
         declared = methods.METHODS.get(method)
+        timeout, monitor = self.conf.agent.rpc_timeout, None
         if declared is not None and declared.long:
+            # As Nova does for its long calls: the agent must show signs of
+            # life every rpc_timeout, so a dead one is not waited for for
+            # the whole long timeout. oslo.messaging heartbeats every
+            # int(monitor) / 2 seconds and not at all below one second.
             timeout = self.conf.agent.long_rpc_timeout
-        else:
-            timeout = self.conf.agent.rpc_timeout
-        reply = self._transport.call(method, version, args, timeout)
+            monitor = self.conf.agent.rpc_timeout if self.conf.agent.rpc_timeout >= 2 else None
+        reply = self._transport.call(method, version, args, timeout, monitor)
         if "error" in reply:
             raise exceptions.from_wire(reply["error"])
         return reply["result"]

@@ -33,13 +33,14 @@ class LocalClient:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
 
-    def call(self, method, version, args, timeout):
+    def call(self, method, version, args, timeout, monitor=None):
         """Send one request; return the reply envelope.
 
         Raises ``AgentUnavailable`` when nothing answers within ``timeout``
         (including when no agent listens yet and none appears in time), or
-        when the connection breaks mid-call; ``AccessDenied`` when the
-        socket refuses this process.
+        at once when the connection breaks mid-call (an agent that dies is
+        noticed by its socket, so ``monitor`` is not needed here);
+        ``AccessDenied`` when the socket refuses this process.
         """
         deadline = time.monotonic() + timeout
         conn = self._checkout(method, timeout, deadline)

@@ -145,21 +145,29 @@ class RabbitClient:
         self._prepared = {}
         self._reached = False
 
-    def call(self, method, version, args, timeout):
+    def call(self, method, version, args, timeout, monitor=None):
         """Send one request; return the reply envelope.
 
         Raises ``AgentUnavailable`` when no reply arrives within ``timeout``,
-        ``VersionTooOld`` / ``InvalidRequest`` when oslo.messaging's own
-        dispatcher refuses the version or method.
+        or, with ``monitor``, when the agent sends no heartbeat for that many
+        seconds while the call runs (oslo.messaging's call monitor: a dead
+        agent is noticed without waiting out a long timeout);
+        ``VersionTooOld`` when oslo.messaging's dispatcher refuses the version.
         """
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        remaining = timeout
         if not self._reached:
-            self._wait_for_agent(method, timeout, deadline)
+            self._wait_for_agent(method, timeout, started + timeout)
+            remaining = max(started + timeout - time.monotonic(), 0.001)
         try:
-            return self._send(method, version, args, max(deadline - time.monotonic(), 0.001))
+            return self._prepare(version, remaining, monitor).call({}, method, **args)
         except oslo_messaging.MessagingTimeout:
-            # Unknown state: probe again before the next call.
-            self._reached = False
+            self._reached = False  # unknown state: probe again before the next call
+            if monitor and time.monotonic() < started + timeout - 0.1:
+                raise exceptions.AgentUnavailable(
+                    "Agent for host %s went silent during %s: no heartbeat for %ss"
+                    % (self.host, method, monitor), host=self.host, method=method,
+                    timeout=monitor) from None
             raise exceptions.AgentUnavailable(host=self.host, method=method,
                                               timeout=timeout) from None
         except oslo_messaging.RemoteError as e:
@@ -169,14 +177,15 @@ class RabbitClient:
         """Release the broker connection."""
         self.transport.cleanup()
 
-    def _send(self, method, version, args, timeout):
-        key = (version, timeout)
+    def _prepare(self, version, timeout, monitor):
+        key = (version, timeout, monitor)
         cctxt = self._prepared.get(key)
         if cctxt is None:
-            cctxt = self._client.prepare(version=version, timeout=timeout)
-            if len(self._prepared) < 64:  # timeouts repeat: a handful of keys
+            cctxt = self._client.prepare(version=version, timeout=timeout,
+                                         call_monitor_timeout=monitor)
+            if len(self._prepared) < 64:  # configured timeouts: a handful of keys
                 self._prepared[key] = cctxt
-        return cctxt.call({}, method, **args)
+        return cctxt
 
     def _wait_for_agent(self, method, timeout, deadline):
         for attempt in range(1 << 30):
@@ -186,7 +195,8 @@ class RabbitClient:
                                                   timeout=timeout)
             probe = min(_PROBE_SECONDS[min(attempt, len(_PROBE_SECONDS) - 1)], remaining)
             try:
-                self._send("describe", methods.METHODS["describe"].since, {}, probe)
+                self._prepare(methods.METHODS["describe"].since, probe, None).call(
+                    {}, "describe")
             except oslo_messaging.MessagingTimeout:
                 continue
             except oslo_messaging.RemoteError:
