@@ -176,6 +176,7 @@ def test_sigkill_during_an_image_fetch_then_restart_leaves_no_vbd_and_no_half_ma
             break
         time.sleep(0.1)
     assert in_progress, agent.output()
+    assert vbds or mode == "independent", "no VBD plugged mid-fetch"
 
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait(30)
