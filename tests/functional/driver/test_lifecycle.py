@@ -1,0 +1,106 @@
+"""Power, reboot, resize and lookups of a spawned instance, seen through XAPI."""
+
+import json
+
+import pytest
+
+from nova_xen_split import driver_errors
+from nova_xen_split import objects
+from nova_xen_split import vm_utils
+from tests.functional.driver.conftest import GiB, leftovers, make_instance, spawn
+
+
+def _power_state(pair, instance):
+    s = pair.session()
+    try:
+        vm_ref = next(ref for ref, rec in s.xenapi.VM.get_all_records().items()
+                      if rec["other_config"].get("nova_uuid") == instance.uuid)
+        return s.xenapi.VM.get_power_state(vm_ref)
+    finally:
+        s.xenapi.session.logout()
+
+
+def test_power_off_power_on_and_reboots_change_the_vms_power_state(xapi_sim, make_pair):
+    pair = make_pair(xapi_sim)
+    instance = make_instance(objects.Flavor(root_gb=0), config_drive="")
+    spawn(pair, instance)
+    driver = pair.driver
+
+    driver.power_off(instance)
+    assert _power_state(pair, instance) == "Halted"
+    assert driver.get_info(instance).state == vm_utils.SHUTDOWN
+    driver.power_on(None, instance, [])
+    assert _power_state(pair, instance) == "Running"
+    driver.power_off(instance, timeout=30)  # clean shutdown
+    assert _power_state(pair, instance) == "Halted"
+    driver.reboot(None, instance, [], "HARD")  # a halted VM is started
+    assert _power_state(pair, instance) == "Running"
+    driver.reboot(None, instance, [], "SOFT")
+    assert driver.get_info(instance).state == vm_utils.RUNNING
+
+    driver.destroy(None, instance)
+
+
+def test_an_unknown_instance_is_not_found_and_destroying_it_is_harmless(xapi_sim, make_pair):
+    pair = make_pair(xapi_sim)
+    baseline = pair.counts()
+    stranger = make_instance()
+    with pytest.raises(driver_errors.InstanceNotFound) as err:
+        pair.driver.get_info(stranger)
+    assert stranger.uuid in str(err.value)
+    pair.driver.destroy(None, stranger)
+    assert pair.counts() == baseline
+
+
+def test_spawning_an_instance_twice_is_refused_without_touching_the_first(xapi_sim, make_pair):
+    pair = make_pair(xapi_sim)
+    instance = make_instance(objects.Flavor(root_gb=0), config_drive="")
+    spawn(pair, instance)
+    counts = pair.counts()
+    with pytest.raises(driver_errors.InstanceExists):
+        spawn(pair, instance)
+    assert pair.counts() == counts
+    assert pair.driver.get_info(instance).state == vm_utils.RUNNING
+    pair.driver.destroy(None, instance)
+
+
+def test_a_flavor_smaller_than_the_image_is_refused_before_any_disk(xapi_sim, make_pair):
+    pair = make_pair(xapi_sim)
+    baseline = pair.counts()
+    instance = make_instance(objects.Flavor(root_gb=1))
+    meta = objects.ImageMeta(id="test-image", disk_format="raw", size=2 * GiB)
+    with pytest.raises(driver_errors.FlavorDiskSmallerThanImage):
+        spawn(pair, instance, meta)
+    assert pair.counts() == baseline
+
+
+def test_resize_up_powers_off_and_names_the_root_disk(xapi_sim, make_pair):
+    pair = make_pair(xapi_sim)
+    instance = make_instance(objects.Flavor(root_gb=1), config_drive="")
+    spawn(pair, instance)
+    info = json.loads(pair.driver.migrate_disk_and_power_off(
+        None, instance, "hv-1", objects.Flavor(root_gb=2), []))
+    assert _power_state(pair, instance) == "Halted"
+    s = pair.session()
+    try:
+        root = s.xenapi.VDI.get_record(s.xenapi.VDI.get_by_uuid(info["root"]))
+    finally:
+        s.xenapi.session.logout()
+    assert root["other_config"]["nxs-purpose"] == "root"
+    pair.driver.destroy(None, instance)
+
+
+def test_in_guest_resize_down_copies_the_root_into_a_smaller_vdi(
+        xapi_sim_compute, make_pair):
+    pair = make_pair(xapi_sim_compute)
+    baseline = pair.counts()
+    instance = make_instance(objects.Flavor(root_gb=2), config_drive="")
+    spawn(pair, instance)
+
+    info = json.loads(pair.driver.migrate_disk_and_power_off(
+        None, instance, "hv-1", objects.Flavor(root_gb=1), []))
+
+    assert int(info["size_bytes"]) == GiB
+    assert _power_state(pair, instance) == "Halted"
+    pair.driver.destroy(None, instance)
+    assert leftovers(pair, instance.uuid, baseline) == []  # the copy goes too
