@@ -120,8 +120,11 @@ def _split(offset, length):
 
 def chunked_length(runs):
     """Body length of the chunked framing of ``runs`` ((offset, length) pairs)."""
-    frames = sum(-(-length // PIECE_BYTES) for _, length in runs)
-    return sum(length for _, length in runs) + (frames + 1) * _FRAME_HEADER.size
+    data_bytes = frames = 0
+    for _, length in runs:
+        data_bytes += length
+        frames += -(-length // PIECE_BYTES)
+    return data_bytes + (frames + 1) * _FRAME_HEADER.size
 
 
 # -- files --------------------------------------------------------------------
@@ -147,7 +150,7 @@ def upload_file(xapi_session, vdi_ref, path, fmt="vhd", progress=None,
             file_size = os.lseek(source.fileno(), 0, os.SEEK_END)  # block devices too
             if fmt == "chunked":
                 flat = file_data_runs(source.fileno(), file_size)
-                runs = list(zip(flat[::2], flat[1::2], strict=True))
+                runs = _Runs(flat)
                 length, query = chunked_length(runs), {"format": "raw", "chunked": "true"}
             else:
                 runs = [(0, file_size)]
@@ -157,6 +160,19 @@ def upload_file(xapi_session, vdi_ref, path, fmt="vhd", progress=None,
                        length, progress, progress_interval)
     vdi_import.put(xapi_session, vdi_ref, query, length, pieces, tracker)
     LOG.info("%s: done, %s", tracker.label, tracker.summary())
+
+
+class _Runs:
+    """A flat run array seen as (offset, length) pairs, without building a
+    list of them (a fragmented disk can have millions)."""
+
+    def __init__(self, flat):
+        self.flat = flat
+
+    def __iter__(self):
+        flat = self.flat
+        for index in range(0, len(flat), 2):
+            yield flat[index], flat[index + 1]
 
 
 def _file_pieces(path, runs, framed):
