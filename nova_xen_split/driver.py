@@ -304,13 +304,15 @@ class XenSplitDriver:
 
     def add_to_aggregate(self, context, aggregate, host, **kwargs):
         """Joining a XenServer pool needs a local VM on the host; refused otherwise."""
+        self._refuse_pool_change("Adding host %s to" % host)
+
+    def remove_from_aggregate(self, context, aggregate, host, **kwargs):
+        self._refuse_pool_change("Removing host %s from" % host)
+
+    def _refuse_pool_change(self, action):
         if self.agent_mode == "independent":
             raise exceptions.UnsupportedInIndependentMode(
-                feature="Adding host %s to a XenServer pool aggregate" % host,
+                feature="%s a XenServer pool aggregate" % action,
                 option="[xenserver] independent_compute: the agent has no local VM "
                 "on the host, and a pool join moves the host's VMs")
         raise NotImplementedError("Pool aggregates are not implemented in interface 1.0")
-
-    def remove_from_aggregate(self, context, aggregate, host, **kwargs):
-        return self.add_to_aggregate(context, aggregate, host, **kwargs)
-
