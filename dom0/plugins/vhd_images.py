@@ -11,6 +11,8 @@ in the SR if any step fails, and the token never appears in an error.
 Python 3.6 compatible; standard library and XenAPIPlugin only.
 """
 
+import gzip
+import http.client
 import os
 import re
 import shutil
@@ -20,6 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import zlib
 
 import XenAPIPlugin
 
@@ -109,6 +112,44 @@ def _open_image(endpoint, image_id, token):
         raise ImageFetchFailed("cannot reach the image service at %s: %s" % (endpoint, e))
 
 
+class _Body(object):
+    """The response body as a file: a body shorter than its Content-Length
+    is an error (http.client reports it as a quiet end of data), and the
+    first bytes can be looked at before the tar reader takes over."""
+
+    def __init__(self, response):
+        self.response = response
+        length = response.getheader("Content-Length")
+        self.expected = int(length) if length and length.isdigit() else None
+        self.received = 0
+        self.pushed_back = b""
+
+    def peek(self, size):
+        self.pushed_back += self.read(size)
+        return self.pushed_back
+
+    def read(self, size=-1):
+        if self.pushed_back:
+            data, self.pushed_back = self.pushed_back[:size], self.pushed_back[size:]
+            return data
+        data = self.response.read(size)
+        self.received += len(data)
+        if not data and size != 0 and self.expected is not None and \
+                self.received < self.expected:
+            raise ImageFetchFailed("the image service sent %d of %d bytes"
+                                   % (self.received, self.expected))
+        return data
+
+
+def _tar_source(response):
+    """gzip is unwrapped here because tarfile's stream reader skips the
+    gzip CRC, and a corrupt image must not land; bz2 and xz check their own."""
+    body = _Body(response)
+    if body.peek(2) == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=body, mode="rb")
+    return body
+
+
 def _member_name(member):
     name = member.name
     while name.startswith("./"):
@@ -118,6 +159,7 @@ def _member_name(member):
 
 def _copy_sparse(source, path, size):
     """Copy ``size`` bytes into a new file, leaving holes for zero chunks."""
+    name = os.path.basename(path)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     try:
@@ -126,23 +168,35 @@ def _copy_sparse(source, path, size):
         while copied < size:
             chunk = source.read(min(COPY_CHUNK, size - copied))
             if not chunk:
-                raise ImageFetchFailed("the tarball ends inside %s" % os.path.basename(path))
-            if chunk == zero[:len(chunk)]:
-                os.lseek(fd, len(chunk), os.SEEK_CUR)
-            else:
-                os.write(fd, chunk)
+                raise ImageFetchFailed("the tarball ends inside %s" % name)
+            try:
+                if chunk == zero[:len(chunk)]:
+                    os.lseek(fd, len(chunk), os.SEEK_CUR)
+                else:
+                    _write_all(fd, chunk)
+            except OSError as e:
+                raise ImageFetchFailed("cannot write %s into the SR: %s" % (name, e))
             copied += len(chunk)
-        os.ftruncate(fd, size)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        except OSError as e:
+            raise ImageFetchFailed("cannot write %s into the SR: %s" % (name, e))
     finally:
         os.close(fd)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _unpack(response, staging):
     """Stream the tarball into ``staging``; only plain, expected VHD members."""
     names = []
     try:
-        with tarfile.open(fileobj=response, mode="r|*") as tar:
+        with tarfile.open(fileobj=_tar_source(response), mode="r|*") as tar:
             for member in tar:
                 name = _member_name(member)
                 if member.isdir() and name in ("", "."):
@@ -163,8 +217,10 @@ def _unpack(response, staging):
                 _copy_sparse(tar.extractfile(member), os.path.join(staging, name),
                              member.size)
                 names.append(name)
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError, zlib.error) as e:
         raise ImageFetchFailed("the image is not a readable tarball: %s" % e)
+    except (OSError, http.client.HTTPException) as e:  # reset, timed out, bad CRC
+        raise ImageFetchFailed("reading the image failed: %s" % e)
     return names
 
 

@@ -153,3 +153,17 @@ def test_a_truncated_tarball_is_refused(dom0, image_service, chain_files):
     image_service.images["bad"] = tarball([("image.vhd", chain_files["1.vhd"])])[:300000]
     _refused(dom0, image_service, "bad", "ImageFetchFailed",
              "not a readable tarball: unexpected end of data")
+
+
+def test_a_connection_cut_midway_is_a_clean_failure(dom0, image_service, chain_files):
+    image_service.images["cut"] = tarball([("image.vhd", chain_files["1.vhd"])])
+    image_service.cut_short.add("cut")
+    _refused(dom0, image_service, "cut", "ImageFetchFailed",
+             "the image service sent")
+
+
+def test_a_gzip_body_that_is_corrupt_is_refused(dom0, image_service, chain_files):
+    body = bytearray(tarball([("image.vhd", chain_files["1.vhd"])], compress=True))
+    body[len(body) // 2:len(body) // 2 + 64] = bytes(64)
+    image_service.images["bad"] = bytes(body)
+    _refused(dom0, image_service, "bad", "ImageFetchFailed", "CRC check failed")
