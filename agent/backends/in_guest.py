@@ -16,6 +16,7 @@ import time
 from agent import attach
 from agent import images
 from agent import privileged
+from agent import vdi_import
 from agent import vdis
 from agent.backends import base
 from agent.backends.common import (
@@ -122,7 +123,9 @@ class InGuestBackend(CommonBackend):
                     privileged.make_partition(dev.device, offset_sectors, end, "83", False)
                 with self._writable(dev.device) as f:
                     f.seek(offset_sectors * 512)
-                    _copy_skipping_zeros(reader, f)
+                    _copy_skipping_zeros(reader, f, reader.size_bytes,
+                                         "image %s into %s" % (image_id, dev.device),
+                                         self.conf.agent.progress_interval)
                 base.checkpoint("written")
             vdis.set_other_config(self.ctx.session, vdi_ref, IMAGE_BYTES_KEY,
                                   str(reader.size_bytes))
@@ -231,7 +234,9 @@ class InGuestBackend(CommonBackend):
                 with self._attached(vdi_ref) as dev:
                     base.checkpoint("attached")
                     with self._writable(dev.device) as f, open(iso, "rb") as src:
-                        _copy_skipping_zeros(src, f)
+                        _copy_skipping_zeros(src, f, os.path.getsize(iso),
+                                             "config drive into %s" % dev.device,
+                                             self.conf.agent.progress_interval)
                     base.checkpoint("written")
 
             ref = vdis.make(self.ctx, instance_uuid, "configdrive",
@@ -305,9 +310,10 @@ def _kernel_size(path):
         return None
 
 
-def _copy_skipping_zeros(source, target):
+def _copy_skipping_zeros(source, target, total_bytes, label, interval):
     """Copy ``source`` to the (fresh, zero-filled) ``target`` file, seeking
-    over all-zero pieces; returns the byte count."""
+    over all-zero pieces; logs progress; returns the byte count."""
+    progress = vdi_import.Progress(label, total_bytes, interval=interval)
     start = target.tell()
     copied = 0
     while True:
@@ -321,6 +327,8 @@ def _copy_skipping_zeros(source, target):
             while view:
                 view = view[target.write(view):]
         copied += len(piece)
+        progress.advance(len(piece))
     if copied:
         target.seek(start + copied)
+    LOG.info("%s: done, %s", label, progress.summary())
     return copied
