@@ -26,7 +26,7 @@ from dom0.simulator.vhdformat import SECTOR, VhdError
 __all__ = ["ImportFailed", "import_raw", "import_vhd", "export_raw", "export_vhd",
            "vhd_export_length"]
 
-PIECE = 4 << 20
+PIECE = vhd.PIECE  # 4 MiB: large reads, few system calls
 _CHUNK_HEADER = struct.Struct("<QI")
 _UNBOUNDED = 1 << 63
 
@@ -163,8 +163,10 @@ class _WriteBehind:
     Receiving (socket to buffer) and writing (buffer to page cache) are both
     copies that release the GIL; overlapping them instead of alternating is
     what keeps a dense import near the speed of ``cp``. A few buffers
-    circulate, so memory stays bounded. A write error is raised in the
-    receiving thread at its next call.
+    circulate, so memory stays bounded: ``buffer`` lends one (waiting for a
+    free one), ``write`` queues writes of views into it, ``release`` hands it
+    back once those are done. A write error is raised in the receiving
+    thread at its next call. Also the sink of :func:`vhd.decode_stream`.
     """
 
     DEPTH = 3
@@ -173,8 +175,8 @@ class _WriteBehind:
         self._target = target
         self._free = queue.Queue()
         for _ in range(self.DEPTH):
-            self._free.put(memoryview(bytearray(PIECE)))
-        self._full = queue.Queue()
+            self._free.put(bytearray(PIECE))
+        self._queue = queue.Queue()
         self._error = None
         self._thread = threading.Thread(target=self._run, name="vdi-write-behind",
                                         daemon=True)
@@ -182,41 +184,53 @@ class _WriteBehind:
 
     def _run(self):
         while True:
-            item = self._full.get()
+            item = self._queue.get()
             if item is None:
                 return
-            offset, size, buf = item
-            if self._error is None:
+            offset, view = item
+            if offset is None:
+                self._free.put(view)
+            elif self._error is None:
                 try:
-                    self._target.write(offset, buf[:size])
+                    self._target.write(offset, view)
                 except BaseException as e:  # handed to the receiving thread
                     self._error = e
-            self._free.put(buf)
 
     def _check(self):
         if self._error is not None:
             raise self._error
 
+    def begin(self, virtual_size):
+        self._target.begin(virtual_size)
+
+    def buffer(self, size):
+        buf = self._free.get()
+        self._check()
+        return memoryview(buf)[:size]
+
+    def write(self, offset, view):
+        self._queue.put((offset, view))
+
+    def release(self, view):
+        self._queue.put((None, view.obj))
+
     def copy(self, body, offset, size):
         """Receive ``size`` body bytes and have them written at ``offset``."""
         done = 0
         while done < size:
-            buf = self._free.get()
-            self._check()
-            step = min(len(buf), size - done)
+            piece = self.buffer(min(PIECE, size - done))
             try:
-                body.readinto(buf[:step])
-            except BaseException:
-                self._free.put(buf)
-                raise
-            self._full.put((offset + done, step, buf))
-            done += step
+                body.readinto(piece)
+                self.write(offset + done, piece)
+            finally:
+                self.release(piece)
+            done += len(piece)
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self._full.put(None)
+        self._queue.put(None)
         self._thread.join()
         if exc_type is None:
             self._check()
@@ -272,8 +286,8 @@ def import_vhd(rfile, content_length, vdi_path, vdi_size):
     if content_length is None:
         raise ImportFailed("a VHD body needs a Content-Length")
     body = _Body(rfile, content_length)
-    with _VdiTarget(vdi_path, vdi_size) as target:
+    with _VdiTarget(vdi_path, vdi_size) as target, _WriteBehind(target) as writer:
         try:
-            return vhd.decode_stream(body, content_length, target)
+            return vhd.decode_stream(body, content_length, writer)
         except VhdError as e:
             raise ImportFailed("malformed VHD: %s" % e) from None

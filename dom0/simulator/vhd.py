@@ -79,8 +79,12 @@ def decode_stream(reader, length, sink):
     ``reader`` offers ``read(n) -> bytes``, ``readinto(view)`` and
     ``skip(n)``, each exact (a short stream raises there). ``sink`` offers
     ``begin(virtual_size)``, called once the metadata is valid and before
-    anything is written, and ``write(offset, view)``. Returns the number of
-    disk bytes written.
+    anything is written; ``buffer(n)``, a view of ``n`` bytes (at most
+    :data:`PIECE`) lent for reading into; ``write(offset, view)`` of parts of
+    such a view (or of other bytes the decoder owns); and
+    ``release(view)``, after which the sink may reuse it (so writes may
+    complete later, on another thread). Returns the number of disk bytes
+    written.
     """
     if length < FOOTER_SIZE:
         raise VhdError("a VHD has at least %d bytes (its footer), got %d"
@@ -118,7 +122,6 @@ def decode_stream(reader, length, sink):
     # File order; one int per block (sector << 32 | index) keeps a large BAT cheap.
     order = sorted(sector << 32 | index for index, sector in enumerate(bat)
                    if sector != BAT_FREE)
-    buf = memoryview(bytearray(min(PIECE, header.block_size)))
     written = 0
     for key in order:
         sector, index = key >> 32, key & 0xFFFFFFFF
@@ -128,7 +131,7 @@ def decode_stream(reader, length, sink):
                            "(which ends at %d)" % (index, offset, position))
         reader.skip(offset - position)
         bitmap = reader.read(header.bitmap_size)
-        written += _stream_block(reader, header, copy.current_size, index, bitmap, buf, sink)
+        written += _stream_block(reader, header, copy.current_size, index, bitmap, sink)
         position = offset + _block_span(header)
     reader.skip(end_of_data - position)
     trailer = Footer.parse(reader.read(FOOTER_SIZE), "footer at the end of the file")
@@ -139,7 +142,7 @@ def decode_stream(reader, length, sink):
     return written
 
 
-def _stream_block(reader, header, virtual_size, index, bitmap, buf, sink):
+def _stream_block(reader, header, virtual_size, index, bitmap, sink):
     """Read one block's data from the stream and write its marked sectors."""
     inside = _block_sectors(virtual_size, header.block_size, index)
     runs = list(mask_runs(bitmap_mask(bitmap, inside)))
@@ -147,17 +150,19 @@ def _stream_block(reader, header, virtual_size, index, bitmap, buf, sink):
     written = 0
     done = 0
     while done < header.block_size:
-        size = min(len(buf), header.block_size - done)
-        piece = buf[:size]
-        reader.readinto(piece)
-        lo, hi = done // SECTOR, (done + size) // SECTOR
-        for first, count in runs:
-            start, end = max(first, lo), min(first + count, hi)
-            if start < end:
-                sink.write(block_offset + start * SECTOR,
-                           piece[(start - lo) * SECTOR:(end - lo) * SECTOR])
-                written += (end - start) * SECTOR
-        done += size
+        piece = sink.buffer(min(PIECE, header.block_size - done))
+        try:
+            reader.readinto(piece)
+            lo, hi = done // SECTOR, (done + len(piece)) // SECTOR
+            for first, count in runs:
+                start, end = max(first, lo), min(first + count, hi)
+                if start < end:
+                    sink.write(block_offset + start * SECTOR,
+                               piece[(start - lo) * SECTOR:(end - lo) * SECTOR])
+                    written += (end - start) * SECTOR
+        finally:
+            sink.release(piece)
+        done += len(piece)
     return written
 
 
@@ -169,12 +174,14 @@ def _decode_fixed(reader, length, first, sink):
                        "is not the length of a fixed VHD" % length)
     sink.begin(size)
     sink.write(0, memoryview(first))
-    buf = memoryview(bytearray(PIECE))
     done = len(first)
     while done < size:
-        piece = buf[:min(PIECE, size - done)]
-        reader.readinto(piece)
-        sink.write(done, piece)
+        piece = sink.buffer(min(PIECE, size - done))
+        try:
+            reader.readinto(piece)
+            sink.write(done, piece)
+        finally:
+            sink.release(piece)
         done += len(piece)
     try:
         footer = Footer.parse(reader.read(FOOTER_SIZE), "footer at the end of the file")
