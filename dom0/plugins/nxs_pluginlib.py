@@ -122,7 +122,7 @@ def block_device(name):
     try:
         mode = os.stat(path).st_mode
     except OSError:
-        raise DeviceError("device %s does not exist in %s" % (name, dev_dir()))
+        raise DeviceError("device %s does not exist in %s" % (name, dev_dir())) from None
     if not stat.S_ISBLK(mode):
         raise DeviceError("%s is not a block device" % name)
     return os.path.realpath(path)
@@ -133,7 +133,7 @@ def open_device(path, writable=False):
     try:
         return os.open(path, flags | os.O_CLOEXEC)
     except OSError as e:
-        raise DeviceError("cannot open %s: %s" % (path, e.strerror))
+        raise DeviceError("cannot open %s: %s" % (path, e.strerror)) from None
 
 
 def device_size_bytes(path):
@@ -149,7 +149,7 @@ def check_sector_size(fd, path):
     try:
         raw = fcntl.ioctl(fd, BLKSSZGET, struct.pack("i", 0))
     except OSError as e:
-        raise DeviceError("cannot read the sector size of %s: %s" % (path, e.strerror))
+        raise DeviceError("cannot read the sector size of %s: %s" % (path, e.strerror)) from None
     size = struct.unpack("i", raw)[0]
     if size != SECTOR_BYTES:
         raise DeviceError("%s has %d-byte sectors; only 512 is supported" % (path, size))
@@ -184,9 +184,9 @@ def run(cmd, timeout=DEFAULT_TIMEOUT, input_text=None, ok_codes=(0,)):
             universal_newlines=True, timeout=timeout, env=env,
             stdin=None if input_text is not None else subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise CommandFailed("%s timed out after %d s" % (" ".join(cmd), timeout))
+        raise CommandFailed("%s timed out after %d s" % (" ".join(cmd), timeout)) from None
     except OSError as e:
-        raise CommandFailed("%s could not run: %s" % (" ".join(cmd), e.strerror))
+        raise CommandFailed("%s could not run: %s" % (" ".join(cmd), e.strerror)) from None
     if proc.returncode not in ok_codes:
         raise CommandFailed("%s exited with %d: %s" % (
             " ".join(cmd), proc.returncode, (proc.stderr or proc.stdout).strip()[-2000:]))

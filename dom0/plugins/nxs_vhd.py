@@ -158,7 +158,7 @@ def _parent_name(header, name):
     try:
         return header[NAME_AT:NAME_AT + NAME_BYTES].decode("utf-16-be").rstrip("\x00")
     except UnicodeDecodeError:
-        raise InvalidVhd("%s: parent name is not UTF-16" % name)
+        raise InvalidVhd("%s: parent name is not UTF-16" % name) from None
 
 
 def _locator_data(code, parent_name, parent_path):

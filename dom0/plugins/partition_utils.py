@@ -105,7 +105,7 @@ class MappedPartition(object):
             raise DeviceTimeout(
                 "partition %d of %s did not appear as %s%d within %d s, and kpartx "
                 "could not map it: %s" % (self.partition["num"], self.dev, self.dev,
-                                          self.partition["num"], self.wait_seconds, e))
+                                          self.partition["num"], self.wait_seconds, e)) from None
         wanted = "%sp%d" % (os.path.basename(self.disk_path), self.partition["num"])
         for line in out.splitlines():
             m = KPARTX_ADD_RE.match(line.strip())
@@ -225,7 +225,7 @@ def make_partition(session, args):
             pass  # the partition is usable: that is what the caller needs to know
     except (DeviceTimeout, DeviceError) as e:
         raise e.__class__("the table is written on %s, but its partition is not usable: %s"
-                          % (dev, e))
+                          % (dev, e)) from None
     return to_json({"partition": "%s1" % dev, "start": start, "end": end})
 
 

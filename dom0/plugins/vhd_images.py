@@ -61,8 +61,10 @@ def _endpoint_arg(args):
         raise InvalidArgument("endpoint must be a plain base URL (no query, fragment "
                               "or control characters)")
     try:
-        parts.port
-    except ValueError:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:  # not a number, or out of range
+        port_ok = False
+    if not port_ok:
         raise InvalidArgument("endpoint has an invalid port")
     return endpoint
 
@@ -104,12 +106,12 @@ def _open_image(endpoint, image_id, token):
     except urllib.error.HTTPError as e:
         e.close()
         raise ImageFetchFailed("the image service answered HTTP %d %s for image %s"
-                               % (e.code, e.reason, image_id))
+                               % (e.code, e.reason, image_id)) from None
     except urllib.error.URLError as e:
         raise ImageFetchFailed("cannot reach the image service at %s: %s"
-                               % (endpoint, e.reason))
+                               % (endpoint, e.reason)) from None
     except OSError as e:
-        raise ImageFetchFailed("cannot reach the image service at %s: %s" % (endpoint, e))
+        raise ImageFetchFailed("cannot reach the image service at %s: %s" % (endpoint, e)) from None
 
 
 class _Body(object):
@@ -175,13 +177,13 @@ def _copy_sparse(source, path, size):
                 else:
                     _write_all(fd, chunk)
             except OSError as e:
-                raise ImageFetchFailed("cannot write %s into the SR: %s" % (name, e))
+                raise ImageFetchFailed("cannot write %s into the SR: %s" % (name, e)) from None
             copied += len(chunk)
         try:
             os.ftruncate(fd, size)
             os.fsync(fd)
         except OSError as e:
-            raise ImageFetchFailed("cannot write %s into the SR: %s" % (name, e))
+            raise ImageFetchFailed("cannot write %s into the SR: %s" % (name, e)) from None
     finally:
         os.close(fd)
 
@@ -218,9 +220,9 @@ def _unpack(response, staging):
                              member.size)
                 names.append(name)
     except (tarfile.TarError, EOFError, zlib.error) as e:
-        raise ImageFetchFailed("the image is not a readable tarball: %s" % e)
+        raise ImageFetchFailed("the image is not a readable tarball: %s" % e) from None
     except (OSError, http.client.HTTPException) as e:  # reset, timed out, bad CRC
-        raise ImageFetchFailed("reading the image failed: %s" % e)
+        raise ImageFetchFailed("reading the image failed: %s" % e) from None
     return names
 
 
@@ -244,7 +246,7 @@ def _check_chain(staging, order):
         try:
             infos.append(nxs_vhd.inspect(os.path.join(staging, name)))
         except nxs_vhd.InvalidVhd as e:
-            raise ImageFetchFailed("invalid VHD in the image: %s" % e)
+            raise ImageFetchFailed("invalid VHD in the image: %s" % e) from None
     for child, parent, child_name, parent_name in zip(infos, infos[1:], order, order[1:]):
         if child["type"] != "differencing":
             raise ImageFetchFailed("%s is a %s VHD but %s follows it in the chain"
@@ -269,7 +271,7 @@ def _land_chain(order, staging, sr_path):
             nxs_vhd.relink(os.path.join(staging, child_uuid + ".vhd"), parent_file,
                            os.path.join(sr_path, parent_file))
         except nxs_vhd.InvalidVhd as e:
-            raise ImageFetchFailed("cannot re-link the chain: %s" % e)
+            raise ImageFetchFailed("cannot re-link the chain: %s" % e) from None
     _check_chain(staging, [u + ".vhd" for u in uuids])
     moved = []
     try:
@@ -313,7 +315,7 @@ def download_vhd(session, args):
     except Exception as e:
         message = str(e)
         if token and token in message:
-            raise ImageFetchFailed(message.replace(token, "<token>"))
+            raise ImageFetchFailed(message.replace(token, "<token>")) from None
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
