@@ -91,17 +91,20 @@ def make_pair(tmp_path, image_service, rabbit_cleanup):
         if transport_url:
             rabbit_cleanup.append("nova-xen-split-agent.%s" % host)
         agent = demo_env.Agent(config_file, str(work / "agent.log")).start()
-        driver = nxs_driver.XenSplitDriver(load_conf(config_file, driver_overrides))
-        pair = Pair(sim, host, config_file, agent, driver)
-        pairs.append(pair)
+        pair = Pair(sim, host, config_file, agent, None)
+        pairs.append(pair)  # before anything else can fail: the agent must be stopped
+        pair.driver = nxs_driver.XenSplitDriver(load_conf(config_file, driver_overrides))
         if init:
             wait_for_agent(pair)
         return pair
 
     yield factory
     for pair in pairs:
-        pair.driver.cleanup_host(pair.host)
-        pair.agent.stop()
+        try:
+            if pair.driver is not None:
+                pair.driver.cleanup_host(pair.host)
+        finally:
+            pair.agent.stop()
 
 
 def wait_for_agent(pair, timeout=60):
