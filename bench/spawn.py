@@ -230,8 +230,8 @@ def main():
               "(%.0f %%), served by python -m http.server; spawn: root grow to 2 GiB, "
               "1 GiB ephemeral ext4, 512 MiB swap, config drive; %d rounds; %d cores"
               % (sim.url, used // MiB, 100.0 * used / GiB, args.rounds, os.cpu_count()))
-        setups = [Setup("in-process", sim, work, image_url, in_process=True),
-                  Setup("local socket", sim, work, image_url)]
+        setups.append(Setup("in-process", sim, work, image_url, in_process=True))
+        setups.append(Setup("local socket", sim, work, image_url))
         if not args.no_rabbit:
             setups.append(Setup("rabbitmq", sim, work, image_url, transport_url=RABBIT_URL))
         drivers = {s.name: s.driver() for s in setups}
