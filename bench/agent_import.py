@@ -124,6 +124,9 @@ def make_sparse(path, size_bytes, data_fraction):
 
 
 def drop_page_cache_of(path):
+    """Start the next measurement cold and without the previous one's dirty
+    pages still being written back (which would be charged to it)."""
+    os.sync()
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -282,6 +285,11 @@ def main():
               % (100 * results["cp dense"] / results["agent dense"]))
         print("sparse: plain raw time / agent time = %.1fx (target >= 10x) %s"
               % (sparse_ratio, "MET" if sparse_ratio >= 10 else "MISSED"))
+        log.flush()
+        with open(log.name) as agent_log:
+            for line in agent_log:
+                if "PUT(s)" in line:
+                    print("agent log:", line.split("] ", 1)[-1].strip())
         print("agent peak RSS (VmHWM): %.1f MiB (idle %.1f MiB; target < 150 MiB) %s"
               % (rss_peak / 1024, rss_idle / 1024,
                  "MET" if rss_peak < 150 * 1024 else "MISSED"))
