@@ -8,7 +8,6 @@ on tasks. It never logs the password or the session reference.
 
 import json
 import logging
-import socket
 import time
 import urllib.parse
 import xmlrpc.client
