@@ -41,6 +41,11 @@ def register_opts(conf):
         except ImportError:  # older oslo.messaging: nothing to add
             continue
         conf.register_opts(getattr(module, attr), group=group)
+    # oslo.messaging defaults transport_url to "rabbit://"; ours is the
+    # embedded Unix socket, so "unset" must really read as unset.
+    # set_default keeps the registered option itself unchanged, so
+    # oslo.messaging registering its own equal copy later is still a no-op.
+    conf.set_default("transport_url", None)
 
 
 def socket_path(conf):

@@ -32,3 +32,23 @@ def test_registering_options_twice_is_harmless_and_adds_tracing_options():
     transports.register_opts(conf)
     assert conf.oslo_messaging_tracing.tracing_enabled is False
     assert conf.oslo_messaging_metrics.metrics_enabled is False
+
+
+def test_an_unconfigured_transport_url_means_the_embedded_socket(tmp_path):
+    # oslo.messaging's own default is "rabbit://"; a config file that says
+    # nothing about transport_url must still select the Unix socket.
+    config_file = tmp_path / "agent.conf"
+    config_file.write_text("[DEFAULT]\nstate_path = %s\n" % tmp_path)
+    conf = cfg.ConfigOpts()
+    nxs_conf.register_opts(conf)
+    transports.register_opts(conf)
+    conf(args=["--config-file", str(config_file)], default_config_files=[],
+         default_config_dirs=[])
+    assert transports.socket_path(conf) == str(tmp_path / "agent.sock")
+
+
+def test_oslo_messaging_can_still_register_its_options_after_ours():
+    import oslo_messaging
+    conf = _conf("rabbit://guest:guest@127.0.0.1:5672/")
+    transport = oslo_messaging.get_rpc_transport(conf)
+    transport.cleanup()
