@@ -67,10 +67,19 @@ def demo_image(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def demo_vhd_tarball(demo_image):
+    """The same disk as Glance serves a XenServer image: a tarball holding 0.vhd."""
+    path = demo_image + ".tar"
+    demo_env.make_vhd_tarball(demo_image, path)
+    return path
+
+
 @pytest.fixture
-def image_service(demo_image):
+def image_service(demo_image, demo_vhd_tarball):
     service = demo_env.ImageService()
     service.add("test-image", demo_image)
+    service.add("test-image-vhd", demo_vhd_tarball)
     service.start()
     yield service
     service.stop()

@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from nova_xen_split import objects
 from nova_xen_split import vm_utils
 from tests.functional.driver.conftest import (GiB, MiB, USER_DATA, leftovers,
                                               make_instance, run, spawn, vdi_path)
@@ -158,3 +159,22 @@ def test_two_hypervisors_on_one_broker_each_get_only_their_own_disks(
     pair_b.driver.destroy(None, inst_b)
     assert leftovers(pair_a, inst_a.uuid, baseline_a) == []
     assert leftovers(pair_b, inst_b.uuid, baseline_b) == []
+
+
+@pytest.mark.parametrize("compute_vm", [False, True], ids=["independent", "in_guest"])
+def test_a_vhd_image_boots_through_the_dom0_image_plugin_with_its_data(
+        compute_vm, loop_devices, make_sim, make_pair):
+    sim = make_sim(compute_vm=compute_vm)
+    pair = make_pair(sim)  # the local socket: the transport is not what is tested here
+    baseline = pair.counts()
+    instance = make_instance(objects.Flavor(root_gb=1), config_drive="")
+    meta = objects.ImageMeta(id="test-image-vhd", disk_format="vhd", size=64 * MiB)
+
+    spawn(pair, instance, meta)
+
+    vm, disks = _disks_by_userdevice(pair, instance.uuid)
+    assert vm["power_state"] == "Running" and vm["PV_bootloader"] == "pygrub"
+    assert sorted(disks) == ["0"]
+    _check_root(pair, disks["0"][1])
+    pair.driver.destroy(None, instance)
+    assert leftovers(pair, instance.uuid, baseline) == []
