@@ -42,6 +42,7 @@ class Spawn:
         self.on_step = on_step
         self.steps = []
         self.vdi_uuids = []
+        self.kernel_files = []  # dom0 files of a split kernel, known before the VM
         self.vm_ref = None
 
     def run(self, context, instance, image, user_data, files, admin_password,
@@ -60,6 +61,8 @@ class Spawn:
             vdis = {}
             for vdi in fetched["vdis"]:
                 self.vdi_uuids.append(vdi["uuid"])
+                if vdi.get("path"):
+                    self.kernel_files.append(vdi["path"])
                 vdis[vdi["type"]] = vdi
             root = vdis["root"]
             detail.append(_size(root["size_bytes"]))
@@ -145,10 +148,11 @@ class Spawn:
 
     def undo(self, instance_uuid):
         """Remove the VM, its VBDs and the instance's VDIs; never raises."""
-        kernel_files = []
+        kernel_files = list(self.kernel_files)
         if self.vm_ref is not None:
             try:
-                kernel_files = kernel_files_of(self.session, self.vm_ref)
+                kernel_files += [path for path in kernel_files_of(self.session, self.vm_ref)
+                                 if path not in kernel_files]
                 vm_utils.destroy_vm(self.session, self.vm_ref)
             except Exception:  # noqa: BLE001 -- the undo goes on whatever failed
                 LOG.exception("Could not remove VM of %s", instance_uuid)
