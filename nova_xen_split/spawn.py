@@ -60,7 +60,8 @@ class Spawn:
                 auth_token=getattr(context, "auth_token", None))
             vdis = {}
             for vdi in fetched["vdis"]:
-                self.vdi_uuids.append(vdi["uuid"])
+                if vdi.get("uuid"):  # a kernel copied to dom0 keeps no VDI
+                    self.vdi_uuids.append(vdi["uuid"])
                 if vdi.get("path"):
                     self.kernel_files.append(vdi["path"])
                 vdis[vdi["type"]] = vdi

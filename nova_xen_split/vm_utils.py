@@ -229,7 +229,7 @@ def sweep_instance_vdis(session, instance_uuid, vdi_uuids=()):
     destroyed. Returns how many VDIs were destroyed.
     """
     refs = dict(tagged_vdis(session, instance_uuid))
-    for vdi_uuid in vdi_uuids:
+    for vdi_uuid in filter(None, vdi_uuids):
         try:
             ref = session.call("VDI.get_by_uuid", vdi_uuid)
         except exceptions.XapiFailure as e:

@@ -1,6 +1,7 @@
 """Power, reboot, resize and lookups of a spawned instance, seen through XAPI."""
 
 import json
+import os
 
 import pytest
 
@@ -104,3 +105,34 @@ def test_in_guest_resize_down_copies_the_root_into_a_smaller_vdi(
     assert _power_state(pair, instance) == "Halted"
     pair.driver.destroy(None, instance)
     assert leftovers(pair, instance.uuid, baseline) == []  # the copy goes too
+
+
+def test_in_guest_split_kernel_image_boots_from_dom0_files_removed_on_destroy(
+        xapi_sim_compute, make_pair, image_service, tmp_path):
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"\x7fKERNEL" * 4096)
+    ramdisk = tmp_path / "initrd"
+    ramdisk.write_bytes(b"RAMDISK!" * 2048)
+    image_service.add("test-kernel", str(kernel))
+    image_service.add("test-ramdisk", str(ramdisk))
+    pair = make_pair(xapi_sim_compute)
+    baseline = pair.counts()
+    instance = make_instance(objects.Flavor(root_gb=0), config_drive="")
+    meta = objects.ImageMeta(id="test-image", disk_format="ami", properties=(
+        objects.ImageMetaProps({"kernel_id": "test-kernel", "ramdisk_id": "test-ramdisk"})))
+
+    spawn(pair, instance, meta)
+
+    s = pair.session()
+    try:
+        vm = s.xenapi.VM.get_record(s.xenapi.VM.get_by_name_label(instance.name)[0])
+    finally:
+        s.xenapi.session.logout()
+    with open(vm["PV_kernel"], "rb") as f:
+        assert f.read() == kernel.read_bytes()
+    with open(vm["PV_ramdisk"], "rb") as f:
+        assert f.read() == ramdisk.read_bytes()
+    assert vm["power_state"] == "Running"
+    pair.driver.destroy(None, instance)
+    assert not os.path.exists(vm["PV_kernel"]) and not os.path.exists(vm["PV_ramdisk"])
+    assert leftovers(pair, instance.uuid, baseline) == []
