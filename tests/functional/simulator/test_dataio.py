@@ -10,11 +10,13 @@ import io
 import os
 import socket
 import struct
+import subprocess
 import threading
 
 import pytest
 
 from dom0.simulator import dataio
+from tests.conftest import need
 from tests.functional.simulator.vhdtestlib import qemu_img
 
 MiB = 1 << 20
@@ -130,6 +132,27 @@ def test_plain_body_without_content_length_is_read_until_the_peer_closes(tmp_pat
 
     assert dataio.import_raw(send(disk), None, vdi, 4 * MiB, chunked=False) == len(disk)
     assert read(vdi)[:len(disk)] == disk
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 1 MiB tmpfs: the place where a VDI write runs out of space."""
+    need(os.geteuid() == 0, "mounting a tmpfs needs root")
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
+                   check=True, capture_output=True, timeout=30)
+    yield mountpoint
+    subprocess.run(["umount", str(mountpoint)], check=True, capture_output=True, timeout=30)
+
+
+def test_disk_full_while_writing_fails_the_import(small_filesystem, send):
+    vdi = make_vdi(small_filesystem / "vdi", 16 * MiB)
+
+    with pytest.raises(dataio.ImportFailed, match="writing the VDI failed .*No space left"):
+        dataio.import_raw(send(os.urandom(8 * MiB)), 8 * MiB, vdi, 16 * MiB, chunked=False)
+
+    assert allocated(vdi) == 0  # the fresh VDI was emptied again
 
 
 # -- chunked -------------------------------------------------------------------
