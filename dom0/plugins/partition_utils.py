@@ -3,10 +3,12 @@
 
 Every verb takes the device name that ``VBD.get_device`` returned for a VBD
 plugged into dom0 (``xvdb``; never a path) and answers with a JSON string.
-Where the kernel (or udev) shows a partition as ``<dev>N`` it is used; where
-it does not (a real dom0's blkfront devices), the partition is mapped with
-``kpartx -avspp`` for the duration of the verb and always unmapped with
-``kpartx -dvspp``, or the VBD could not be unplugged afterwards.
+A partition that already shows as ``<dev>N`` with its table geometry is
+used as it is. Otherwise, where device-mapper works (a real dom0, whose VBDs
+never show new partitions), it is mapped with ``kpartx -avspp`` for the
+duration of the verb and always unmapped with ``kpartx -dvspp``, or the VBD
+could not be unplugged afterwards; without device-mapper (the simulator's
+dom0), the verb waits, bounded, for udev to show ``<dev>N``.
 
 Python 3.6 compatible; standard library and XenAPIPlugin only.
 """
@@ -30,12 +32,13 @@ LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]*$")
 VFAT_LABEL_RE = re.compile(r"^[A-Za-z0-9_-]*$")  # FAT forbids '.' in labels
 LABEL_MAX = {"ext3": 16, "ext4": 16, "vfat": 11, "swap": 16}
 MAX_WAIT_SECONDS = 3600  # the agent's options have no upper bound; this is ours
-# How long a new or changed partition may take to show up as <dev>N before
-# kpartx is tried: udev is asynchronous on every Xen host.
+# How long a new or changed partition may take to show up as <dev>N where
+# kpartx cannot map it: udev is asynchronous.
 DEFAULT_PARTITION_WAIT_SECONDS = 5
 MKFS_TIMEOUT = 3600
 KPARTX_TIMEOUT = 60
 MAPPER_DIR = "/dev/mapper"
+DM_CONTROL = "/dev/mapper/control"
 KPARTX_ADD_RE = re.compile(r"^add map (\S+) \(\d+:\d+\): 0 (\d+) linear ")
 
 
@@ -74,12 +77,25 @@ def _matching_node(path, partition):
     return real
 
 
+def device_mapper_usable():
+    """kpartx needs the kernel's device-mapper: its control node must open."""
+    try:
+        fd = os.open(DM_CONTROL, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 class MappedPartition(object):
     """``with MappedPartition(...) as path``: a block device for one partition.
 
-    Uses ``<dev>N`` from the dev dir once it shows the partition's geometry;
-    if it does not within ``wait_seconds``, maps the disk with kpartx and
-    unmaps it on exit, whatever happened inside.
+    ``<dev>N`` from the dev dir if it already has the partition's geometry
+    (a disk plugged with its table in place). Otherwise, where device-mapper
+    works, a kpartx mapping for the duration, always removed on exit: a real
+    dom0 never shows new partitions of a VBD, so waiting there would only
+    waste time. Without device-mapper, ``<dev>N`` is waited for (udev, or
+    the simulator's emulation of it) for up to ``wait_seconds``.
     """
 
     def __init__(self, dev, disk_path, partition, wait_seconds):
@@ -91,10 +107,19 @@ class MappedPartition(object):
 
     def __enter__(self):
         node = os.path.join(dev_dir(), "%s%d" % (self.dev, self.partition["num"]))
+        real = _matching_node(node, self.partition)
+        if real:
+            return real
+        if device_mapper_usable():
+            return self._map_with_kpartx()
         real = wait_until(lambda: _matching_node(node, self.partition), self.wait_seconds)
         if real:
             return real
-        return self._map_with_kpartx()
+        raise DeviceTimeout(
+            "partition %d of %s did not appear as %s%d within %d s, and kpartx cannot map "
+            "it: device-mapper is not available (%s)" % (
+                self.partition["num"], self.dev, self.dev, self.partition["num"],
+                self.wait_seconds, DM_CONTROL))
 
     def _map_with_kpartx(self):
         self.mapped = True
@@ -102,10 +127,8 @@ class MappedPartition(object):
             _, out = run(["kpartx", "-avspp", self.disk_path], timeout=KPARTX_TIMEOUT)
         except CommandFailed as e:
             self._unmap(quiet=True)
-            raise DeviceTimeout(
-                "partition %d of %s did not appear as %s%d within %d s, and kpartx "
-                "could not map it: %s" % (self.partition["num"], self.dev, self.dev,
-                                          self.partition["num"], self.wait_seconds, e)) from None
+            raise DeviceError("kpartx could not map partition %d of %s: %s"
+                              % (self.partition["num"], self.dev, e)) from None
         wanted = "%sp%d" % (os.path.basename(self.disk_path), self.partition["num"])
         for line in out.splitlines():
             m = KPARTX_ADD_RE.match(line.strip())

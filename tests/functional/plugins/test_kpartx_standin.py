@@ -97,6 +97,7 @@ def kpartx(partition_utils, tmp_path, monkeypatch):
                              partition_utils.CommandFailed)
     monkeypatch.setattr(partition_utils, "run", stand_in)
     monkeypatch.setattr(partition_utils, "MAPPER_DIR", str(mapper_dir))
+    monkeypatch.setattr(partition_utils, "device_mapper_usable", lambda: True)
     return stand_in
 
 
@@ -138,12 +139,29 @@ def test_a_mapping_with_other_geometry_than_the_table_is_refused_and_removed(
     assert kpartx.calls == [["kpartx", "-avspp"], ["kpartx", "-dvspp"]]
 
 
-def test_kpartx_failing_is_a_timeout_error_naming_both_ways_tried(
+def test_with_device_mapper_kpartx_is_used_at_once_rather_than_waiting(
         partition_utils, kpartx, bare_disk):
+    partition = _partition(partition_utils, bare_disk)
+    with partition_utils.MappedPartition("xvdb", bare_disk, partition, 600) as path:
+        assert path == bare_disk + "p1"  # no 600 s wait for a <dev>N that never comes
+
+
+def test_a_partition_device_already_showing_is_used_without_kpartx(
+        partition_utils, kpartx, bare_disk):
+    partition = _partition(partition_utils, bare_disk)
+    subprocess.run(["partx", "-a", bare_disk], check=True, timeout=30)
+    os.symlink(bare_disk + "p1", os.path.join(os.environ["NXS_DOM0_DEV_DIR"], "xvdb1"))
+    with partition_utils.MappedPartition("xvdb", bare_disk, partition, 0) as path:
+        assert path == bare_disk + "p1"
+    assert kpartx.calls == []
+
+
+def test_kpartx_failing_is_an_error_carrying_its_stderr(partition_utils, kpartx, bare_disk):
     kpartx.fail_add = True
     partition = _partition(partition_utils, bare_disk)
-    with pytest.raises(partition_utils.DeviceTimeout,
-                       match="did not appear as xvdb1 within 0 s, and kpartx could not"):
+    with pytest.raises(partition_utils.DeviceError,
+                       match="kpartx could not map partition 1 of xvdb: kpartx -avspp .* "
+                       "device mapper prerequisites not met"):
         with partition_utils.MappedPartition("xvdb", bare_disk, partition, 0):
             pass
     assert kpartx.calls[-1] == ["kpartx", "-dvspp"]
