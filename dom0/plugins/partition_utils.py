@@ -175,6 +175,10 @@ def _dos_table(dev, disk_path):
 def _partition(dev, table, num):
     for partition in table["partitions"]:
         if partition["num"] == num:
+            if partition["end"] >= table["size_sectors"]:
+                raise DeviceError("partition %d of %s ends at sector %d, past the end of "
+                                  "the disk (%d sectors)" % (num, dev, partition["end"],
+                                                              table["size_sectors"]))
             return partition
     raise DeviceError("%s has no partition %d" % (dev, num))
 
@@ -291,12 +295,8 @@ def resize_partition_and_fs(session, args):
         raise DeviceError("%s must have exactly one partition, number %d, to be grown; "
                           "it has %s" % (dev, partnum,
                                          [p["num"] for p in table["partitions"]] or "none"))
-    partition = table["partitions"][0]
+    partition = _partition(dev, table, partnum)
     new_end = min(table["size_sectors"] - 1, partition["start"] + nxs_mbr.MAX_SECTORS - 1)
-    if new_end < partition["end"]:
-        raise DeviceError("partition %d of %s ends at sector %d, past the end of the "
-                          "disk (%d sectors)" % (partnum, dev, partition["end"],
-                                                  table["size_sectors"]))
 
     with MappedPartition(dev, disk_path, partition, wait_seconds) as path:
         fs_type = blkid_probe(path).get("TYPE")

@@ -4,6 +4,8 @@ Every refusal is a XENAPI_PLUGIN_FAILURE [fn, class, message] whose message
 names the problem; the whole disk hashes the same before and after.
 """
 
+import struct
+
 import pytest
 
 from tests.functional.plugins.conftest import disk_digest, tool
@@ -124,6 +126,29 @@ def test_resize_refuses_a_disk_with_two_partitions(dom0, dom0_disk):
          input_text="label: dos\n2048,8192,83\n10240,,83\n")
     _refused(dom0, device, "resize_partition_and_fs", "DeviceError", "it has [1, 2]",
              dev=dev, partnum="1")
+
+
+def _write_entry(device, start, sectors):
+    """One primary entry written by hand: sfdisk would refuse a bad one."""
+    with open(device, "r+b", buffering=0) as f:
+        mbr = bytearray(f.read(512))
+        mbr[446:462] = struct.pack("<B3sB3sII", 0, b"\0\0\0", 0x83, b"\0\0\0", start,
+                                   sectors)
+        mbr[510:512] = b"\x55\xaa"
+        f.seek(0)
+        f.write(mbr)
+
+
+@pytest.mark.parametrize("fn, extra", [
+    ("mkfs", {"fs_type": "ext4", "fs_label": ""}),
+    ("resize_partition_and_fs", {}),
+])
+def test_a_partition_running_past_the_end_of_the_disk_is_refused(dom0, dom0_disk, fn,
+                                                                 extra):
+    dev, device = dom0_disk(16)
+    _write_entry(device, 2048, 16 * 2048)  # ends 2048 sectors past the end
+    _refused(dom0, device, fn, "DeviceError", "ends at sector 34815, past the end of the "
+             "disk (32768 sectors)", dev=dev, partnum="1", **extra)
 
 
 def test_resize_refuses_a_disk_without_partitions(dom0, dom0_disk):
