@@ -5,6 +5,7 @@ names the problem; the whole disk hashes the same before and after.
 """
 
 import struct
+import subprocess
 
 import pytest
 
@@ -169,3 +170,18 @@ def test_resize_refuses_filesystems_other_than_ext(dom0, dom0_disk):
 def test_unknown_verbs_are_refused_by_name(dom0):
     details = dom0.failure(PLUGIN, "rm_rf", dev="xvdb")
     assert details == ["UNKNOWN_XENAPI_PLUGIN_FUNCTION", "rm_rf"]
+
+
+def test_a_failing_command_is_reported_with_its_name_and_stderr(dom0, formatted, tmp_path):
+    dev, device = formatted
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "ext4", device + "p1", str(mountpoint)], check=True,
+                   timeout=60)
+    try:
+        message = _refused(dom0, device, "mkfs", "CommandFailed", "mkfs.ext4 -F -q",
+                           dev=dev, partnum="1", fs_type="ext4", fs_label="")
+        assert "%sp1 exited with 1" % device in message
+        assert "is mounted" in message  # mke2fs's own words
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True, timeout=60)
