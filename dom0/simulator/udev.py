@@ -31,6 +31,7 @@ class _Watched:
         self.dev_dir = dev_dir
         self.name = name
         self.table_hash = None
+        self.partx_failures = 0
         self.kernel_partitions = {}
         self.links = set()
 
@@ -112,7 +113,15 @@ class PartitionWatcher:
                                   text=True, timeout=PARTX_TIMEOUT)
             # partx exits 1 when the table is now empty, after removing all.
             if proc.returncode not in (0, 1):
-                LOG.warning("partx -u %s: %s", entry.dev, proc.stderr.strip())
+                # Forget the table so the next poll tries again: a partx
+                # that lost a race (device briefly busy under load) must not
+                # leave the partitions missing for good.
+                if entry.partx_failures == 0:
+                    LOG.warning("partx -u %s: %s", entry.dev, proc.stderr.strip())
+                entry.partx_failures += 1
+                entry.table_hash = None
+            else:
+                entry.partx_failures = 0
             kernel = entry.kernel_partitions = blockdev.partitions_of(entry.dev)
         wanted = {}
         for number, node in kernel.items():
