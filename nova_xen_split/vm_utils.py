@@ -18,7 +18,7 @@ USERDEVICE_CONFIGDRIVE = "3"
 
 # The VM's other_config key Nova used to find its instance's VM.
 NOVA_UUID_KEY = "nova_uuid"
-# Agent-made VDIs carry these (INTERFACES.md, C: idempotency key).
+# Agent-made VDIs carry these (the idempotency key; see docs/interfaces.md).
 VDI_INSTANCE_KEY = "nxs-instance-uuid"
 VDI_PURPOSE_KEY = "nxs-purpose"
 

@@ -96,7 +96,7 @@ class AgentContext:
 
 
 class Backend(metaclass=abc.ABCMeta):
-    """The disk verbs of the agent; see INTERFACES C for the arguments."""
+    """The disk verbs of the agent; rpc/methods.py declares their arguments."""
 
     mode = None
 
