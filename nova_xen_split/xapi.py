@@ -25,7 +25,9 @@ def to_int(value):
     return int(value)
 
 
-class _TimeoutTransport(xmlrpc.client.Transport):
+class _TimeoutMixin:
+    """Gives the SDK's XML-RPC connections a socket timeout."""
+
     def __init__(self, timeout):
         super().__init__()
         self._timeout = timeout
@@ -36,15 +38,12 @@ class _TimeoutTransport(xmlrpc.client.Transport):
         return conn
 
 
-class _TimeoutSafeTransport(xmlrpc.client.SafeTransport):
-    def __init__(self, timeout):
-        super().__init__()
-        self._timeout = timeout
+class _TimeoutTransport(_TimeoutMixin, xmlrpc.client.Transport):
+    pass
 
-    def make_connection(self, host):
-        conn = super().make_connection(host)
-        conn.timeout = self._timeout
-        return conn
+
+class _TimeoutSafeTransport(_TimeoutMixin, xmlrpc.client.SafeTransport):
+    pass
 
 
 class XapiSession:
