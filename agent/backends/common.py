@@ -1,9 +1,12 @@
 """What both backends do the same way: VHD chains, dom0 devices, checks."""
 
 import logging
+import os
+import tempfile
 
 from agent import vdis
 from agent.backends import base
+from nova_xen_split import configdrive
 from nova_xen_split import xapi
 from rpc import exceptions
 
@@ -23,6 +26,28 @@ def round_up(value, unit):
 
 
 class CommonBackend(base.Backend):
+
+    def generate_configdrive(self, instance_uuid, metadata, user_data,
+                             network_data, vendor_data, files, admin_password):
+        """Build the ISO in a private temp dir where the agent runs, then
+        hand it to the backend's :meth:`write_configdrive`."""
+        with tempfile.TemporaryDirectory(prefix="nxs-configdrive-") as tmp:
+            iso = os.path.join(tmp, "configdrive.iso")
+
+            def fill(vdi_ref):
+                configdrive.build_configdrive(
+                    iso, metadata, user_data=user_data, network_data=network_data,
+                    vendor_data=vendor_data, files=files, admin_password=admin_password)
+                base.checkpoint("built")
+                self.write_configdrive(vdi_ref, iso)
+
+            ref = vdis.make(self.ctx, instance_uuid, "configdrive",
+                            configdrive.CONFIGDRIVE_SIZE_BYTES, fill)
+        return vdis.result(self.ctx.session, ref)
+
+    def write_configdrive(self, vdi_ref, iso_path):
+        """Put the built ISO into the new config-drive VDI."""
+        raise NotImplementedError
 
     def disk_purpose(self, kind, label):
         """Idempotency purpose of a generated disk: ``swap``, or the

@@ -10,7 +10,6 @@ plugin.
 import contextlib
 import logging
 import os
-import tempfile
 import time
 
 from agent import attach
@@ -21,7 +20,6 @@ from agent import vdis
 from agent.backends import base
 from agent.backends.common import (
     CommonBackend, PARTITION_START, partition_type_for, round_up)
-from nova_xen_split import configdrive
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -220,28 +218,15 @@ class InGuestBackend(CommonBackend):
         ref = vdis.make(self.ctx, instance_uuid, purpose, size_mb * base.MiB, fill)
         return vdis.result(self.ctx.session, ref)
 
-    def generate_configdrive(self, instance_uuid, metadata, user_data,
-                             network_data, vendor_data, files, admin_password):
-        """Build the ISO in a private temp dir, write it into a new VDI."""
-        with tempfile.TemporaryDirectory(prefix="nxs-configdrive-") as tmp:
-            iso = os.path.join(tmp, "configdrive.iso")
-
-            def fill(vdi_ref):
-                configdrive.build_configdrive(
-                    iso, metadata, user_data=user_data, network_data=network_data,
-                    vendor_data=vendor_data, files=files, admin_password=admin_password)
-                base.checkpoint("built")
-                with self._attached(vdi_ref) as dev:
-                    base.checkpoint("attached")
-                    with self._writable(dev.device) as f, open(iso, "rb") as src:
-                        _copy_skipping_zeros(src, f, os.path.getsize(iso),
-                                             "config drive into %s" % dev.device,
-                                             self.conf.agent.progress_interval)
-                    base.checkpoint("written")
-
-            ref = vdis.make(self.ctx, instance_uuid, "configdrive",
-                            configdrive.CONFIGDRIVE_SIZE_BYTES, fill)
-        return vdis.result(self.ctx.session, ref)
+    def write_configdrive(self, vdi_ref, iso_path):
+        """Attach the VDI here and copy the ISO onto it, skipping zeros."""
+        with self._attached(vdi_ref) as dev:
+            base.checkpoint("attached")
+            with self._writable(dev.device) as f, open(iso_path, "rb") as src:
+                _copy_skipping_zeros(src, f, os.path.getsize(iso_path),
+                                     "config drive into %s" % dev.device,
+                                     self.conf.agent.progress_interval)
+            base.checkpoint("written")
 
     def resize_disk(self, instance_uuid, vdi_uuid, new_gb):
         """Copy the root disk's only (ext) partition into a new, smaller VDI."""

@@ -8,8 +8,6 @@ by its XAPI task. What needs a local mount or a local copy is refused with
 """
 
 import logging
-import os
-import tempfile
 
 from agent import attach
 from agent import images
@@ -18,7 +16,6 @@ from agent import vdis
 from agent.backends import base
 from agent.backends.common import CommonBackend, PARTITION_START, partition_type_for
 from agent.backends.common import round_up
-from nova_xen_split import configdrive
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -138,23 +135,10 @@ class IndependentBackend(CommonBackend):
         ref = vdis.make(self.ctx, instance_uuid, purpose, size_mb * base.MiB, fill)
         return vdis.result(self.ctx.session, ref)
 
-    def generate_configdrive(self, instance_uuid, metadata, user_data,
-                             network_data, vendor_data, files, admin_password):
-        """Build the ISO locally, upload it with ``PUT /import_raw_vdi``."""
-        with tempfile.TemporaryDirectory(prefix="nxs-configdrive-") as tmp:
-            iso = os.path.join(tmp, "configdrive.iso")
-
-            def fill(vdi_ref):
-                configdrive.build_configdrive(
-                    iso, metadata, user_data=user_data, network_data=network_data,
-                    vendor_data=vendor_data, files=files, admin_password=admin_password)
-                base.checkpoint("built")
-                upload.upload_file(self.ctx.session, vdi_ref, iso, fmt="chunked")
-                base.checkpoint("uploaded")
-
-            ref = vdis.make(self.ctx, instance_uuid, "configdrive",
-                            configdrive.CONFIGDRIVE_SIZE_BYTES, fill)
-        return vdis.result(self.ctx.session, ref)
+    def write_configdrive(self, vdi_ref, iso_path):
+        """Upload the ISO with ``PUT /import_raw_vdi`` (sparse framing)."""
+        upload.upload_file(self.ctx.session, vdi_ref, iso_path, fmt="chunked")
+        base.checkpoint("uploaded")
 
     def resize_disk(self, instance_uuid, vdi_uuid, new_gb):
         """Always UnsupportedInIndependentMode (needs a local copy)."""
