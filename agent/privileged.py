@@ -23,11 +23,12 @@ from oslo_config import cfg
 from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 
+from nova_xen_split import conf as nxs_conf
 from rpc import exceptions
 
 agent_ctx = priv_context.PrivContext(
     "agent",
-    cfg_section="nxs_agent_privileged",
+    cfg_section=nxs_conf.PRIVSEP_SECTION,
     pypath=__name__ + ".agent_ctx",
     capabilities=[caps.CAP_SYS_ADMIN, caps.CAP_DAC_OVERRIDE, caps.CAP_CHOWN,
                   caps.CAP_FOWNER, caps.CAP_DAC_READ_SEARCH],
@@ -68,7 +69,6 @@ def stop():
 def _configured_device_dir():
     if _device_dir:
         return _device_dir
-    from nova_xen_split import conf as nxs_conf
     try:
         return cfg.CONF.xenserver.device_dir
     except cfg.NoSuchOptError:

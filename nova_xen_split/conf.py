@@ -224,11 +224,18 @@ def register_opts(conf):
     conf.register_opts(AGENT_OPTS, group="agent")
 
 
+# The section of the agent's oslo.privsep context (agent/privileged.py).
+PRIVSEP_SECTION = "nxs_agent_privileged"
+
+
 def list_opts():
     """The options for ``oslo-config-generator``."""
+    from oslo_privsep import priv_context
+
     return [
         ("DEFAULT", DEFAULT_OPTS),
         ("xenserver", XENSERVER_OPTS),
         ("glance", GLANCE_OPTS),
         ("agent", AGENT_OPTS),
+        (PRIVSEP_SECTION, priv_context.OPTS),
     ]
