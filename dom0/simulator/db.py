@@ -5,6 +5,10 @@ whole API call so each call sees and leaves a consistent database, as XAPI's
 own database lock does. Every mutating call ends with :meth:`Store.commit`,
 which rewrites ``db.json`` atomically (a temporary file renamed over the old
 one), so a crash at any point leaves either the old or the new state.
+
+Tasks live in memory only: XAPI does not persist them across a restart
+either, and an import makes and ends one per PUT, so writing the database
+for each of those would put a file rewrite on every upload's path.
 """
 
 import json
@@ -18,6 +22,9 @@ from dom0.simulator import model
 LOG = logging.getLogger(__name__)
 
 DB_FILE = "db.json"
+# Classes whose records are never written to db.json (XAPI's non-persistent
+# tables); changing only these leaves the file alone.
+TRANSIENT = frozenset({"task"})
 
 
 class Store:
@@ -38,7 +45,10 @@ class Store:
         with open(self.path) as f:
             saved = json.load(f)
         for name in model.CLASSES:
-            self.tables[name] = saved.get(name, {})
+            if name not in TRANSIENT:
+                self.tables[name] = saved.get(name, {})
+        for session in self.tables["session"].values():
+            session["tasks"] = []  # no task outlives a restart
         return True
 
     def commit(self):
@@ -47,8 +57,10 @@ class Store:
             if not self.dirty:
                 return
             tmp = "%s.tmp.%d" % (self.path, threading.get_ident())
+            persistent = {name: table for name, table in self.tables.items()
+                          if name not in TRANSIENT}
             with open(tmp, "w") as f:
-                json.dump(self.tables, f, separators=(",", ":"))
+                json.dump(persistent, f, separators=(",", ":"))
             os.replace(tmp, self.path)
             self.dirty = False
 
@@ -72,16 +84,20 @@ class Store:
     def add(self, cls, record, ref=None):
         ref = ref or model.new_ref()
         self.tables[cls][ref] = record
-        self.dirty = True
+        self._changed(cls)
         return ref
 
     def remove(self, cls, ref):
         self.tables[cls].pop(ref, None)
-        self.dirty = True
+        self._changed(cls)
 
     def update(self, cls, ref, **fields):
         self.get(cls, ref).update(fields)
-        self.dirty = True
+        self._changed(cls)
+
+    def _changed(self, cls):
+        if cls not in TRANSIENT:
+            self.dirty = True
 
     def touch(self):
         """Mark the database changed after an in-place edit of a record."""

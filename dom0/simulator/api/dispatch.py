@@ -112,7 +112,7 @@ def new_task(host, session_ref, label, description=""):
         session = host.store.table("session").get(session_ref)
         if session is not None:
             session["tasks"].append(ref)
-        host.store.commit()
+    # Tasks are not persisted (db.TRANSIENT): nothing to write.
     return ref
 
 
@@ -127,8 +127,6 @@ def finish_task(host, task_ref, result=None, error=None):
         else:
             record.update(status="failure", error_info=[str(e) for e in error], progress=1.0)
         record["finished"] = model.now_text()
-        host.store.touch()
-        host.store.commit()
 
 
 def start_async(host, message, params):
