@@ -19,6 +19,8 @@ from rpc import exceptions
 LOG = logging.getLogger(__name__)
 
 ORIGINATOR = "nova-xen-split"
+# wait_for_task polls at its shortest interval this long before backing off.
+_FAST_POLL_SECONDS = 0.5
 
 def to_int(value):
     """XAPI sends int64 fields as strings; accept both."""
@@ -136,27 +138,35 @@ class XapiSession:
                 details=["XENAPI_PLUGIN_FAILURE", fn, "ValueError",
                          "result is not JSON: %r" % result[:200]]) from None
 
-    def wait_for_task(self, task_ref, timeout=None, poll=0.05):
+    def wait_for_task(self, task_ref, timeout=None, poll=0.02):
         """Wait for a task to end; return its result, raise XapiFailure if it failed.
 
-        The task is destroyed afterwards whatever its outcome.
+        Polls every ``poll`` seconds for the first half second (most tasks
+        end within it, and a doubling delay would oversleep them), then backs
+        off to one poll a second. One ``task.get_record`` per poll gives the
+        status with the result or error info. The task is destroyed
+        afterwards whatever its outcome.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         delay = poll
         try:
             while True:
-                status = self.call("task.get_status", task_ref)
+                record = self.call("task.get_record", task_ref)
+                status = record["status"]
                 if status == "success":
-                    return self.call("task.get_result", task_ref)
+                    return record["result"]
                 if status in ("failure", "cancelled"):
-                    info = self.call("task.get_error_info", task_ref)
                     raise exceptions.XapiFailure(
-                        details=[str(d) for d in info] or ["TASK_FAILED", status])
-                if deadline is not None and time.monotonic() > deadline:
+                        details=[str(d) for d in record["error_info"]]
+                        or ["TASK_FAILED", status])
+                now = time.monotonic()
+                if deadline is not None and now > deadline:
                     raise exceptions.XapiFailure(
                         details=["TASK_TIMEOUT", str(task_ref), str(timeout)])
                 time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                if now - started >= _FAST_POLL_SECONDS:
+                    delay = min(delay * 2, 1.0)
         finally:
             try:
                 self.call("task.destroy", task_ref)
