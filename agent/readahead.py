@@ -1,9 +1,17 @@
-"""Reading a stream in fixed windows, one window ahead, in a thread.
+"""Reading a stream ahead in a thread, keeping only its data.
 
-The uploader sends a window while the next one is being read, so a fetch
-from the image service and an upload into XAPI overlap instead of taking
-turns. Two buffers circulate between the reading thread and the consumer;
-nothing else is allocated per window, so memory stays at two windows.
+The uploader sends one buffer while a thread fills the other from the
+stream, so a fetch from the image service and an upload into XAPI overlap
+instead of taking turns. The thread reads the stream in pieces of 1 MiB and
+checks each piece's 64 KiB blocks for zeros at once, while the piece is
+still in the CPU's cache: an all-zero block is dropped on the spot (the
+next piece overwrites it), a data block is moved down to follow the data
+kept before it. A buffer is handed over when it is full of data or the
+stream has ended, so a dense stream gives buffers of consecutive bytes and a
+sparse one buffers of many scattered runs: what is sent, and the number of
+PUTs, follows the amount of data, not the size of the stream. Two buffers
+circulate between the thread and the consumer and nothing else is allocated
+per buffer, so memory stays at two buffers whatever the stream's size.
 """
 
 import logging
@@ -14,17 +22,26 @@ from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
 
+BLOCK_BYTES = 64 * 1024
+PIECE_BYTES = 1024 * 1024
+_ZEROS = bytes(BLOCK_BYTES)
 _JOIN_SECONDS = 120.0
 
 
 class Window:
-    """One filled buffer: ``view[:length]`` holds stream bytes from ``offset``."""
+    """One buffer of kept data: ``view[:length]`` holds ``runs``, back to back.
+
+    ``runs`` are ``(stream_offset, length)`` pairs in stream order, with
+    neighbours merged; every other stream byte before ``stream_end`` that
+    this or an earlier window did not keep was zero.
+    """
 
     def __init__(self, buffer):
         self.buffer = buffer
         self.view = memoryview(buffer)
-        self.offset = 0
         self.length = 0
+        self.runs = []
+        self.stream_end = 0
 
 
 def read_exactly(reader, view, stream_offset, size_bytes):
@@ -46,22 +63,60 @@ def read_exactly(reader, view, stream_offset, size_bytes):
         filled += got
 
 
-class ReadAhead:
-    """Iterate over :class:`Window` objects covering ``size_bytes`` of ``reader``.
+def keep_data(window, start, size, stream_offset):
+    """Drop the all-zero blocks of ``window.view[start:start + size]``.
 
-    Use as a context manager; hand each window back with :meth:`release` once
-    it has been consumed. An error of the reader is raised by the iteration.
+    The piece holds stream bytes from ``stream_offset`` (a multiple of the
+    block size, so blocks line up with the disk's). Its data blocks are
+    moved down to ``start`` and recorded in ``window.runs``; returns how
+    many bytes were kept. The comparison is a ``memcmp`` per block, which
+    stops at the first non-zero byte of a data block.
+    """
+    buffer, view, runs = window.buffer, window.view, window.runs
+    kept = start
+    for block in range(0, size, BLOCK_BYTES):
+        block_size = min(BLOCK_BYTES, size - block)
+        source = start + block
+        if buffer.startswith(_ZEROS if block_size == BLOCK_BYTES else bytes(block_size),
+                             source, source + block_size):
+            continue
+        if kept != source:
+            view[kept:kept + block_size] = view[source:source + block_size]
+        at = stream_offset + block
+        if runs and runs[-1][0] + runs[-1][1] == at:
+            runs[-1] = (runs[-1][0], runs[-1][1] + block_size)
+        else:
+            runs.append((at, block_size))
+        kept += block_size
+    return kept - start
+
+
+class ReadAhead:
+    """Windows of the data of ``size_bytes`` of ``reader``, read by a thread.
+
+    Each buffer holds up to ``buffer_bytes`` of data (a multiple of 64 KiB).
+    Use as a context manager; iterate with :meth:`filled` and hand each
+    window back with :meth:`release` once it has been consumed. An error of
+    the reader is raised by the iteration. ``progress.advance(n)``, if
+    given, is called from the thread with the stream bytes read.
     """
 
-    def __init__(self, reader, size_bytes, window_bytes):
+    def __init__(self, reader, size_bytes, buffer_bytes, progress=None):
+        if buffer_bytes < BLOCK_BYTES or buffer_bytes % BLOCK_BYTES:
+            raise ValueError("buffer_bytes must be a multiple of %d, got %d"
+                             % (BLOCK_BYTES, buffer_bytes))
         self._reader = reader
         self._size_bytes = size_bytes
-        self._window_bytes = window_bytes
+        # A stream smaller than the buffers does not get them whole.
+        rounded = -(-max(size_bytes, 1) // BLOCK_BYTES) * BLOCK_BYTES
+        self._capacity = min(buffer_bytes, rounded)
+        self._piece = min(PIECE_BYTES, self._capacity)
+        self._progress = progress
         self._free = queue.Queue()
         self._filled = queue.Queue()
         self._stop = threading.Event()
-        for _ in range(2 if size_bytes > window_bytes else 1):
-            self._free.put(Window(bytearray(window_bytes)))
+        for _ in range(2 if size_bytes > self._capacity else 1):
+            self._free.put(Window(bytearray(self._capacity)))
         self._thread = threading.Thread(target=self._run, name="stream-readahead",
                                         daemon=True)
 
@@ -76,29 +131,62 @@ class ReadAhead:
         if self._thread.is_alive():
             LOG.warning("stream reader still blocked after %ss; leaving it", _JOIN_SECONDS)
 
+    def _next_window(self):
+        window = self._free.get()
+        if window is None or self._stop.is_set():
+            return None
+        window.length = 0
+        window.runs = []
+        return window
+
     def _run(self):
         try:
-            for offset in range(0, self._size_bytes, self._window_bytes):
-                window = self._free.get()
-                if window is None or self._stop.is_set():
-                    return
-                window.offset = offset
-                window.length = min(self._window_bytes, self._size_bytes - offset)
-                read_exactly(self._reader, window.view[:window.length], offset,
+            window = self._next_window()
+            offset = 0
+            while window is not None and offset < self._size_bytes:
+                if window.length == self._capacity:
+                    self._filled.put(window)
+                    window = self._next_window()
+                    if window is None:
+                        return
+                # Kept data is whole blocks (but for the stream's last), so
+                # the room left is too: a smaller piece fills it exactly.
+                start = window.length
+                size = min(self._piece, self._capacity - start, self._size_bytes - offset)
+                read_exactly(self._reader, window.view[start:start + size], offset,
                              self._size_bytes)
+                window.length += keep_data(window, start, size, offset)
+                offset += size
+                window.stream_end = offset
+                if self._progress is not None:
+                    self._progress.advance(size)
+            if window is not None and window.runs:
                 self._filled.put(window)
             self._filled.put(None)
         except BaseException as e:  # handed to the consumer, raised there
             self._filled.put(e)
 
-    def __iter__(self):
+    def filled(self, on_wait=None):
+        """Iterate over windows holding data, in stream order.
+
+        ``on_wait()`` is called before blocking for a window that is not
+        ready yet (the uploader finishes its last PUT then).
+        """
         while True:
-            item = self._filled.get()
+            try:
+                item = self._filled.get_nowait()
+            except queue.Empty:
+                if on_wait is not None:
+                    on_wait()
+                item = self._filled.get()
             if item is None:
                 return
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    def __iter__(self):
+        return self.filled()
 
     def release(self, window):
         """The window has been consumed; the thread may refill it."""

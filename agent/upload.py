@@ -41,27 +41,6 @@ _PROBE_BYTES = 4096
 
 # -- finding data -------------------------------------------------------------
 
-def nonzero_runs(buffer, length, base_offset=0, block_bytes=ZERO_BLOCK_BYTES):
-    """(offset, length) runs of ``buffer[:length]`` not made of zero blocks.
-
-    Blocks of ``block_bytes`` (the last may be shorter) that are all zero are
-    dropped; neighbouring kept blocks are merged. Offsets get ``base_offset``.
-    """
-    runs = []
-    run_start = None
-    for start in range(0, length, block_bytes):
-        size = min(block_bytes, length - start)
-        if buffer.startswith(_ZEROS[:size], start):
-            if run_start is not None:
-                runs.append((base_offset + run_start, start - run_start))
-                run_start = None
-        elif run_start is None:
-            run_start = start
-    if run_start is not None:
-        runs.append((base_offset + run_start, length - run_start))
-    return runs
-
-
 def file_data_runs(fd, file_size):
     """Non-zero runs of a file as a flat array [offset, length, ...].
 
@@ -203,92 +182,70 @@ def upload_stream(xapi_session, vdi_ref, reader, size_bytes, window_bytes=WINDOW
     """Write ``size_bytes`` read from ``reader`` into VDI ``vdi_ref``.
 
     ``window_bytes`` bounds the memory, whatever the stream's size: a thread
-    reads the stream in two windows of 7/16 of it, taking turns, while the
-    other is sent; the last 1/8 gathers the non-zero blocks of sparse windows
-    so that mostly-empty disks cost few PUTs. A window with more data than
-    that goes out as it lies, as one chunked PUT; zero windows send nothing.
-    Every PUT has its own task, checked. ``reader`` has ``readinto`` or
-    ``read``; ``progress(done, total)`` counts stream bytes. Raises
+    (:mod:`agent.readahead`) reads the stream into two buffers of half of
+    it, taking turns, and keeps only the non-zero 64 KiB blocks; each buffer
+    full of data goes out as one chunked PUT while the other fills. A PUT is
+    finished (its task checked) after the next one's body has been sent, or
+    when the next buffer is not ready yet, so XAPI's closing work overlaps
+    with sending. Zero runs send nothing. Every PUT has its own task,
+    checked. ``reader`` has ``readinto`` or ``read``; ``progress(done,
+    total)`` counts stream bytes read (from the reading thread). Raises
     XapiFailure (HTTP status or a task's error info), DiskOperationFailed
     (stream shorter than ``size_bytes``), and whatever the reader raises
     (ImageFetchFailed for image downloads).
     """
     if window_bytes < _MiB or window_bytes % _MiB:
         raise ValueError("window_bytes must be a whole number of MiB, got %d" % window_bytes)
-    read_bytes = min(window_bytes * 7 // 16, _round_up(max(size_bytes, 1), ZERO_BLOCK_BYTES))
-    batch = _Batch(window_bytes // 8)
     tracker = Progress("upload of a %d-byte stream" % size_bytes, size_bytes,
                        progress, progress_interval)
     sender = _Sender(xapi_session, vdi_ref)
-    with readahead.ReadAhead(reader, size_bytes, read_bytes) as windows:
-        for window in windows:
-            runs = nonzero_runs(window.buffer, window.length, window.offset)
-            data_bytes = sum(length for _, length in runs)
-            if data_bytes > batch.capacity:
-                sender.send(batch.take())
-                sender.send((runs, _frames(window.view, window.offset, runs)))
-            elif data_bytes:
-                if data_bytes > batch.free:
-                    sender.send(batch.take())
-                for offset, length in runs:
-                    start = offset - window.offset
-                    batch.add(offset, window.view[start:start + length])
-            tracker.advance(window.length)
-            windows.release(window)
-    sender.send(batch.take())
+    with readahead.ReadAhead(reader, size_bytes, window_bytes // 2, tracker) as windows:
+        try:
+            for window in windows.filled(on_wait=sender.finish_pending):
+                sender.send(window.runs, _frames(window.view, None, window.runs),
+                            lambda window=window: windows.release(window))
+            sender.finish_pending()
+        except BaseException:
+            sender.abandon_pending()
+            raise
     LOG.info("%s: done, %s; sent %d bytes in %d PUT(s)",
              tracker.label, tracker.summary(), sender.sent_bytes, sender.puts)
 
 
 class _Sender:
-    """Chunked PUTs of (runs, pieces) into one VDI, counted."""
+    """Chunked PUTs of (runs, pieces) into one VDI, counted, each finished
+    after the next has been sent (see upload_stream)."""
 
     def __init__(self, xapi_session, vdi_ref):
         self.xapi_session = xapi_session
         self.vdi_ref = vdi_ref
         self.sent_bytes = 0
         self.puts = 0
+        self._pending = None
 
-    def send(self, body):
-        runs, pieces = body
-        if not runs:
-            return
+    def send(self, runs, pieces, sent):
+        """PUT the frames; ``sent()`` once the body is out (its buffer is free)."""
         length = chunked_length(runs)
-        vdi_import.put(self.xapi_session, self.vdi_ref, {"format": "raw", "chunked": "true"},
-                       length, pieces, _Quiet())
+        upload = vdi_import.Import(self.xapi_session, self.vdi_ref,
+                                   {"format": "raw", "chunked": "true"}, length).start()
+        upload.send(pieces, _Quiet())
+        sent()
         self.sent_bytes += length
         self.puts += 1
+        self.finish_pending()
+        if not upload.body_sent:
+            upload.finish()  # raises with the task's reason, without delay
+        self._pending = upload
 
+    def finish_pending(self):
+        upload, self._pending = self._pending, None
+        if upload is not None:
+            upload.finish()
 
-class _Batch:
-    """Non-zero runs of several sparse windows, copied together for one PUT."""
-
-    def __init__(self, capacity):
-        self.capacity = capacity
-        self.used = 0
-        self.runs = []
-        self._buffer = None  # allocated on first use: dense streams never need it
-
-    @property
-    def free(self):
-        return self.capacity - self.used
-
-    def add(self, offset, view):
-        if self._buffer is None:
-            self._buffer = memoryview(bytearray(self.capacity))
-        self._buffer[self.used:self.used + len(view)] = view
-        self.used += len(view)
-        last = self.runs[-1] if self.runs else None
-        if last and last[0] + last[1] == offset:
-            self.runs[-1] = (last[0], last[1] + len(view))
-        else:
-            self.runs.append((offset, len(view)))
-
-    def take(self):
-        """(runs, pieces) of what is gathered; the batch is empty again once
-        the pieces have been sent."""
-        runs, self.runs, self.used = self.runs, [], 0
-        return runs, _frames(self._buffer, None, runs)
+    def abandon_pending(self):
+        upload, self._pending = self._pending, None
+        if upload is not None:
+            upload.abandon()
 
 
 class _Quiet:
@@ -312,5 +269,3 @@ def _frames(view, view_offset, runs):
     yield [_END_OF_FRAMES]
 
 
-def _round_up(value, multiple):
-    return -(-value // multiple) * multiple

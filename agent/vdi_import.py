@@ -66,58 +66,121 @@ def put(xapi_session, vdi_ref, query, content_length, pieces, progress):
     task says why), ``IMPORT_HTTP_ERROR`` (another answer than 200),
     ``CONNECTION_FAILED`` or ``IMPORT_INCOMPLETE`` (the body could not be sent).
     """
-    task_ref = xapi_session.call(
-        "task.create", "nova-xen-split import",
-        "import of %d bytes into %s" % (content_length, vdi_ref))
-    url = urllib.parse.urlsplit(xapi_session.http_url(
-        "/import_raw_vdi", vdi=vdi_ref, task_id=task_ref, **query))
-    # Never show the query: it holds the session id.
-    where = "%s://%s%s" % (url.scheme, url.netloc, url.path)
-    if url.scheme == "https":
-        connection = http.client.HTTPSConnection(url.hostname, url.port, timeout=60)
-    else:
-        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
-    response = None
-    try:
+    upload = Import(xapi_session, vdi_ref, query, content_length)
+    upload.start()
+    upload.send(pieces, progress)
+    upload.finish()
+
+
+class Import:
+    """One PUT in three steps, so a caller can overlap them across PUTs.
+
+    :meth:`start` makes the task, sends the headers and reads XAPI's early
+    answer; :meth:`send` sends the body; :meth:`finish` waits for the import
+    to end and checks its task. Once ``send`` has returned, the body's
+    buffers are free again (the kernel holds the bytes), so a streaming
+    caller may refill them and start the next PUT while XAPI is still
+    writing this one, and finish this one afterwards. Whatever happens,
+    :meth:`finish` or :meth:`abandon` must be called once ``start`` has
+    succeeded: both leave no task and no connection behind.
+    """
+
+    def __init__(self, xapi_session, vdi_ref, query, content_length):
+        self.xapi_session = xapi_session
+        self.vdi_ref = vdi_ref
+        self.query = query
+        self.content_length = content_length
+        self.sent_bytes = 0
+        self._task_ref = None
+        self._connection = None
+        self._response = None
+        self._sent_error = None
+
+    def start(self):
+        """Task, headers, XAPI's answer. Raises XapiFailure (and cleans up)."""
+        session = self.xapi_session
+        self._task_ref = session.call(
+            "task.create", "nova-xen-split import",
+            "import of %d bytes into %s" % (self.content_length, self.vdi_ref))
+        url = urllib.parse.urlsplit(session.http_url(
+            "/import_raw_vdi", vdi=self.vdi_ref, task_id=self._task_ref, **self.query))
+        # Never show the query: it holds the session id.
+        self._where = "%s://%s%s" % (url.scheme, url.netloc, url.path)
+        if url.scheme == "https":
+            connection = http.client.HTTPSConnection(url.hostname, url.port, timeout=60)
+        else:
+            connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        self._connection = connection
         try:
             connection.putrequest("PUT", "%s?%s" % (url.path, url.query),
                                   skip_accept_encoding=True)
             connection.putheader("Content-Type", "application/octet-stream")
-            connection.putheader("Content-Length", str(content_length))
+            connection.putheader("Content-Length", str(self.content_length))
             connection.endheaders()
-            sock = connection.sock
-            response = http.client.HTTPResponse(sock, method="PUT")
-            response.begin()
+            self._response = http.client.HTTPResponse(connection.sock, method="PUT")
+            self._response.begin()
         except (OSError, http.client.HTTPException) as e:
-            _forget_task(xapi_session, task_ref)
+            self._close()
+            _forget_task(session, self._task_ref)
             raise exceptions.XapiFailure(details=[
-                "CONNECTION_FAILED", where, str(e) or type(e).__name__]) from None
-        if response.status != 200:
-            _refused(xapi_session, task_ref, where, response)
+                "CONNECTION_FAILED", self._where, str(e) or type(e).__name__]) from None
+        if self._response.status != 200:
+            response = self._response
+            self._close()
+            _refused(session, self._task_ref, self._where, response)
+        return self
+
+    def send(self, pieces, progress):
+        """Send the body. An error of ``pieces`` (the body's source) cuts the
+        connection, collects the task and is raised; a send that breaks is
+        reported by :meth:`finish`, after the task has said why."""
         try:
-            sent_error = _send_body(sock, pieces, progress)
+            self._sent_error = _send_body(self._connection.sock, pieces, progress)
         except BaseException:
-            # The body's source failed: cutting the connection makes XAPI
-            # fail the task, which is then collected before re-raising.
-            response.close()
-            connection.close()
-            _collect_task(xapi_session, task_ref)
+            # Cutting the connection makes XAPI fail the task, which is then
+            # collected before re-raising.
+            self.abandon()
             raise
-        if sent_error is None and response.will_close:
-            _await_close(response)
-    finally:
-        if response is not None:
-            response.close()
-        connection.close()
-    # The task has the last word, even when sending broke: XAPI fails it with
-    # the reason it stopped reading.
-    xapi_session.wait_for_task(
-        task_ref, poll=0.002,
-        timeout=TASK_TIMEOUT_SECONDS if sent_error is None else 60.0)
-    if sent_error is not None:
-        raise exceptions.XapiFailure(details=[
-            "IMPORT_INCOMPLETE", "body cut after %d of %d bytes: %s"
-            % (progress.done_bytes, content_length, sent_error)])
+        finally:
+            self.sent_bytes = progress.done_bytes
+
+    @property
+    def body_sent(self):
+        """True once :meth:`send` has sent the whole body."""
+        return self._sent_error is None and self.sent_bytes == self.content_length
+
+    def finish(self):
+        """Wait for the import to end; raises XapiFailure if it did not succeed."""
+        try:
+            if self._sent_error is None and self._response.will_close:
+                _await_close(self._response)
+        finally:
+            self._close()
+        # The task has the last word, even when sending broke: XAPI fails it
+        # with the reason it stopped reading.
+        task_ref, self._task_ref = self._task_ref, None
+        self.xapi_session.wait_for_task(
+            task_ref, poll=0.002,
+            timeout=TASK_TIMEOUT_SECONDS if self._sent_error is None else 60.0)
+        if self._sent_error is not None:
+            raise exceptions.XapiFailure(details=[
+                "IMPORT_INCOMPLETE", "body cut after %d of %d bytes: %s"
+                % (self.sent_bytes, self.content_length, self._sent_error)])
+
+    def abandon(self):
+        """Cut the connection and collect the task, ignoring its outcome."""
+        self._close()
+        task_ref, self._task_ref = self._task_ref, None
+        if task_ref is not None:
+            _collect_task(self.xapi_session, task_ref)
+
+    def _close(self):
+        if self._response is not None:
+            self._response.close()
+            self._response = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 def _await_close(response):

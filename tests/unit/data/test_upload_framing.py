@@ -36,23 +36,6 @@ def body_of(pieces):
     return b"".join(bytes(buf) for buffers in pieces for buf in buffers)
 
 
-def test_zero_blocks_split_runs_and_neighbours_merge():
-    buffer = bytearray(6 * 64 * KiB)
-    buffer[5] = 1                      # block 0
-    buffer[64 * KiB + 9] = 1           # block 1, merges with block 0
-    buffer[4 * 64 * KiB] = 1           # block 4 alone
-    runs = upload.nonzero_runs(buffer, len(buffer), base_offset=1000)
-
-    assert runs == [(1000, 128 * KiB), (1000 + 256 * KiB, 64 * KiB)]
-
-
-def test_a_short_last_block_is_kept_with_its_exact_length():
-    buffer = bytearray(64 * KiB + 100)
-    buffer[-1] = 7
-
-    assert upload.nonzero_runs(buffer, len(buffer)) == [(64 * KiB, 100)]
-
-
 def test_file_runs_skip_holes_and_written_zeros(tmp_path):
     path = tmp_path / "d.raw"
     with open(path, "wb") as f:
@@ -110,30 +93,14 @@ def test_file_body_frames_rebuild_the_file(tmp_path):
     assert apply_frames(frames, len(content)) == bytes(content)
 
 
-def test_window_frames_carry_stream_offsets():
-    window = bytearray(2 * MiB)
-    window[MiB:MiB + 4] = b"data"
-    view = memoryview(window)
-    runs = upload.nonzero_runs(window, len(window), base_offset=64 * MiB)
+def test_window_frames_carry_stream_offsets_of_runs_kept_back_to_back():
+    view = memoryview(b"a" * (64 * KiB) + b"data")
+    runs = [(64 * MiB, 64 * KiB), (65 * MiB, 4)]
 
-    body = body_of(upload._frames(view, 64 * MiB, runs))
+    body = body_of(upload._frames(view, None, runs))
 
     assert len(body) == upload.chunked_length(runs)
-    assert decode_chunked(body) == [(65 * MiB, b"data" + bytes(64 * KiB - 4))]
-
-
-def test_a_batch_packs_runs_back_to_back_and_merges_neighbours():
-    batch = upload._Batch(256 * KiB)
-    batch.add(10 * MiB, memoryview(b"a" * (64 * KiB)))
-    batch.add(10 * MiB + 64 * KiB, memoryview(b"b" * (64 * KiB)))
-    batch.add(30 * MiB, memoryview(b"c" * 100))
-
-    runs, pieces = batch.take()
-
-    assert runs == [(10 * MiB, 128 * KiB), (30 * MiB, 100)]
-    assert decode_chunked(body_of(pieces)) == [
-        (10 * MiB, b"a" * (64 * KiB) + b"b" * (64 * KiB)), (30 * MiB, b"c" * 100)]
-    assert batch.free == 256 * KiB
+    assert decode_chunked(body) == [(64 * MiB, b"a" * (64 * KiB)), (65 * MiB, b"data")]
 
 
 def test_progress_reports_done_and_total_to_the_callback():
