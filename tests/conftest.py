@@ -95,6 +95,45 @@ def no_leaked_loop_devices(tmp_path_factory):
     assert not leaked, "tests leaked loop devices: %s" % leaked
 
 
+def _broker_queue_names():
+    try:
+        out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return {line.strip() for line in out.stdout.splitlines()[1:] if line.strip()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_broker_queues():
+    """Delete the queues this run left on the broker.
+
+    oslo.messaging leaves reply and fanout queues behind when a client or
+    server goes away (they would only expire after 30 minutes); per-host
+    server queues are removed by the tests that make them. Queues that
+    existed before the run, or that still have consumers, are not touched.
+    """
+    before = _broker_queue_names() if rabbit_available() else None
+    yield
+    if before is None:
+        return
+    after = _broker_queue_names() or set()
+    ours = sorted(name for name in after - before
+                  if name.startswith(("reply_", "nova-xen-split-agent")))
+    if not ours:
+        return
+    import kombu
+    with kombu.Connection(RABBIT_URL.replace("rabbit://", "amqp://")) as conn:
+        channel = conn.channel()
+        for name in ours:
+            try:
+                channel.queue_delete(name, if_unused=True)
+            except Exception:  # in use or gone: a channel error closes it
+                channel = conn.channel()
+
+
 class SimProcess:
     """One ``xapi-sim`` child process on a state directory."""
 
