@@ -144,6 +144,8 @@ class ReadAhead:
             window = self._next_window()
             offset = 0
             while window is not None and offset < self._size_bytes:
+                if self._stop.is_set():
+                    return
                 if window.length == self._capacity:
                     self._filled.put(window)
                     window = self._next_window()
@@ -191,3 +193,9 @@ class ReadAhead:
     def release(self, window):
         """The window has been consumed; the thread may refill it."""
         self._free.put(window)
+
+    def abort(self, error):
+        """Stop reading; the iteration raises ``error`` (from any thread)."""
+        self._stop.set()
+        self._filled.put(error)
+        self._free.put(None)

@@ -19,6 +19,7 @@ import array
 import logging
 import os
 import struct
+from concurrent import futures
 
 from agent import readahead, vdi_import, vhd
 from agent.vdi_import import Progress
@@ -184,12 +185,12 @@ def upload_stream(xapi_session, vdi_ref, reader, size_bytes, window_bytes=WINDOW
     ``window_bytes`` bounds the memory, whatever the stream's size: a thread
     (:mod:`agent.readahead`) reads the stream into two buffers of half of
     it, taking turns, and keeps only the non-zero 64 KiB blocks; each buffer
-    full of data goes out as one chunked PUT while the other fills. A PUT is
-    finished (its task checked) after the next one's body has been sent, or
-    when the next buffer is not ready yet, so XAPI's closing work overlaps
-    with sending. Zero runs send nothing. Every PUT has its own task,
-    checked. ``reader`` has ``readinto`` or ``read``; ``progress(done,
-    total)`` counts stream bytes read (from the reading thread). Raises
+    full of data goes out as one chunked PUT while the other fills. The PUTs
+    run on worker threads, so the calls that make and check one PUT's task
+    overlap with another PUT's body instead of leaving the link idle. Zero
+    runs send nothing. Every PUT has its own task, checked. ``reader`` has
+    ``readinto`` or ``read``; ``progress(done, total)`` counts stream bytes
+    read (from the reading thread). Raises
     XapiFailure (HTTP status or a task's error info), DiskOperationFailed
     (stream shorter than ``size_bytes``), and whatever the reader raises
     (ImageFetchFailed for image downloads).
@@ -198,54 +199,79 @@ def upload_stream(xapi_session, vdi_ref, reader, size_bytes, window_bytes=WINDOW
         raise ValueError("window_bytes must be a whole number of MiB, got %d" % window_bytes)
     tracker = Progress("upload of a %d-byte stream" % size_bytes, size_bytes,
                        progress, progress_interval)
-    sender = _Sender(xapi_session, vdi_ref)
-    with readahead.ReadAhead(reader, size_bytes, window_bytes // 2, tracker) as windows:
-        try:
-            for window in windows.filled(on_wait=sender.finish_pending):
-                sender.send(window.runs, _frames(window.view, None, window.runs),
-                            lambda window=window: windows.release(window))
-            sender.finish_pending()
-        except BaseException:
-            sender.abandon_pending()
-            raise
+    with readahead.ReadAhead(reader, size_bytes, window_bytes // 2, tracker) as windows, \
+            _Sender(xapi_session, vdi_ref, windows) as sender:
+        for window in windows:
+            sender.submit(window)
     LOG.info("%s: done, %s; sent %d bytes in %d PUT(s)",
              tracker.label, tracker.summary(), sender.sent_bytes, sender.puts)
 
 
 class _Sender:
-    """Chunked PUTs of (runs, pieces) into one VDI, counted, each finished
-    after the next has been sent (see upload_stream)."""
+    """Chunked PUTs of windows into one VDI, on worker threads, counted.
 
-    def __init__(self, xapi_session, vdi_ref):
+    Each PUT runs whole on a worker thread (start, body, handing the window
+    back to ``windows``, task check). A failure stops ``windows`` at once
+    and is raised by the iteration, the next :meth:`submit` or on leaving;
+    leaving waits for every PUT, so none is left running or unchecked
+    whatever happened.
+    """
+
+    # One PUT finishing, one sending, one starting; there are only two
+    # buffers, so no more than two bodies are ever in memory.
+    WORKERS = 3
+
+    def __init__(self, xapi_session, vdi_ref, windows):
         self.xapi_session = xapi_session
         self.vdi_ref = vdi_ref
         self.sent_bytes = 0
         self.puts = 0
-        self._pending = None
+        self._release = windows.release
+        self._abort = windows.abort
+        self._pool = futures.ThreadPoolExecutor(self.WORKERS, thread_name_prefix="vdi-put")
+        self._running = []
 
-    def send(self, runs, pieces, sent):
-        """PUT the frames; ``sent()`` once the body is out (its buffer is free)."""
-        length = chunked_length(runs)
-        upload = vdi_import.Import(self.xapi_session, self.vdi_ref,
-                                   {"format": "raw", "chunked": "true"}, length).start()
-        upload.send(pieces, _Quiet())
-        sent()
-        self.sent_bytes += length
-        self.puts += 1
-        self.finish_pending()
-        if not upload.body_sent:
-            upload.finish()  # raises with the task's reason, without delay
-        self._pending = upload
+    def submit(self, window):
+        self._collect(wait=len(self._running) >= self.WORKERS)
+        self._running.append(self._pool.submit(self._put, window))
 
-    def finish_pending(self):
-        upload, self._pending = self._pending, None
-        if upload is not None:
+    def _put(self, window):
+        try:
+            try:
+                length = chunked_length(window.runs)
+                upload = vdi_import.Import(
+                    self.xapi_session, self.vdi_ref, {"format": "raw", "chunked": "true"},
+                    length).start()
+                upload.send(_frames(window.view, None, window.runs), _Quiet())
+            finally:
+                self._release(window)  # sent (the kernel holds the bytes) or given up
             upload.finish()
+        except BaseException as e:
+            self._abort(e)  # the stream stops at once, not at the next window
+            raise
+        return length
 
-    def abandon_pending(self):
-        upload, self._pending = self._pending, None
-        if upload is not None:
-            upload.abandon()
+    def _collect(self, wait):
+        """Count finished PUTs, raising the first failure; with ``wait``,
+        first wait until one of the running PUTs has finished."""
+        if wait:
+            futures.wait(self._running, return_when=futures.FIRST_COMPLETED)
+        for future in [f for f in self._running if f.done()]:
+            self._running.remove(future)
+            self.sent_bytes += future.result()  # raises the PUT's error
+            self.puts += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            futures.wait(self._running)
+            if exc_type is None:
+                self._collect(wait=False)
+        finally:
+            self._pool.shutdown(wait=True)
+        return False
 
 
 class _Quiet:

@@ -8,6 +8,7 @@ on tasks. It never logs the password or the session reference.
 
 import json
 import logging
+import threading
 import time
 import urllib.parse
 import xmlrpc.client
@@ -52,8 +53,9 @@ class XapiSession:
     """One logged-in XAPI session.
 
     ``call("VDI.get_record", ref)`` runs ``session.xenapi.VDI.get_record(ref)``
-    and raises :class:`XapiFailure` with XAPI's error description on failure,
-    or with ``["CONNECTION_FAILED", url, reason]`` when XAPI cannot be reached.
+    (one call at a time, whatever the thread) and raises :class:`XapiFailure`
+    with XAPI's error description on failure, or with
+    ``["CONNECTION_FAILED", url, reason]`` when XAPI cannot be reached.
     """
 
     def __init__(self, url, username, password, timeout=None):
@@ -63,6 +65,10 @@ class XapiSession:
         self._timeout = timeout
         self._session = None
         self.host_ref = None
+        # The SDK sends every call over one kept-alive connection, which two
+        # threads must not use at once (an upload finishes one PUT while
+        # starting the next).
+        self._call_lock = threading.Lock()
 
     # -- connection -------------------------------------------------------
 
@@ -116,7 +122,8 @@ class XapiSession:
         for part in method.split("."):
             target = getattr(target, part)
         try:
-            return target(*args)
+            with self._call_lock:
+                return target(*args)
         except XenAPI.Failure as e:
             raise exceptions.XapiFailure(details=[str(d) for d in e.details]) from None
         except (OSError, xmlrpc.client.ProtocolError, xmlrpc.client.Fault) as e:

@@ -198,6 +198,19 @@ def test_stream_shorter_than_announced_is_an_error(session):
         upload.upload_stream(session, vdi, reader, 4 * MiB, window_bytes=16 * MiB)
 
 
+def test_a_failed_put_stops_the_stream_at_once_with_the_tasks_error(session):
+    size = 256 * MiB
+    reader = PatternReader(size)
+    vdi = new_vdi(session, 8 * MiB)                  # the second buffer passes its end
+
+    with pytest.raises(exceptions.XapiFailure) as err:
+        upload.upload_stream(session, vdi, reader, size, window_bytes=16 * MiB)
+
+    assert err.value.code == "VDI_IO_ERROR"
+    assert reader.position <= 48 * MiB              # a few buffers, not the whole stream
+    assert session.call("task.get_all") == []
+
+
 @pytest.mark.parametrize("fmt", ["raw", "chunked", "vhd"])
 def test_a_body_larger_than_the_vdi_fails_with_the_tasks_error(session, tmp_path, fmt):
     source = make_source(tmp_path / "big.raw", 8 * MiB, [(7 * MiB, os.urandom(MiB))])
