@@ -32,8 +32,8 @@ class Window:
     """One buffer of kept data: ``view[:length]`` holds ``runs``, back to back.
 
     ``runs`` are ``(stream_offset, length)`` pairs in stream order, with
-    neighbours merged; every other stream byte before ``stream_end`` that
-    this or an earlier window did not keep was zero.
+    neighbours merged; the stream bytes between runs (and between windows)
+    were zero.
     """
 
     def __init__(self, buffer):
@@ -41,7 +41,6 @@ class Window:
         self.view = memoryview(buffer)
         self.length = 0
         self.runs = []
-        self.stream_end = 0
 
 
 def read_exactly(reader, view, stream_offset, size_bytes):
@@ -95,10 +94,10 @@ class ReadAhead:
     """Windows of the data of ``size_bytes`` of ``reader``, read by a thread.
 
     Each buffer holds up to ``buffer_bytes`` of data (a multiple of 64 KiB).
-    Use as a context manager; iterate with :meth:`filled` and hand each
-    window back with :meth:`release` once it has been consumed. An error of
-    the reader is raised by the iteration. ``progress.advance(n)``, if
-    given, is called from the thread with the stream bytes read.
+    Use as a context manager; iterate over it and hand each window back
+    with :meth:`release` once it has been consumed. An error of the reader
+    is raised by the iteration. ``progress.advance(n)``, if given, is called
+    from the thread with the stream bytes read.
     """
 
     def __init__(self, reader, size_bytes, buffer_bytes, progress=None):
@@ -159,7 +158,6 @@ class ReadAhead:
                              self._size_bytes)
                 window.length += keep_data(window, start, size, offset)
                 offset += size
-                window.stream_end = offset
                 if self._progress is not None:
                     self._progress.advance(size)
             if window is not None and window.runs:
@@ -168,27 +166,15 @@ class ReadAhead:
         except BaseException as e:  # handed to the consumer, raised there
             self._filled.put(e)
 
-    def filled(self, on_wait=None):
-        """Iterate over windows holding data, in stream order.
-
-        ``on_wait()`` is called before blocking for a window that is not
-        ready yet (the uploader finishes its last PUT then).
-        """
+    def __iter__(self):
+        """Windows holding data, in stream order; raises the reader's error."""
         while True:
-            try:
-                item = self._filled.get_nowait()
-            except queue.Empty:
-                if on_wait is not None:
-                    on_wait()
-                item = self._filled.get()
+            item = self._filled.get()
             if item is None:
                 return
             if isinstance(item, BaseException):
                 raise item
             yield item
-
-    def __iter__(self):
-        return self.filled()
 
     def release(self, window):
         """The window has been consumed; the thread may refill it."""

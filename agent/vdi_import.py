@@ -144,11 +144,6 @@ class Import:
         finally:
             self.sent_bytes = progress.done_bytes
 
-    @property
-    def body_sent(self):
-        """True once :meth:`send` has sent the whole body."""
-        return self._sent_error is None and self.sent_bytes == self.content_length
-
     def finish(self):
         """Wait for the import to end; raises XapiFailure if it did not succeed."""
         try:

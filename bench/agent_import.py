@@ -22,17 +22,23 @@ simulator's import rate; sparse ≥ 10× faster than plain raw), the highest
 sparse ratio the floor allows, and the agent's peak RSS (VmHWM over all
 rounds; target < 150 MiB).
 
+The floor matters for the sparse image: the image service streams every
+byte of a raw image, zeros included (Glance has no sparse download), so an
+agent that streams it can skip sending the zeros to XAPI but not receiving
+them. Its time cannot go below the floor, and "plain raw time / floor" is
+the highest sparse ratio reachable on the machine at hand, whatever the
+agent does; the bytes sent to XAPI are shown beside it.
+
 Run as root (the simulator plugs loop devices):
     .venv/bin/python bench/agent_import.py [--work-dir DIR] [--rounds N]
 """
 
 import argparse
 import http.client
-import http.server
 import os
+import re
 import shutil
 import signal
-import socketserver
 import statistics
 import subprocess
 import sys
@@ -52,112 +58,12 @@ from rpc import client as rpc_client  # noqa: E402
 from rpc import transports  # noqa: E402
 from tests.conftest import SimProcess  # noqa: E402
 
+from image_service import (  # noqa: E402  (bench/ is the script's directory)
+    drop_page_cache_of, make_dense, make_sparse, start_image_service)
+
 MiB = 1 << 20
 GiB = 1 << 30
 AGENT = os.path.join(os.path.dirname(sys.executable), "nova-xen-split-agent")
-
-
-# -- the image service ----------------------------------------------------------
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        path = self.server.images.get(self.path.split("/")[3])
-        size = os.path.getsize(path)
-        self.send_response(200)
-        self.send_header("Content-Length", str(size))
-        self.end_headers()
-        self.wfile.flush()
-        with open(path, "rb") as f:
-            # Holes go out from a zero buffer, data with sendfile: the bytes
-            # on the wire are the image's, without the kernel materialising
-            # zero pages for every hole (an image service would not either).
-            offset = 0
-            while offset < size:
-                data = _next_data(f.fileno(), offset, size)
-                while offset < data:
-                    count = min(len(_ZEROS), data - offset)
-                    self.connection.sendall(_ZEROS[:count])
-                    offset += count
-                if offset >= size:
-                    break
-                hole = os.lseek(f.fileno(), offset, os.SEEK_HOLE)
-                self.connection.sendfile(f, offset, hole - offset)
-                offset = hole
-
-    def log_message(self, *args):
-        pass
-
-
-_ZEROS = memoryview(bytes(4 * MiB))
-
-
-def _next_data(fd, offset, size):
-    try:
-        return min(os.lseek(fd, offset, os.SEEK_DATA), size)
-    except OSError:  # ENXIO: only a hole is left
-        return size
-
-
-class ImageService(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-
-    def __init__(self, images):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.images = images
-
-
-def start_image_service(images):
-    """Serve ``images`` from a child process; returns (pid, base URL).
-
-    A process of its own, so that its sends do not take turns for this
-    process's interpreter lock with the measurements (the floor's reads).
-    Call before any thread is started: it forks.
-    """
-    service = ImageService(images)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            service.serve_forever()
-        finally:
-            os._exit(0)
-    url = "http://127.0.0.1:%d" % service.server_address[1]
-    service.server_close()  # the child has its own copy of the socket
-    return pid, url
-
-
-# -- inputs ------------------------------------------------------------------------
-
-def make_dense(path, size_bytes):
-    block = os.urandom(4 * MiB)
-    with open(path, "wb") as f:
-        for _ in range(size_bytes // len(block)):
-            f.write(block)
-
-
-def make_sparse(path, size_bytes, data_fraction):
-    """``data_fraction`` of the image in 1 MiB runs spread evenly."""
-    runs = int(size_bytes * data_fraction) // MiB
-    stride = size_bytes // runs
-    with open(path, "wb") as f:
-        f.truncate(size_bytes)
-        for index in range(runs):
-            f.seek(index * stride)
-            f.write(os.urandom(MiB))
-    return runs * MiB
-
-
-def drop_page_cache_of(path):
-    """Start the next measurement cold and without the previous one's dirty
-    pages still being written back (which would be charged to it)."""
-    os.sync()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 # -- baselines ---------------------------------------------------------------------
@@ -314,15 +220,22 @@ def report(args, mode, work, rounds, dense_bytes, sparse_bytes, sparse_data, log
         print("%-40s %8.2f %10.1f   %s" % (
             name + what, median(name), size / MiB / median(name),
             " ".join("%.2f" % r[name] for r in rounds)))
-    dense_ratio = median_ratio("sim import dense", "agent dense")
-    sparse_ratio = median_ratio("plain raw sparse", "agent sparse")
-    print("dense: agent / simulator import rate = %.0f %% (target >= 80 %%) %s"
-          % (100 * dense_ratio, "MET" if dense_ratio >= 0.8 else "MISSED"))
+    # Both the median of the per-round ratios and the ratio of the medians
+    # are shown; a target counts as met only if both meet it.
+    dense_ratios = (median_ratio("sim import dense", "agent dense"),
+                    median("sim import dense") / median("agent dense"))
+    sparse_ratios = (median_ratio("plain raw sparse", "agent sparse"),
+                     median("plain raw sparse") / median("agent sparse"))
+    dense_ratio, sparse_ratio = min(dense_ratios), min(sparse_ratios)
+    print("dense: agent / simulator import rate = %.0f %% (ratio of medians %.0f %%; "
+          "target >= 80 %%) %s" % (100 * dense_ratios[0], 100 * dense_ratios[1],
+                                   "MET" if dense_ratio >= 0.8 else "MISSED"))
     print("dense: agent / cp rate = %.0f %%; agent / floor rate = %.0f %%"
           % (100 * median_ratio("cp dense", "agent dense"),
              100 * median_ratio("floor dense", "agent dense")))
-    print("sparse: plain raw time / agent time = %.1fx (target >= 10x) %s"
-          % (sparse_ratio, "MET" if sparse_ratio >= 10 else "MISSED"))
+    print("sparse: plain raw time / agent time = %.1fx (ratio of medians %.1fx; "
+          "target >= 10x) %s" % (sparse_ratios[0], sparse_ratios[1],
+                                 "MET" if sparse_ratio >= 10 else "MISSED"))
     print("sparse: the agent must read all %d MiB from the image service: plain raw "
           "time / floor = %.1fx is the most any streaming agent can reach here; the "
           "agent takes %.0f %% of the floor's time"
@@ -332,6 +245,10 @@ def report(args, mode, work, rounds, dense_bytes, sparse_bytes, sparse_data, log
         sent = [line.split("] ", 1)[-1].strip() for line in agent_log if "PUT(s)" in line]
     for line in sent[-2:]:
         print("agent log (last round):", line)
+    sparse_sent = re.search(r"sent (\d+) bytes", sent[-1]) if sent else None
+    if sparse_sent:
+        print("sparse: bytes sent to XAPI: plain raw %d, agent %s: %.1fx fewer"
+              % (sparse_bytes, sparse_sent.group(1), sparse_bytes / int(sparse_sent.group(1))))
     print("agent peak RSS (VmHWM): %.1f MiB (idle %.1f MiB; target < 150 MiB) %s"
           % (rss_peak / 1024, rss_idle / 1024,
              "MET" if rss_peak < 150 * 1024 else "MISSED"))

@@ -137,24 +137,6 @@ def test_leaving_early_stops_the_thread():
     assert reader.tell() <= 21 * BLOCK           # the two buffers and one piece at most
 
 
-def test_the_consumer_is_told_before_it_waits():
-    gate = threading.Event()
-
-    class Slow:
-        def __init__(self):
-            self.inner = io.BytesIO(b"d" * BLOCK)
-
-        def readinto(self, view):
-            gate.wait(10)
-            return self.inner.readinto(view)
-
-    waits = []
-    with readahead.ReadAhead(Slow(), BLOCK, BLOCK) as windows:
-        seen = list(windows.filled(on_wait=lambda: waits.append(1) or gate.set()))
-
-    assert waits and len(seen) == 1
-
-
 def test_an_empty_stream_gives_no_windows():
     assert collect(io.BytesIO(b""), 0, 4 * BLOCK) == []
 
