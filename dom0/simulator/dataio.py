@@ -19,7 +19,7 @@ import queue
 import struct
 import threading
 
-from dom0.simulator import sparsefile, vhd
+from dom0.simulator import sparsefile, splicein, vhd
 # Exports live in their own module; the HTTP handler finds them all here.
 from dom0.simulator.vdiexport import export_raw, export_vhd, vhd_export_length
 from dom0.simulator.vhdformat import SECTOR, VhdError
@@ -153,9 +153,33 @@ def import_raw(rfile, content_length, vdi_path, vdi_size, chunked):
     if content_length > vdi_size:
         raise ImportFailed("the body (%d bytes) is larger than the VDI (%d bytes)"
                            % (content_length, vdi_size))
-    with _VdiTarget(vdi_path, vdi_size) as target, _WriteBehind(target) as writer:
-        writer.copy(body, 0, content_length)
+    with _VdiTarget(vdi_path, vdi_size) as target:
+        if splicein.AVAILABLE and hasattr(rfile, "take_buffered"):
+            _splice_body(rfile, target, content_length)
+        else:
+            with _WriteBehind(target) as writer:
+                writer.copy(body, 0, content_length)
     return content_length
+
+
+def _splice_body(rfile, target, content_length):
+    """A plain body from a socket, moved by ``splicein`` (no Python buffers)."""
+    try:
+        prefix = rfile.take_buffered(content_length)
+    except OSError as e:
+        raise ImportFailed("connection failed after 0 of %d body bytes: %s"
+                           % (content_length, e)) from None
+    try:
+        splicein.receive(rfile.socket, prefix, target.fd, target.vdi_path, content_length)
+    except splicein.Cut as e:
+        if e.cause is None:
+            raise ImportFailed("connection closed after %d of %d body bytes"
+                               % (e.done, content_length)) from None
+        raise ImportFailed("connection failed after %d of %d body bytes: %s"
+                           % (e.done, content_length, e.cause)) from None
+    except splicein.WriteFailed as e:
+        raise ImportFailed("writing the VDI failed at offset %d: %s"
+                           % (e.offset, e.cause)) from None
 
 
 class _WriteBehind:

@@ -43,6 +43,24 @@ class SocketBody:
             self._buffered = False
         return self._sock.recv_into(view)
 
+    @property
+    def socket(self):
+        """The connection, for a receive that bypasses Python buffers (``splicein``)."""
+        return self._sock
+
+    def take_buffered(self, limit):
+        """Up to ``limit`` body bytes the buffered reader holds, taken out of it.
+
+        Whatever the header parsing read past the headers is body; a receive
+        straight from :attr:`socket` must write these bytes first.
+        """
+        if not self._buffered or limit <= 0:
+            return b""
+        self._buffered = False
+        # peek() returns what is buffered (one raw read if nothing is).
+        pending = len(self._rfile.peek(1))
+        return self._rfile.read(min(pending, limit))
+
 
 class Refused(Exception):
     """The request is answered with ``status`` and no task outcome but ``error``."""
