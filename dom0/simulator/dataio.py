@@ -8,8 +8,9 @@ written past the VDI's size, and a VDI that held no data before a failed
 import holds none after it. After a failure the body may be partly unread, so
 the connection cannot carry another request.
 
-Speed matters (later benchmarks must not be bound by the simulator): bodies
-are read in 4 MiB pieces into a few circulating buffers and written with
+Speed matters (later benchmarks must not be bound by the simulator): a plain
+raw body from a socket is spliced into the file by :mod:`splicein`; other
+bodies are read in 4 MiB pieces into a few circulating buffers and written with
 ``pwrite`` by a second thread while the next piece arrives; all-zero 64 KiB
 grains are skipped so they stay holes. The exports are in :mod:`vdiexport`.
 """
