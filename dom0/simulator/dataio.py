@@ -155,7 +155,7 @@ def import_raw(rfile, content_length, vdi_path, vdi_size, chunked):
         raise ImportFailed("the body (%d bytes) is larger than the VDI (%d bytes)"
                            % (content_length, vdi_size))
     with _VdiTarget(vdi_path, vdi_size) as target:
-        if splicein.AVAILABLE and hasattr(rfile, "take_buffered"):
+        if splicein.usable(rfile):
             _splice_body(rfile, target, content_length)
         else:
             with _WriteBehind(target) as writer:

@@ -16,6 +16,7 @@ import fcntl
 import mmap
 import os
 import select
+import ssl
 
 from dom0.simulator import sparsefile
 
@@ -25,6 +26,15 @@ AVAILABLE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 PIPE_SIZE = 1 << 20
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_MORE", 0)
 GRAIN = sparsefile.ZERO_GRAIN
+
+
+def usable(body):
+    """True when ``body`` (``http_data.SocketBody``) can be spliced from.
+
+    A TLS socket's file descriptor carries ciphertext, so it never is.
+    """
+    return (AVAILABLE and hasattr(body, "take_buffered")
+            and not isinstance(body.socket, ssl.SSLSocket))
 
 
 class Cut(Exception):
