@@ -14,6 +14,7 @@ import pytest
 
 from dom0.simulator import dataio, vhd, vhdformat
 from tests.functional.simulator import vhdtestlib
+from tests.functional.simulator.simhelpers import allocated_bytes, read_file
 
 MiB = 1 << 20
 
@@ -37,15 +38,6 @@ def qemu_read(vhd_path, out):
     """What qemu-img reads from the VHD, as a raw file."""
     vhdtestlib.qemu_img("convert", "-f", "vpc", "-O", "raw", str(vhd_path), str(out))
     return out
-
-
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def allocated(path):
-    return os.stat(path).st_blocks * 512
 
 
 def stream_decode(vhd_path, out, vdi_size):
@@ -81,9 +73,9 @@ def test_materialize_matches_qemu_img_byte_for_byte(tmp_path, layout):
 
     assert parent is None
     assert virtual_size == os.path.getsize(expected)
-    assert read(tmp_path / "out.raw") == read(expected)
+    assert read_file(tmp_path / "out.raw") == read_file(expected)
     # qemu may round the size up to a CHS geometry; the source is a prefix.
-    assert read(expected)[:size] == read(src)
+    assert read_file(expected)[:size] == read_file(src)
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
@@ -91,12 +83,12 @@ def test_stream_decode_matches_qemu_img_byte_for_byte(tmp_path, layout):
     size, extents, options = LAYOUTS[layout]
     src = make_raw(tmp_path / "src.raw", size, extents)
     image = qemu_vhd(src, tmp_path / "disk.vhd", options)
-    expected = read(qemu_read(image, tmp_path / "qemu.raw"))
+    expected = read_file(qemu_read(image, tmp_path / "qemu.raw"))
     vdi_size = len(expected) + 3 * MiB  # a VDI larger than the disk is fine
 
     stream_decode(image, tmp_path / "vdi.raw", vdi_size)
 
-    assert read(tmp_path / "vdi.raw") == expected + bytes(3 * MiB)
+    assert read_file(tmp_path / "vdi.raw") == expected + bytes(3 * MiB)
 
 
 def test_decoded_sparse_disk_keeps_its_holes(tmp_path):
@@ -110,8 +102,8 @@ def test_decoded_sparse_disk_keeps_its_holes(tmp_path):
 
     # Zero-skipping works on 64 KiB grains: at most one extra grain per extent end.
     slack = 2 * len(extents) * 64 * 1024
-    assert allocated(tmp_path / "out.raw") <= data_bytes + slack
-    assert allocated(tmp_path / "vdi.raw") <= data_bytes + slack
+    assert allocated_bytes(tmp_path / "out.raw") <= data_bytes + slack
+    assert allocated_bytes(tmp_path / "vdi.raw") <= data_bytes + slack
 
 
 def test_empty_disk_decodes_to_no_allocated_blocks(tmp_path):
@@ -121,8 +113,8 @@ def test_empty_disk_decodes_to_no_allocated_blocks(tmp_path):
     vhd.materialize_chain(str(image), str(tmp_path / "out.raw"))
     stream_decode(image, tmp_path / "vdi.raw", 64 * MiB)
 
-    assert allocated(tmp_path / "out.raw") == 0
-    assert allocated(tmp_path / "vdi.raw") == 0
+    assert allocated_bytes(tmp_path / "out.raw") == 0
+    assert allocated_bytes(tmp_path / "vdi.raw") == 0
 
 
 @pytest.mark.parametrize("order", ["descending", [3, 0, 7, 1]])
@@ -137,9 +129,9 @@ def test_stream_decoder_accepts_blocks_stored_in_any_order(tmp_path, order):
     stream_decode(image, tmp_path / "vdi.raw", size)
     vhd.materialize_chain(str(image), str(tmp_path / "out.raw"))
 
-    assert read(tmp_path / "vdi.raw") == read(expected)
-    assert read(tmp_path / "out.raw") == read(expected)
-    assert read(qemu_read(image, tmp_path / "qemu.raw")) == read(expected)
+    assert read_file(tmp_path / "vdi.raw") == read_file(expected)
+    assert read_file(tmp_path / "out.raw") == read_file(expected)
+    assert read_file(qemu_read(image, tmp_path / "qemu.raw")) == read_file(expected)
 
 
 # -- differencing chains -------------------------------------------------
@@ -159,7 +151,7 @@ def test_differencing_child_takes_unmarked_sectors_from_its_parent(tmp_path):
     virtual_size, parent = vhd.materialize_chain(str(child), str(tmp_path / "out.raw"))
 
     assert (virtual_size, parent) == (size, str(base))
-    assert read(tmp_path / "out.raw") == read(src)
+    assert read_file(tmp_path / "out.raw") == read_file(src)
 
 
 def test_three_level_chain_resolves_each_sector_to_the_nearest_layer(tmp_path):
@@ -177,7 +169,7 @@ def test_three_level_chain_resolves_each_sector_to_the_nearest_layer(tmp_path):
     _, parent = vhd.materialize_chain(str(tmp_path / "leaf.vhd"), str(tmp_path / "out.raw"))
 
     assert parent == str(tmp_path / "middle.vhd")
-    assert read(tmp_path / "out.raw") == read(expected)
+    assert read_file(tmp_path / "out.raw") == read_file(expected)
 
 
 def test_child_refuses_a_parent_whose_unique_id_differs(tmp_path):
@@ -244,7 +236,7 @@ def expect_refused(image, tmp_path, pattern):
     assert not os.path.exists(tmp_path / "out.raw")
     with pytest.raises(dataio.ImportFailed, match=pattern):
         stream_decode(image, tmp_path / "vdi.raw", 16 * MiB)
-    assert allocated(tmp_path / "vdi.raw") == 0  # nothing written to the fresh VDI
+    assert allocated_bytes(tmp_path / "vdi.raw") == 0  # nothing written to the fresh VDI
 
 
 def test_bad_footer_cookie_is_refused(good_vhd, tmp_path):
