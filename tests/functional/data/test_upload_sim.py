@@ -14,6 +14,7 @@ import pytest
 from agent import upload, vdi_import
 from nova_xen_split import xapi
 from rpc import exceptions
+from tests.diskfiles import allocated_bytes, make_disk
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -47,21 +48,8 @@ def export_raw(session, vdi_ref):
         return response.read()
 
 
-def allocated_bytes(path):
-    return os.stat(path).st_blocks * 512
-
-
-def make_source(path, size, writes):
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for offset, data in writes:
-            f.seek(offset)
-            f.write(data)
-    return str(path)
-
-
 def sparse_source(tmp_path, size=64 * MiB):
-    return make_source(tmp_path / "src.raw", size, [
+    return make_disk(tmp_path / "src.raw", size, [
         (4 * KiB, b"boot sector"), (17 * MiB + 3, os.urandom(300 * KiB)),
         (size - 512, b"last sector")])
 
@@ -92,7 +80,7 @@ def test_holes_stay_holes_in_the_vdi(xapi_sim, session, tmp_path, fmt):
 
 
 def test_progress_callback_reaches_the_body_length(session, tmp_path):
-    source = make_source(tmp_path / "src.raw", 16 * MiB, [(0, os.urandom(9 * MiB))])
+    source = make_disk(tmp_path / "src.raw", 16 * MiB, [(0, os.urandom(9 * MiB))])
     vdi = new_vdi(session, 16 * MiB)
     seen = []
 
@@ -213,7 +201,7 @@ def test_a_failed_put_stops_the_stream_at_once_with_the_tasks_error(session):
 
 @pytest.mark.parametrize("fmt", ["raw", "chunked", "vhd"])
 def test_a_body_larger_than_the_vdi_fails_with_the_tasks_error(session, tmp_path, fmt):
-    source = make_source(tmp_path / "big.raw", 8 * MiB, [(7 * MiB, os.urandom(MiB))])
+    source = make_disk(tmp_path / "big.raw", 8 * MiB, [(7 * MiB, os.urandom(MiB))])
     vdi = new_vdi(session, 4 * MiB)
 
     with pytest.raises(exceptions.XapiFailure) as err:
@@ -224,7 +212,7 @@ def test_a_body_larger_than_the_vdi_fails_with_the_tasks_error(session, tmp_path
 
 
 def test_a_refused_request_raises_without_sending_the_body(session, tmp_path):
-    source = make_source(tmp_path / "src.raw", 4 * MiB, [(0, b"x")])
+    source = make_disk(tmp_path / "src.raw", 4 * MiB, [(0, b"x")])
     vdi = new_vdi(session, 4 * MiB)
     session.call("VDI.destroy", vdi)
     sent = []

@@ -15,6 +15,7 @@ import pytest
 
 from agent import vhd
 from tests.conftest import need
+from tests.diskfiles import make_disk
 
 MiB = 1024 * 1024
 
@@ -28,15 +29,6 @@ def qemu_img(*args):
     out = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout
-
-
-def make_disk(path, size, writes=()):
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for offset, data in writes:
-            f.seek(offset)
-            f.write(data)
-    return str(path)
 
 
 def write_stream(stream, path):

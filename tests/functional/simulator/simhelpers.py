@@ -72,23 +72,6 @@ def wait_task(xapi, task_ref, timeout=30.0):
     return xapi.task.get_status(task_ref)
 
 
-def allocated_bytes(path):
-    """Bytes the file really occupies on disk (holes excluded)."""
-    return os.stat(path).st_blocks * 512
-
-
-def make_vdi_file(path, size):
-    """A sparse file of ``size`` bytes, as the simulator makes a VDI."""
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return str(path)
-
-
-def read_file(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def vdi_path(sim, xapi, vdi_ref):
     sr_uuid = xapi.SR.get_uuid(xapi.VDI.get_SR(vdi_ref))
     return os.path.join(sim.state_dir, "sr", sr_uuid, xapi.VDI.get_uuid(vdi_ref) + ".raw")

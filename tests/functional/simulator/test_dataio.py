@@ -18,7 +18,7 @@ import pytest
 from dom0.simulator import dataio
 from tests.conftest import need
 from tests.functional.simulator.vhdtestlib import qemu_img
-from tests.functional.simulator.simhelpers import allocated_bytes, make_vdi_file, read_file
+from tests.diskfiles import allocated_bytes, make_disk, read_file
 
 MiB = 1 << 20
 
@@ -72,7 +72,7 @@ END = struct.pack("<QI", 0, 0)
 
 def test_plain_raw_body_lands_at_offset_zero_and_zero_grains_stay_holes(tmp_path, send):
     disk = os.urandom(MiB) + bytes(4 * MiB) + os.urandom(MiB)
-    vdi = make_vdi_file(tmp_path / "vdi", 8 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 8 * MiB)
 
     written = dataio.import_raw(send(disk), len(disk), vdi, 8 * MiB, chunked=False)
 
@@ -82,7 +82,7 @@ def test_plain_raw_body_lands_at_offset_zero_and_zero_grains_stay_holes(tmp_path
 
 
 def test_body_larger_than_the_vdi_fails_and_writes_nothing(tmp_path, send):
-    vdi = make_vdi_file(tmp_path / "vdi", MiB)
+    vdi = make_disk(tmp_path / "vdi", MiB)
 
     with pytest.raises(dataio.ImportFailed, match="larger than the VDI"):
         dataio.import_raw(send(os.urandom(MiB + 512)), MiB + 512, vdi, MiB, chunked=False)
@@ -92,7 +92,7 @@ def test_body_larger_than_the_vdi_fails_and_writes_nothing(tmp_path, send):
 
 
 def test_connection_cut_mid_body_fails_and_a_fresh_vdi_stays_empty(tmp_path, send):
-    vdi = make_vdi_file(tmp_path / "vdi", 8 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 8 * MiB)
 
     with pytest.raises(dataio.ImportFailed, match=r"connection closed after 5242880 of"):
         dataio.import_raw(send(os.urandom(5 * MiB)), 8 * MiB, vdi, 8 * MiB, chunked=False)
@@ -101,7 +101,7 @@ def test_connection_cut_mid_body_fails_and_a_fresh_vdi_stays_empty(tmp_path, sen
 
 
 def test_import_over_old_data_leaves_zeros_where_the_body_has_zeros(tmp_path, send):
-    vdi = make_vdi_file(tmp_path / "vdi", 4 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 4 * MiB)
     with open(vdi, "r+b") as f:
         f.write(os.urandom(4 * MiB))
     disk = os.urandom(MiB) + bytes(3 * MiB)
@@ -114,7 +114,7 @@ def test_import_over_old_data_leaves_zeros_where_the_body_has_zeros(tmp_path, se
 
 def test_plain_body_without_content_length_is_read_until_the_peer_closes(tmp_path, send):
     disk = os.urandom(3 * MiB + 100)
-    vdi = make_vdi_file(tmp_path / "vdi", 4 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 4 * MiB)
 
     assert dataio.import_raw(send(disk), None, vdi, 4 * MiB, chunked=False) == len(disk)
     assert read_file(vdi)[:len(disk)] == disk
@@ -133,7 +133,7 @@ def small_filesystem(tmp_path):
 
 
 def test_disk_full_while_writing_fails_the_import(small_filesystem, send):
-    vdi = make_vdi_file(small_filesystem / "vdi", 16 * MiB)
+    vdi = make_disk(small_filesystem / "vdi", 16 * MiB)
 
     with pytest.raises(dataio.ImportFailed, match="writing the VDI failed .*No space left"):
         dataio.import_raw(send(os.urandom(8 * MiB)), 8 * MiB, vdi, 16 * MiB, chunked=False)
@@ -147,7 +147,7 @@ def test_disk_full_while_writing_fails_the_import(small_filesystem, send):
 def test_chunked_body_writes_only_its_chunks(tmp_path, send):
     first, second = os.urandom(64 * 1024), os.urandom(3 * MiB + 7)
     body = chunk(MiB, first) + chunk(12 * MiB, second) + END
-    vdi = make_vdi_file(tmp_path / "vdi", 16 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 16 * MiB)
 
     written = dataio.import_raw(send(body), len(body), vdi, 16 * MiB, chunked=True)
 
@@ -160,7 +160,7 @@ def test_chunked_body_writes_only_its_chunks(tmp_path, send):
 
 
 def test_chunked_import_keeps_data_outside_its_chunks(tmp_path, send):
-    vdi = make_vdi_file(tmp_path / "vdi", 4 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 4 * MiB)
     old = os.urandom(4 * MiB)
     with open(vdi, "r+b") as f:
         f.write(old)
@@ -181,7 +181,7 @@ def test_chunked_import_keeps_data_outside_its_chunks(tmp_path, send):
 ], ids=["past-end", "truncated-header", "truncated-data", "no-terminator", "trailing"])
 def test_malformed_chunk_stream_fails_and_a_fresh_vdi_stays_empty(tmp_path, send, body,
                                                                    message):
-    vdi = make_vdi_file(tmp_path / "vdi", 16 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 16 * MiB)
 
     with pytest.raises(dataio.ImportFailed, match=message):
         dataio.import_raw(send(body), len(body), vdi, 16 * MiB, chunked=True)
@@ -192,7 +192,7 @@ def test_malformed_chunk_stream_fails_and_a_fresh_vdi_stays_empty(tmp_path, send
 
 def test_chunked_body_without_content_length_ends_at_its_terminating_chunk(tmp_path, send):
     data = os.urandom(8192)
-    vdi = make_vdi_file(tmp_path / "vdi", MiB)
+    vdi = make_disk(tmp_path / "vdi", MiB)
 
     written = dataio.import_raw(send(chunk(4096, data) + END), None, vdi, MiB, chunked=True)
 
@@ -201,7 +201,7 @@ def test_chunked_body_without_content_length_ends_at_its_terminating_chunk(tmp_p
 
 
 def test_chunked_stream_cut_mid_chunk_fails(tmp_path, send):
-    vdi = make_vdi_file(tmp_path / "vdi", 16 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 16 * MiB)
     body = chunk(0, os.urandom(2 * MiB)) + END
 
     with pytest.raises(dataio.ImportFailed, match="connection closed after"):
@@ -213,13 +213,13 @@ def test_chunked_stream_cut_mid_chunk_fails(tmp_path, send):
 
 
 def test_vhd_larger_than_the_vdi_fails_before_writing(tmp_path, send):
-    src = make_vdi_file(tmp_path / "src.raw", 8 * MiB)
+    src = make_disk(tmp_path / "src.raw", 8 * MiB)
     with open(src, "r+b") as f:
         f.write(os.urandom(MiB))
     qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on",
              src, str(tmp_path / "d.vhd"))
     body = read_file(tmp_path / "d.vhd")
-    vdi = make_vdi_file(tmp_path / "vdi", 4 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 4 * MiB)
 
     with pytest.raises(dataio.ImportFailed, match=r"virtual size \(8388608 bytes\) is larger"):
         dataio.import_vhd(send(body), len(body), vdi, 4 * MiB)
@@ -227,20 +227,20 @@ def test_vhd_larger_than_the_vdi_fails_before_writing(tmp_path, send):
 
 
 def test_vhd_body_without_content_length_is_refused(tmp_path, send):
-    vdi = make_vdi_file(tmp_path / "vdi", MiB)
+    vdi = make_disk(tmp_path / "vdi", MiB)
     with pytest.raises(dataio.ImportFailed, match="needs a Content-Length"):
         dataio.import_vhd(send(b""), None, vdi, MiB)
 
 
 def test_vhd_import_over_old_data_leaves_zeros_where_the_vhd_has_no_data(tmp_path, send):
-    src = make_vdi_file(tmp_path / "src.raw", 8 * MiB)
+    src = make_disk(tmp_path / "src.raw", 8 * MiB)
     with open(src, "r+b") as f:
         f.seek(3 * MiB)
         f.write(os.urandom(MiB))
     qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on",
              src, str(tmp_path / "d.vhd"))
     body = read_file(tmp_path / "d.vhd")
-    vdi = make_vdi_file(tmp_path / "vdi", 8 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 8 * MiB)
     with open(vdi, "r+b") as f:
         f.write(os.urandom(8 * MiB))
 
@@ -251,7 +251,7 @@ def test_vhd_import_over_old_data_leaves_zeros_where_the_vhd_has_no_data(tmp_pat
 
 
 def sparse_vdi(tmp_path, size, extents):
-    vdi = make_vdi_file(tmp_path / "vdi", size)
+    vdi = make_disk(tmp_path / "vdi", size)
     with open(vdi, "r+b") as f:
         for offset, length in extents:
             f.seek(offset)
@@ -291,7 +291,7 @@ def test_vhd_export_imports_back_into_an_identical_sparse_vdi(tmp_path, send):
     vdi = sparse_vdi(tmp_path, 32 * MiB, [(MiB, 3 * MiB), (30 * MiB, 4096)])
     out = io.BytesIO()
     dataio.export_vhd(out, vdi, 32 * MiB)
-    copy = make_vdi_file(tmp_path / "copy", 32 * MiB)
+    copy = make_disk(tmp_path / "copy", 32 * MiB)
 
     dataio.import_vhd(send(out.getvalue()), len(out.getvalue()), copy, 32 * MiB)
 
@@ -304,7 +304,7 @@ def test_vdi_of_an_odd_byte_size_round_trips_through_its_vhd_export(tmp_path, se
     vdi = sparse_vdi(tmp_path, size, [(0, 4096), (size - 200, 200)])
     out = io.BytesIO()
     dataio.export_vhd(out, vdi, size)
-    copy = make_vdi_file(tmp_path / "copy", size)
+    copy = make_disk(tmp_path / "copy", size)
 
     dataio.import_vhd(send(out.getvalue()), len(out.getvalue()), copy, size)
 

@@ -4,7 +4,8 @@ import os
 import subprocess
 import uuid
 
-from tests.functional.simulator.simhelpers import allocated_bytes, failure, new_vbd, vdi_path
+from tests.diskfiles import allocated_bytes
+from tests.functional.simulator.simhelpers import failure, new_vbd, vdi_path
 from tests.functional.simulator.vhdtestlib import apply_writes, build_vhd
 
 MiB = 1 << 20

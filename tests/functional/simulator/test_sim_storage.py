@@ -4,8 +4,9 @@ import concurrent.futures
 import os
 import subprocess
 
+from tests.diskfiles import allocated_bytes
 from tests.functional.simulator.simhelpers import (
-    allocated_bytes, failure, new_vbd, new_vdi, new_vm, vdi_path, wait_task)
+    failure, new_vbd, new_vdi, new_vm, vdi_path, wait_task)
 
 MiB = 1 << 20
 

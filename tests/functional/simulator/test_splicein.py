@@ -16,7 +16,7 @@ import pytest
 from dom0.simulator import dataio, splicein
 from dom0.simulator.http_data import SocketBody
 from tests.conftest import need
-from tests.functional.simulator.simhelpers import allocated_bytes, make_vdi_file, read_file
+from tests.diskfiles import allocated_bytes, make_disk, read_file
 
 MiB = 1 << 20
 GRAIN = 64 << 10
@@ -73,7 +73,7 @@ def spliced(monkeypatch):
 def test_body_lands_whole_including_bytes_the_header_reader_had_buffered(
         tmp_path, body_after_headers, spliced):
     disk = os.urandom(100_000) + bytes(4 * MiB) + os.urandom(MiB)
-    vdi = make_vdi_file(tmp_path / "vdi", 8 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 8 * MiB)
 
     written = dataio.import_raw(body_after_headers(disk), len(disk), vdi, 8 * MiB,
                                 chunked=False)
@@ -87,7 +87,7 @@ def test_body_lands_whole_including_bytes_the_header_reader_had_buffered(
 def test_all_zero_grains_of_the_body_end_up_holes(tmp_path, body_after_headers, spliced):
     # Data in the first and last grain only; everything between is zeros.
     disk = os.urandom(GRAIN) + bytes(6 * MiB) + os.urandom(GRAIN)
-    vdi = make_vdi_file(tmp_path / "vdi", 8 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 8 * MiB)
 
     dataio.import_raw(body_after_headers(disk), len(disk), vdi, 8 * MiB, chunked=False)
 
@@ -98,7 +98,7 @@ def test_all_zero_grains_of_the_body_end_up_holes(tmp_path, body_after_headers, 
 
 def test_import_over_old_data_leaves_zeros_where_the_body_has_zeros(
         tmp_path, body_after_headers, spliced):
-    vdi = make_vdi_file(tmp_path / "vdi", 4 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 4 * MiB)
     with open(vdi, "r+b") as f:
         f.write(os.urandom(4 * MiB))
     disk = os.urandom(MiB) + bytes(3 * MiB)
@@ -113,7 +113,7 @@ def test_import_over_old_data_leaves_zeros_where_the_body_has_zeros(
 def test_body_of_an_odd_size_ending_in_zeros_is_written_up_to_its_last_byte(
         tmp_path, body_after_headers):
     disk = os.urandom(3 * MiB + 100) + bytes(GRAIN + 7)
-    vdi = make_vdi_file(tmp_path / "vdi", len(disk))
+    vdi = make_disk(tmp_path / "vdi", len(disk))
     with open(vdi, "r+b") as f:
         f.write(b"\xff" * len(disk))  # old data that must not show through
 
@@ -124,7 +124,7 @@ def test_body_of_an_odd_size_ending_in_zeros_is_written_up_to_its_last_byte(
 
 
 def test_empty_body_imports_nothing(tmp_path, body_after_headers):
-    vdi = make_vdi_file(tmp_path / "vdi", MiB)
+    vdi = make_disk(tmp_path / "vdi", MiB)
 
     assert dataio.import_raw(body_after_headers(b""), 0, vdi, MiB, chunked=False) == 0
     assert allocated_bytes(vdi) == 0
@@ -132,7 +132,7 @@ def test_empty_body_imports_nothing(tmp_path, body_after_headers):
 
 def test_body_cut_short_fails_naming_the_bytes_received_and_a_fresh_vdi_stays_empty(
         tmp_path, body_after_headers, spliced):
-    vdi = make_vdi_file(tmp_path / "vdi", 8 * MiB)
+    vdi = make_disk(tmp_path / "vdi", 8 * MiB)
 
     with pytest.raises(dataio.ImportFailed,
                        match=r"connection closed after 5242880 of 8388608 body bytes"):
@@ -145,7 +145,7 @@ def test_body_cut_short_fails_naming_the_bytes_received_and_a_fresh_vdi_stays_em
 
 def test_body_larger_than_the_vdi_is_refused_before_anything_is_written(
         tmp_path, body_after_headers, spliced):
-    vdi = make_vdi_file(tmp_path / "vdi", MiB)
+    vdi = make_disk(tmp_path / "vdi", MiB)
 
     with pytest.raises(dataio.ImportFailed, match="larger than the VDI"):
         dataio.import_raw(body_after_headers(os.urandom(MiB + 512)), MiB + 512, vdi, MiB,
@@ -169,7 +169,7 @@ def small_filesystem(tmp_path):
 
 def test_disk_full_while_splicing_fails_the_import_and_empties_the_fresh_vdi(
         small_filesystem, body_after_headers, spliced):
-    vdi = make_vdi_file(small_filesystem / "vdi", 16 * MiB)
+    vdi = make_disk(small_filesystem / "vdi", 16 * MiB)
 
     with pytest.raises(dataio.ImportFailed, match="writing the VDI failed .*No space left"):
         dataio.import_raw(body_after_headers(os.urandom(8 * MiB)), 8 * MiB, vdi, 16 * MiB,

@@ -14,7 +14,7 @@ import pytest
 
 from dom0.simulator import dataio, vhd, vhdformat
 from tests.functional.simulator import vhdtestlib
-from tests.functional.simulator.simhelpers import allocated_bytes, read_file
+from tests.diskfiles import allocated_bytes, read_file
 
 MiB = 1 << 20
 

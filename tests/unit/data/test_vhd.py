@@ -11,17 +11,9 @@ import pytest
 
 from agent import vhd
 from rpc import exceptions
+from tests.diskfiles import make_disk
 
 MiB = 1024 * 1024
-
-
-def make_disk(path, size, writes=()):
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for offset, data in writes:
-            f.seek(offset)
-            f.write(data)
-    return str(path)
 
 
 def encode(stream):
