@@ -70,23 +70,13 @@ def file_data_runs(fd, file_size):
 
 def _block_has_data(fd, block, view, offset, size):
     probe = min(_PROBE_BYTES, size)
-    got = _pread_full(fd, view[:probe], offset)
+    got = vhd.pread_into(fd, view[:probe], offset)
     if not block.startswith(_ZEROS[:got]):
         return True
     if got < probe:
         return False
-    got = _pread_full(fd, view[probe:size], offset + probe)
+    got = vhd.pread_into(fd, view[probe:size], offset + probe)
     return not block.startswith(_ZEROS[:got], probe)
-
-
-def _pread_full(fd, view, offset):
-    done = 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done:]], offset + done)
-        if got == 0:
-            break
-        done += got
-    return done
 
 
 def _split(offset, length):
@@ -163,7 +153,7 @@ def _file_pieces(path, runs, framed):
         fd = source.fileno()
         for run_offset, run_length in runs:
             for offset, size in _split(run_offset, run_length):
-                got = _pread_full(fd, buffer[:size], offset)
+                got = vhd.pread_into(fd, buffer[:size], offset)
                 if got < size:
                     raise exceptions.DiskOperationFailed(
                         operation="upload", target=path,

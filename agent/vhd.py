@@ -265,19 +265,21 @@ class VhdStream:
                 piece = bytearray(self.block_stride)
                 piece[:SECTOR_BYTES] = (full_bitmap if sectors * SECTOR_BYTES == BLOCK_BYTES
                                         else sector_bitmap(sectors))
-                _pread_into(fd, memoryview(piece)[SECTOR_BYTES:], start)
+                pread_into(fd, memoryview(piece)[SECTOR_BYTES:], start)
                 yield piece
         yield footer(self.virtual_size, self.unique_id, self.timestamp)
 
 
-def _pread_into(fd, view, offset):
-    """Fill ``view`` from ``offset``; what lies past the end of the file stays zero."""
+def pread_into(fd, view, offset):
+    """Fill ``view`` from ``offset``; returns the bytes read, which are fewer
+    only at the end of the file (what lies past it is left as it was)."""
     done = 0
     while done < len(view):
         got = os.preadv(fd, [view[done:]], offset + done)
         if got == 0:
-            return
+            break
         done += got
+    return done
 
 
 def _round_up(value, multiple):
