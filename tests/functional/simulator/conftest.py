@@ -144,3 +144,15 @@ def sr_ref(xapi):
 @pytest.fixture(scope="module")
 def dom0_ref(xapi, host_ref):
     return xapi.host.get_control_domain(host_ref)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 1 MiB tmpfs: the place where a VDI write runs out of space."""
+    need(os.geteuid() == 0, "mounting a tmpfs needs root")
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
+                   check=True, capture_output=True, timeout=30)
+    yield mountpoint
+    subprocess.run(["umount", str(mountpoint)], check=True, capture_output=True, timeout=30)

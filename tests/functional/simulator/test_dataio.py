@@ -10,13 +10,11 @@ import io
 import os
 import socket
 import struct
-import subprocess
 import threading
 
 import pytest
 
 from dom0.simulator import dataio
-from tests.conftest import need
 from tests.functional.simulator.vhdtestlib import qemu_img
 from tests.diskfiles import allocated_bytes, make_disk, read_file
 
@@ -118,18 +116,6 @@ def test_plain_body_without_content_length_is_read_until_the_peer_closes(tmp_pat
 
     assert dataio.import_raw(send(disk), None, vdi, 4 * MiB, chunked=False) == len(disk)
     assert read_file(vdi)[:len(disk)] == disk
-
-
-@pytest.fixture
-def small_filesystem(tmp_path):
-    """A 1 MiB tmpfs: the place where a VDI write runs out of space."""
-    need(os.geteuid() == 0, "mounting a tmpfs needs root")
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
-                   check=True, capture_output=True, timeout=30)
-    yield mountpoint
-    subprocess.run(["umount", str(mountpoint)], check=True, capture_output=True, timeout=30)
 
 
 def test_disk_full_while_writing_fails_the_import(small_filesystem, send):

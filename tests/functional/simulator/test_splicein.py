@@ -8,14 +8,12 @@ reading the VDI file back and by its allocated size.
 
 import os
 import socket
-import subprocess
 import threading
 
 import pytest
 
 from dom0.simulator import dataio, splicein
 from dom0.simulator.http_data import SocketBody
-from tests.conftest import need
 from tests.diskfiles import allocated_bytes, make_disk, read_file
 
 MiB = 1 << 20
@@ -153,18 +151,6 @@ def test_body_larger_than_the_vdi_is_refused_before_anything_is_written(
 
     assert allocated_bytes(vdi) == 0
     assert not spliced
-
-
-@pytest.fixture
-def small_filesystem(tmp_path):
-    """A 1 MiB tmpfs: the place where a VDI write runs out of space."""
-    need(os.geteuid() == 0, "mounting a tmpfs needs root")
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
-                   check=True, capture_output=True, timeout=30)
-    yield mountpoint
-    subprocess.run(["umount", str(mountpoint)], check=True, capture_output=True, timeout=30)
 
 
 def test_disk_full_while_splicing_fails_the_import_and_empties_the_fresh_vdi(
