@@ -5,7 +5,8 @@ answers 200 before it reads the body, so the only proof that the data
 landed is the task ending in ``success``; a failed task raises XapiFailure
 with the task's ``error_info``. Bodies always carry ``Content-Length`` (XAPI
 refuses ``Transfer-Encoding``) and go out in pieces, so memory stays bounded
-by one piece (files) or one window (streams) whatever the disk size.
+whatever the disk size: file data goes out with ``sendfile`` (no buffer at
+all), a stream's through one window.
 
 Empty space is not sent: files are mapped with SEEK_DATA/SEEK_HOLE and
 all-zero 64 KiB blocks are dropped, then sent either as a dynamic VHD
@@ -145,23 +146,49 @@ class _Runs:
             yield flat[index], flat[index + 1]
 
 
+class FileRange:
+    """``count`` bytes of an open file from ``offset``, as one element of a
+    piece: :mod:`agent.vdi_import` sends it with ``sendfile``, so file data
+    goes from the page cache to the socket without passing through Python.
+    ``bytes()`` reads it (for tests and for transports that need a buffer).
+    """
+
+    def __init__(self, file, offset, count, path):
+        self.file = file
+        self.offset = offset
+        self.count = count
+        self.path = path
+
+    def __len__(self):
+        return self.count
+
+    def __bytes__(self):
+        data = os.pread(self.file.fileno(), self.count, self.offset)
+        self.check_sent(len(data))
+        return data
+
+    def send(self, sock):
+        """Send the range on ``sock``; raises OSError as sockets do."""
+        self.check_sent(sock.sendfile(self.file, self.offset, self.count))
+
+    def check_sent(self, count):
+        if count < self.count:
+            raise exceptions.DiskOperationFailed(
+                operation="upload", target=self.path,
+                reason="file shrank while being sent (offset %d)" % (self.offset + count))
+
+
 def _file_pieces(path, runs, framed):
-    """The body, piece by piece; each piece is sent before the next is read,
-    so one buffer serves them all."""
-    buffer = memoryview(bytearray(PIECE_BYTES))
+    """The body, piece by piece: each run's data as :class:`FileRange` s of
+    at most PIECE_BYTES, each framed when ``framed``."""
     with open(path, "rb", buffering=0) as source:
-        fd = source.fileno()
         for run_offset, run_length in runs:
             for offset, size in _split(run_offset, run_length):
-                got = vhd.pread_into(fd, buffer[:size], offset)
-                if got < size:
-                    raise exceptions.DiskOperationFailed(
-                        operation="upload", target=path,
-                        reason="file shrank while being sent (offset %d)" % (offset + got))
+                data = FileRange(source, offset, size, path)
                 if framed:
-                    yield [_FRAME_HEADER.pack(offset, size), buffer[:size]]
+                    yield [_FRAME_HEADER.pack(offset, size), data]
                 else:
-                    yield [buffer[:size]]
+                    yield [data]
         if framed:
             yield [_END_OF_FRAMES]
 

@@ -205,29 +205,48 @@ def _refused(xapi_session, task_ref, where, response):
 
 
 def _send_body(sock, pieces, progress):
-    """Send every piece; returns None, or why sending stopped."""
+    """Send every piece; returns None, or why sending stopped.
+
+    A piece is a list of buffers and file ranges (objects with ``send(sock)``,
+    see ``agent.upload.FileRange``); buffers in a row go out in one gathering
+    send, a file range with ``sendfile``.
+    """
     gather = isinstance(sock, socket.socket) and not hasattr(sock, "context")
     try:
-        for buffers in pieces:
-            if gather:
-                _sendmsg_all(sock, buffers)
-            else:
-                for buffer in buffers:
-                    sock.sendall(buffer)
-            progress.advance(sum(len(b) for b in buffers))
+        for parts in pieces:
+            buffers = []
+            for part in parts:
+                if hasattr(part, "send"):
+                    # MSG_MORE: a frame header leaves with the data after it.
+                    _send_buffers(sock, buffers, gather, socket.MSG_MORE)
+                    buffers = []
+                    part.send(sock)
+                else:
+                    buffers.append(part)
+            _send_buffers(sock, buffers, gather)
+            progress.advance(sum(len(b) for b in parts))
     except OSError as e:
         return str(e) or type(e).__name__
     return None
 
 
-def _sendmsg_all(sock, buffers):
+def _send_buffers(sock, buffers, gather, flags=0):
+    if gather:
+        if buffers:
+            _sendmsg_all(sock, buffers, flags)
+    else:
+        for buffer in buffers:
+            sock.sendall(buffer)
+
+
+def _sendmsg_all(sock, buffers, flags=0):
     """One gathering send of the buffers (no copy), finishing partial sends."""
-    sent = sock.sendmsg(buffers)
+    sent = sock.sendmsg(buffers, (), flags)
     for buffer in buffers:
         if sent >= len(buffer):
             sent -= len(buffer)
             continue
-        sock.sendall(memoryview(buffer)[sent:])
+        sock.sendall(memoryview(buffer)[sent:], flags)
         sent = 0
 
 
