@@ -6,13 +6,25 @@ and report progress. Endpoints from ``[glance] api_servers`` are tried in
 turn, ``[glance] num_retries`` times after the first attempt; only failures
 another endpoint could cure (no connection, a 5xx answer) move on.
 
+Where the image service's file store is shared with this host (the same
+directory mounted here, ``[glance] file_url_mounts``) and Glance shows image
+locations (``show_multiple_locations`` or ``show_image_direct_url``), the
+image is read from its file instead (:class:`LocalImageFile`): no HTTP, and
+the holes of a sparse file (Glance's filesystem store keeps raw images
+sparse with ``filesystem_thin_provisioning``) are skipped without being
+read. A location that cannot be used (outside the mounts, not a regular
+file, a size other than the image's) is logged and the image downloaded.
+
 The auth token goes into one request header and nowhere else: not into
 errors, not into logs.
 """
 
 import http.client
+import json
 import logging
+import os
 import ssl
+import stat
 import urllib.parse
 
 from rpc import exceptions
@@ -29,7 +41,29 @@ class _TryNextServer(Exception):
     """This endpoint failed in a way another endpoint might not."""
 
 
-class ImageReader:
+class _Reader:
+    """What both readers share: ``read`` over ``readinto``, closing on exit."""
+
+    def read(self, size=-1):
+        """Up to ``size`` bytes (all that is left if negative); b"" at the end."""
+        remaining = self.size_bytes - self.bytes_read
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        filled = 0
+        while filled < size:
+            filled += self.readinto(view[filled:])
+        return bytes(buffer) if filled else b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ImageReader(_Reader):
     """The body of one image download.
 
     ``size_bytes`` is the image's size; ``read``/``readinto`` raise
@@ -61,18 +95,6 @@ class ImageReader:
         self.bytes_read += got
         return got
 
-    def read(self, size=-1):
-        """Up to ``size`` bytes (all that is left if negative); b"" at the end."""
-        remaining = self.size_bytes - self.bytes_read
-        if size is None or size < 0 or size > remaining:
-            size = remaining
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        filled = 0
-        while filled < size:
-            filled += self.readinto(view[filled:])
-        return bytes(buffer) if filled else b""
-
     def _broken(self, why):
         self.close()
         return exceptions.ImageFetchFailed(
@@ -85,29 +107,110 @@ class ImageReader:
             self._connection.close()
             self._connection = None
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
+class LocalImageFile(_Reader):
+    """An image read from its file in a store shared with this host.
+
+    ``path`` is the file (resolved, inside one of ``[glance] file_url_mounts``),
+    ``size_bytes`` its size, which matched the image's. ``readinto`` reads it
+    in order, as a download would be read; an uploader that knows files
+    (``agent.upload.upload_file``) reads ``path`` itself and skips its holes.
+    """
+
+    def __init__(self, image_id, path, size_bytes):
+        self.image_id = image_id
+        self.path = path
+        self.size_bytes = size_bytes
+        self.server = "file://" + path
+        self.bytes_read = 0
+        self._file = None
+
+    @classmethod
+    def open(cls, image_id, path, size_bytes):
+        """Open ``path`` if it is a regular file of ``size_bytes``; else
+        raise ValueError saying why not."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as e:
+            raise ValueError("%s: %s" % (path, e.strerror)) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError("%s is not a regular file" % path)
+            if info.st_size != size_bytes:
+                raise ValueError("%s holds %d bytes, the image has %d"
+                                 % (path, info.st_size, size_bytes))
+        except BaseException:
+            os.close(fd)
+            raise
+        reader = cls(image_id, path, size_bytes)
+        reader._file = os.fdopen(fd, "rb", buffering=0)
+        return reader
+
+    def readinto(self, buffer):
+        """Fill ``buffer`` from the file; returns the byte count, 0 at the end."""
+        view = memoryview(buffer).cast("B")
+        remaining = self.size_bytes - self.bytes_read
+        if remaining <= 0 or not len(view):
+            return 0
+        try:
+            got = os.preadv(self._file.fileno(), [view[:remaining]], self.bytes_read)
+        except OSError as e:
+            raise self._broken(e.strerror) from None
+        if not got:
+            raise self._broken("the file ended early")
+        self.bytes_read += got
+        return got
+
+    def _broken(self, why):
+        return exceptions.ImageFetchFailed(
+            image_id=self.image_id,
+            reason="reading %s broke after %d of %d bytes (%s)"
+            % (self.path, self.bytes_read, self.size_bytes, why))
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def open_image(conf, image_id, auth_token, timeout=DEFAULT_TIMEOUT):
-    """Start downloading image ``image_id``; returns an :class:`ImageReader`.
+    """Start reading image ``image_id``: a :class:`LocalImageFile` where a
+    usable file location exists (see the module's doc), else an
+    :class:`ImageReader` over its download.
 
     Raises ImageFetchFailed naming the image and the reason (not found, not
     authorised, no size given, every endpoint failed) without the token.
     """
+    servers = _servers(conf, image_id)
+    mounts = conf.glance.file_url_mounts
+    if mounts:
+        local = _open_local(conf, servers, mounts, image_id, auth_token, timeout)
+        if local is not None:
+            return local
+
+    def download(server):
+        return _open_from(server, image_id, auth_token, timeout)
+
+    return _first_server(conf, servers, image_id, auth_token, download)
+
+
+def _servers(conf, image_id):
     servers = [s.strip() for s in conf.glance.api_servers if s.strip()]
     if not servers:
         raise exceptions.ImageFetchFailed(
             image_id=image_id, reason="[glance] api_servers is empty")
+    return servers
+
+
+def _first_server(conf, servers, image_id, auth_token, attempt_on):
+    """``attempt_on(server)`` on the servers in turn, until one answers."""
     attempts = conf.glance.num_retries + 1
     failures = []
     for attempt in range(attempts):
         server = servers[attempt % len(servers)]
         try:
-            return _open_from(server, image_id, auth_token, timeout)
+            return attempt_on(server)
         except _TryNextServer as e:
             reason = _scrub(str(e), auth_token)
             failures.append(reason)
@@ -118,7 +221,111 @@ def open_image(conf, image_id, auth_token, timeout=DEFAULT_TIMEOUT):
         reason="%d attempt(s) failed; last: %s" % (attempts, failures[-1]))
 
 
-def _open_from(server, image_id, auth_token, timeout):
+# -- file locations -----------------------------------------------------------
+
+# An image record is a small JSON document; anything larger is not one.
+_MAX_RECORD_BYTES = 1 << 20
+
+
+def _open_local(conf, servers, mounts, image_id, auth_token, timeout):
+    """The image's file, if Glance names one this host may read; else None."""
+    def get_record(server):
+        return _image_record(server, image_id, auth_token, timeout)
+
+    try:
+        record = _first_server(conf, servers, image_id, auth_token, get_record)
+    except exceptions.ImageFetchFailed as e:
+        LOG.warning("Image %s: no record to find a file location in (%s); "
+                    "downloading it", image_id, e)
+        return None
+    size = record.get("size")
+    urls = [location.get("url") for location in record.get("locations") or []
+            if isinstance(location, dict)]
+    urls.append(record.get("direct_url"))
+    urls = [u for u in urls if isinstance(u, str) and u.startswith("file://")]
+    if not urls:
+        LOG.info("Image %s: no file location shown (Glance's show_multiple_locations "
+                 "or show_image_direct_url); downloading it", image_id)
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        LOG.warning("Image %s: its record gives no size (%r); downloading it",
+                    image_id, size)
+        return None
+    reasons = []
+    for url in dict.fromkeys(urls):
+        try:
+            reader = LocalImageFile.open(image_id, local_path(url, mounts), size)
+        except ValueError as e:
+            reasons.append(str(e))
+            continue
+        LOG.info("Image %s: reading %d bytes from %s", image_id, size, reader.path)
+        return reader
+    LOG.warning("Image %s: its file location cannot be used here (%s); downloading it",
+                image_id, "; ".join(reasons))
+    return None
+
+
+def local_path(url, mounts):
+    """Where the file of a ``file://`` location lies on this host.
+
+    ``mounts`` maps directories as the image service sees them to where they
+    are mounted here. The result is resolved (symbolic links followed) and
+    must stay inside the local directory; raises ValueError otherwise.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        raise ValueError("%s is not a file URL of the image service's host" % url)
+    remote = urllib.parse.unquote(parsed.path)
+    if not os.path.isabs(remote) or "\0" in remote:
+        raise ValueError("%s does not name an absolute path" % url)
+    remote = os.path.normpath(remote)
+    for remote_dir, local_dir in sorted(mounts.items(), key=lambda m: -len(m[0])):
+        remote_dir = os.path.normpath(remote_dir)
+        if os.path.commonpath([remote, remote_dir]) != remote_dir or remote == remote_dir:
+            continue
+        root = os.path.realpath(local_dir)
+        path = os.path.realpath(os.path.join(root, os.path.relpath(remote, remote_dir)))
+        if os.path.commonpath([path, root]) != root:
+            raise ValueError("%s leads out of %s" % (url, local_dir))
+        return path
+    raise ValueError("%s lies in none of [glance] file_url_mounts (%s)"
+                     % (url, ", ".join(sorted(mounts))))
+
+
+def _image_record(server, image_id, auth_token, timeout):
+    """``GET /v2/images/<id>``, as a dict."""
+    connection, response = _get(server, "/v2/images/%s" % urllib.parse.quote(
+        image_id, safe=""), image_id, auth_token, timeout, "application/json")
+    try:
+        if response.status != 200:
+            _check_response(server, image_id, response)
+        length = response.getheader("Content-Length")
+        if length is not None and length.strip().isdigit() \
+                and int(length) > _MAX_RECORD_BYTES:
+            raise exceptions.ImageFetchFailed(
+                image_id=image_id, reason="%s sent a %s-byte image record"
+                % (server, length))
+        try:
+            body = response.read(_MAX_RECORD_BYTES + 1)
+        except (OSError, http.client.HTTPException) as e:
+            raise _TryNextServer("%s: %s: %s" % (server, type(e).__name__, e)) from None
+    finally:
+        connection.close()
+    try:
+        record = json.loads(body)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or len(body) > _MAX_RECORD_BYTES:
+        raise exceptions.ImageFetchFailed(
+            image_id=image_id, reason="%s sent an image record that is not a JSON "
+            "object" % server)
+    return record
+
+
+# -- downloads ----------------------------------------------------------------
+
+def _get(server, path, image_id, auth_token, timeout, accept):
+    """Send ``GET path`` to ``server``; returns (connection, response)."""
     if "://" not in server:
         server = "http://" + server
     url = urllib.parse.urlsplit(server)
@@ -126,22 +333,27 @@ def _open_from(server, image_id, auth_token, timeout):
         raise exceptions.ImageFetchFailed(
             image_id=image_id, reason="image service endpoint %r is not an http(s) URL"
             % server)
-    path = "%s/v2/images/%s/file" % (url.path.rstrip("/"),
-                                     urllib.parse.quote(image_id, safe=""))
+    path = url.path.rstrip("/") + path
     if url.scheme == "https":
         connection = http.client.HTTPSConnection(
             url.hostname, url.port, timeout=timeout, context=ssl.create_default_context())
     else:
         connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
-    headers = {"Accept": "application/octet-stream", "User-Agent": USER_AGENT}
+    headers = {"Accept": accept, "User-Agent": USER_AGENT}
     if auth_token:
         headers["X-Auth-Token"] = auth_token
     try:
         connection.request("GET", path, headers=headers)
-        response = connection.getresponse()
+        return connection, connection.getresponse()
     except (OSError, http.client.HTTPException) as e:
         connection.close()
         raise _TryNextServer("%s: %s: %s" % (server, type(e).__name__, e)) from None
+
+
+def _open_from(server, image_id, auth_token, timeout):
+    connection, response = _get(
+        server, "/v2/images/%s/file" % urllib.parse.quote(image_id, safe=""),
+        image_id, auth_token, timeout, "application/octet-stream")
     try:
         size_bytes = _check_response(server, image_id, response)
     except BaseException:
@@ -152,6 +364,7 @@ def _open_from(server, image_id, auth_token, timeout):
 
 
 def _check_response(server, image_id, response):
+    """The size of a 200's body; any other answer raises."""
     status = response.status
     if status == 200:
         length = response.getheader("Content-Length")

@@ -140,6 +140,21 @@ GLANCE_OPTS = [
         help="How often a failed image download is retried on the next "
         "endpoint.",
     ),
+    cfg.DictOpt(
+        "file_url_mounts",
+        default={},
+        help="Image stores shared with the agent's host, as "
+        "IMAGE_SERVICE_DIR:LOCAL_DIR pairs (the same directory, as the image "
+        "service and as this host see it). When an image's record shows a "
+        "file:// location under one of them (Glance's "
+        "show_multiple_locations or show_image_direct_url), the agent reads "
+        "the image from that file instead of downloading it: no HTTP, and "
+        "the holes of a sparse image (Glance's filesystem store with "
+        "filesystem_thin_provisioning = true) are skipped unread. A location "
+        "that cannot be used (outside these directories, not a regular file, "
+        "not the image's size) is logged and the image downloaded. Empty: "
+        "always download.",
+    ),
 ]
 
 AGENT_OPTS = [

@@ -83,7 +83,13 @@ class IndependentBackend(CommonBackend):
 
         def fill(vdi_ref):
             base.checkpoint("created")
-            upload.upload_stream(self.ctx.session, vdi_ref, reader, reader.size_bytes)
+            if isinstance(reader, images.LocalImageFile):
+                # A file: its holes are skipped unread, its data sent with sendfile.
+                upload.upload_file(self.ctx.session, vdi_ref, reader.path, fmt="chunked",
+                                   progress_interval=self.conf.agent.progress_interval)
+            else:
+                upload.upload_stream(self.ctx.session, vdi_ref, reader, reader.size_bytes,
+                                     progress_interval=self.conf.agent.progress_interval)
             base.checkpoint("uploaded")
 
         try:

@@ -1,6 +1,7 @@
 """Agents against a running ``xapi-sim``, and a loopback image service."""
 
 import http.server
+import json
 import os
 import socketserver
 import threading
@@ -24,6 +25,9 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         server = self.server
         parts = self.path.split("/")
+        if len(parts) == 4 and parts[1:3] == ["v2", "images"]:
+            self._record(parts[3])
+            return
         # /v2/images/<id>/file
         if len(parts) != 5 or parts[1:3] != ["v2", "images"] or parts[4] != "file":
             self.send_error(404)
@@ -50,12 +54,34 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
                 if server.delay:
                     time.sleep(server.delay)
 
+    def _record(self, image_id):
+        """The image's record, with its file as location when ``show_locations``."""
+        server = self.server
+        path = server.images.get(image_id)
+        if path is None:
+            self.send_error(404)
+            return
+        server.record_requests.append(image_id)
+        record = {"id": image_id, "size": os.path.getsize(path), "status": "active"}
+        if server.show_locations:
+            record["locations"] = [{"url": "file://" + path, "metadata": {}}]
+        body = json.dumps(record).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args):
         pass
 
 
 class ImageServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    """``/v2/images/<id>/file`` from files on disk; ``delay`` seconds per MiB."""
+    """``/v2/images/<id>/file`` from files on disk; ``delay`` seconds per MiB.
+
+    ``/v2/images/<id>`` is the image's record; with ``show_locations`` it
+    shows the file as a ``file://`` location, as Glance's filesystem store does.
+    """
 
     daemon_threads = True
 
@@ -63,6 +89,8 @@ class ImageServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         super().__init__(("127.0.0.1", 0), _ImageHandler)
         self.images = {}
         self.requests = []
+        self.record_requests = []
+        self.show_locations = False
         self.delay = 0.0
 
     @property
@@ -85,8 +113,9 @@ def image_server():
     server.server_close()
 
 
-def agent_conf(sim, mode, tmp_path, image_server=None, **extra):
-    """A ConfigOpts for an agent of ``sim`` in ``mode`` (in_guest|independent)."""
+def agent_conf(sim, mode, tmp_path, image_server=None, overrides=None):
+    """A ConfigOpts for an agent of ``sim`` in ``mode`` (in_guest|independent);
+    ``overrides`` maps (group, option) to a value."""
     conf = cfg.ConfigOpts()
     nxs_conf.register_opts(conf)
     conf([], project="nova-xen-split-test")
@@ -109,7 +138,7 @@ def agent_conf(sim, mode, tmp_path, image_server=None, **extra):
     conf.set_override("socket_path", str(tmp_path / "agent.sock"), group="agent")
     if image_server is not None:
         conf.set_override("api_servers", [image_server.url], group="glance")
-    for (group, key), value in extra.items():
+    for (group, key), value in (overrides or {}).items():
         conf.set_override(key, value, group=group)
     return conf
 
@@ -162,8 +191,8 @@ def make_agent(tmp_path):
     """``make_agent(sim, mode, image_server=None)`` → Harness, closed afterwards."""
     harnesses = []
 
-    def factory(sim, mode, image_server=None, **extra):
-        conf = agent_conf(sim, mode, tmp_path, image_server, **extra)
+    def factory(sim, mode, image_server=None, overrides=None):
+        conf = agent_conf(sim, mode, tmp_path, image_server, overrides)
         harness = Harness(sim, conf)
         harnesses.append(harness)
         return harness

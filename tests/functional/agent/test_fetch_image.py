@@ -47,6 +47,33 @@ def test_fetch_image_raw_streams_the_image_into_a_new_root_vdi(agent, image_serv
     assert agent.tagged_vbds() == []
 
 
+@pytest.mark.parametrize("mode", ["in_guest", "independent"])
+def test_fetch_image_raw_reads_a_shared_store_file_and_skips_its_holes(
+        make_sim, loop_devices, image_server, make_agent, tmp_path, mode):
+    store = tmp_path / "store"
+    store.mkdir()
+    image = _raw_image(store, size_bytes=64 * MiB)
+    image_id = image_server.add(image)
+    image_server.show_locations = True
+    agent = make_agent(make_sim(compute_vm=(mode == "in_guest")), mode, image_server,
+                       overrides={("glance", "file_url_mounts"): {str(store): str(store)}})
+
+    fetched = agent.endpoint.fetch_image(
+        instance_uuid=str(uuid.uuid4()), image_id=image_id, disk_format="raw",
+        auth_token="tok-123")
+
+    [root] = fetched["vdis"]
+    vdi_file = disktools.vdi_file(agent.sim, root["uuid"])
+    assert root["size_bytes"] == 64 * MiB
+    assert _same_prefix(image, vdi_file, 64 * MiB)
+    # Read from the file: the record was asked for, the data never downloaded.
+    assert image_server.record_requests == [image_id]
+    assert image_server.requests == []
+    # Holes stayed holes: a few 64 KiB grains of data (and the partition table).
+    assert os.stat(vdi_file).st_blocks * 512 <= 2 * MiB
+    assert agent.tagged_vbds() == []
+
+
 def test_fetch_image_vhd_goes_through_the_dom0_plugin_and_sr_scan(agent, image_server, tmp_path):
     raw = _raw_image(tmp_path, 16 * MiB)
     vhd = tmp_path / "0.vhd"

@@ -6,6 +6,8 @@ and a body cut short.
 """
 
 import http.server
+import json
+import logging
 import os
 import socket
 import threading
@@ -31,7 +33,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         server = self.server
         server.requests.append((self.path, dict(self.headers)))
         behaviour = server.behaviour
-        if behaviour == "ok":
+        if self.path == "/v2/images/img-1" and server.record is not None:
+            body = server.record if isinstance(server.record, bytes) else \
+                json.dumps(server.record).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif behaviour == "ok":
             if self.path != "/v2/images/img-1/file" or self.headers["X-Auth-Token"] != TOKEN:
                 return self._status(404)
             self.send_response(200)
@@ -67,10 +77,11 @@ def image_server():
     """Factory: ``image_server(behaviour)`` → base URL of a started server."""
     servers = []
 
-    def start(behaviour="ok"):
+    def start(behaviour="ok", record=None):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         server.daemon_threads = True
         server.behaviour = behaviour
+        server.record = record
         server.requests = []
         thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
@@ -84,12 +95,14 @@ def image_server():
         thread.join(10)
 
 
-def make_conf(servers, num_retries=0):
+def make_conf(servers, num_retries=0, mounts=None):
     conf = cfg.ConfigOpts()
     nxs_conf.register_opts(conf)
     conf([], default_config_files=[])
     conf.set_override("api_servers", servers, group="glance")
     conf.set_override("num_retries", num_retries, group="glance")
+    if mounts is not None:
+        conf.set_override("file_url_mounts", mounts, group="glance")
     return conf
 
 
@@ -193,3 +206,119 @@ def test_the_image_id_cannot_escape_the_image_path(image_server):
 
     assert server.requests[0][0] == "/v2/images/..%2F..%2Fv1%2Fx%3Fy/file"
     assert "X-Auth-Token" not in server.requests[0][1]
+
+
+# -- file locations ---------------------------------------------------------------
+# Glance's filesystem store seen at /var/lib/glance/images by the image
+# service and mounted at tmp_path/"store" here.
+
+GLANCE_DIR = "/var/lib/glance/images"
+
+
+@pytest.fixture
+def store(tmp_path):
+    local = tmp_path / "store"
+    local.mkdir()
+    (local / "img-1").write_bytes(IMAGE)
+    return local
+
+
+def record(*urls, size=len(IMAGE)):
+    return {"id": "img-1", "size": size, "direct_url": urls[0] if urls else None,
+            "locations": [{"url": u, "metadata": {}} for u in urls]}
+
+
+def test_an_image_in_a_shared_store_is_read_from_its_file(image_server, store):
+    server, url = image_server(record=record("file://%s/img-1" % GLANCE_DIR))
+    conf = make_conf([url], mounts={GLANCE_DIR: str(store)})
+
+    with images.open_image(conf, "img-1", TOKEN) as reader:
+        assert isinstance(reader, images.LocalImageFile)
+        assert reader.path == str(store / "img-1")
+        assert reader.size_bytes == len(IMAGE)
+        assert reader.read(10) + reader.read() == IMAGE
+
+    # The record was asked for, with the token; the data never was.
+    assert [path for path, _ in server.requests] == ["/v2/images/img-1"]
+    assert server.requests[0][1]["X-Auth-Token"] == TOKEN
+
+
+def test_without_mounts_the_record_is_not_even_asked_for(image_server, store):
+    server, url = image_server(record=record("file://%s/img-1" % GLANCE_DIR))
+
+    with images.open_image(make_conf([url]), "img-1", TOKEN) as reader:
+        assert isinstance(reader, images.ImageReader)
+        assert reader.read() == IMAGE
+    assert [path for path, _ in server.requests] == ["/v2/images/img-1/file"]
+
+
+@pytest.mark.parametrize("case", [
+    "no-location", "other-scheme", "outside-mounts", "dot-dot", "symlink-out",
+    "other-host", "wrong-size", "missing", "directory", "no-size", "not-json"])
+def test_an_unusable_location_falls_back_to_the_download(image_server, store, tmp_path,
+                                                         caplog, case):
+    secret = tmp_path / "secret"
+    secret.write_bytes(IMAGE)  # same size as the image: only the path may refuse it
+    (store / "link").symlink_to(secret)
+    (store / "dir").mkdir()
+    locations = {
+        "no-location": record(),
+        "other-scheme": record("rbd://fsid/images/img-1/snap"),
+        "outside-mounts": record("file:///srv/other/img-1"),
+        "dot-dot": record("file://%s/../../../%s" % (GLANCE_DIR, secret)),
+        "symlink-out": record("file://%s/link" % GLANCE_DIR),
+        "other-host": record("file://glance-host%s/img-1" % GLANCE_DIR),
+        "wrong-size": record("file://%s/img-1" % GLANCE_DIR, size=len(IMAGE) + 1),
+        "missing": record("file://%s/img-2" % GLANCE_DIR),
+        "directory": record("file://%s/dir" % GLANCE_DIR),
+        "no-size": record("file://%s/img-1" % GLANCE_DIR, size=None),
+        "not-json": b"<html>no</html>",
+    }
+    server, url = image_server(record=locations[case])
+    conf = make_conf([url], mounts={GLANCE_DIR: str(store)})
+
+    with caplog.at_level(logging.INFO, logger="agent.images"):
+        with images.open_image(conf, "img-1", TOKEN) as reader:
+            assert isinstance(reader, images.ImageReader)
+            assert reader.read() == IMAGE
+
+    assert [path for path, _ in server.requests] == ["/v2/images/img-1",
+                                                     "/v2/images/img-1/file"]
+    assert "downloading it" in caplog.text
+    assert TOKEN not in caplog.text
+
+
+def test_the_first_usable_location_is_taken(image_server, store):
+    _, url = image_server(record=record("file:///elsewhere/img-1",
+                                        "file://%s/img-1" % GLANCE_DIR))
+    conf = make_conf([url], mounts={GLANCE_DIR: str(store)})
+
+    with images.open_image(conf, "img-1", None) as reader:
+        assert reader.path == str(store / "img-1")
+
+
+@pytest.mark.parametrize("url, mounts, expected", [
+    ("file:///g/a/b.raw", {"/g": "L"}, "L/a/b.raw"),
+    ("file://localhost/g/x%20y", {"/g/": "L"}, "L/x y"),
+    ("file:///g/deeper/x", {"/g": "L", "/g/deeper": "M"}, "M/x"),
+])
+def test_local_path_maps_the_store_directory(tmp_path, url, mounts, expected):
+    mounts = {k: str(tmp_path / v) for k, v in mounts.items()}
+
+    assert images.local_path(url, mounts) == str(tmp_path / expected)
+
+
+@pytest.mark.parametrize("url", ["file:///g", "file:///gx/a", "file://h/g/a",
+                                 "file:///g/../etc/passwd", "http:///g/a"])
+def test_local_path_refuses_what_is_not_inside_a_mount(tmp_path, url):
+    with pytest.raises(ValueError):
+        images.local_path(url, {"/g": str(tmp_path)})
+
+
+def test_a_file_that_shrinks_while_read_raises(store):
+    reader = images.LocalImageFile.open("img-1", str(store / "img-1"), len(IMAGE))
+    os.truncate(store / "img-1", 1000)
+
+    with reader, pytest.raises(exceptions.ImageFetchFailed,
+                               match="broke after 1000 of %d" % len(IMAGE)):
+        reader.read()
