@@ -8,13 +8,16 @@ written past the VDI's size, and a VDI that held no data before a failed
 import holds none after it. After a failure the body may be partly unread, so
 the connection cannot carry another request.
 
-Speed matters (later benchmarks must not be bound by the simulator): a plain
-raw body from a socket is spliced into the file by :mod:`splicein`; other
-bodies are read in 4 MiB pieces into a few circulating buffers and written with
-``pwrite`` by a second thread while the next piece arrives; all-zero 64 KiB
-grains are skipped so they stay holes. The exports are in :mod:`vdiexport`.
+Speed matters (later benchmarks must not be bound by the simulator): a raw
+body from a plain socket, with or without the chunked framing, is spliced into
+the file by :mod:`splicein` (chunk headers are read here, chunk data never
+enters Python); other bodies are read in 4 MiB pieces into a few circulating
+buffers and written with ``pwrite`` by a second thread while the next piece
+arrives; all-zero 64 KiB grains are skipped so they stay holes. The exports
+are in :mod:`vdiexport`.
 """
 
+import functools
 import os
 import queue
 import struct
@@ -52,13 +55,11 @@ class _Body:
 
     def readinto(self, view):
         size = len(view)
-        if size > self.remaining:
-            raise ImportFailed("the body ends after %d bytes, %d more were needed"
-                               % (self.length, size - self.remaining))
+        self._check_left(size)
         got = 0
         while got < size:
             try:
-                n = self._rfile.readinto(view[got:])
+                n = self._receive_into(view[got:])
             except OSError as e:
                 raise ImportFailed("connection failed after %s: %s"
                                    % (self._progress(got), e)) from None
@@ -66,6 +67,14 @@ class _Body:
                 raise ImportFailed("connection closed after %s" % self._progress(got))
             got += n
         self.consumed += size
+
+    def _check_left(self, size):
+        if size > self.remaining:
+            raise ImportFailed("the body ends after %d bytes, %d more were needed"
+                               % (self.length, size - self.remaining))
+
+    def _receive_into(self, view):
+        return self._rfile.readinto(view)
 
     def _progress(self, extra):
         if self.length == _UNBOUNDED:
@@ -84,6 +93,50 @@ class _Body:
             step = min(size, len(self._scratch))
             self.readinto(self._scratch[:step])
             size -= step
+
+
+class _SplicedBody(_Body):
+    """A body from a plain socket (``splicein.usable``) whose data is spliced.
+
+    ``splice`` moves body bytes into the VDI without Python buffers;
+    ``readinto`` (chunk headers) still reads exactly what it is asked for.
+    The body bytes the HTTP layer read along with the headers are taken out
+    of its buffer first and served before anything from the socket.
+    """
+
+    def __init__(self, rfile, length):
+        super().__init__(rfile, length)
+        try:
+            self._pending = memoryview(rfile.take_buffered(length))
+        except OSError as e:
+            raise ImportFailed("connection failed after %s: %s"
+                               % (self._progress(0), e)) from None
+
+    def _receive_into(self, view):
+        if not self._pending:
+            return self._rfile.readinto(view)
+        n = min(len(view), len(self._pending))
+        view[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def splice(self, receiver, offset, size):
+        """Receive the next ``size`` body bytes into the VDI at ``offset``."""
+        self._check_left(size)
+        prefix = self._pending[:size]
+        self._pending = self._pending[len(prefix):]
+        try:
+            receiver.receive(prefix, offset, size)
+        except splicein.Cut as e:
+            if e.cause is None:
+                raise ImportFailed("connection closed after %s"
+                                   % self._progress(e.done)) from None
+            raise ImportFailed("connection failed after %s: %s"
+                               % (self._progress(e.done), e.cause)) from None
+        except splicein.WriteFailed as e:
+            raise ImportFailed("writing the VDI failed at offset %d: %s"
+                               % (e.offset, e.cause)) from None
+        self.consumed += size
 
 
 class _VdiTarget:
@@ -144,43 +197,33 @@ def import_raw(rfile, content_length, vdi_path, vdi_size, chunked):
     """
     if chunked:
         # Without a Content-Length the terminating chunk alone ends the body.
-        body = _Body(rfile, _UNBOUNDED if content_length is None else content_length)
-        with _VdiTarget(vdi_path, vdi_size) as target, _WriteBehind(target) as writer:
-            return _import_chunks(body, writer, vdi_size, content_length is not None)
+        length = _UNBOUNDED if content_length is None else content_length
+        with _VdiTarget(vdi_path, vdi_size) as target:
+            if splicein.usable(rfile):
+                body = _SplicedBody(rfile, length)
+                with splicein.Receiver(rfile.socket, target.fd, vdi_path) as receiver:
+                    return _import_chunks(body, functools.partial(body.splice, receiver),
+                                          vdi_size, content_length is not None)
+            body = _Body(rfile, length)
+            with _WriteBehind(target) as writer:
+                return _import_chunks(body, functools.partial(writer.copy, body),
+                                      vdi_size, content_length is not None)
     if content_length is None:
         with _VdiTarget(vdi_path, vdi_size) as target:
             return _copy_until_eof(rfile, target, vdi_size)
-    body = _Body(rfile, content_length)
     if content_length > vdi_size:
         raise ImportFailed("the body (%d bytes) is larger than the VDI (%d bytes)"
                            % (content_length, vdi_size))
     with _VdiTarget(vdi_path, vdi_size) as target:
         if splicein.usable(rfile):
-            _splice_body(rfile, target, content_length)
+            body = _SplicedBody(rfile, content_length)
+            with splicein.Receiver(rfile.socket, target.fd, vdi_path) as receiver:
+                body.splice(receiver, 0, content_length)
         else:
+            body = _Body(rfile, content_length)
             with _WriteBehind(target) as writer:
                 writer.copy(body, 0, content_length)
     return content_length
-
-
-def _splice_body(rfile, target, content_length):
-    """A plain body from a socket, moved by ``splicein`` (no Python buffers)."""
-    try:
-        prefix = rfile.take_buffered(content_length)
-    except OSError as e:
-        raise ImportFailed("connection failed after 0 of %d body bytes: %s"
-                           % (content_length, e)) from None
-    try:
-        splicein.receive(rfile.socket, prefix, target.fd, target.vdi_path, content_length)
-    except splicein.Cut as e:
-        if e.cause is None:
-            raise ImportFailed("connection closed after %d of %d body bytes"
-                               % (e.done, content_length)) from None
-        raise ImportFailed("connection failed after %d of %d body bytes: %s"
-                           % (e.done, content_length, e.cause)) from None
-    except splicein.WriteFailed as e:
-        raise ImportFailed("writing the VDI failed at offset %d: %s"
-                           % (e.offset, e.cause)) from None
 
 
 class _WriteBehind:
@@ -282,7 +325,8 @@ def _copy_until_eof(rfile, target, vdi_size):
         done += got
 
 
-def _import_chunks(body, writer, vdi_size, length_known):
+def _import_chunks(body, copy, vdi_size, length_known):
+    """Read a chunk stream from ``body``; ``copy(offset, length)`` moves each chunk's data."""
     imported = 0
     while True:
         if body.remaining == 0:
@@ -300,7 +344,7 @@ def _import_chunks(body, writer, vdi_size, length_known):
         if length > body.remaining:
             raise ImportFailed("chunk at offset %d declares %d bytes, the body has %d left"
                                % (offset, length, body.remaining))
-        writer.copy(body, offset, length)
+        copy(offset, length)
         imported += length
     if length_known and body.remaining:
         raise ImportFailed("%d bytes follow the terminating chunk" % body.remaining)

@@ -1,11 +1,14 @@
-"""Zero-copy receive of a plain raw import body: socket → pipe → VDI file.
+"""Zero-copy receive of raw import bodies: socket → pipe → VDI file.
 
-``os.splice`` moves the body from the socket into a pipe and from the pipe
-into the VDI file at explicit offsets, so the bytes never pass through a
-Python buffer: the only copy left is the kernel's, from the socket's pages
-into the page cache. Zero detection then reads what was just written through
-a read-only ``mmap`` of the file (page-cache memory, no copy) and punches the
-all-zero 64 KiB grains, so they end up holes as on the buffered path.
+``os.splice`` moves body bytes from the socket into a pipe and from the pipe
+into the VDI file at explicit offsets, so they never pass through a Python
+buffer: the only copy left is the kernel's, from the socket's pages into the
+page cache. A :class:`Receiver` holds the one pipe of an import and receives
+pieces of the body into ranges of the VDI: the whole disk for a plain body,
+each chunk's data for XAPI's chunked framing (whose headers ``dataio`` reads
+itself). Zero detection then reads what was just written through a read-only
+``mmap`` of the file (page-cache memory, no copy) and punches the all-zero
+64 KiB grains, so they end up holes as on the buffered path.
 
 Linux only; :data:`AVAILABLE` says whether it can be used at all. Errors are
 raised as :class:`Cut` (the body ended or the connection failed) or
@@ -55,42 +58,75 @@ class WriteFailed(Exception):
         self.cause = cause
 
 
-def receive(sock, prefix, fd, vdi_path, size):
-    """Write ``size`` body bytes at offset 0 of the VDI open as ``fd``.
+class Receiver:
+    """Splices pieces of a body from ``sock`` into the VDI open (for writing) as ``fd``.
 
-    ``prefix`` holds the body's first bytes, already read by the HTTP layer
-    (at most ``size``); the rest comes from ``sock``. Nothing is written past
-    ``size``, which the caller checked against the VDI's size.
+    One pipe serves every piece of an import; use it as a context manager so
+    the pipe is closed. ``vdi_path`` is opened read-only for the zero check.
     """
-    if size == 0:
-        return
-    read_fd = os.open(vdi_path, os.O_RDONLY)
-    try:
-        disk = mmap.mmap(read_fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-    finally:
-        os.close(read_fd)  # the mapping keeps its own reference
-    try:
-        _pwrite_all(fd, prefix, 0)
-        checked = _punch_zero_grains(disk, fd, 0, len(prefix) // GRAIN * GRAIN)
-        pipe_r, pipe_w = os.pipe2(os.O_CLOEXEC)
+
+    def __init__(self, sock, fd, vdi_path):
+        self._sock = sock
+        self._fd = fd
+        self._read_fd = os.open(vdi_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            try:
-                fcntl.fcntl(pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:
-                pass  # an unprivileged process over pipe-max-size: keep the default
-            step = fcntl.fcntl(pipe_w, fcntl.F_GETPIPE_SZ)
-            done = len(prefix)
-            while done < size:
-                moved = _from_socket(sock, pipe_w, min(step, size - done), done)
-                _to_file(pipe_r, fd, moved, done)
+            self._pipe_r, self._pipe_w = os.pipe2(os.O_CLOEXEC)
+        except OSError:
+            os.close(self._read_fd)
+            raise
+        try:
+            fcntl.fcntl(self._pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # an unprivileged process over pipe-max-size: keep the default
+        self._step = fcntl.fcntl(self._pipe_w, fcntl.F_GETPIPE_SZ)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        for fd in (self._pipe_r, self._pipe_w, self._read_fd):
+            os.close(fd)
+        return False
+
+    def receive(self, prefix, offset, size):
+        """Write ``size`` body bytes at ``offset`` of the VDI.
+
+        ``prefix`` holds the first of them, already read from the connection
+        (at most ``size``); the rest comes from the socket, and not one byte
+        more is taken from it. The caller checked that ``offset + size`` is
+        within the VDI (and so its file). All-zero grains of the range,
+        clipped to it, are punched; bytes outside the range are never
+        touched. Raises :class:`Cut` with ``done`` counting the bytes of this
+        piece that had arrived.
+        """
+        if size == 0:
+            return
+        end = offset + size
+        # A mapping starts on a page: map from the page that holds ``offset``.
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        disk = mmap.mmap(self._read_fd, end - base, mmap.MAP_SHARED, mmap.PROT_READ,
+                         offset=base)
+        try:
+            _pwrite_all(self._fd, prefix, offset)
+            done = offset + len(prefix)
+            checked = _punch_zero_grains(disk, base, self._fd, offset,
+                                         _complete(offset, done, end))
+            while done < end:
+                moved = _from_socket(self._sock, self._pipe_w, min(self._step, end - done),
+                                     done - offset)
+                _to_file(self._pipe_r, self._fd, moved, done)
                 done += moved
-                grains_end = size if done == size else done // GRAIN * GRAIN
-                checked = _punch_zero_grains(disk, fd, checked, grains_end)
+                checked = _punch_zero_grains(disk, base, self._fd, checked,
+                                             _complete(checked, done, end))
         finally:
-            os.close(pipe_r)
-            os.close(pipe_w)
-    finally:
-        disk.close()
+            disk.close()
+
+
+def _complete(checked, done, end):
+    """Where the grains whose bytes have all arrived end (never before ``checked``)."""
+    if done == end:
+        return end
+    return max(checked, done - done % GRAIN)
 
 
 def _pwrite_all(fd, data, offset):
@@ -135,26 +171,32 @@ def _to_file(pipe_r, fd, count, offset):
         offset += moved
 
 
-def _punch_zero_grains(disk, fd, start, end):
-    """Punch the all-zero grains of [start, end) (start grain-aligned); returns end."""
+def _punch_zero_grains(disk, base, fd, start, end):
+    """Punch the all-zero pieces of [start, end); returns end.
+
+    ``disk`` maps the file from offset ``base``. The pieces are the 64 KiB
+    grains of the file clipped to [start, end), as ``SparseWriter`` cuts a
+    write: a grain only partly inside loses nothing outside the range.
+    """
     try:
-        _punch_zero_runs(disk, fd, start, end)
+        with memoryview(disk) as view:
+            _punch_zero_runs(view, base, fd, start, end)
     except OSError as e:
         raise WriteFailed(start, e) from None
     return end
 
 
-def _punch_zero_runs(disk, fd, start, end):
+def _punch_zero_runs(view, base, fd, start, end):
     run_start = None
     pos = start
     while pos < end:
-        grain_end = min(pos + GRAIN, end)
-        if sparsefile.is_zero(memoryview(disk)[pos:grain_end]):
+        piece_end = min(pos - pos % GRAIN + GRAIN, end)
+        if sparsefile.is_zero(view[pos - base:piece_end - base]):
             if run_start is None:
                 run_start = pos
         elif run_start is not None:
             sparsefile.punch_hole(fd, run_start, pos - run_start)
             run_start = None
-        pos = grain_end
+        pos = piece_end
     if run_start is not None:
         sparsefile.punch_hole(fd, run_start, end - run_start)
