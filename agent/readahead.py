@@ -90,34 +90,27 @@ def keep_data(window, start, size, stream_offset):
     return kept - start
 
 
-class ReadAhead:
-    """Windows of the data of ``size_bytes`` of ``reader``, read by a thread.
+class Ahead:
+    """A thread that prepares windows ahead of their consumer.
 
-    Each buffer holds up to ``buffer_bytes`` of data (a multiple of 64 KiB).
-    Use as a context manager; iterate over it and hand each window back
-    with :meth:`release` once it has been consumed. An error of the reader
-    is raised by the iteration. ``progress.advance(n)``, if given, is called
-    from the thread with the stream bytes read.
+    ``windows`` circulate between the thread and the consumer: the thread's
+    :meth:`produce` takes a free one with :meth:`next_window` (None: stop),
+    fills it and gives it with :meth:`hand_over`; the consumer iterates over
+    the filled ones and hands each back with :meth:`release` once consumed.
+    An error of :meth:`produce` is raised by the iteration; :meth:`abort`
+    stops the thread from any side. Use as a context manager.
     """
 
-    def __init__(self, reader, size_bytes, buffer_bytes, progress=None):
-        if buffer_bytes < BLOCK_BYTES or buffer_bytes % BLOCK_BYTES:
-            raise ValueError("buffer_bytes must be a multiple of %d, got %d"
-                             % (BLOCK_BYTES, buffer_bytes))
-        self._reader = reader
-        self._size_bytes = size_bytes
-        # A stream smaller than the buffers does not get them whole.
-        rounded = -(-max(size_bytes, 1) // BLOCK_BYTES) * BLOCK_BYTES
-        self._capacity = min(buffer_bytes, rounded)
-        self._piece = min(PIECE_BYTES, self._capacity)
-        self._progress = progress
+    def __init__(self, windows, thread_name):
         self._free = queue.Queue()
         self._filled = queue.Queue()
         self._stop = threading.Event()
-        for _ in range(2 if size_bytes > self._capacity else 1):
-            self._free.put(Window(bytearray(self._capacity)))
-        self._thread = threading.Thread(target=self._run, name="stream-readahead",
-                                        daemon=True)
+        for window in windows:
+            self._free.put(window)
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+
+    def produce(self):
+        raise NotImplementedError
 
     def __enter__(self):
         self._thread.start()
@@ -125,12 +118,18 @@ class ReadAhead:
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._free.put(None)  # wakes the thread if it waits for a buffer
+        self._free.put(None)  # wakes the thread if it waits for a window
         self._thread.join(_JOIN_SECONDS)
         if self._thread.is_alive():
-            LOG.warning("stream reader still blocked after %ss; leaving it", _JOIN_SECONDS)
+            LOG.warning("%s still blocked after %ss; leaving it", self._thread.name,
+                        _JOIN_SECONDS)
 
-    def _next_window(self):
+    @property
+    def stopped(self):
+        return self._stop.is_set()
+
+    def next_window(self):
+        """A free window, emptied; None once the thread is to stop."""
         window = self._free.get()
         if window is None or self._stop.is_set():
             return None
@@ -138,36 +137,18 @@ class ReadAhead:
         window.runs = []
         return window
 
+    def hand_over(self, window):
+        self._filled.put(window)
+
     def _run(self):
         try:
-            window = self._next_window()
-            offset = 0
-            while window is not None and offset < self._size_bytes:
-                if self._stop.is_set():
-                    return
-                if window.length == self._capacity:
-                    self._filled.put(window)
-                    window = self._next_window()
-                    if window is None:
-                        return
-                # Kept data is whole blocks (but for the stream's last), so
-                # the room left is too: a smaller piece fills it exactly.
-                start = window.length
-                size = min(self._piece, self._capacity - start, self._size_bytes - offset)
-                read_exactly(self._reader, window.view[start:start + size], offset,
-                             self._size_bytes)
-                window.length += keep_data(window, start, size, offset)
-                offset += size
-                if self._progress is not None:
-                    self._progress.advance(size)
-            if window is not None and window.runs:
-                self._filled.put(window)
+            self.produce()
             self._filled.put(None)
         except BaseException as e:  # handed to the consumer, raised there
             self._filled.put(e)
 
     def __iter__(self):
-        """Windows holding data, in stream order; raises the reader's error."""
+        """Filled windows, in order; raises the thread's error."""
         while True:
             item = self._filled.get()
             if item is None:
@@ -181,7 +162,58 @@ class ReadAhead:
         self._free.put(window)
 
     def abort(self, error):
-        """Stop reading; the iteration raises ``error`` (from any thread)."""
+        """Stop the thread; the iteration raises ``error`` (from any thread)."""
         self._stop.set()
         self._filled.put(error)
         self._free.put(None)
+
+
+class ReadAhead(Ahead):
+    """Windows of the data of ``size_bytes`` of ``reader``, read by a thread.
+
+    Each buffer holds up to ``buffer_bytes`` of data (a multiple of 64 KiB).
+    Use as a context manager; iterate over it and hand each window back
+    with :meth:`release` once it has been consumed. An error of the reader
+    is raised by the iteration. ``progress.advance(n)``, if given, is called
+    from the thread with the stream bytes read.
+    """
+
+    def __init__(self, reader, size_bytes, buffer_bytes, progress=None):
+        if buffer_bytes < BLOCK_BYTES or buffer_bytes % BLOCK_BYTES:
+            raise ValueError("buffer_bytes must be a multiple of %d, got %d"
+                             % (BLOCK_BYTES, buffer_bytes))
+        # A stream smaller than the buffers does not get them whole.
+        rounded = -(-max(size_bytes, 1) // BLOCK_BYTES) * BLOCK_BYTES
+        capacity = min(buffer_bytes, rounded)
+        count = 2 if size_bytes > capacity else 1
+        super().__init__([Window(bytearray(capacity)) for _ in range(count)],
+                         "stream-readahead")
+        self._reader = reader
+        self._size_bytes = size_bytes
+        self._capacity = capacity
+        self._piece = min(PIECE_BYTES, capacity)
+        self._progress = progress
+
+    def produce(self):
+        window = self.next_window()
+        offset = 0
+        while window is not None and offset < self._size_bytes:
+            if self.stopped:
+                return
+            if window.length == self._capacity:
+                self.hand_over(window)
+                window = self.next_window()
+                if window is None:
+                    return
+            # Kept data is whole blocks (but for the stream's last), so
+            # the room left is too: a smaller piece fills it exactly.
+            start = window.length
+            size = min(self._piece, self._capacity - start, self._size_bytes - offset)
+            read_exactly(self._reader, window.view[start:start + size], offset,
+                         self._size_bytes)
+            window.length += keep_data(window, start, size, offset)
+            offset += size
+            if self._progress is not None:
+                self._progress.advance(size)
+        if window is not None and window.runs:
+            self.hand_over(window)

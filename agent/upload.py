@@ -51,6 +51,16 @@ def file_data_runs(fd, file_size):
     costs a small fraction of its size in reads.
     """
     runs = array.array("Q")
+    for offset, size in _data_blocks(fd, file_size):
+        if runs and runs[-2] + runs[-1] == offset:
+            runs[-1] += size
+        else:
+            runs.extend((offset, size))
+    return runs
+
+
+def _data_blocks(fd, file_size):
+    """(offset, size) of each 64 KiB block of the file that holds data."""
     block = bytearray(ZERO_BLOCK_BYTES)
     view = memoryview(block)
     next_index = 0
@@ -60,13 +70,8 @@ def file_data_runs(fd, file_size):
         for index in range(first, next_index):
             offset = index * ZERO_BLOCK_BYTES
             size = min(ZERO_BLOCK_BYTES, file_size - offset)
-            if not _block_has_data(fd, block, view, offset, size):
-                continue
-            if runs and runs[-2] + runs[-1] == offset:
-                runs[-1] += size
-            else:
-                runs.extend((offset, size))
-    return runs
+            if _block_has_data(fd, block, view, offset, size):
+                yield offset, size
 
 
 def _block_has_data(fd, block, view, offset, size):
@@ -101,17 +106,23 @@ def chunked_length(runs):
 # -- files --------------------------------------------------------------------
 
 def upload_file(xapi_session, vdi_ref, path, fmt="vhd", progress=None,
-                progress_interval=None):
-    """Write the raw disk image at ``path`` into VDI ``vdi_ref`` with one PUT.
+                progress_interval=None, window_bytes=WINDOW_BYTES):
+    """Write the raw disk image at ``path`` into VDI ``vdi_ref``.
 
-    ``fmt``: ``vhd`` (dynamic VHD of the data blocks), ``chunked`` (sparse
-    framing of the non-zero data) or ``raw`` (every byte). The VDI must be
-    fresh (all zero): skipped regions are not written. ``progress(done,
-    total)`` is called with body bytes. Raises XapiFailure (HTTP status or the
-    task's error info), DiskOperationFailed (a size VHD cannot hold).
+    ``fmt``: ``vhd`` (dynamic VHD of the data blocks, one PUT), ``chunked``
+    (sparse framing of the non-zero data, one PUT per ``window_bytes`` of
+    data, see :func:`_upload_file_windows`) or ``raw`` (every byte, one PUT).
+    The VDI must be fresh (all zero): skipped regions are not written.
+    ``progress(done, total)`` is called with body bytes (``chunked``: file
+    bytes scanned). Raises XapiFailure (HTTP status or the task's error
+    info), DiskOperationFailed (a size VHD cannot hold).
     """
     if fmt not in FORMATS:
         raise ValueError("unknown upload format %r (one of %s)" % (fmt, ", ".join(FORMATS)))
+    if fmt == "chunked":
+        _upload_file_windows(xapi_session, vdi_ref, path, window_bytes, progress,
+                             progress_interval)
+        return
     if fmt == "vhd":
         stream = vhd.VhdStream.from_file(path)
         length, query = stream.length, {"format": "vhd"}
@@ -119,31 +130,91 @@ def upload_file(xapi_session, vdi_ref, path, fmt="vhd", progress=None,
     else:
         with open(path, "rb") as source:
             file_size = os.lseek(source.fileno(), 0, os.SEEK_END)  # block devices too
-            if fmt == "chunked":
-                flat = file_data_runs(source.fileno(), file_size)
-                runs = _Runs(flat)
-                length, query = chunked_length(runs), {"format": "raw", "chunked": "true"}
-            else:
-                runs = [(0, file_size)]
-                length, query = file_size, {"format": "raw"}
-        pieces = _file_pieces(path, runs, framed=(fmt == "chunked"))
+        length, query = file_size, {"format": "raw"}
+        pieces = _file_pieces(path, [(0, file_size)], framed=False)
     tracker = Progress("upload of %s as %s" % (os.path.basename(path), fmt),
                        length, progress, progress_interval)
     vdi_import.put(xapi_session, vdi_ref, query, length, pieces, tracker)
     LOG.info("%s: done, %s", tracker.label, tracker.summary())
 
 
-class _Runs:
-    """A flat run array seen as (offset, length) pairs, without building a
-    list of them (a fragmented disk can have millions)."""
+def _upload_file_windows(xapi_session, vdi_ref, path, window_bytes, progress,
+                         progress_interval):
+    """The file's data as chunked PUTs, one per window of data.
 
-    def __init__(self, flat):
-        self.flat = flat
+    A thread finds the data (SEEK_DATA, then a zero probe per 64 KiB block)
+    one window ahead of the PUT that sends the previous window, so reading
+    a cold file overlaps with sending; each window's body length is known
+    before its PUT starts, as Content-Length requires. Data goes out with
+    ``sendfile``; memory does not grow with the file.
+    """
+    with open(path, "rb", buffering=0) as source:
+        file_size = os.lseek(source.fileno(), 0, os.SEEK_END)  # block devices too
+        tracker = Progress("upload of %s as chunked" % os.path.basename(path),
+                           file_size, progress, progress_interval)
 
-    def __iter__(self):
-        flat = self.flat
-        for index in range(0, len(flat), 2):
-            yield flat[index], flat[index + 1]
+        def frames(window):
+            return _framed_ranges(source, path, window.runs)
+
+        with _FileWindows(source.fileno(), file_size, window_bytes, tracker) as windows, \
+                _Sender(xapi_session, vdi_ref, windows, frames) as sender:
+            for window in windows:
+                sender.submit(window)
+    LOG.info("%s: done, %s; sent %d bytes in %d PUT(s)",
+             tracker.label, tracker.summary(), sender.sent_bytes, sender.puts)
+
+
+class _RunWindow:
+    """Runs of a file holding up to one window of data."""
+
+    def __init__(self):
+        self.runs = []
+        self.length = 0
+
+
+class _FileWindows(readahead.Ahead):
+    """Windows of the data runs of a file, found by a thread (see
+    :class:`agent.readahead.Ahead` for the protocol). The file is read only
+    to probe blocks for zeros; at most two windows are ahead of the sender."""
+
+    def __init__(self, fd, file_size, window_bytes, progress):
+        super().__init__([_RunWindow(), _RunWindow()], "file-data-scan")
+        self._fd = fd
+        self._file_size = file_size
+        self._window_bytes = window_bytes
+        self._progress = progress
+
+    def produce(self):
+        window = self.next_window()
+        scanned = 0
+        for offset, size in _data_blocks(self._fd, self._file_size):
+            if self.stopped:
+                return
+            if window.length + size > self._window_bytes and window.runs:
+                self.hand_over(window)
+                window = self.next_window()
+                if window is None:
+                    return
+            runs = window.runs
+            if runs and runs[-1][0] + runs[-1][1] == offset:
+                runs[-1] = (runs[-1][0], runs[-1][1] + size)
+            else:
+                runs.append((offset, size))
+            window.length += size
+            self._progress.advance(offset + size - scanned)
+            scanned = offset + size
+        if window is not None:
+            self._progress.advance(self._file_size - scanned)
+            if window.runs:
+                self.hand_over(window)
+
+
+def _framed_ranges(source, path, runs):
+    """Frames of ``runs`` whose data are file ranges of ``source``."""
+    for run_offset, run_length in runs:
+        for offset, size in _split(run_offset, run_length):
+            yield [_FRAME_HEADER.pack(offset, size), FileRange(source, offset, size, path)]
+    yield [_END_OF_FRAMES]
 
 
 class FileRange:
@@ -182,15 +253,12 @@ def _file_pieces(path, runs, framed):
     """The body, piece by piece: each run's data as :class:`FileRange` s of
     at most PIECE_BYTES, each framed when ``framed``."""
     with open(path, "rb", buffering=0) as source:
+        if framed:
+            yield from _framed_ranges(source, path, runs)
+            return
         for run_offset, run_length in runs:
             for offset, size in _split(run_offset, run_length):
-                data = FileRange(source, offset, size, path)
-                if framed:
-                    yield [_FRAME_HEADER.pack(offset, size), data]
-                else:
-                    yield [data]
-        if framed:
-            yield [_END_OF_FRAMES]
+                yield [FileRange(source, offset, size, path)]
 
 
 # -- streams ------------------------------------------------------------------
@@ -216,8 +284,11 @@ def upload_stream(xapi_session, vdi_ref, reader, size_bytes, window_bytes=WINDOW
         raise ValueError("window_bytes must be a whole number of MiB, got %d" % window_bytes)
     tracker = Progress("upload of a %d-byte stream" % size_bytes, size_bytes,
                        progress, progress_interval)
+    def frames(window):
+        return _frames(window.view, None, window.runs)
+
     with readahead.ReadAhead(reader, size_bytes, window_bytes // 2, tracker) as windows, \
-            _Sender(xapi_session, vdi_ref, windows) as sender:
+            _Sender(xapi_session, vdi_ref, windows, frames) as sender:
         for window in windows:
             sender.submit(window)
     LOG.info("%s: done, %s; sent %d bytes in %d PUT(s)",
@@ -238,9 +309,10 @@ class _Sender:
     # buffers, so no more than two bodies are ever in memory.
     WORKERS = 3
 
-    def __init__(self, xapi_session, vdi_ref, windows):
+    def __init__(self, xapi_session, vdi_ref, windows, frames):
         self.xapi_session = xapi_session
         self.vdi_ref = vdi_ref
+        self._frames = frames  # window -> its body's pieces
         self.sent_bytes = 0
         self.puts = 0
         self._release = windows.release
@@ -259,7 +331,7 @@ class _Sender:
                 upload = vdi_import.Import(
                     self.xapi_session, self.vdi_ref, {"format": "raw", "chunked": "true"},
                     length).start()
-                upload.send(_frames(window.view, None, window.runs), _Quiet())
+                upload.send(self._frames(window), _Quiet())
             finally:
                 self._release(window)  # sent (the kernel holds the bytes) or given up
             upload.finish()

@@ -178,6 +178,38 @@ def test_sparse_data_is_gathered_into_one_put_per_buffer_of_data(xapi_sim, sessi
     assert file_digest(vdi_file(xapi_sim, session, vdi), size) == reader.digest()
 
 
+def test_a_file_goes_in_one_put_per_window_of_its_data(xapi_sim, session, tmp_path):
+    # 20 MiB of data in three runs, 1 MiB of written zeros, holes between.
+    source = make_disk(tmp_path / "src.raw", 96 * MiB, [
+        (0, os.urandom(9 * MiB)), (30 * MiB, bytes(MiB)),
+        (40 * MiB + 4 * KiB, os.urandom(7 * MiB)), (90 * MiB, os.urandom(4 * MiB))])
+    vdi = new_vdi(session, 96 * MiB)
+    calls = count_calls(session)
+
+    upload.upload_file(session, vdi, source, "chunked", window_bytes=8 * MiB)
+
+    # 20 MiB and 64 KiB of data (the 7 MiB run straddles a block boundary)
+    # in windows of at most 8 MiB: three PUTs, each checked on its task.
+    assert calls.count("task.create") == 3
+    assert session.call("task.get_all") == []
+    path = vdi_file(xapi_sim, session, vdi)
+    assert file_digest(path, 96 * MiB) == file_digest(source, 96 * MiB)
+    assert allocated_bytes(path) <= 21 * MiB
+
+
+def test_a_failed_file_put_stops_the_scan_and_leaves_no_task(session, tmp_path):
+    source = make_disk(tmp_path / "src.raw", 64 * MiB, [(0, os.urandom(64 * MiB))])
+    vdi = new_vdi(session, 8 * MiB)                  # the second window passes its end
+    calls = count_calls(session)
+
+    with pytest.raises(exceptions.XapiFailure) as err:
+        upload.upload_file(session, vdi, source, "chunked", window_bytes=8 * MiB)
+
+    assert err.value.code == "VDI_IO_ERROR"
+    assert calls.count("task.create") <= 4           # stopped, not all eight windows
+    assert session.call("task.get_all") == []
+
+
 def test_stream_shorter_than_announced_is_an_error(session):
     reader = PatternReader(3 * MiB)
     vdi = new_vdi(session, 8 * MiB)
