@@ -1,12 +1,15 @@
 """The benchmarks' inputs: raw images on disk and a loopback image service.
 
 ``start_image_service`` serves files as Glance v2 serves image data
-(``GET /v2/images/<id>/file``, with Content-Length) from a child process;
+(``GET /v2/images/<id>/file``, with Content-Length) and image records
+(``GET /v2/images/<id>``, with the file as location where asked) from a
+child process;
 ``make_dense`` and ``make_sparse`` write the images; ``drop_page_cache_of``
 makes the next read of a file come from the disk.
 """
 
 import http.server
+import json
 import os
 import socketserver
 
@@ -19,7 +22,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        path = self.server.images.get(self.path.split("/")[3])
+        parts = self.path.split("/")
+        path = self.server.images.get(parts[3])
+        if len(parts) == 4:
+            self._record(parts[3], path)
+            return
         size = os.path.getsize(path)
         self.send_response(200)
         self.send_header("Content-Length", str(size))
@@ -42,6 +49,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.connection.sendfile(f, offset, hole - offset)
                 offset = hole
 
+    def _record(self, image_id, path):
+        """``GET /v2/images/<id>``: the image's record; ids in ``located``
+        show their file as location, as Glance's filesystem store does."""
+        record = {"id": image_id, "size": os.path.getsize(path), "status": "active"}
+        if image_id in self.server.located:
+            record["locations"] = [{"url": "file://" + os.path.abspath(path),
+                                    "metadata": {}}]
+        body = json.dumps(record).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args):
         pass
 
@@ -59,19 +80,21 @@ def _next_data(fd, offset, size):
 class ImageService(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
-    def __init__(self, images):
+    def __init__(self, images, located=()):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.images = images
+        self.located = frozenset(located)
 
 
-def start_image_service(images):
-    """Serve ``images`` from a child process; returns (pid, base URL).
+def start_image_service(images, located=()):
+    """Serve ``images`` ({id: path}) from a child process; returns (pid, base
+    URL). The records of the ids in ``located`` show their file's location.
 
     A process of its own, so that its sends do not take turns for this
     process's interpreter lock with the measurements (the floor's reads).
     Call before any thread is started: it forks.
     """
-    service = ImageService(images)
+    service = ImageService(images, located)
     pid = os.fork()
     if pid == 0:
         try:
