@@ -6,9 +6,11 @@ and the plugin runner. At start and at shutdown it returns every loop device
 it attached and marks the VBDs unplugged, so nothing outlives it.
 """
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 
 from dom0.simulator import blockdev
 from dom0.simulator import db
@@ -21,6 +23,35 @@ LOG = logging.getLogger(__name__)
 
 REPO_PLUGIN_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugins")
+
+
+class VdiWriters:
+    """One lock per VDI file, held while an import writes it.
+
+    XAPI lets imports into one VDI overlap (the agent overlaps the PUTs of
+    one image), but two threads writing one file here would spin on the
+    file's lock in the kernel and burn both cores; taking turns costs no
+    more than the writes themselves. A waiting import's body waits in its
+    socket, so its client is slowed, never refused.
+    """
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks = {}  # path -> [lock, holders and waiters]
+
+    @contextlib.contextmanager
+    def hold(self, path):
+        with self._guard:
+            entry = self._locks.setdefault(path, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[path]
 
 
 class SimulatedHost:
@@ -36,6 +67,7 @@ class SimulatedHost:
         self.host_ref = self.pool_ref = self.dom0_ref = self.sr_ref = None
         self.compute_vm_ref = None
         self.devices = {}  # VBD ref -> the block device (or file) it is plugged as
+        self.vdi_writers = VdiWriters()
         self.plugins = None
         self._plugin_dir = plugin_dir or REPO_PLUGIN_DIR
         self._plugin_timeout = plugin_timeout

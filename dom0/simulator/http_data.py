@@ -159,10 +159,11 @@ def handle_import(host, handler):
     body = SocketBody(handler.rfile, handler.connection)
 
     def work(dataio):
-        if fmt == "vhd":
-            dataio.import_vhd(body, content_length, path, size)
-        else:
-            dataio.import_raw(body, content_length, path, size, chunked)
+        with host.vdi_writers.hold(path):
+            if fmt == "vhd":
+                dataio.import_vhd(body, content_length, path, size)
+            else:
+                dataio.import_raw(body, content_length, path, size, chunked)
 
     _run_task(host, task_ref, "import of %s" % fmt, work)
 

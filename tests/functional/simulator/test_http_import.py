@@ -192,6 +192,48 @@ def test_chunked_raw_round_trips_and_only_the_chunks_sent_are_allocated(host):
     assert host.allocated(vdi) == len(first) + len(second)
 
 
+def test_overlapping_imports_into_one_vdi_take_turns_and_both_land(host):
+    # The agent overlaps the PUTs of one image; the simulator writes one of
+    # them at a time. B arrives whole while A is half sent: B's task waits
+    # for A, and neither is refused.
+    vdi = host.new_vdi(8 * MiB)
+    a_data, b_data = os.urandom(2 * MiB), os.urandom(MiB)
+    a_body = chunk(0, a_data) + END
+    b_body = chunk(4 * MiB, b_data) + END
+
+    def start(body):
+        conn = http.client.HTTPConnection(*host.address, timeout=30)
+        conn.putrequest("PUT", "/import_raw_vdi?" + host.query(vdi, format="raw",
+                                                                 chunked=True))
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders()
+        response = http.client.HTTPResponse(conn.sock, method="PUT")
+        response.begin()
+        assert response.status == 200
+        return conn, response.getheader("task-id")
+
+    a_conn, a_task = start(a_body)
+    b_conn = None
+    try:
+        a_conn.sock.sendall(a_body[:MiB])
+        time.sleep(0.2)  # A holds the VDI now
+        b_conn, b_task = start(b_body)
+        b_conn.sock.sendall(b_body)
+        time.sleep(0.5)
+        assert host.x.task.get_status(b_task) == "pending"
+        a_conn.sock.sendall(a_body[MiB:])
+        assert host.outcome(a_task) == ("success", [])
+        assert host.outcome(b_task) == ("success", [])
+    finally:
+        a_conn.close()
+        if b_conn is not None:
+            b_conn.close()
+    expected = bytearray(8 * MiB)
+    expected[:2 * MiB] = a_data
+    expected[4 * MiB:5 * MiB] = b_data
+    assert read(host.vdi_file(vdi)) == expected
+
+
 def test_vhd_export_is_read_back_identically_by_qemu_img(host, tmp_path):
     disk = bytes(3 * MiB) + os.urandom(MiB + 512)
     vdi = host.new_vdi(len(disk))
