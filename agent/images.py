@@ -19,6 +19,7 @@ The auth token goes into one request header and nowhere else: not into
 errors, not into logs.
 """
 
+import errno
 import http.client
 import json
 import logging
@@ -32,6 +33,7 @@ from rpc import exceptions
 LOG = logging.getLogger(__name__)
 
 USER_AGENT = "nova-xen-split-agent"
+_BLOCK_BYTES = 64 * 1024  # holes are skipped in whole blocks, as zeros are
 # Seconds a connect or a single socket read may take before the endpoint
 # counts as failed.
 DEFAULT_TIMEOUT = 60.0
@@ -161,6 +163,19 @@ class LocalImageFile(_Reader):
             raise self._broken("the file ended early")
         self.bytes_read += got
         return got
+
+    def skip_hole(self):
+        """Move past a hole at the reading position, to the next 64 KiB
+        block that may hold data (or the end); returns the new position."""
+        position = self.bytes_read
+        try:
+            data = os.lseek(self._file.fileno(), position, os.SEEK_DATA)
+        except OSError as e:
+            # ENXIO: only a hole is left; anything else: read on.
+            data = self.size_bytes if e.errno == errno.ENXIO else position
+        data = min(data - data % _BLOCK_BYTES, self.size_bytes)
+        self.bytes_read = max(position, data)
+        return self.bytes_read
 
     def _broken(self, why):
         return exceptions.ImageFetchFailed(

@@ -301,13 +301,22 @@ def _kernel_size(path):
 def _copy_skipping_zeros(source, target, total_bytes, label, interval):
     """Copy ``total_bytes`` of ``source`` to the (fresh, zero-filled)
     ``target`` file from its position; all-zero 64 KiB blocks are seeked
-    over, not written. Logs progress; returns the byte count."""
+    over, not written, and a source that can skip its holes
+    (``skip_hole``, an image read from its file) skips them unread. Logs
+    progress; returns the byte count."""
     progress = vdi_import.Progress(label, total_bytes, interval=interval)
     start = target.tell()
     buffer = bytearray(WRITE_PIECE_BYTES)
     view = memoryview(buffer)
+    skip_hole = getattr(source, "skip_hole", None)
     copied = 0
     while copied < total_bytes:
+        if skip_hole is not None:
+            data = skip_hole()
+            progress.advance(data - copied)
+            copied = data
+            if copied >= total_bytes:
+                break
         size = min(len(view), total_bytes - copied)
         readahead.read_exactly(source, view[:size], copied, total_bytes)
         run_start = None  # start, in the piece, of the data blocks not yet written

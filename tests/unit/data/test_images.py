@@ -322,3 +322,31 @@ def test_a_file_that_shrinks_while_read_raises(store):
     with reader, pytest.raises(exceptions.ImageFetchFailed,
                                match="broke after 1000 of %d" % len(IMAGE)):
         reader.read()
+
+
+def test_a_copy_from_a_store_file_skips_its_holes_unread(tmp_path):
+    from agent.backends import in_guest
+
+    size = 64 * 1024 * 1024 + 4096 + 7
+    runs = [(1024 * 1024 + 5, os.urandom(100_000)), (40 * 1024 * 1024 - 3, os.urandom(9)),
+            (size - 7, b"\x01" * 7)]
+    source = tmp_path / "image.raw"
+    with open(source, "wb") as f:
+        f.truncate(size)
+        for offset, data in runs:
+            f.seek(offset)
+            f.write(data)
+    reader = images.LocalImageFile.open("img-1", str(source), size)
+    read = []
+    real_readinto = reader.readinto
+    reader.readinto = lambda buffer: read.append(real_readinto(buffer)) or read[-1]
+    target_path = tmp_path / "disk"
+
+    with reader, open(target_path, "w+b") as target:
+        target.truncate(size)
+        copied = in_guest._copy_skipping_zeros(reader, target, size, "test copy", None)
+
+    assert copied == size
+    assert target_path.read_bytes() == source.read_bytes()
+    # Three pieces around the three runs, not the 64 MiB of holes.
+    assert sum(read) <= 3 * in_guest.WRITE_PIECE_BYTES
