@@ -28,12 +28,12 @@ import ssl
 import stat
 import urllib.parse
 
+from agent import readahead
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
 
 USER_AGENT = "nova-xen-split-agent"
-_BLOCK_BYTES = 64 * 1024  # holes are skipped in whole blocks, as zeros are
 # Seconds a connect or a single socket read may take before the endpoint
 # counts as failed.
 DEFAULT_TIMEOUT = 60.0
@@ -173,7 +173,8 @@ class LocalImageFile(_Reader):
         except OSError as e:
             # ENXIO: only a hole is left; anything else: read on.
             data = self.size_bytes if e.errno == errno.ENXIO else position
-        data = min(data - data % _BLOCK_BYTES, self.size_bytes)
+        # Whole blocks, as zero blocks are skipped.
+        data = min(data - data % readahead.BLOCK_BYTES, self.size_bytes)
         self.bytes_read = max(position, data)
         return self.bytes_read
 

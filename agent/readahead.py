@@ -62,31 +62,42 @@ def read_exactly(reader, view, stream_offset, size_bytes):
         filled += got
 
 
+def data_blocks(buffer, start, size):
+    """``(begin, end)`` of each block of ``buffer[start:start + size]`` that
+    holds a non-zero byte; blocks are ``BLOCK_BYTES`` from ``start`` (the
+    last may be shorter). The comparison is a ``memcmp`` per block, which
+    stops at the first non-zero byte of a data block."""
+    stop = start + size
+    for begin in range(start, stop, BLOCK_BYTES):
+        end = min(begin + BLOCK_BYTES, stop)
+        if not buffer.startswith(_ZEROS[:end - begin], begin):
+            yield begin, end
+
+
+def add_run(runs, offset, size):
+    """Append ``(offset, size)`` to ``runs``, (offset, length) pairs in
+    order, merged into the last run where the two touch."""
+    if runs and runs[-1][0] + runs[-1][1] == offset:
+        runs[-1] = (runs[-1][0], runs[-1][1] + size)
+    else:
+        runs.append((offset, size))
+
+
 def keep_data(window, start, size, stream_offset):
     """Drop the all-zero blocks of ``window.view[start:start + size]``.
 
     The piece holds stream bytes from ``stream_offset`` (a multiple of the
     block size, so blocks line up with the disk's). Its data blocks are
     moved down to ``start`` and recorded in ``window.runs``; returns how
-    many bytes were kept. The comparison is a ``memcmp`` per block, which
-    stops at the first non-zero byte of a data block.
+    many bytes were kept.
     """
-    buffer, view, runs = window.buffer, window.view, window.runs
+    view = window.view
     kept = start
-    for block in range(0, size, BLOCK_BYTES):
-        block_size = min(BLOCK_BYTES, size - block)
-        source = start + block
-        if buffer.startswith(_ZEROS if block_size == BLOCK_BYTES else bytes(block_size),
-                             source, source + block_size):
-            continue
-        if kept != source:
-            view[kept:kept + block_size] = view[source:source + block_size]
-        at = stream_offset + block
-        if runs and runs[-1][0] + runs[-1][1] == at:
-            runs[-1] = (runs[-1][0], runs[-1][1] + block_size)
-        else:
-            runs.append((at, block_size))
-        kept += block_size
+    for begin, end in data_blocks(window.buffer, start, size):
+        if kept != begin:
+            view[kept:kept + end - begin] = view[begin:end]
+        add_run(window.runs, stream_offset + begin - start, end - begin)
+        kept += end - begin
     return kept - start
 
 

@@ -29,14 +29,13 @@ from rpc import exceptions
 LOG = logging.getLogger(__name__)
 
 WINDOW_BYTES = 64 * 1024 * 1024
-ZERO_BLOCK_BYTES = 64 * 1024
+ZERO_BLOCK_BYTES = readahead.BLOCK_BYTES
 PIECE_BYTES = 4 * 1024 * 1024
 _MiB = 1024 * 1024
 FORMATS = ("vhd", "chunked", "raw")
 
 _FRAME_HEADER = struct.Struct("<QI")
 _END_OF_FRAMES = _FRAME_HEADER.pack(0, 0)
-_ZEROS = bytes(ZERO_BLOCK_BYTES)
 SCAN_BYTES = 1024 * 1024  # reads of a file's data while looking for zeros
 
 
@@ -78,10 +77,8 @@ def _data_blocks(fd, file_size):
         while offset < stop:
             want = min(SCAN_BYTES, stop - offset)
             got = vhd.pread_into(fd, view[:want], offset)
-            for block in range(0, got, ZERO_BLOCK_BYTES):
-                end = min(block + ZERO_BLOCK_BYTES, got)
-                if not buffer.startswith(_ZEROS[:end - block], block):
-                    yield offset + block, min(ZERO_BLOCK_BYTES, file_size - offset - block)
+            for begin, end in readahead.data_blocks(buffer, 0, got):
+                yield offset + begin, end - begin
             if got < want:
                 return  # the file shrank: nothing lies past its end
             offset += got
@@ -145,8 +142,8 @@ def _upload_file_windows(xapi_session, vdi_ref, path, window_bytes, progress,
                          progress_interval):
     """The file's data as chunked PUTs, one per window of data.
 
-    A thread finds the data (SEEK_DATA, then a zero probe per 64 KiB block)
-    one window ahead of the PUT that sends the previous window, so reading
+    A thread finds the data (:func:`_data_blocks`) one window ahead of the
+    PUT that sends the previous window, so reading
     a cold file overlaps with sending; each window's body length is known
     before its PUT starts, as Content-Length requires. Data goes out with
     ``sendfile``; memory does not grow with the file.
@@ -178,7 +175,7 @@ class _RunWindow:
 class _FileWindows(readahead.Ahead):
     """Windows of the data runs of a file, found by a thread (see
     :class:`agent.readahead.Ahead` for the protocol). The file is read only
-    to probe blocks for zeros; at most two windows are ahead of the sender."""
+    to check blocks for zeros; at most two windows are ahead of the sender."""
 
     def __init__(self, fd, file_size, window_bytes, progress):
         super().__init__([_RunWindow(), _RunWindow()], "file-data-scan")
@@ -198,11 +195,7 @@ class _FileWindows(readahead.Ahead):
                 window = self.next_window()
                 if window is None:
                     return
-            runs = window.runs
-            if runs and runs[-1][0] + runs[-1][1] == offset:
-                runs[-1] = (runs[-1][0], runs[-1][1] + size)
-            else:
-                runs.append((offset, size))
+            readahead.add_run(window.runs, offset, size)
             window.length += size
             self._progress.advance(offset + size - scanned)
             scanned = offset + size

@@ -27,8 +27,6 @@ LOG = logging.getLogger(__name__)
 
 MBR_GAP_SECTORS = 63  # Nova gave partition-less (ami) images this gap
 WRITE_PIECE_BYTES = 4 * base.MiB
-ZERO_BLOCK_BYTES = readahead.BLOCK_BYTES
-_ZEROS = bytes(ZERO_BLOCK_BYTES)
 KERNEL_PLUGIN = "kernel.py"
 IMAGE_BYTES_KEY = "nxs-image-bytes"  # exact image size (the VDI is rounded up)
 
@@ -319,17 +317,11 @@ def _copy_skipping_zeros(source, target, total_bytes, label, interval):
                 break
         size = min(len(view), total_bytes - copied)
         readahead.read_exactly(source, view[:size], copied, total_bytes)
-        run_start = None  # start, in the piece, of the data blocks not yet written
-        for block in range(0, size, ZERO_BLOCK_BYTES):
-            end = min(block + ZERO_BLOCK_BYTES, size)
-            if not buffer.startswith(_ZEROS[:end - block], block):
-                if run_start is None:
-                    run_start = block
-            elif run_start is not None:
-                _write_at(target, start + copied + run_start, view[run_start:block])
-                run_start = None
-        if run_start is not None:
-            _write_at(target, start + copied + run_start, view[run_start:size])
+        runs = []  # the piece's data blocks, neighbours merged
+        for begin, end in readahead.data_blocks(buffer, 0, size):
+            readahead.add_run(runs, begin, end - begin)
+        for begin, length in runs:
+            _write_at(target, start + copied + begin, view[begin:begin + length])
         copied += size
         progress.advance(size)
     target.seek(start + copied)
