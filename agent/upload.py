@@ -131,7 +131,7 @@ def upload_file(xapi_session, vdi_ref, path, fmt="vhd", progress=None,
         with open(path, "rb") as source:
             file_size = os.lseek(source.fileno(), 0, os.SEEK_END)  # block devices too
         length, query = file_size, {"format": "raw"}
-        pieces = _file_pieces(path, [(0, file_size)], framed=False)
+        pieces = _file_pieces(path, file_size)
     tracker = Progress("upload of %s as %s" % (os.path.basename(path), fmt),
                        length, progress, progress_interval)
     vdi_import.put(xapi_session, vdi_ref, query, length, pieces, tracker)
@@ -245,16 +245,11 @@ class FileRange:
                 reason="file shrank while being sent (offset %d)" % (self.offset + count))
 
 
-def _file_pieces(path, runs, framed):
-    """The body, piece by piece: each run's data as :class:`FileRange` s of
-    at most PIECE_BYTES, each framed when ``framed``."""
+def _file_pieces(path, file_size):
+    """A plain body of the whole file: :class:`FileRange` s of at most PIECE_BYTES."""
     with open(path, "rb", buffering=0) as source:
-        if framed:
-            yield from _framed_ranges(source, path, runs)
-            return
-        for run_offset, run_length in runs:
-            for offset, size in _split(run_offset, run_length):
-                yield [FileRange(source, offset, size, path)]
+        for offset, size in _split(0, file_size):
+            yield [FileRange(source, offset, size, path)]
 
 
 # -- streams ------------------------------------------------------------------

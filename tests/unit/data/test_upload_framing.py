@@ -85,7 +85,8 @@ def test_file_body_frames_rebuild_the_file(tmp_path):
         flat = upload.file_data_runs(f.fileno(), len(content))
     runs = list(zip(flat[::2], flat[1::2], strict=True))
 
-    body = body_of(upload._file_pieces(str(path), runs, framed=True))
+    with open(path, "rb", buffering=0) as f:
+        body = body_of(upload._framed_ranges(f, str(path), runs))
 
     assert len(body) == upload.chunked_length(runs)
     frames = decode_chunked(body)
