@@ -9,9 +9,10 @@ makes the next read of a file come from the disk.
 """
 
 import http.server
-import json
 import os
 import socketserver
+
+from tests.imagerecord import send_image_record
 
 MiB = 1 << 20
 
@@ -25,7 +26,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         parts = self.path.split("/")
         path = self.server.images.get(parts[3])
         if len(parts) == 4:
-            self._record(parts[3], path)
+            send_image_record(self, parts[3], path, parts[3] in self.server.located)
             return
         size = os.path.getsize(path)
         self.send_response(200)
@@ -48,20 +49,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 hole = os.lseek(f.fileno(), offset, os.SEEK_HOLE)
                 self.connection.sendfile(f, offset, hole - offset)
                 offset = hole
-
-    def _record(self, image_id, path):
-        """``GET /v2/images/<id>``: the image's record; ids in ``located``
-        show their file as location, as Glance's filesystem store does."""
-        record = {"id": image_id, "size": os.path.getsize(path), "status": "active"}
-        if image_id in self.server.located:
-            record["locations"] = [{"url": "file://" + os.path.abspath(path),
-                                    "metadata": {}}]
-        body = json.dumps(record).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def log_message(self, *args):
         pass

@@ -1,7 +1,6 @@
 """Agents against a running ``xapi-sim``, and a loopback image service."""
 
 import http.server
-import json
 import os
 import socketserver
 import threading
@@ -17,6 +16,7 @@ from agent import vdis
 from agent.backends import base
 from agent.backends import make_backend
 from nova_xen_split import conf as nxs_conf
+from tests.imagerecord import send_image_record
 
 
 class _ImageHandler(http.server.BaseHTTPRequestHandler):
@@ -62,15 +62,7 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         server.record_requests.append(image_id)
-        record = {"id": image_id, "size": os.path.getsize(path), "status": "active"}
-        if server.show_locations:
-            record["locations"] = [{"url": "file://" + path, "metadata": {}}]
-        body = json.dumps(record).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_image_record(self, image_id, path, server.show_locations)
 
     def log_message(self, *args):
         pass
