@@ -17,6 +17,7 @@ arrives; all-zero 64 KiB grains are skipped so they stay holes. The exports
 are in :mod:`vdiexport`.
 """
 
+import contextlib
 import functools
 import os
 import queue
@@ -198,32 +199,35 @@ def import_raw(rfile, content_length, vdi_path, vdi_size, chunked):
     if chunked:
         # Without a Content-Length the terminating chunk alone ends the body.
         length = _UNBOUNDED if content_length is None else content_length
-        with _VdiTarget(vdi_path, vdi_size) as target:
-            if splicein.usable(rfile):
-                body = _SplicedBody(rfile, length)
-                with splicein.Receiver(rfile.socket, target.fd, vdi_path) as receiver:
-                    return _import_chunks(body, functools.partial(body.splice, receiver),
-                                          vdi_size, content_length is not None)
-            body = _Body(rfile, length)
-            with _WriteBehind(target) as writer:
-                return _import_chunks(body, functools.partial(writer.copy, body),
-                                      vdi_size, content_length is not None)
+        with _VdiTarget(vdi_path, vdi_size) as target, \
+                _moving(rfile, length, target) as (body, copy):
+            return _import_chunks(body, copy, vdi_size, content_length is not None)
     if content_length is None:
         with _VdiTarget(vdi_path, vdi_size) as target:
             return _copy_until_eof(rfile, target, vdi_size)
     if content_length > vdi_size:
         raise ImportFailed("the body (%d bytes) is larger than the VDI (%d bytes)"
                            % (content_length, vdi_size))
-    with _VdiTarget(vdi_path, vdi_size) as target:
-        if splicein.usable(rfile):
-            body = _SplicedBody(rfile, content_length)
-            with splicein.Receiver(rfile.socket, target.fd, vdi_path) as receiver:
-                body.splice(receiver, 0, content_length)
-        else:
-            body = _Body(rfile, content_length)
-            with _WriteBehind(target) as writer:
-                writer.copy(body, 0, content_length)
+    with _VdiTarget(vdi_path, vdi_size) as target, \
+            _moving(rfile, content_length, target) as (_, copy):
+        copy(0, content_length)
     return content_length
+
+
+@contextlib.contextmanager
+def _moving(rfile, length, target):
+    """``(body, copy)`` for a body of ``length`` bytes: ``copy(offset, size)``
+    moves its next ``size`` bytes into the VDI at ``offset``, spliced from a
+    plain socket (:mod:`splicein`), else through buffers that a second
+    thread writes (:class:`_WriteBehind`)."""
+    if splicein.usable(rfile):
+        body = _SplicedBody(rfile, length)
+        with splicein.Receiver(rfile.socket, target.fd, target.vdi_path) as receiver:
+            yield body, functools.partial(body.splice, receiver)
+    else:
+        body = _Body(rfile, length)
+        with _WriteBehind(target) as writer:
+            yield body, functools.partial(writer.copy, body)
 
 
 class _WriteBehind:
