@@ -31,9 +31,9 @@ AVAILABLE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 PIPE_SIZE = 1 << 20
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_MORE", 0)
 GRAIN = sparsefile.ZERO_GRAIN
-# Bytes read first from a grain to tell data from zeros (one cache line's worth
-# of a page, enough: data rarely starts with 256 zero bytes, and zeros are then
-# read whole).
+# Bytes read first from a grain to tell data from zeros (four cache lines:
+# data rarely starts with 256 zero bytes, and a grain that does is then read
+# whole).
 PROBE_BYTES = 256
 
 
