@@ -116,7 +116,7 @@ class LocalImageFile(_Reader):
     ``path`` is the file (resolved, inside one of ``[glance] file_url_mounts``),
     ``size_bytes`` its size, which matched the image's. ``readinto`` reads it
     in order, as a download would be read; an uploader that knows files
-    (``agent.upload.upload_file``) reads ``path`` itself and skips its holes.
+    (``agent.upload.upload_file``) sends :attr:`file` itself and skips its holes.
     """
 
     def __init__(self, image_id, path, size_bytes):
@@ -148,6 +148,11 @@ class LocalImageFile(_Reader):
         reader = cls(image_id, path, size_bytes)
         reader._file = os.fdopen(fd, "rb", buffering=0)
         return reader
+
+    @property
+    def file(self):
+        """The file, as opened and checked by :meth:`open` (binary, unbuffered)."""
+        return self._file
 
     def readinto(self, buffer):
         """Fill ``buffer`` from the file; returns the byte count, 0 at the end."""

@@ -106,7 +106,7 @@ def chunked_length(runs):
 # -- files --------------------------------------------------------------------
 
 def upload_file(xapi_session, vdi_ref, path, fmt="vhd", progress=None,
-                progress_interval=None, window_bytes=WINDOW_BYTES):
+                progress_interval=None, window_bytes=WINDOW_BYTES, opened=None):
     """Write the raw disk image at ``path`` into VDI ``vdi_ref``.
 
     ``fmt``: ``vhd`` (dynamic VHD of the data blocks, one PUT), ``chunked``
@@ -114,13 +114,23 @@ def upload_file(xapi_session, vdi_ref, path, fmt="vhd", progress=None,
     data, see :func:`_upload_file_windows`) or ``raw`` (every byte, one PUT).
     The VDI must be fresh (all zero): skipped regions are not written.
     ``progress(done, total)`` is called with body bytes (``chunked``: file
-    bytes scanned). Raises XapiFailure (HTTP status or the task's error
-    info), DiskOperationFailed (a size VHD cannot hold).
+    bytes scanned). ``opened``: ``path`` already open for reading (a binary
+    file object), sent instead of opening ``path`` again, so the file sent
+    is the one the caller checked; left open (``chunked`` and ``raw`` only).
+    Raises XapiFailure (HTTP status or the task's error info),
+    DiskOperationFailed (a size VHD cannot hold).
     """
     if fmt not in FORMATS:
         raise ValueError("unknown upload format %r (one of %s)" % (fmt, ", ".join(FORMATS)))
+    if opened is not None and fmt == "vhd":
+        raise ValueError("an open file can be sent as chunked or raw, not vhd")
+    if opened is None and fmt != "vhd":
+        with open(path, "rb", buffering=0) as source:
+            upload_file(xapi_session, vdi_ref, path, fmt, progress, progress_interval,
+                        window_bytes, opened=source)
+        return
     if fmt == "chunked":
-        _upload_file_windows(xapi_session, vdi_ref, path, window_bytes, progress,
+        _upload_file_windows(xapi_session, vdi_ref, opened, path, window_bytes, progress,
                              progress_interval)
         return
     if fmt == "vhd":
@@ -128,17 +138,16 @@ def upload_file(xapi_session, vdi_ref, path, fmt="vhd", progress=None,
         length, query = stream.length, {"format": "vhd"}
         pieces = ([piece] for piece in stream)
     else:
-        with open(path, "rb") as source:
-            file_size = os.lseek(source.fileno(), 0, os.SEEK_END)  # block devices too
+        file_size = os.lseek(opened.fileno(), 0, os.SEEK_END)  # block devices too
         length, query = file_size, {"format": "raw"}
-        pieces = _file_pieces(path, file_size)
+        pieces = _file_pieces(opened, path, file_size)
     tracker = Progress("upload of %s as %s" % (os.path.basename(path), fmt),
                        length, progress, progress_interval)
     vdi_import.put(xapi_session, vdi_ref, query, length, pieces, tracker)
     LOG.info("%s: done, %s", tracker.label, tracker.summary())
 
 
-def _upload_file_windows(xapi_session, vdi_ref, path, window_bytes, progress,
+def _upload_file_windows(xapi_session, vdi_ref, source, path, window_bytes, progress,
                          progress_interval):
     """The file's data as chunked PUTs, one per window of data.
 
@@ -148,18 +157,17 @@ def _upload_file_windows(xapi_session, vdi_ref, path, window_bytes, progress,
     before its PUT starts, as Content-Length requires. Data goes out with
     ``sendfile``; memory does not grow with the file.
     """
-    with open(path, "rb", buffering=0) as source:
-        file_size = os.lseek(source.fileno(), 0, os.SEEK_END)  # block devices too
-        tracker = Progress("upload of %s as chunked" % os.path.basename(path),
-                           file_size, progress, progress_interval)
+    file_size = os.lseek(source.fileno(), 0, os.SEEK_END)  # block devices too
+    tracker = Progress("upload of %s as chunked" % os.path.basename(path),
+                       file_size, progress, progress_interval)
 
-        def frames(window):
-            return _framed_ranges(source, path, window.runs)
+    def frames(window):
+        return _framed_ranges(source, path, window.runs)
 
-        with _FileWindows(source.fileno(), file_size, window_bytes, tracker) as windows, \
-                _Sender(xapi_session, vdi_ref, windows, frames) as sender:
-            for window in windows:
-                sender.submit(window)
+    with _FileWindows(source.fileno(), file_size, window_bytes, tracker) as windows, \
+            _Sender(xapi_session, vdi_ref, windows, frames) as sender:
+        for window in windows:
+            sender.submit(window)
     LOG.info("%s: done, %s; sent %d bytes in %d PUT(s)",
              tracker.label, tracker.summary(), sender.sent_bytes, sender.puts)
 
@@ -245,11 +253,10 @@ class FileRange:
                 reason="file shrank while being sent (offset %d)" % (self.offset + count))
 
 
-def _file_pieces(path, file_size):
+def _file_pieces(source, path, file_size):
     """A plain body of the whole file: :class:`FileRange` s of at most PIECE_BYTES."""
-    with open(path, "rb", buffering=0) as source:
-        for offset, size in _split(0, file_size):
-            yield [FileRange(source, offset, size, path)]
+    for offset, size in _split(0, file_size):
+        yield [FileRange(source, offset, size, path)]
 
 
 # -- streams ------------------------------------------------------------------

@@ -85,8 +85,11 @@ class IndependentBackend(CommonBackend):
             base.checkpoint("created")
             if isinstance(reader, images.LocalImageFile):
                 # A file: its holes are skipped unread, its data sent with sendfile.
+                # The file sent is the one checked (opened with O_NOFOLLOW,
+                # its size matched), not whatever its path names by now.
                 upload.upload_file(self.ctx.session, vdi_ref, reader.path, fmt="chunked",
-                                   progress_interval=self.conf.agent.progress_interval)
+                                   progress_interval=self.conf.agent.progress_interval,
+                                   opened=reader.file)
             else:
                 upload.upload_stream(self.ctx.session, vdi_ref, reader, reader.size_bytes,
                                      progress_interval=self.conf.agent.progress_interval)

@@ -79,6 +79,33 @@ def test_holes_stay_holes_in_the_vdi(xapi_sim, session, tmp_path, fmt):
     assert allocated_bytes(vdi_file(xapi_sim, session, vdi)) < 8 * MiB
 
 
+@pytest.mark.parametrize("fmt", ["chunked", "raw"])
+def test_an_open_file_is_sent_even_when_its_path_names_another_by_then(
+        xapi_sim, session, tmp_path, fmt):
+    source = sparse_source(tmp_path)
+    with open(source, "rb") as f:
+        expected = f.read()
+    vdi = new_vdi(session, 64 * MiB)
+
+    with open(source, "rb", buffering=0) as opened:
+        # Swapped after the caller checked it, as a store could be.
+        impostor = make_disk(tmp_path / "impostor.raw", 64 * MiB, [(0, b"X" * MiB)])
+        os.replace(impostor, source)
+        upload.upload_file(session, vdi, source, fmt, opened=opened)
+        assert not opened.closed          # the caller's to close
+
+    with open(vdi_file(xapi_sim, session, vdi), "rb") as f:
+        assert f.read() == expected
+
+
+def test_an_open_file_cannot_be_sent_as_vhd(session, tmp_path):
+    source = sparse_source(tmp_path)
+    vdi = new_vdi(session, 64 * MiB)
+    with open(source, "rb", buffering=0) as opened, pytest.raises(ValueError, match="vhd"):
+        upload.upload_file(session, vdi, source, "vhd", opened=opened)
+    assert session.call("task.get_all") == []
+
+
 def test_progress_callback_reaches_the_body_length(session, tmp_path):
     source = make_disk(tmp_path / "src.raw", 16 * MiB, [(0, os.urandom(9 * MiB))])
     vdi = new_vdi(session, 16 * MiB)
