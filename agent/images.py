@@ -15,15 +15,23 @@ sparse with ``filesystem_thin_provisioning``) are skipped without being
 read. A location that cannot be used (outside the mounts, not a regular
 file, a size other than the image's) is logged and the image downloaded.
 
+A download is checked against the MD5 checksum Glance sends with it
+(``Content-MD5``) as it is read, unless ``[glance] verify_checksum`` is off:
+a mismatch raises when the last byte is read, before the fetch can succeed.
+
 The auth token goes into one request header and nowhere else: not into
 errors, not into logs.
 """
 
+import base64
+import binascii
 import errno
+import hashlib
 import http.client
 import json
 import logging
 import os
+import re
 import ssl
 import stat
 import urllib.parse
@@ -69,16 +77,20 @@ class ImageReader(_Reader):
     """The body of one image download.
 
     ``size_bytes`` is the image's size; ``read``/``readinto`` raise
-    ImageFetchFailed if the connection breaks or ends before that many bytes.
+    ImageFetchFailed if the connection breaks or ends before that many bytes,
+    or, with ``md5`` (hex digits), if the bytes read do not have that MD5
+    checksum (raised by the read that reads the last byte).
     """
 
-    def __init__(self, image_id, connection, response, size_bytes, server):
+    def __init__(self, image_id, connection, response, size_bytes, server, md5=None):
         self.image_id = image_id
         self.size_bytes = size_bytes
         self.server = server
         self.bytes_read = 0
         self._connection = connection
         self._response = response
+        self._expected_md5 = md5
+        self._md5 = hashlib.md5(usedforsecurity=False) if md5 is not None else None
 
     def readinto(self, buffer):
         """Fill ``buffer`` from the stream; returns the byte count, 0 at the end."""
@@ -95,7 +107,22 @@ class ImageReader(_Reader):
         if not got:
             raise self._broken("connection closed early")
         self.bytes_read += got
+        if self._md5 is not None:
+            self._md5.update(view[:got])
+            if self.bytes_read == self.size_bytes:
+                self._check_md5()
         return got
+
+    def _check_md5(self):
+        read = self._md5.hexdigest()
+        if read != self._expected_md5:
+            self.close()
+            raise exceptions.ImageFetchFailed(
+                image_id=self.image_id,
+                reason="the %d bytes downloaded from %s do not match the image's "
+                "checksum (MD5 %s expected, %s read)"
+                % (self.bytes_read, self.server, self._expected_md5, read))
+        LOG.debug("Image %s: MD5 checksum %s verified", self.image_id, read)
 
     def _broken(self, why):
         self.close()
@@ -211,7 +238,8 @@ def open_image(conf, image_id, auth_token, timeout=DEFAULT_TIMEOUT):
             return local
 
     def download(server):
-        return _open_from(server, image_id, auth_token, timeout)
+        return _open_from(server, image_id, auth_token, timeout,
+                          conf.glance.verify_checksum)
 
     return _first_server(conf, servers, image_id, auth_token, download)
 
@@ -371,17 +399,48 @@ def _get(server, path, image_id, auth_token, timeout, accept):
         raise _TryNextServer("%s: %s: %s" % (server, type(e).__name__, e)) from None
 
 
-def _open_from(server, image_id, auth_token, timeout):
+def _open_from(server, image_id, auth_token, timeout, verify):
     connection, response = _get(
         server, "/v2/images/%s/file" % urllib.parse.quote(image_id, safe=""),
         image_id, auth_token, timeout, "application/octet-stream")
     try:
         size_bytes = _check_response(server, image_id, response)
+        md5 = _content_md5(server, image_id, response) if verify else None
     except BaseException:
         connection.close()
         raise
-    LOG.info("Image %s: downloading %d bytes from %s", image_id, size_bytes, server)
-    return ImageReader(image_id, connection, response, size_bytes, server)
+    if verify and md5 is None:
+        LOG.warning("Image %s: %s sent no checksum (Content-MD5); downloading it "
+                    "unchecked", image_id, server)
+    LOG.info("Image %s: downloading %d bytes from %s%s", image_id, size_bytes, server,
+             ", MD5 %s to check" % md5 if md5 else "")
+    return ImageReader(image_id, connection, response, size_bytes, server, md5)
+
+
+_HEX_MD5 = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def _content_md5(server, image_id, response):
+    """The ``Content-MD5`` of a download as hex digits, or None if absent.
+
+    Glance sends the image's checksum there as hex digits; RFC 1864's
+    base64 form is read too. Anything else raises.
+    """
+    value = response.getheader("Content-MD5")
+    if value is None:
+        return None
+    value = value.strip()
+    if _HEX_MD5.fullmatch(value):
+        return value.lower()
+    try:
+        digest = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != 16:
+        raise exceptions.ImageFetchFailed(
+            image_id=image_id, reason="%s sent a Content-MD5 that is not an MD5 "
+            "checksum (%r)" % (server, value[:80]))
+    return digest.hex()
 
 
 def _check_response(server, image_id, response):

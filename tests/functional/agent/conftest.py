@@ -1,5 +1,6 @@
 """Agents against a running ``xapi-sim``, and a loopback image service."""
 
+import hashlib
 import http.server
 import os
 import socketserver
@@ -41,6 +42,11 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(size))
+        md5 = server.content_md5.get(parts[3], "file")
+        if md5 == "file":
+            md5 = _file_md5(path)
+        if md5 is not None:
+            self.send_header("Content-MD5", md5)    # the image's checksum, as Glance sends it
         self.end_headers()
         with open(path, "rb") as f:
             while True:
@@ -68,8 +74,19 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def _file_md5(path):
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
 class ImageServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     """``/v2/images/<id>/file`` from files on disk; ``delay`` seconds per MiB.
+
+    Downloads carry the file's MD5 as ``Content-MD5``, as Glance's do;
+    ``content_md5`` maps an image id to another value to send (None: none).
 
     ``/v2/images/<id>`` is the image's record; with ``show_locations`` it
     shows the file as a ``file://`` location, as Glance's filesystem store does.
@@ -84,6 +101,7 @@ class ImageServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.record_requests = []
         self.show_locations = False
         self.delay = 0.0
+        self.content_md5 = {}
 
     @property
     def url(self):

@@ -108,6 +108,24 @@ def test_fetch_image_of_an_unknown_image_fails_typed_and_leaves_no_vdi(agent, im
     assert agent.vdi_uuids() == before
 
 
+def test_a_download_that_does_not_match_its_checksum_fails_and_leaves_nothing(
+        agent, image_server, tmp_path):
+    image = _raw_image(tmp_path)
+    image_id = image_server.add(image)
+    # The checksum of other bytes: as if the store's copy had rotted.
+    image_server.content_md5[image_id] = "0123456789abcdef0123456789abcdef"
+    before = agent.vdi_uuids()
+
+    with pytest.raises(exceptions.ImageFetchFailed) as raised:
+        agent.endpoint.fetch_image(
+            instance_uuid=str(uuid.uuid4()), image_id=image_id, disk_format="raw",
+            auth_token=None)
+
+    assert "checksum (MD5 0123456789abcdef0123456789abcdef expected" in str(raised.value)
+    assert agent.vdi_uuids() == before
+    assert agent.tagged_vbds() == []
+
+
 @pytest.fixture
 def in_guest_agent(make_sim, loop_devices, image_server, make_agent):
     return make_agent(make_sim(compute_vm=True), "in_guest", image_server)

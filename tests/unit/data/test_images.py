@@ -5,6 +5,8 @@ behaviours Glance shows: the image, 404, 401, 5xx, a missing Content-Length
 and a body cut short.
 """
 
+import base64
+import hashlib
 import http.server
 import json
 import logging
@@ -21,6 +23,7 @@ from rpc import exceptions
 
 TOKEN = "gAAAAAB-very-secret-token"
 IMAGE = os.urandom(3 * 1024 * 1024 + 17)
+IMAGE_MD5 = hashlib.md5(IMAGE).hexdigest()     # Glance sends the checksum as hex
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -46,8 +49,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return self._status(404)
             self.send_response(200)
             self.send_header("Content-Length", str(len(IMAGE)))
+            if server.content_md5 is not None:
+                self.send_header("Content-MD5", server.content_md5)
             self.end_headers()
-            self.wfile.write(IMAGE)
+            try:
+                self.wfile.write(IMAGE)
+            except (BrokenPipeError, ConnectionResetError):
+                pass        # the client refused the answer and hung up
         elif behaviour == "no-length":
             self.protocol_version = "HTTP/1.0"
             self.send_response(200)
@@ -77,11 +85,12 @@ def image_server():
     """Factory: ``image_server(behaviour)`` → base URL of a started server."""
     servers = []
 
-    def start(behaviour="ok", record=None):
+    def start(behaviour="ok", record=None, content_md5=IMAGE_MD5):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         server.daemon_threads = True
         server.behaviour = behaviour
         server.record = record
+        server.content_md5 = content_md5
         server.requests = []
         thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
@@ -95,12 +104,13 @@ def image_server():
         thread.join(10)
 
 
-def make_conf(servers, num_retries=0, mounts=None):
+def make_conf(servers, num_retries=0, mounts=None, verify_checksum=True):
     conf = cfg.ConfigOpts()
     nxs_conf.register_opts(conf)
     conf([], default_config_files=[])
     conf.set_override("api_servers", servers, group="glance")
     conf.set_override("num_retries", num_retries, group="glance")
+    conf.set_override("verify_checksum", verify_checksum, group="glance")
     if mounts is not None:
         conf.set_override("file_url_mounts", mounts, group="glance")
     return conf
@@ -128,6 +138,69 @@ def test_reader_streams_the_image_with_its_size_known_first(image_server):
 
     assert first + rest == IMAGE
     assert server.requests[0][1]["X-Auth-Token"] == TOKEN
+
+
+def read_in_pieces(reader, piece=1024 * 1024):
+    data = bytearray()
+    buffer = bytearray(piece)
+    while True:
+        got = reader.readinto(buffer)
+        if not got:
+            return bytes(data)
+        data += buffer[:got]
+
+
+@pytest.mark.parametrize("form", ["hex", "HEX", "base64"])
+def test_a_download_matching_its_checksum_reads_whole(image_server, form):
+    digest = hashlib.md5(IMAGE).digest()
+    value = {"hex": digest.hex(), "HEX": digest.hex().upper(),
+             "base64": base64.b64encode(digest).decode()}[form]
+    _, url = image_server(content_md5=value)
+
+    with images.open_image(make_conf([url]), "img-1", TOKEN) as reader:
+        assert read_in_pieces(reader) == IMAGE
+
+
+def test_a_download_not_matching_its_checksum_raises_at_its_last_byte(image_server):
+    wrong = hashlib.md5(IMAGE + b"x").hexdigest()
+    _, url = image_server(content_md5=wrong)
+
+    with images.open_image(make_conf([url]), "img-1", TOKEN) as reader:
+        head = reader.read(len(IMAGE) - 1)           # all but the last byte: no verdict yet
+        with pytest.raises(exceptions.ImageFetchFailed) as err:
+            reader.read(1)
+
+    assert head == IMAGE[:-1]
+    assert "MD5 %s expected, %s read" % (wrong, IMAGE_MD5) in str(err.value)
+    assert TOKEN not in str(err.value)
+
+
+def test_with_verify_checksum_off_a_mismatch_goes_unchecked(image_server):
+    _, url = image_server(content_md5=hashlib.md5(b"other").hexdigest())
+
+    with images.open_image(make_conf([url], verify_checksum=False), "img-1", TOKEN) as r:
+        assert read_in_pieces(r) == IMAGE
+
+
+def test_a_download_without_a_checksum_is_read_unchecked_and_said_so(image_server, caplog):
+    _, url = image_server(content_md5=None)
+
+    with caplog.at_level(logging.WARNING, logger="agent.images"):
+        with images.open_image(make_conf([url]), "img-1", TOKEN) as reader:
+            assert read_in_pieces(reader) == IMAGE
+
+    assert "sent no checksum (Content-MD5); downloading it unchecked" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["not-a-checksum", "0123456789abcdef", "AAAA",
+                                   "0123456789abcdef0123456789abcdeg"])
+def test_a_content_md5_that_is_no_md5_is_refused_before_reading(image_server, value):
+    server, url = image_server(content_md5=value)
+
+    with pytest.raises(exceptions.ImageFetchFailed,
+                       match="Content-MD5 that is not an MD5 checksum"):
+        images.open_image(make_conf([url]), "img-1", TOKEN)
+    assert len(server.requests) == 1                 # not retried: the answer is the answer
 
 
 def test_unknown_image_is_reported_as_not_found_without_retrying(image_server):
