@@ -90,7 +90,9 @@ class CommonBackend(base.Backend):
                     chain = session.call_plugin_json(
                         self.conf.xenserver.image_plugin, "download_vhd",
                         {"image_id": image_id, "endpoint": endpoint,
-                         "auth_token": auth_token or "", "sr_path": sr_path})
+                         "auth_token": auth_token or "", "sr_path": sr_path,
+                         "verify_checksum":
+                             "true" if self.conf.glance.verify_checksum else "false"})
                     break
                 except exceptions.XapiFailure as e:
                     last = e
@@ -101,6 +103,9 @@ class CommonBackend(base.Backend):
                     image_id=image_id,
                     reason="the dom0 image plugin failed on every endpoint; last: %s"
                     % (" ".join(last.details[:4])[:500] if last else "no endpoints"))
+            if self.conf.glance.verify_checksum and not chain.get("checksum_verified"):
+                LOG.warning("Image %s: %s sent no checksum (Content-MD5); its VHD chain "
+                            "landed unchecked", image_id, endpoint)
             try:
                 base.checkpoint("downloaded")
                 session.call("SR.scan", sr_ref)

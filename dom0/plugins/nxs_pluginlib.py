@@ -66,6 +66,17 @@ def arg(args, name, required=True, default=None):
     return value
 
 
+def bool_arg(args, name, default):
+    """``true`` or ``false`` (exactly); ``default`` when absent."""
+    value = arg(args, name, required=False)
+    if value is None:
+        return default
+    if value not in ("true", "false"):
+        raise InvalidArgument("argument %r must be true or false, got %r"
+                              % (name, value[:40]))
+    return value == "true"
+
+
 def int_arg(args, name, low, high, required=True, default=None):
     """A decimal integer in [low, high]; signs, spaces and floats refused."""
     value = arg(args, name, required=required)

@@ -8,10 +8,17 @@ re-links each child to its parent's new name, checks the chain, and moves
 it into the SR, base first. The caller then runs ``SR.scan``. Nothing is left
 in the SR if any step fails, and the token never appears in an error.
 
+The body is checked against the MD5 checksum the image service sends with it
+(Glance's ``Content-MD5``, hex digits or RFC 1864 base64) before anything
+lands, unless ``verify_checksum`` is ``false``.
+
 Python 3.6 compatible; standard library and XenAPIPlugin only.
 """
 
+import base64
+import binascii
 import gzip
+import hashlib
 import http.client
 import os
 import re
@@ -27,8 +34,9 @@ import zlib
 import XenAPIPlugin
 
 import nxs_vhd
-from nxs_pluginlib import InvalidArgument, arg, to_json
+from nxs_pluginlib import InvalidArgument, arg, bool_arg, to_json
 
+HEX_MD5_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 IMAGE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
 TOKEN_RE = re.compile(r"^[\x21-\x7e]{0,8192}$")  # one header value: no spaces, no CR/LF
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -114,17 +122,52 @@ def _open_image(endpoint, image_id, token):
         raise ImageFetchFailed("cannot reach the image service at %s: %s" % (endpoint, e)) from None
 
 
+def _content_md5(response):
+    """The body's MD5 as hex digits from ``Content-MD5``; None if absent."""
+    value = response.getheader("Content-MD5")
+    if value is None:
+        return None
+    value = value.strip()
+    if HEX_MD5_RE.fullmatch(value):
+        return value.lower()
+    try:
+        digest = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != 16:
+        raise ImageFetchFailed("the image service sent a Content-MD5 that is not an "
+                               "MD5 checksum (%r)" % value[:80])
+    return binascii.hexlify(digest).decode("ascii")
+
+
 class _Body(object):
     """The response body as a file: a body shorter than its Content-Length
     is an error (http.client reports it as a quiet end of data), and the
-    first bytes can be looked at before the tar reader takes over."""
+    first bytes can be looked at before the tar reader takes over. With
+    ``md5`` (hex digits), every byte received is hashed and :meth:`finish`
+    checks the sum."""
 
-    def __init__(self, response):
+    def __init__(self, response, md5=None):
         self.response = response
         length = response.getheader("Content-Length")
         self.expected = int(length) if length and length.isdigit() else None
         self.received = 0
         self.pushed_back = b""
+        self.expected_md5 = md5
+        self.md5 = hashlib.md5() if md5 is not None else None
+
+    def finish(self):
+        """Read what the tar reader left (end-of-archive padding) and check
+        the checksum of the whole body."""
+        if self.md5 is None:
+            return
+        while self.read(COPY_CHUNK):
+            pass
+        read = self.md5.hexdigest()
+        if read != self.expected_md5:
+            raise ImageFetchFailed("the %d bytes received do not match the image's "
+                                   "checksum (MD5 %s expected, %s read)"
+                                   % (self.received, self.expected_md5, read))
 
     def peek(self, size):
         self.pushed_back += self.read(size)
@@ -136,6 +179,8 @@ class _Body(object):
             return data
         data = self.response.read(size)
         self.received += len(data)
+        if self.md5 is not None:
+            self.md5.update(data)
         if not data and size != 0 and self.expected is not None and \
                 self.received < self.expected:
             raise ImageFetchFailed("the image service sent %d of %d bytes"
@@ -143,10 +188,9 @@ class _Body(object):
         return data
 
 
-def _tar_source(response):
+def _tar_source(body):
     """gzip is unwrapped here because tarfile's stream reader skips the
     gzip CRC, and a corrupt image must not land; bz2 and xz check their own."""
-    body = _Body(response)
     if body.peek(2) == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=body, mode="rb")
     return body
@@ -194,11 +238,12 @@ def _write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
-def _unpack(response, staging):
-    """Stream the tarball into ``staging``; only plain, expected VHD members."""
+def _unpack(body, staging):
+    """Stream the tarball (a :class:`_Body`) into ``staging``; only plain,
+    expected VHD members; then check the body's checksum."""
     names = []
     try:
-        with tarfile.open(fileobj=_tar_source(response), mode="r|*",
+        with tarfile.open(fileobj=_tar_source(body), mode="r|*",
                           bufsize=COPY_CHUNK) as tar:  # 10 KiB reads: 63 % vs 88 % of curl|tar
             for member in tar:
                 name = _member_name(member)
@@ -220,6 +265,7 @@ def _unpack(response, staging):
                 _copy_sparse(tar.extractfile(member), os.path.join(staging, name),
                              member.size)
                 names.append(name)
+        body.finish()
     except (tarfile.TarError, EOFError, zlib.error) as e:
         raise ImageFetchFailed("the image is not a readable tarball: %s" % e) from None
     except (OSError, http.client.HTTPException) as e:  # reset, timed out, bad CRC
@@ -303,12 +349,14 @@ def download_vhd(session, args):
         raise InvalidArgument("auth_token must be printable ASCII without spaces, at "
                               "most 8192 characters")
     sr_path = _sr_path_arg(args)
+    verify = bool_arg(args, "verify_checksum", True)
 
     staging = tempfile.mkdtemp(prefix=".nxs-staging-", dir=sr_path)
     try:
         response = _open_image(endpoint, image_id, token)
         try:
-            order = _chain_order(_unpack(response, staging))
+            body = _Body(response, _content_md5(response) if verify else None)
+            order = _chain_order(_unpack(body, staging))
         finally:
             response.close()
         _check_chain(staging, order)
@@ -320,7 +368,8 @@ def download_vhd(session, args):
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return to_json({"root": uuids[0], "chain": uuids})
+    return to_json({"root": uuids[0], "chain": uuids,
+                    "checksum_verified": body.md5 is not None})
 
 
 if __name__ == "__main__":

@@ -132,6 +132,7 @@ class ImageService:
         self.images = {}      # image id → bytes of the tarball
         self.requests = []    # (path, token header)
         self.cut_short = set()  # image ids whose body stops halfway
+        self.content_md5 = {}   # image id → Content-MD5 sent instead of the body's (None: none)
         service = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -152,6 +153,9 @@ class ImageService:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(body)))
+                md5 = service.content_md5.get(parts[3], hashlib.md5(body).hexdigest())
+                if md5 is not None:
+                    self.send_header("Content-MD5", md5)   # as Glance sends the checksum
                 self.end_headers()
                 if parts[3] in service.cut_short:  # the connection drops midway
                     self.wfile.write(body[:len(body) // 2])

@@ -4,6 +4,8 @@ The chain lands in the simulator's SR directory; ``SR.scan`` introduces it
 and ``GET /export_raw_vdi`` must give back exactly the source disk.
 """
 
+import base64
+import hashlib
 import os
 import struct
 import urllib.parse
@@ -33,6 +35,7 @@ def test_a_single_image_vhd_lands_in_the_sr_with_the_source_content(
     result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-1"))
 
     assert result["chain"] == [result["root"]]
+    assert result["checksum_verified"] is True
     assert image_service.requests == [("/v2/images/img-1/file", image_service.token)]
     assert sorted(os.listdir(dom0.sr_path)) == [result["root"] + ".vhd"]
     dom0.api.SR.scan(dom0.sr)
@@ -79,3 +82,28 @@ def test_old_style_snap_over_image_is_accepted_and_its_locators_relinked(
         b"MacX", ("file://./%s.vhd" % parent_uuid).encode())
     dom0.api.SR.scan(dom0.sr)
     assert _export_raw(dom0, dom0.api.VDI.get_by_uuid(leaf_uuid)) == chain_files["child"]
+
+
+@pytest.mark.parametrize("md5, verify", [(None, "true"), ("0" * 32, "false")],
+                         ids=["no-checksum-sent", "verify-off"])
+def test_an_unchecked_chain_lands_and_says_it_was_not_checked(
+        dom0, image_service, chain_files, md5, verify):
+    image_service.images["img-u"] = tarball([("image.vhd", chain_files["1.vhd"])])
+    image_service.content_md5["img-u"] = md5
+
+    result = dom0.call(PLUGIN, "download_vhd", verify_checksum=verify,
+                       **download_args(dom0, image_service, "img-u"))
+
+    assert result["checksum_verified"] is False
+    dom0.api.SR.scan(dom0.sr)
+    assert _export_raw(dom0, dom0.api.VDI.get_by_uuid(result["root"])) == chain_files["base"]
+
+
+def test_a_base64_content_md5_is_checked_too(dom0, image_service, chain_files):
+    body = tarball([("image.vhd", chain_files["1.vhd"])])
+    image_service.images["img-b"] = body
+    image_service.content_md5["img-b"] = base64.b64encode(hashlib.md5(body).digest()).decode()
+
+    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-b"))
+
+    assert result["checksum_verified"] is True

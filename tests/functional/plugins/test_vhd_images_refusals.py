@@ -5,6 +5,7 @@ SR directory holds exactly what it held before (no VHD, no staging dir), and
 the auth token appears in no error.
 """
 
+import hashlib
 import os
 import socket
 import tarfile
@@ -167,3 +168,42 @@ def test_a_gzip_body_that_is_corrupt_is_refused(dom0, image_service, chain_files
     body[len(body) // 2:len(body) // 2 + 64] = bytes(64)
     image_service.images["bad"] = bytes(body)
     _refused(dom0, image_service, "bad", "ImageFetchFailed", "CRC check failed")
+
+
+def test_a_body_that_does_not_match_its_checksum_lands_nothing(dom0, image_service,
+                                                               chain_files):
+    body = tarball([("image.vhd", chain_files["1.vhd"])])
+    image_service.images["rot"] = body
+    image_service.content_md5["rot"] = hashlib.md5(body + b"!").hexdigest()
+    _refused(dom0, image_service, "rot", "ImageFetchFailed",
+             "do not match the image's checksum (MD5 %s expected, %s read)"
+             % (hashlib.md5(body + b"!").hexdigest(), hashlib.md5(body).hexdigest()))
+
+
+def test_a_change_after_the_end_of_the_archive_is_caught_too(dom0, image_service,
+                                                             chain_files):
+    # The checksum covers the whole body, padding the tar reader never needs included.
+    body = bytearray(tarball([("image.vhd", chain_files["1.vhd"])]))
+    checksum = hashlib.md5(body).hexdigest()
+    assert body[-1] == 0
+    body[-1] = 1
+    image_service.images["pad"] = bytes(body)
+    image_service.content_md5["pad"] = checksum
+    _refused(dom0, image_service, "pad", "ImageFetchFailed",
+             "do not match the image's checksum")
+
+
+@pytest.mark.parametrize("value", ["not-md5", "AAAA", "g" * 32])
+def test_a_content_md5_that_is_no_checksum_is_refused(dom0, image_service, chain_files,
+                                                      value):
+    image_service.images["odd"] = tarball([("image.vhd", chain_files["1.vhd"])])
+    image_service.content_md5["odd"] = value
+    _refused(dom0, image_service, "odd", "ImageFetchFailed",
+             "Content-MD5 that is not an MD5 checksum")
+
+
+@pytest.mark.parametrize("value", ["yes", "True", "1", ""])
+def test_verify_checksum_must_be_true_or_false(dom0, image_service, chain_files, value):
+    image_service.images["img"] = tarball([("image.vhd", chain_files["1.vhd"])])
+    _refused(dom0, image_service, "img", "InvalidArgument", "must be true or false",
+             verify_checksum=value)
