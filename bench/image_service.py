@@ -1,7 +1,8 @@
 """The benchmarks' inputs: raw images on disk and a loopback image service.
 
 ``start_image_service`` serves files as Glance v2 serves image data
-(``GET /v2/images/<id>/file``, with Content-Length) and image records
+(``GET /v2/images/<id>/file``, with Content-Length, and Content-MD5 where
+asked) and image records
 (``GET /v2/images/<id>``, with the file as location where asked) from a
 child process;
 ``make_dense`` and ``make_sparse`` write the images; ``drop_page_cache_of``
@@ -12,6 +13,7 @@ import http.server
 import os
 import socketserver
 
+from nova_xen_split.cmd.demo_env import file_md5
 from tests.imagerecord import send_image_record
 
 MiB = 1 << 20
@@ -31,6 +33,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         size = os.path.getsize(path)
         self.send_response(200)
         self.send_header("Content-Length", str(size))
+        if parts[3] in self.server.checksums:
+            self.send_header("Content-MD5", self.server.checksums[parts[3]])
         self.end_headers()
         self.wfile.flush()
         with open(path, "rb") as f:
@@ -67,21 +71,24 @@ def _next_data(fd, offset, size):
 class ImageService(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
-    def __init__(self, images, located=()):
+    def __init__(self, images, located=(), checksummed=()):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.images = images
         self.located = frozenset(located)
+        self.checksums = {image_id: file_md5(images[image_id]) for image_id in checksummed}
 
 
-def start_image_service(images, located=()):
+def start_image_service(images, located=(), checksummed=()):
     """Serve ``images`` ({id: path}) from a child process; returns (pid, base
-    URL). The records of the ids in ``located`` show their file's location.
+    URL). The records of the ids in ``located`` show their file's location;
+    the downloads of those in ``checksummed`` carry their MD5 (Content-MD5),
+    which the agent then checks (others go unchecked).
 
     A process of its own, so that its sends do not take turns for this
     process's interpreter lock with the measurements (the floor's reads).
     Call before any thread is started: it forks.
     """
-    service = ImageService(images, located)
+    service = ImageService(images, located, checksummed)
     pid = os.fork()
     if pid == 0:
         try:

@@ -5,6 +5,7 @@ what it made (a child process, a thread, files), so the demo can tear down
 in reverse order whatever happened.
 """
 
+import hashlib
 import http.server
 import os
 import re
@@ -152,6 +153,7 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(os.path.getsize(path)))
+        self.send_header("Content-MD5", self.server.checksums[m.group(1)])
         self.end_headers()
         with open(path, "rb") as f:
             shutil.copyfileobj(f, self.wfile, MiB)
@@ -160,16 +162,29 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def file_md5(path):
+    """The MD5 of a file as hex digits: the checksum Glance keeps for an
+    image and sends with its download as ``Content-MD5``."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(MiB), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
 class ImageService:
-    """A loopback stand-in for Glance's ``GET /v2/images/<id>/file``."""
+    """A loopback stand-in for Glance's ``GET /v2/images/<id>/file``,
+    sending each image's checksum as Glance does."""
 
     def __init__(self):
         self.images = {}
+        self.checksums = {}
         self._server = None
         self._thread = None
 
     def add(self, image_id, path):
         self.images[image_id] = path
+        self.checksums[image_id] = file_md5(path)
 
     @property
     def url(self):
@@ -179,6 +194,7 @@ class ImageService:
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
         self._server.daemon_threads = True
         self._server.images = self.images
+        self._server.checksums = self.checksums
         self._server.requests = []
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

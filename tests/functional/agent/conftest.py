@@ -1,6 +1,5 @@
 """Agents against a running ``xapi-sim``, and a loopback image service."""
 
-import hashlib
 import http.server
 import os
 import socketserver
@@ -17,6 +16,7 @@ from agent import vdis
 from agent.backends import base
 from agent.backends import make_backend
 from nova_xen_split import conf as nxs_conf
+from nova_xen_split.cmd.demo_env import file_md5
 from tests.imagerecord import send_image_record
 
 
@@ -44,7 +44,7 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(size))
         md5 = server.content_md5.get(parts[3], "file")
         if md5 == "file":
-            md5 = _file_md5(path)
+            md5 = file_md5(path)
         if md5 is not None:
             self.send_header("Content-MD5", md5)    # the image's checksum, as Glance sends it
         self.end_headers()
@@ -72,14 +72,6 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
-
-
-def _file_md5(path):
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 class ImageServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
