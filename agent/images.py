@@ -91,6 +91,8 @@ class ImageReader(_Reader):
         self._response = response
         self._expected_md5 = md5
         self._md5 = hashlib.md5(usedforsecurity=False) if md5 is not None else None
+        if self._md5 is not None and size_bytes == 0:
+            self._check_md5()      # no read will reach a last byte
 
     def readinto(self, buffer):
         """Fill ``buffer`` from the stream; returns the byte count, 0 at the end."""

@@ -56,6 +56,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(IMAGE)
             except (BrokenPipeError, ConnectionResetError):
                 pass        # the client refused the answer and hung up
+        elif behaviour == "empty":
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.send_header("Content-MD5", server.content_md5)
+            self.end_headers()
         elif behaviour == "no-length":
             self.protocol_version = "HTTP/1.0"
             self.send_response(200)
@@ -190,6 +195,16 @@ def test_a_download_without_a_checksum_is_read_unchecked_and_said_so(image_serve
             assert read_in_pieces(reader) == IMAGE
 
     assert "sent no checksum (Content-MD5); downloading it unchecked" in caplog.text
+
+
+def test_an_empty_download_is_checked_too(image_server):
+    _, url = image_server("empty", content_md5=hashlib.md5(b"").hexdigest())
+    with images.open_image(make_conf([url]), "img-1", TOKEN) as reader:
+        assert reader.read() == b""
+
+    _, url = image_server("empty", content_md5=IMAGE_MD5)
+    with pytest.raises(exceptions.ImageFetchFailed, match="do not match"):
+        images.open_image(make_conf([url]), "img-1", TOKEN)
 
 
 @pytest.mark.parametrize("value", ["not-a-checksum", "0123456789abcdef", "AAAA",
