@@ -164,6 +164,7 @@ class _Md5Thread:
         self._free.put(bytearray(self.PIECE_BYTES))
         self._buffer = bytearray(self.PIECE_BYTES)
         self._length = 0
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="image-md5", daemon=True)
         self._thread.start()
 
@@ -178,15 +179,25 @@ class _Md5Thread:
 
     def update(self, data):
         view = memoryview(data).cast("B")
-        while len(view):
+        while len(view) and not self._closed:
             count = min(len(view), self.PIECE_BYTES - self._length)
             self._buffer[self._length:self._length + count] = view[:count]
             self._length += count
             view = view[count:]
             if self._length == self.PIECE_BYTES:
                 self._full.put((self._buffer, self._length))
-                self._buffer = self._free.get()
+                self._buffer = self._next_free()
                 self._length = 0
+
+    def _next_free(self):
+        # Closed from another thread (a fetch given up) while this one
+        # reads: the summing thread may be gone, so do not wait for it.
+        while True:
+            try:
+                return self._free.get(timeout=0.5)
+            except queue.Empty:
+                if self._closed:
+                    return bytearray(self.PIECE_BYTES)
 
     def hexdigest(self):
         """The sum of everything given (waits for the thread, which ends)."""
@@ -198,7 +209,9 @@ class _Md5Thread:
         return self._md5.hexdigest()
 
     def close(self):
-        """Stop without a sum; the thread ends once it has summed what it holds."""
+        """Stop without a sum; the thread ends once it has summed what it
+        holds, and later updates are dropped."""
+        self._closed = True
         self._full.put(None)
 
 

@@ -476,3 +476,19 @@ def test_a_download_cut_short_leaves_no_md5_thread(image_server):
     for thread in md5_threads():
         thread.join(5)
     assert md5_threads() == []
+
+
+def test_updates_after_a_close_from_another_thread_neither_block_nor_sum():
+    summer = images._Md5Thread()
+    summer.close()                          # as when a fetch is given up
+    done = threading.Event()
+
+    def feed():
+        summer.update(bytes(5 * 1024 * 1024))   # more than both buffers
+        done.set()
+
+    threading.Thread(target=feed, daemon=True).start()
+    assert done.wait(10)
+    for thread in md5_threads():
+        thread.join(5)
+    assert md5_threads() == []
