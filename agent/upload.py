@@ -17,6 +17,7 @@ The PUT itself (its task, XAPI's early answer, the checks) is
 """
 
 import array
+import contextlib
 import logging
 import os
 import struct
@@ -122,25 +123,27 @@ def upload_file(xapi_session, vdi_ref, path, fmt="vhd", progress=None,
     """
     if fmt not in FORMATS:
         raise ValueError("unknown upload format %r (one of %s)" % (fmt, ", ".join(FORMATS)))
-    if opened is not None and fmt == "vhd":
-        raise ValueError("an open file can be sent as chunked or raw, not vhd")
-    if opened is None and fmt != "vhd":
-        with open(path, "rb", buffering=0) as source:
-            upload_file(xapi_session, vdi_ref, path, fmt, progress, progress_interval,
-                        window_bytes, opened=source)
-        return
-    if fmt == "chunked":
-        _upload_file_windows(xapi_session, vdi_ref, opened, path, window_bytes, progress,
-                             progress_interval)
-        return
     if fmt == "vhd":
+        if opened is not None:
+            raise ValueError("an open file can be sent as chunked or raw, not vhd")
         stream = vhd.VhdStream.from_file(path)
-        length, query = stream.length, {"format": "vhd"}
-        pieces = ([piece] for piece in stream)
-    else:
-        file_size = os.lseek(opened.fileno(), 0, os.SEEK_END)  # block devices too
-        length, query = file_size, {"format": "raw"}
-        pieces = _file_pieces(opened, path, file_size)
+        _put_whole(xapi_session, vdi_ref, path, fmt, {"format": "vhd"}, stream.length,
+                   ([piece] for piece in stream), progress, progress_interval)
+        return
+    with (open(path, "rb", buffering=0) if opened is None
+          else contextlib.nullcontext(opened)) as source:
+        if fmt == "chunked":
+            _upload_file_windows(xapi_session, vdi_ref, source, path, window_bytes,
+                                 progress, progress_interval)
+            return
+        file_size = os.lseek(source.fileno(), 0, os.SEEK_END)  # block devices too
+        _put_whole(xapi_session, vdi_ref, path, fmt, {"format": "raw"}, file_size,
+                   _file_pieces(source, path, file_size), progress, progress_interval)
+
+
+def _put_whole(xapi_session, vdi_ref, path, fmt, query, length, pieces, progress,
+               progress_interval):
+    """One PUT of ``length`` bytes of ``pieces``, with progress and a log line."""
     tracker = Progress("upload of %s as %s" % (os.path.basename(path), fmt),
                        length, progress, progress_interval)
     vdi_import.put(xapi_session, vdi_ref, query, length, pieces, tracker)
@@ -164,12 +167,9 @@ def _upload_file_windows(xapi_session, vdi_ref, source, path, window_bytes, prog
     def frames(window):
         return _framed_ranges(source, path, window.runs)
 
-    with _FileWindows(source.fileno(), file_size, window_bytes, tracker) as windows, \
-            _Sender(xapi_session, vdi_ref, windows, frames) as sender:
-        for window in windows:
-            sender.submit(window)
-    LOG.info("%s: done, %s; sent %d bytes in %d PUT(s)",
-             tracker.label, tracker.summary(), sender.sent_bytes, sender.puts)
+    _send_windows(xapi_session, vdi_ref,
+                  _FileWindows(source.fileno(), file_size, window_bytes, tracker),
+                  frames, tracker)
 
 
 class _RunWindow:
@@ -285,8 +285,16 @@ def upload_stream(xapi_session, vdi_ref, reader, size_bytes, window_bytes=WINDOW
     def frames(window):
         return _frames(window.view, None, window.runs)
 
-    with readahead.ReadAhead(reader, size_bytes, window_bytes // 2, tracker) as windows, \
-            _Sender(xapi_session, vdi_ref, windows, frames) as sender:
+    _send_windows(xapi_session, vdi_ref,
+                  readahead.ReadAhead(reader, size_bytes, window_bytes // 2, tracker),
+                  frames, tracker)
+
+
+def _send_windows(xapi_session, vdi_ref, ahead, frames, tracker):
+    """Each window that ``ahead`` (a :class:`readahead.Ahead`, not yet
+    entered) prepares, as one chunked PUT of ``frames(window)``; logs the
+    total."""
+    with ahead as windows, _Sender(xapi_session, vdi_ref, windows, frames) as sender:
         for window in windows:
             sender.submit(window)
     LOG.info("%s: done, %s; sent %d bytes in %d PUT(s)",
