@@ -16,7 +16,6 @@ The PUT itself (its task, XAPI's early answer, the checks) is
 :mod:`agent.vdi_import`.
 """
 
-import array
 import contextlib
 import logging
 import os
@@ -41,21 +40,6 @@ SCAN_BYTES = 1024 * 1024  # reads of a file's data while looking for zeros
 
 
 # -- finding data -------------------------------------------------------------
-
-def file_data_runs(fd, file_size):
-    """Non-zero runs of a file as a flat array [offset, length, ...].
-
-    Runs are whole 64 KiB blocks (the last one may be shorter), found among
-    the blocks SEEK_DATA reports, which are read and checked for zeros.
-    """
-    runs = array.array("Q")
-    for offset, size in _data_blocks(fd, file_size):
-        if runs and runs[-2] + runs[-1] == offset:
-            runs[-1] += size
-        else:
-            runs.extend((offset, size))
-    return runs
-
 
 def _data_blocks(fd, file_size):
     """(offset, size) of each 64 KiB block of the file that holds data.

@@ -32,6 +32,28 @@ def apply_frames(frames, size):
     return bytes(disk)
 
 
+class _Counted:
+    done = 0
+
+    def advance(self, count):
+        self.done += count
+
+
+def file_data_runs(path, file_size, window_bytes=1 << 40):
+    """Runs of the file's data as the uploader finds them, windows flattened
+    (neighbouring runs of two windows stay apart) as [offset, length, ...]."""
+    flat, counted = [], _Counted()
+    with open(path, "rb", buffering=0) as f, \
+            upload._FileWindows(f.fileno(), file_size, window_bytes, counted) as windows:
+        for window in windows:
+            assert window.length == sum(length for _, length in window.runs)
+            for run in window.runs:
+                flat.extend(run)
+            windows.release(window)
+    assert counted.done == file_size  # every byte was scanned once
+    return flat
+
+
 def body_of(pieces):
     return b"".join(bytes(buf) for buffers in pieces for buf in buffers)
 
@@ -45,10 +67,9 @@ def test_file_runs_skip_holes_and_written_zeros(tmp_path):
         f.write(b"abc")
         f.seek(20 * MiB)
         f.write(os.urandom(5 * MiB))                # spans PIECE_BYTES reads
-    with open(path, "rb") as f:
-        runs = upload.file_data_runs(f.fileno(), 64 * MiB)
+    runs = file_data_runs(path, 64 * MiB)
 
-    assert list(runs) == [10 * MiB, 64 * KiB, 20 * MiB, 5 * MiB]
+    assert runs == [10 * MiB, 64 * KiB, 20 * MiB, 5 * MiB]
 
 
 def test_data_extents_sharing_a_block_give_one_run(tmp_path):
@@ -60,18 +81,36 @@ def test_data_extents_sharing_a_block_give_one_run(tmp_path):
         f.write(b"b")                      # another extent, same 64 KiB block
         f.seek(64 * KiB + 60 * KiB)
         f.write(b"c")                      # the next block
-    with open(path, "rb") as f:
-        runs = upload.file_data_runs(f.fileno(), MiB)
+    runs = file_data_runs(path, MiB)
 
-    assert list(runs) == [0, 128 * KiB]
+    assert runs == [0, 128 * KiB]
 
 
 def test_a_block_that_is_zero_only_at_its_start_is_data(tmp_path):
     path = tmp_path / "d.raw"
     with open(path, "wb") as f:
         f.write(bytes(64 * KiB - 1) + b"z")
-    with open(path, "rb") as f:
-        assert list(upload.file_data_runs(f.fileno(), 64 * KiB)) == [0, 64 * KiB]
+    assert file_data_runs(path, 64 * KiB) == [0, 64 * KiB]
+
+
+def test_file_windows_hold_at_most_a_window_of_data_each(tmp_path):
+    path = tmp_path / "d.raw"
+    with open(path, "wb") as f:
+        f.truncate(40 * MiB)
+        f.write(os.urandom(5 * MiB))
+        f.seek(30 * MiB)
+        f.write(os.urandom(3 * MiB + 5))
+    windows = []
+    with open(path, "rb", buffering=0) as f, \
+            upload._FileWindows(f.fileno(), 40 * MiB, 2 * MiB, _Counted()) as ahead:
+        for window in ahead:
+            windows.append(list(window.runs))
+            ahead.release(window)
+
+    assert [sum(length for _, length in runs) for runs in windows] == \
+        [2 * MiB, 2 * MiB, 2 * MiB, 2 * MiB, 64 * KiB]  # windows fill across runs
+    merged = file_data_runs(path, 40 * MiB)
+    assert merged == [0, 5 * MiB, 30 * MiB, 3 * MiB + 64 * KiB]
 
 
 def test_file_body_frames_rebuild_the_file(tmp_path):
@@ -81,8 +120,7 @@ def test_file_body_frames_rebuild_the_file(tmp_path):
     content[3 * MiB:9 * MiB] = os.urandom(6 * MiB)
     content[-512:] = os.urandom(512)
     path.write_bytes(content)
-    with open(path, "rb") as f:
-        flat = upload.file_data_runs(f.fileno(), len(content))
+    flat = file_data_runs(path, len(content))
     runs = list(zip(flat[::2], flat[1::2], strict=True))
 
     with open(path, "rb", buffering=0) as f:
