@@ -18,8 +18,10 @@ reserved, data offset). A checksum is the ones' complement of the byte sum
 with the checksum field taken as zero.
 """
 
+import array
 import os
 import struct
+import sys
 import uuid
 
 FOOTER_BYTES = 512
@@ -31,6 +33,9 @@ VERSION = 0x00010000
 FIXED, DYNAMIC, DIFFERENCING = 2, 3, 4
 DISK_TYPES = {FIXED: "fixed", DYNAMIC: "dynamic", DIFFERENCING: "differencing"}
 MAX_VIRTUAL_BYTES = 2040 * 1024 ** 3  # the format's limit
+BLOCK_BYTES = 2 * 1024 * 1024  # blktap (libvhd) refuses any other block size
+MAX_TABLE_ENTRIES = MAX_VIRTUAL_BYTES // BLOCK_BYTES
+_UINT32 = "I" if array.array("I").itemsize == 4 else "L"
 UNUSED_BLOCK = 0xFFFFFFFF
 LOCATOR = struct.Struct(">4sIII Q")
 LOCATORS_AT = 576
@@ -123,18 +128,27 @@ def _check_header(fd, header, header_offset, info, file_size, name):
     bat_offset, version, entries, block_size = struct.unpack_from(">QIII", header, 16)
     if version != VERSION:
         raise InvalidVhd("%s: unknown header version 0x%08x" % (name, version))
-    if block_size < SECTOR or block_size & (block_size - 1) or block_size > 1 << 28:
-        raise InvalidVhd("%s: block size %d is not acceptable" % (name, block_size))
+    if block_size != BLOCK_BYTES:
+        raise InvalidVhd("%s: block size %d is not %d, the only one blktap reads"
+                         % (name, block_size, BLOCK_BYTES))
     if entries * block_size < info["virtual_size"]:
         raise InvalidVhd("%s: %d blocks of %d bytes do not cover %d bytes"
                          % (name, entries, block_size, info["virtual_size"]))
+    # A table may be sized for a larger disk than this one (vhd-util create
+    # -S), but never for more than a VHD can hold: this bounds the memory
+    # and time the check takes, whatever the (sparse) file claims.
+    if entries > MAX_TABLE_ENTRIES:
+        raise InvalidVhd("%s: a block table of %d entries is larger than any VHD needs "
+                         "(at most %d)" % (name, entries, MAX_TABLE_ENTRIES))
     data_end = file_size - FOOTER_BYTES
     if bat_offset < header_offset + HEADER_BYTES or bat_offset + 4 * entries > data_end:
         raise InvalidVhd("%s: block table at %d (%d entries) is outside the file"
                          % (name, bat_offset, entries))
     bitmap_bytes = -(-block_size // SECTOR // 8 // SECTOR) * SECTOR
-    bat = _read_exact(fd, 4 * entries, bat_offset, name, "block table")
-    for index, sector in enumerate(struct.unpack(">%dI" % entries, bat)):
+    table = array.array(_UINT32, _read_exact(fd, 4 * entries, bat_offset, name, "block table"))
+    if sys.byteorder == "little":
+        table.byteswap()  # stored big-endian
+    for index, sector in enumerate(table):
         if sector == UNUSED_BLOCK:
             continue
         if sector * SECTOR < bat_offset + 4 * entries or \

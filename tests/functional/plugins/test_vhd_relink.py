@@ -109,6 +109,55 @@ def test_inspect_refuses_a_block_pointing_past_the_data(chain):
         nxs_vhd.inspect(str(path))
 
 
+def _rewrite_header(path, **fields):
+    """Set dynamic header fields (entries, block_size) of ``path`` and its checksum."""
+    data = bytearray(path.read_bytes())
+    at = {"entries": 512 + 28, "block_size": 512 + 32}
+    for name, value in fields.items():
+        struct.pack_into(">I", data, at[name], value)
+    struct.pack_into(">I", data, 512 + 36, 0)
+    struct.pack_into(">I", data, 512 + 36, _independent_checksum(bytes(data[512:1536]), 36))
+    path.write_bytes(bytes(data))
+
+
+def test_inspect_refuses_blocks_that_blktap_cannot_read(chain):
+    path = chain / "1.vhd"
+    _rewrite_header(path, block_size=1 << 20, entries=2 * SIZE // (1 << 20))
+    with pytest.raises(nxs_vhd.InvalidVhd, match="block size 1048576 is not 2097152"):
+        nxs_vhd.inspect(str(path))
+
+
+def test_inspect_refuses_a_table_larger_than_any_vhd_needs(chain):
+    # A sparse file can claim a table of billions of entries in a few KiB of
+    # disk; reading it would take gigabytes of dom0's memory.
+    path = chain / "1.vhd"
+    _rewrite_header(path, entries=nxs_vhd.MAX_TABLE_ENTRIES + 1)
+    footer = path.read_bytes()[-512:]
+    with open(str(path), "r+b") as f:
+        f.truncate(8 << 30)                 # a hole, then the footer again
+        f.seek((8 << 30) - 512)
+        f.write(footer)
+    with pytest.raises(nxs_vhd.InvalidVhd, match="larger than any VHD needs"):
+        nxs_vhd.inspect(str(path))
+
+
+def test_a_table_sized_for_a_larger_disk_is_accepted(chain):
+    # vhd-util create -S sizes the table for the largest size the disk may
+    # grow to; the entries past the disk's end are unused.
+    path = chain / "1.vhd"
+    data = bytearray(path.read_bytes())
+    bat_offset, _, entries = struct.unpack_from(">QII", data, 512 + 16)
+    first_block = min(s for s in struct.unpack_from(">%dI" % entries, data, bat_offset)
+                      if s != 0xFFFFFFFF) * 512
+    spare = (first_block - bat_offset) // 4 - entries   # unused table room before the data
+    assert spare > 0
+    _rewrite_header(path, entries=entries + spare)
+    data = bytearray(path.read_bytes())
+    data[bat_offset + 4 * entries:bat_offset + 4 * (entries + spare)] = b"\xff" * 4 * spare
+    path.write_bytes(bytes(data))
+    assert nxs_vhd.inspect(str(path))["virtual_size"] == SIZE
+
+
 def test_relink_refuses_a_name_that_does_not_fit_the_locator_space(chain):
     with pytest.raises(nxs_vhd.InvalidVhd, match="room for"):
         nxs_vhd.relink(str(chain / "0.vhd"), "x" * 250 + ".vhd", "/sr/" + "y" * 300)
