@@ -5,6 +5,7 @@ except under ``NXS_REQUIRE_REAL=1`` (set by ``.ci/run``), where such a skip is
 a failure: CI must exercise the real thing.
 """
 
+import contextlib
 import glob
 import os
 import re
@@ -30,6 +31,19 @@ def need(available, what):
     if REQUIRE_REAL:
         pytest.fail("NXS_REQUIRE_REAL=1 but %s" % what, pytrace=False)
     pytest.skip(what)
+
+
+@contextlib.contextmanager
+def small_tmpfs(mountpoint, size="1m"):
+    """A tmpfs of ``size`` mounted on ``mountpoint`` (an existing directory)
+    while the block runs: a place that runs out of space. Needs root."""
+    need(os.geteuid() == 0, "mounting a tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", mountpoint],
+                   check=True, capture_output=True, timeout=30)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", mountpoint], check=True, capture_output=True, timeout=30)
 
 
 _loop_ok = None

@@ -18,7 +18,7 @@ import XenAPIPlugin
 
 from nxs_pluginlib import (
     DeviceError, InvalidArgument, arg, block_device, choice_arg, device_size_bytes,
-    disk_arg, int_arg, open_device, to_json)
+    disk_arg, int_arg, open_device, to_json, write_all)
 
 KINDS = ("kernel", "ramdisk")
 MAX_BYTES = 256 << 20  # kernels and ramdisks; anything bigger is not one
@@ -49,15 +49,26 @@ def copy_vdi(session, args):
         try:
             copied = 0
             while copied < size_bytes:
-                chunk = os.read(fd_in, min(COPY_CHUNK, size_bytes - copied))
+                try:
+                    chunk = os.read(fd_in, min(COPY_CHUNK, size_bytes - copied))
+                except OSError as e:
+                    raise DeviceError("cannot read %s after %d bytes: %s"
+                                      % (dev, copied, e)) from None
                 if not chunk:
                     raise DeviceError("%s ended after %d bytes" % (dev, copied))
-                os.write(fd_out, chunk)
+                try:
+                    write_all(fd_out, chunk)
+                except OSError as e:
+                    raise DeviceError("cannot write the %s to %s after %d bytes: %s"
+                                      % (kind, boot_dir, copied, e)) from None
                 copied += len(chunk)
         finally:
             os.close(fd_in)
-        os.fchmod(fd_out, 0o644)
-        os.fsync(fd_out)
+        try:
+            os.fchmod(fd_out, 0o644)
+            os.fsync(fd_out)
+        except OSError as e:
+            raise DeviceError("cannot write the %s to %s: %s" % (kind, boot_dir, e)) from None
     except BaseException:
         os.close(fd_out)
         os.unlink(path)

@@ -45,6 +45,14 @@ class DeviceError(Exception):
     """A device exists but is not what the request needs."""
 
 
+def write_all(fd, data):
+    """Write all of ``data`` to ``fd``: os.write may write less (a full disk
+    writes what fits, then raises on the next call)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def to_json(value):
     """A plugin result: XAPI wants one string, we send JSON."""
     return json.dumps(value, sort_keys=True)

@@ -34,7 +34,7 @@ import zlib
 import XenAPIPlugin
 
 import nxs_vhd
-from nxs_pluginlib import InvalidArgument, arg, bool_arg, to_json
+from nxs_pluginlib import InvalidArgument, arg, bool_arg, to_json, write_all
 
 HEX_MD5_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 IMAGE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
@@ -219,7 +219,7 @@ def _copy_sparse(source, path, size):
                 if chunk == zero[:len(chunk)]:
                     os.lseek(fd, len(chunk), os.SEEK_CUR)
                 else:
-                    _write_all(fd, chunk)
+                    write_all(fd, chunk)
             except OSError as e:
                 raise ImageFetchFailed("cannot write %s into the SR: %s" % (name, e)) from None
             copied += len(chunk)
@@ -230,12 +230,6 @@ def _copy_sparse(source, path, size):
             raise ImageFetchFailed("cannot write %s into the SR: %s" % (name, e)) from None
     finally:
         os.close(fd)
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _unpack(body, staging):

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from tests.conftest import small_tmpfs
 from tests.functional.plugins.conftest import MIB
 
 PLUGIN = "kernel.py"
@@ -34,6 +35,21 @@ def test_copy_vdi_copies_the_first_bytes_of_the_disk_into_the_boot_dir(
     with open(path, "rb") as f:
         assert f.read() == image
     assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def test_copy_vdi_into_a_full_boot_dir_fails_and_leaves_no_file(dom0, dom0_disk):
+    dev, device = dom0_disk(8)
+    _write(device, os.urandom(3 * MIB))
+    boot_dir = _boot_dir(dom0)
+    os.makedirs(boot_dir, exist_ok=True)
+    with small_tmpfs(boot_dir, "1m"):       # holds a third of the kernel
+        details = dom0.failure(PLUGIN, "copy_vdi", dev=dev, size_bytes=str(3 * MIB),
+                               kind="kernel")
+        left = os.listdir(boot_dir)
+    assert details[:3] == ["XENAPI_PLUGIN_FAILURE", "copy_vdi", "DeviceError"]
+    assert "cannot write the kernel to %s" % boot_dir in details[3]
+    assert "No space left on device" in details[3]
+    assert left == []
 
 
 def test_remove_file_removes_what_copy_vdi_made_and_is_idempotent(dom0, dom0_disk):

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import SimProcess, loop_devices_usable, need
+from tests.conftest import SimProcess, loop_devices_usable, need, small_tmpfs
 
 # A dom0 plugin for tests, written with the XenAPIPlugin contract.
 TEST_PLUGIN = '''\
@@ -149,10 +149,7 @@ def dom0_ref(xapi, host_ref):
 @pytest.fixture
 def small_filesystem(tmp_path):
     """A 1 MiB tmpfs: the place where a VDI write runs out of space."""
-    need(os.geteuid() == 0, "mounting a tmpfs needs root")
     mountpoint = tmp_path / "small"
     mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
-                   check=True, capture_output=True, timeout=30)
-    yield mountpoint
-    subprocess.run(["umount", str(mountpoint)], check=True, capture_output=True, timeout=30)
+    with small_tmpfs(str(mountpoint)):
+        yield mountpoint
