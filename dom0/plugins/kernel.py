@@ -18,7 +18,7 @@ import XenAPIPlugin
 
 from nxs_pluginlib import (
     DeviceError, InvalidArgument, arg, block_device, choice_arg, device_size_bytes,
-    disk_arg, int_arg, open_device, to_json, write_all)
+    disk_arg, finally_on_sigterm, int_arg, open_device, to_json, write_all)
 
 KINDS = ("kernel", "ramdisk")
 MAX_BYTES = 256 << 20  # kernels and ramdisks; anything bigger is not one
@@ -96,6 +96,7 @@ def remove_file(session, args):
 
 
 if __name__ == "__main__":
+    finally_on_sigterm()
     XenAPIPlugin.dispatch({
         "copy_vdi": copy_vdi,
         "remove_file": remove_file,

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import re
+import signal
 import stat
 import struct
 import subprocess
@@ -43,6 +44,16 @@ class DeviceTimeout(Exception):
 
 class DeviceError(Exception):
     """A device exists but is not what the request needs."""
+
+
+def finally_on_sigterm():
+    """Make SIGTERM (dom0 shutting down, an operator's kill) raise SystemExit
+    in the plugin, so its ``finally`` blocks run and undo what it started
+    (staging files, partition mappings); the default action would end the
+    process on the spot. SIGKILL cannot be caught."""
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def write_all(fd, data):

@@ -23,7 +23,7 @@ import nxs_mbr
 from nxs_pluginlib import (
     DISK_RE, PARTITION_RE, SECTOR_BYTES, CommandFailed, DeviceError, DeviceTimeout,
     InvalidArgument, arg, blkid_probe, block_device, choice_arg, dev_dir, disk_arg,
-    int_arg, run, to_json, wait_until)
+    finally_on_sigterm, int_arg, run, to_json, wait_until)
 
 PARTITION_TYPES = {"83": 0x83, "82": 0x82, "0c": 0x0C}
 FS_TYPES = ("ext3", "ext4", "vfat", "swap")
@@ -333,6 +333,7 @@ def get_partitions(session, args):
 
 
 if __name__ == "__main__":
+    finally_on_sigterm()
     XenAPIPlugin.dispatch({
         "wait_for_dev": wait_for_dev,
         "make_partition": make_partition,

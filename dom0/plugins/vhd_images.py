@@ -6,7 +6,10 @@ image (``GET <endpoint>/v2/images/<id>/file`` with ``X-Auth-Token``) into a
 private staging directory inside the SR, gives every VHD a new uuid name,
 re-links each child to its parent's new name, checks the chain, and moves
 it into the SR, base first. The caller then runs ``SR.scan``. Nothing is left
-in the SR if any step fails, and the token never appears in an error.
+in the SR if any step fails, and the token never appears in an error. A
+download killed outright (SIGKILL, dom0 crash) cannot clean up: the next
+download into the SR removes staging directories in which nothing has
+changed for ``STALE_STAGING_SECONDS``.
 
 The body is checked against the MD5 checksum the image service sends with it
 (Glance's ``Content-MD5``, hex digits or RFC 1864 base64) before anything
@@ -23,8 +26,10 @@ import http.client
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,7 +39,8 @@ import zlib
 import XenAPIPlugin
 
 import nxs_vhd
-from nxs_pluginlib import InvalidArgument, arg, bool_arg, to_json, write_all
+from nxs_pluginlib import (
+    InvalidArgument, arg, bool_arg, finally_on_sigterm, to_json, write_all)
 
 HEX_MD5_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 IMAGE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
@@ -47,6 +53,10 @@ MAX_URL = 2048
 HTTP_TIMEOUT = 60           # seconds without data before giving up
 COPY_CHUNK = 1 << 20
 MAX_MEMBER_BYTES = nxs_vhd.MAX_VIRTUAL_BYTES + (64 << 20)
+STAGING_PREFIX = ".nxs-staging-"
+# A live download writes into its staging directory at least every
+# HTTP_TIMEOUT seconds (or fails), and checks and re-links in seconds.
+STALE_STAGING_SECONDS = 3600
 
 
 class ImageFetchFailed(Exception):
@@ -329,6 +339,31 @@ def _land_chain(order, staging, sr_path):
     return uuids
 
 
+def _sweep_stale_staging(sr_path, now=None):
+    """Remove the staging directories of downloads that died without
+    cleaning up: nothing in them has changed for STALE_STAGING_SECONDS.
+    Returns their names."""
+    now = time.time() if now is None else now
+    swept = []
+    for name in sorted(os.listdir(sr_path)):
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        path = os.path.join(sr_path, name)
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode):
+                continue
+            newest = info.st_mtime
+            for entry in os.scandir(path):
+                newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+        except OSError:
+            continue  # gone meanwhile, or not ours to judge
+        if now - newest > STALE_STAGING_SECONDS:
+            shutil.rmtree(path, ignore_errors=True)
+            swept.append(name)
+    return swept
+
+
 # -- verbs -----------------------------------------------------------------
 
 def download_vhd(session, args):
@@ -345,7 +380,8 @@ def download_vhd(session, args):
     sr_path = _sr_path_arg(args)
     verify = bool_arg(args, "verify_checksum", True)
 
-    staging = tempfile.mkdtemp(prefix=".nxs-staging-", dir=sr_path)
+    swept = _sweep_stale_staging(sr_path)
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=sr_path)
     try:
         response = _open_image(endpoint, image_id, token)
         try:
@@ -363,10 +399,12 @@ def download_vhd(session, args):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return to_json({"root": uuids[0], "chain": uuids,
-                    "checksum_verified": body.md5 is not None})
+                    "checksum_verified": body.md5 is not None,
+                    "stale_staging_removed": swept})
 
 
 if __name__ == "__main__":
+    finally_on_sigterm()
     XenAPIPlugin.dispatch({
         "download_vhd": download_vhd,
     })

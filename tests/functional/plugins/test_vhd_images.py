@@ -7,9 +7,16 @@ and ``GET /export_raw_vdi`` must give back exactly the source disk.
 import base64
 import hashlib
 import os
+import signal
+import socket
 import struct
+import subprocess
+import sys
+import threading
+import time
 import urllib.parse
 import urllib.request
+import xmlrpc.client
 
 import pytest
 
@@ -17,6 +24,8 @@ from tests.functional.plugins import vhdchain
 from tests.functional.plugins.conftest import SIZE, download_args, tarball
 
 PLUGIN = "vhd_images.py"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
 
 
 def _export_raw(dom0, vdi_ref):
@@ -107,3 +116,87 @@ def test_a_base64_content_md5_is_checked_too(dom0, image_service, chain_files):
     result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-b"))
 
     assert result["checksum_verified"] is True
+
+
+def _staging_dir(sr_path, name, age_seconds, files=("0.vhd",)):
+    path = os.path.join(sr_path, ".nxs-staging-" + name)
+    os.mkdir(path)
+    when = time.time() - age_seconds
+    for file_name in files:
+        with open(os.path.join(path, file_name), "wb") as f:
+            f.write(b"partial")
+        os.utime(os.path.join(path, file_name), (when, when))
+    os.utime(path, (when, when))
+    return path
+
+
+def test_staging_left_by_a_killed_download_is_removed_by_the_next_one(
+        dom0, image_service, chain_files):
+    hour = 3600
+    dead = _staging_dir(dom0.sr_path, "dead", 2 * hour)
+    # Old directory, but a file in it changed a minute ago: a live download.
+    live = _staging_dir(dom0.sr_path, "live", 2 * hour, files=())
+    with open(os.path.join(live, "1.vhd"), "wb") as f:
+        f.write(b"still arriving")
+    not_a_dir = os.path.join(dom0.sr_path, ".nxs-staging-file")
+    with open(not_a_dir, "wb"):
+        pass
+    os.utime(not_a_dir, (time.time() - 2 * hour,) * 2)
+    image_service.images["img-s"] = tarball([("image.vhd", chain_files["1.vhd"])])
+
+    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-s"))
+
+    assert result["stale_staging_removed"] == [".nxs-staging-dead"]
+    assert not os.path.exists(dead)
+    assert os.listdir(live) == ["1.vhd"]
+    assert os.path.exists(not_a_dir)
+    assert sorted(os.listdir(dom0.sr_path)) == sorted(
+        [result["root"] + ".vhd", ".nxs-staging-live", ".nxs-staging-file"])
+
+
+def test_a_download_stopped_with_sigterm_removes_its_staging(dom0, chain_files):
+    # Run as XAPI runs a plugin (a process with the request in argv), so
+    # the test can signal it; the image service sends half the image, then
+    # stalls.
+    body = tarball([("image.vhd", chain_files["1.vhd"])])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                     + body[:len(body) // 2])
+        stop.wait(60)
+        conn.close()
+
+    stop = threading.Event()
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    request = xmlrpc.client.dumps(("session", {
+        "image_id": "img", "auth_token": "", "sr_path": dom0.sr_path,
+        "endpoint": "http://127.0.0.1:%d" % listener.getsockname()[1]}), "download_vhd")
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "dom0", "simulator", "pluginlib"),
+               NXS_DOM0_SR_ROOT=os.path.dirname(dom0.sr_path))
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "dom0", "plugins", PLUGIN),
+                             request], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(name.startswith(".nxs-staging-") and
+                      os.listdir(os.path.join(dom0.sr_path, name))
+                      for name in os.listdir(dom0.sr_path)):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stop.set()
+        server.join(10)
+        listener.close()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert os.listdir(dom0.sr_path) == []
