@@ -31,6 +31,12 @@ _ESCAPED = "__nxs_dict__"
 # a call published before the agent declared its queue would be dropped by
 # the broker, so the real call waits until a probe is answered.
 _PROBE_SECONDS = (0.2, 0.5, 1.0)
+# Reconnections tried when a call cannot be published. oslo.messaging's
+# default is to retry for ever, which would hang the driver for as long as
+# the broker is away, whatever the call's timeout; with three, a broker that
+# is gone is reported after a few seconds (oslo.messaging's
+# rabbit_retry_interval and rabbit_retry_backoff space the attempts).
+SEND_RETRIES = 3
 
 
 class BytesSerializer(oslo_messaging.NoOpSerializer):
@@ -172,6 +178,9 @@ class RabbitClient:
                                               timeout=timeout) from None
         except oslo_messaging.RemoteError as e:
             raise _from_oslo_remote(e, self.host, method, version) from None
+        except oslo_messaging.MessagingException as e:
+            self._reached = False
+            raise _broker_unreachable(e, self.host, method) from None
 
     def close(self):
         """Release the broker connection."""
@@ -182,7 +191,8 @@ class RabbitClient:
         cctxt = self._prepared.get(key)
         if cctxt is None:
             cctxt = self._client.prepare(version=version, timeout=timeout,
-                                         call_monitor_timeout=monitor)
+                                         call_monitor_timeout=monitor,
+                                         retry=SEND_RETRIES)
             if len(self._prepared) < 64:  # configured timeouts: a handful of keys
                 self._prepared[key] = cctxt
         return cctxt
@@ -201,8 +211,19 @@ class RabbitClient:
                 continue
             except oslo_messaging.RemoteError:
                 pass  # it answered, even if oddly: the queue exists
+            except oslo_messaging.MessagingException as e:
+                raise _broker_unreachable(e, self.host, method) from None
             self._reached = True
             return
+
+
+def _broker_unreachable(error, host, method):
+    """The call could not go out (or its answer come back) through the broker."""
+    reason = (str(error).splitlines() or [""])[0]
+    return exceptions.AgentUnavailable(
+        "Cannot reach the agent for host %s through the message broker to call %s: "
+        "%s: %s" % (host, method, type(error).__name__, reason),
+        host=host, method=method, timeout=None)
 
 
 def _from_oslo_remote(error, host, method, version):

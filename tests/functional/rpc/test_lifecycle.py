@@ -1,17 +1,21 @@
 """Agents that come late, die and come back, and share a broker."""
 
 import concurrent.futures
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
 import pytest
 
-from rpc import exceptions, transports
-from tests.functional.rpc.conftest import Pair, rabbit_queues, unique_host
+from rpc import client, exceptions, transports
+from tests.conftest import RABBIT_HOST, RABBIT_PORT
+from tests.functional.rpc.conftest import Pair, client_queues, rabbit_queues, unique_host
 from tests.functional.rpc.endpoint import INSTANCE, VALID_ARGS, VDI
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -159,3 +163,96 @@ def test_long_call_outlasting_the_short_timeout_is_kept_alive(transport, childre
     children.append(ChildAgent(url, host, "generate_disk=4"))
 
     assert api.generate_disk(**VALID_ARGS["generate_disk"])["size_bytes"] == 1024 << 20
+
+
+class BrokerProxy:
+    """A TCP relay to RabbitMQ that can be cut: the broker going away, as the
+    client sees it, without stopping the broker the other tests share."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # cut
+            broker = socket.create_connection((RABBIT_HOST, RABBIT_PORT))
+            with self.lock:
+                self.sockets += [client, broker]
+            for a, b in ((client, broker), (broker, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self):
+        """Refuse new connections and break the open ones."""
+        self.listener.close()
+        with self.lock:
+            for s in self.sockets:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+
+def test_calls_fail_with_agent_unavailable_soon_after_the_broker_goes_away(
+        rabbit_url, socket_dir):
+    # oslo.messaging retries a publish for ever unless told otherwise; the
+    # client must give up and say the broker is unreachable instead.
+    pair = Pair("rabbit", socket_dir)
+    proxy = BrokerProxy()
+    try:
+        host = unique_host()
+        pair.agent(host)        # the agent's own connection is direct
+        conf = pair.conf(host, rpc_timeout=2.0, long_rpc_timeout=10.0)
+        conf.set_override("transport_url", "rabbit://guest:guest@127.0.0.1:%d/" % proxy.port)
+        api = client.AgentAPI(conf)
+        pair.closers.append(lambda: (pair.queues.extend(client_queues(api)), api.close()))
+        assert api.describe()["host"] == host
+
+        proxy.cut()
+        outcomes = {}
+
+        def call(name, **args):
+            try:
+                outcomes[name] = getattr(api, name)(**args)
+            except Exception as e:
+                outcomes[name] = e
+
+        # Daemon threads: were the calls to hang, the test fails instead.
+        callers = [threading.Thread(target=call, args=("describe",), daemon=True),
+                   threading.Thread(target=call, args=("destroy_vdis",),
+                                    kwargs={"vdi_uuids": [VDI]}, daemon=True)]
+        started = time.monotonic()
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(max(started + 90 - time.monotonic(), 0))
+        elapsed = time.monotonic() - started
+        assert len(outcomes) == 2, "calls still blocked %.0fs after the broker went away" \
+            % elapsed
+        # Either the publish gave up ("... through the message broker ...")
+        # or the answer's time ran out first.
+        assert all(isinstance(o, exceptions.AgentUnavailable) for o in outcomes.values()), \
+            outcomes
+        print("broker gone: both calls failed after %.1fs" % elapsed)
+    finally:
+        proxy.cut()
+        pair.cleanup()
