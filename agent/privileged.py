@@ -24,7 +24,7 @@ from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 
 from nova_xen_split import conf as nxs_conf
-from rpc import exceptions
+from rpc import exceptions, schema
 
 agent_ctx = priv_context.PrivContext(
     "agent",
@@ -303,34 +303,63 @@ def _copy_boot_area(src_disk, dst_disk, start_sector):
 def inject_files(partition, files):
     """Mount the partition, write ``[(path, bytes)]``, unmount.
 
-    Paths are absolute inside the guest fs; nothing may resolve outside it
-    (guest symlinks included).
+    Paths are absolute inside the guest fs (the interface's rules: distinct,
+    none under another, no ``.``/``..``/empty component); nothing may
+    resolve outside it (guest symlinks included). Every target is checked
+    against the mounted fs before the first file is written, so a path the
+    guest has as a directory, or under a file, changes nothing.
     """
     path = _partition("inject_files", partition)
-    if not isinstance(files, (list, tuple)) or len(files) > MAX_FILES:
-        raise _bad("inject_files", partition, "files must be a list of at most %d"
-                   % MAX_FILES)
-    for item in files:
-        name, data = item
-        if (not isinstance(name, str) or not name.startswith("/") or "\0" in name
-                or ".." in name.split("/") or not isinstance(data, bytes)
-                or len(data) > MAX_FILE_BYTES):
-            raise _bad("inject_files", partition, "bad file entry %r" % (name,))
+    try:
+        files = schema.GuestFiles(MAX_FILES, MAX_FILE_BYTES).check(files)
+    except schema._Reject as e:
+        raise _bad("inject_files", partition, "files%s %s" % (e.field_suffix, e.reason)) \
+            from None
     with tempfile.TemporaryDirectory(prefix="nxs-mnt-") as root:
         _run("inject_files", partition, ["mount", "-t", "auto", path, root])
         try:
             real_root = os.path.realpath(root)
-            for name, data in files:
-                target = os.path.join(real_root, name.lstrip("/"))
-                parent = os.path.realpath(os.path.dirname(target))
-                if not (parent + "/").startswith(real_root + "/"):
-                    raise _bad("inject_files", partition, "%s leaves the filesystem" % name)
-                os.makedirs(parent, mode=0o755, exist_ok=True)
-                if os.path.realpath(parent) != parent:
-                    raise _bad("inject_files", partition, "%s leaves the filesystem" % name)
-                fd = os.open(os.path.join(parent, os.path.basename(target)),
-                             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
+            targets = [_guest_target(partition, real_root, name) for name, _ in files]
+            for (parent, base), (name, data) in zip(targets, files, strict=True):
+                try:
+                    os.makedirs(parent, mode=0o755, exist_ok=True)
+                    if os.path.realpath(parent) != parent:
+                        raise _bad("inject_files", partition, "%s leaves the filesystem"
+                                   % name)
+                    fd = os.open(os.path.join(parent, base),
+                                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(data)
+                except OSError as e:
+                    raise _bad("inject_files", partition, "cannot write %s: %s"
+                               % (name, e.strerror or e)) from None
         finally:
             _run("inject_files", partition, ["umount", root])
+
+
+def _guest_target(partition, real_root, name):
+    """``(parent directory, file name)`` of guest path ``name`` under the
+    mounted fs at ``real_root``, refused if it cannot be written as a file."""
+    target = os.path.join(real_root, name.lstrip("/"))
+    parent = os.path.realpath(os.path.dirname(target))
+    if not (parent + "/").startswith(real_root + "/"):
+        raise _bad("inject_files", partition, "%s leaves the filesystem" % name)
+    existing = parent
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise _bad("inject_files", partition, "%s: the guest has a file, not a directory, "
+                   "at %s" % (name, "/" + os.path.relpath(existing, real_root)))
+    base = os.path.basename(target)
+    try:
+        mode = os.lstat(os.path.join(parent, base)).st_mode
+    except FileNotFoundError:
+        return parent, base
+    except NotADirectoryError:
+        raise _bad("inject_files", partition, "%s: a parent is not a directory in the "
+                   "guest" % name) from None
+    if not stat.S_ISREG(mode):
+        raise _bad("inject_files", partition, "%s is a %s in the guest, not a file"
+                   % (name, "directory" if stat.S_ISDIR(mode) else "symlink"
+                      if stat.S_ISLNK(mode) else "special file"))
+    return parent, base

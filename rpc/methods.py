@@ -13,7 +13,7 @@ version; anything else bumps the major.
 
 from rpc import exceptions
 from rpc.schema import (
-    _MISSING, Arg, Bytes, Enum, Int, JsonDict, List, Pair, Str, Uuid, _Reject,
+    _MISSING, Arg, Bytes, Enum, GuestFiles, Int, JsonDict, List, Str, Uuid, _Reject,
 )
 
 VERSION = "1.0"
@@ -22,8 +22,8 @@ IMAGE_ID = r"^[A-Za-z0-9._-]{1,64}\Z"
 FS_LABEL = r"^[A-Za-z0-9_.-]{1,16}\Z"
 MIB = 1024 * 1024
 
-# An injected file: [path inside the guest, contents].
-_FILE = Pair(Str(min_len=1, max_len=1024), Bytes(max_bytes=MIB))
+# Injected files: [path inside the guest, contents] pairs.
+_FILES = GuestFiles(max_items=64, max_bytes=MIB)
 
 
 class Method:
@@ -77,7 +77,7 @@ METHODS = {m.name: m for m in (
         Arg("user_data", Bytes(max_bytes=65536), nullable=True),
         Arg("network_data", JsonDict(max_bytes=MIB), nullable=True),
         Arg("vendor_data", JsonDict(max_bytes=MIB), nullable=True),
-        Arg("files", List(_FILE, max_items=64)),
+        Arg("files", _FILES),
         Arg("admin_password", Str(max_len=1024), nullable=True, secret=True),
     ), returns=("uuid", "size_bytes")),
     Method("resize_disk", "1.0", long=True, args=(
@@ -88,7 +88,7 @@ METHODS = {m.name: m for m in (
     Method("preconfigure_instance", "1.0", args=(
         Arg("vdi_uuid", Uuid()),
         Arg("network_config", Str(max_len=MIB), nullable=True),
-        Arg("files", List(_FILE, max_items=64), nullable=True),
+        Arg("files", _FILES, nullable=True),
     )),
     Method("cleanup_attached_vdis", "1.0", returns=("unplugged", "destroyed")),
     Method("destroy_vdis", "1.0", args=(

@@ -218,6 +218,56 @@ class Pair(Kind):
         return "[%s, %s]" % (self.first.describe(), self.second.describe())
 
 
+class GuestPath(Str):
+    """An absolute path naming a file inside a guest's filesystem: no empty,
+    ``.`` or ``..`` component, no trailing ``/``."""
+
+    def __init__(self, max_len=1024):
+        super().__init__(min_len=2, max_len=max_len)
+
+    def check(self, value):
+        value = super().check(value)
+        if not value.startswith("/"):
+            raise _Reject("must be an absolute path (start with /)")
+        if any(part in ("", ".", "..") for part in value[1:].split("/")):
+            raise _Reject("must name a file: no empty, '.' or '..' component and no "
+                          "trailing /")
+        return value
+
+    def describe(self):
+        return "absolute file path (..%d chars)" % self.max_len
+
+
+class GuestFiles(List):
+    """Files to write into a guest: ``[path, contents]`` pairs with distinct
+    paths, none of them under another (a path cannot be a file and a
+    directory at once), so every file can be written or none."""
+
+    def __init__(self, max_items, max_bytes):
+        super().__init__(Pair(GuestPath(), Bytes(max_bytes=max_bytes)), max_items=max_items)
+
+    def check(self, value):
+        files = super().check(value)
+        index_of = {}
+        for index, (path, _) in enumerate(files):
+            if path in index_of:
+                raise _Reject("the same path as item %d" % index_of[path],
+                              "[%d][0]" % index)
+            index_of[path] = index
+        for index, (path, _) in enumerate(files):
+            parent = path.rsplit("/", 1)[0]
+            while parent:
+                if parent in index_of:
+                    raise _Reject("lies under item %d's path, which is a file"
+                                  % index_of[parent], "[%d][0]" % index)
+                parent = parent.rsplit("/", 1)[0]
+        return files
+
+    def describe(self):
+        return "list of [absolute file path, bytes] with distinct paths (0..%d)" % \
+            self.max_items
+
+
 class Arg:
     """One declared argument.
 

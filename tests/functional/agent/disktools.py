@@ -53,6 +53,21 @@ def ext_write(path, offset, guest_path, data, tmp_path):
          "%s?offset=%d" % (path, offset)])
 
 
+def ext_mkdir(path, offset, guest_dir):
+    run(["debugfs", "-w", "-R", "mkdir %s" % guest_dir, "%s?offset=%d" % (path, offset)])
+
+
+def ext_exists(path, offset, guest_path):
+    """Whether the ext filesystem has ``guest_path`` (debugfs exits 0 either way)."""
+    proc = subprocess.run(["debugfs", "-R", "stat %s" % guest_path,
+                           "%s?offset=%d" % (path, offset)],
+                          capture_output=True, text=True, timeout=60)
+    if "File not found" in proc.stderr:
+        return False
+    assert "Inode:" in proc.stdout, proc.stdout + proc.stderr
+    return True
+
+
 def ext_read(path, offset, guest_path):
     proc = subprocess.run(["debugfs", "-R", "cat %s" % guest_path,
                            "%s?offset=%d" % (path, offset)],

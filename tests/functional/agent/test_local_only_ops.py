@@ -83,6 +83,31 @@ def test_preconfigure_instance_writes_network_config_and_files(in_guest_agent, t
     assert in_guest_agent.tagged_vbds() == []
 
 
+@pytest.mark.parametrize("bad_path, phrase", [
+    ("/etc/network", "is a directory in the guest"),
+    ("/etc/network/interfaces/x", "the guest has a file, not a directory, at "
+     "/etc/network/interfaces"),
+])
+def test_preconfigure_instance_writes_nothing_when_one_path_cannot_be_a_file(
+        in_guest_agent, tmp_path, bad_path, phrase):
+    disk = _ext4_disk(in_guest_agent, tmp_path, 64, b"x")
+    path = disktools.vdi_file(in_guest_agent.sim, disk["uuid"])
+    for directory in ("/etc", "/etc/network"):
+        disktools.ext_mkdir(path, 2048 * 512, directory)
+    disktools.ext_write(path, 2048 * 512, "/etc/network/interfaces", b"old\n", tmp_path)
+
+    with pytest.raises(exceptions.DiskOperationFailed, match=phrase):
+        in_guest_agent.endpoint.preconfigure_instance(
+            vdi_uuid=disk["uuid"], network_config=None,
+            files=[["/root/first", b"written first?"], [bad_path, b"x"]])
+
+    assert disktools.ext_read(path, 2048 * 512, "/etc/network/interfaces") == b"old\n"
+    assert not disktools.ext_exists(path, 2048 * 512, "/root")     # never made
+    clean, output = disktools.e2fsck_clean(path, 2048 * 512)
+    assert clean, output
+    assert in_guest_agent.tagged_vbds() == []
+
+
 def test_independent_refuses_resize_down_naming_feature_and_option(independent_agent):
     disk = independent_agent.endpoint.generate_disk(
         instance_uuid=str(uuid.uuid4()), kind="swap", size_mb=8, fs_type="swap",

@@ -52,7 +52,9 @@ def test_numbers_and_choices_are_checked(in_process, monkeypatch):
         privileged.mkfs("xvdb1", "xfs", "x")
     with pytest.raises(exceptions.DiskOperationFailed, match="label"):
         privileged.mkfs("xvdb1", "ext4", "a b")
-    with pytest.raises(exceptions.DiskOperationFailed, match="bad file entry"):
+    with pytest.raises(exceptions.DiskOperationFailed, match=r"files\[0\]\[0\] must be an abs"):
         privileged.inject_files("xvdb1", [("relative/path", b"x")])
-    with pytest.raises(exceptions.DiskOperationFailed, match="bad file entry"):
+    with pytest.raises(exceptions.DiskOperationFailed, match=r"files\[0\]\[0\] must name a"):
         privileged.inject_files("xvdb1", [("/etc/../../x", b"x")])
+    with pytest.raises(exceptions.DiskOperationFailed, match=r"files\[1\]\[0\] lies under"):
+        privileged.inject_files("xvdb1", [("/etc/a", b"x"), ("/etc/a/b", b"y")])

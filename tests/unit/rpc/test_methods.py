@@ -80,6 +80,32 @@ def test_file_contents_out_of_bounds_names_the_element():
     assert raised.value.kwargs["field"] == "files[1][1]"
 
 
+@pytest.mark.parametrize("method", ["generate_configdrive", "preconfigure_instance"])
+@pytest.mark.parametrize("files, field, reason", [
+    ([["etc/hosts", b""]], "files[0][0]", "must be an absolute path"),
+    ([["/", b""]], "files[0][0]", "length must be 2..1024"),
+    ([["/a", b""], ["/.", b""]], "files[1][0]", "must name a file"),
+    ([["/etc/", b""]], "files[0][0]", "must name a file"),
+    ([["/etc//hosts", b""]], "files[0][0]", "must name a file"),
+    ([["/etc/./hosts", b""]], "files[0][0]", "must name a file"),
+    ([["/etc/../hosts", b""]], "files[0][0]", "must name a file"),
+    ([["/etc/hosts", b"1"], ["/etc/hosts", b"2"]], "files[1][0]", "the same path as item 0"),
+    ([["/etc/a/b/c", b""], ["/etc/a", b""]], "files[0][0]", "lies under item 1's path"),
+])
+def test_injected_file_paths_must_name_distinct_files(method, files, field, reason):
+    args = dict(VALID_ARGS[method], files=files)
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate(method, args)
+    assert raised.value.kwargs["field"] == field
+    assert raised.value.kwargs["reason"].startswith(reason)
+
+
+def test_injected_files_that_only_share_a_prefix_are_accepted():
+    files = [["/etc/a", b""], ["/etc/ab/c", b""], ["/etc/a.d/x", b""]]
+    args = dict(VALID_ARGS["preconfigure_instance"], files=files)
+    assert methods.validate("preconfigure_instance", args)["files"] == files
+
+
 def test_unknown_method_is_an_invalid_request():
     with pytest.raises(exceptions.InvalidRequest) as raised:
         methods.validate("rm_rf", {})
