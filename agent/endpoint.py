@@ -22,13 +22,6 @@ def _invalid(method, field, reason):
     return exceptions.InvalidRequest(method=method, field=field, reason=reason)
 
 
-def _check_files(method, files):
-    for index, (path, _contents) in enumerate(files or ()):
-        if not path.startswith("/") or "\0" in path or ".." in path.split("/"):
-            raise _invalid(method, "files[%d]" % index,
-                           "path must be absolute, without '..' or NUL")
-
-
 class AgentEndpoint:
     """Validate, then delegate to ``backend`` (see agent/backends/base.py)."""
 
@@ -89,7 +82,6 @@ class AgentEndpoint:
         if metadata.get("uuid") != instance_uuid:
             raise _invalid("generate_configdrive", "metadata",
                            "meta_data uuid must be the instance uuid")
-        _check_files("generate_configdrive", args["files"])
         return self.backend.generate_configdrive(**args)
 
     def resize_disk(self, instance_uuid, vdi_uuid, new_gb):
@@ -101,7 +93,6 @@ class AgentEndpoint:
         """Write network configuration and files into an image."""
         args = self._checked("preconfigure_instance", dict(
             vdi_uuid=vdi_uuid, network_config=network_config, files=files))
-        _check_files("preconfigure_instance", files)
         return self.backend.preconfigure_instance(**args)
 
     def cleanup_attached_vdis(self):

@@ -185,6 +185,26 @@ def make(ctx, instance_uuid, purpose, size_bytes, fill, sr_ref=None):
         return vdi_ref
 
 
+def check_destroyable(session, vdi_ref, vdi_uuid, agent_tag, field):
+    """Refuse (InvalidRequest) a VDI that destroy() must not touch: one that
+    no agent made for an instance, or one plugged through a VBD that is not
+    this agent's (XAPI would refuse it half-way through a batch)."""
+    other = session.call("VDI.get_other_config", vdi_ref) or {}
+    if not other.get(INSTANCE_KEY):
+        raise exceptions.InvalidRequest(
+            method="destroy_vdis", field=field,
+            reason="VDI %s was not made by nova-xen-split for an instance (no %s in "
+            "its other_config); refusing to destroy it" % (vdi_uuid, INSTANCE_KEY))
+    for vbd_ref in session.call("VDI.get_VBDs", vdi_ref):
+        vbd = session.call("VBD.get_record", vbd_ref)
+        if vbd.get("currently_attached") and \
+                (vbd.get("other_config") or {}).get(attach.VBD_TAG) != agent_tag:
+            raise exceptions.InvalidRequest(
+                method="destroy_vdis", field=field,
+                reason="VDI %s is plugged into VM %s; unplug it first"
+                % (vdi_uuid, session.call("VM.get_uuid", vbd["VM"])))
+
+
 def destroy(session, vdi_ref, agent_tag):
     """Unplug and destroy this agent's VBDs of the VDI, then destroy it."""
     for vbd_ref in session.call("VDI.get_VBDs", vdi_ref):

@@ -129,12 +129,19 @@ class Backend(metaclass=abc.ABCMeta):
     def destroy_vdis(self, vdi_uuids):
         """Destroy VDIs, unplugging this agent's VBDs of them first.
 
-        Every uuid is looked up before anything is destroyed, so an unknown
-        uuid raises InvalidRequest and changes nothing.
+        Every VDI is checked before anything is destroyed, so an unknown
+        uuid, a VDI nova-xen-split did not make for an instance (no
+        ``nxs-instance-uuid``: a volume, an image cache, another tool's disk)
+        or one plugged by someone else raises InvalidRequest naming it, and
+        nothing is destroyed.
         """
         session = self.ctx.session
-        refs = [vdis.ref_by_uuid(session, uuid, "destroy_vdis", "vdi_uuids")
-                for uuid in vdi_uuids]
+        refs = []
+        for index, uuid in enumerate(vdi_uuids):
+            field = "vdi_uuids[%d]" % index
+            ref = vdis.ref_by_uuid(session, uuid, "destroy_vdis", field)
+            vdis.check_destroyable(session, ref, uuid, self.ctx.tag, field)
+            refs.append(ref)
         for ref in refs:
             vdis.destroy(session, ref, self.ctx.tag)
         return {"destroyed": len(refs)}

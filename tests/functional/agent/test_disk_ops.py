@@ -83,6 +83,58 @@ def test_destroy_vdis_removes_them_and_refuses_an_unknown_uuid_changing_nothing(
     assert agent.vdi_uuids() == before - set(made)
 
 
+def _plain_vdi(session, label):
+    """A VDI nova-xen-split did not make (a volume, say): no tags."""
+    pool = session.call("pool.get_all")[0]
+    return session.call("VDI.create", {
+        "name_label": label, "name_description": "", "virtual_size": str(8 << 20),
+        "SR": session.call("pool.get_default_SR", pool), "type": "user",
+        "sharable": False, "read_only": False, "other_config": {}, "xenstore_data": {},
+        "sm_config": {}, "tags": []})
+
+
+def test_destroy_vdis_refuses_a_vdi_it_did_not_make_and_destroys_nothing(agent):
+    session = agent.session
+    made = agent.endpoint.generate_disk(
+        instance_uuid=str(uuid.uuid4()), kind="swap", size_mb=8, fs_type="swap",
+        label="swap")["uuid"]
+    volume = session.call("VDI.get_uuid", _plain_vdi(session, "a volume"))
+    before = agent.vdi_uuids()
+
+    with pytest.raises(exceptions.InvalidRequest) as caught:
+        agent.endpoint.destroy_vdis(vdi_uuids=[made, volume])
+
+    assert caught.value.kwargs["field"] == "vdi_uuids[1]"
+    assert "was not made by nova-xen-split" in str(caught.value)
+    assert agent.vdi_uuids() == before
+
+
+def test_destroy_vdis_refuses_a_vdi_plugged_by_someone_else_and_destroys_nothing(agent):
+    session = agent.session
+    made = [agent.endpoint.generate_disk(
+        instance_uuid=str(uuid.uuid4()), kind="swap", size_mb=8, fs_type="swap",
+        label="swap")["uuid"] for _ in range(2)]
+    # Someone (not this agent) plugs the second disk into dom0.
+    vbd = session.call("VBD.create", {
+        "VM": agent.ctx.dom0_ref, "VDI": session.call("VDI.get_by_uuid", made[1]),
+        "userdevice": "autodetect", "bootable": False, "mode": "RW", "type": "Disk",
+        "empty": False, "other_config": {}, "qos_algorithm_type": "",
+        "qos_algorithm_params": {}})
+    session.call("VBD.plug", vbd)
+    before = agent.vdi_uuids()
+    try:
+        with pytest.raises(exceptions.InvalidRequest) as caught:
+            agent.endpoint.destroy_vdis(vdi_uuids=made)
+        assert caught.value.kwargs["field"] == "vdi_uuids[1]"
+        assert "is plugged into VM %s" % session.call("VM.get_uuid", agent.ctx.dom0_ref) \
+            in str(caught.value)
+        assert agent.vdi_uuids() == before
+        assert session.call("VBD.get_currently_attached", vbd) is True
+    finally:
+        session.call("VBD.unplug", vbd)
+        session.call("VBD.destroy", vbd)
+
+
 def test_describe_names_the_mode_the_vm_and_the_interface_version(agent):
     described = agent.endpoint.describe()
 
