@@ -11,6 +11,8 @@ its method; a server speaking ``X.Y`` serves any call pinned at ``X.Z`` with
 version; anything else bumps the major.
 """
 
+import re
+
 from rpc import exceptions
 from rpc.schema import (
     _MISSING, Arg, Bytes, Enum, GuestFiles, Int, JsonDict, List, Str, Uuid, _Reject,
@@ -19,8 +21,10 @@ from rpc.schema import (
 VERSION = "1.0"
 
 IMAGE_ID = r"^[A-Za-z0-9._-]{1,64}\Z"
-FS_LABEL = r"^[A-Za-z0-9_.-]{1,16}\Z"
+# A label never starts with "-", which mkfs tools would read as an option.
+FS_LABEL = r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,15}\Z"
 MIB = 1024 * 1024
+_VERSION_RE = re.compile(r"^[0-9]{1,4}\.[0-9]{1,4}\Z")
 
 # Injected files: [path inside the guest, contents] pairs.
 _FILES = GuestFiles(max_items=64, max_bytes=MIB)
@@ -101,9 +105,9 @@ def parse_version(version):
     """``"1.4"`` → ``(1, 4)``; anything else raises ``ValueError``."""
     if not isinstance(version, str):
         raise ValueError("version must be a string")
+    if not _VERSION_RE.match(version):
+        raise ValueError("version must look like MAJOR.MINOR (ASCII digits)")
     major, _, minor = version.partition(".")
-    if not (major.isdigit() and minor.isdigit()):
-        raise ValueError("version must look like MAJOR.MINOR")
     return int(major), int(minor)
 
 

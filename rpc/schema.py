@@ -9,6 +9,7 @@ error messages sent back to the caller.
 """
 
 import json
+import math
 import re
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
@@ -136,7 +137,16 @@ class Bytes(Kind):
 def _json_compatible(value, depth=0):
     if depth > 32:
         raise _Reject("nests deeper than 32 levels")
-    if value is None or isinstance(value, (str, bool, int, float)):
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        if not -(1 << 63) <= value < 1 << 64:
+            raise _Reject("holds an integer outside 64 bits, which JSON readers cannot "
+                          "all carry")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Reject("holds NaN or an infinity, which JSON cannot carry")
         return value
     if isinstance(value, (list, tuple)):
         return [_json_compatible(item, depth + 1) for item in value]

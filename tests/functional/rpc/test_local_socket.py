@@ -275,3 +275,24 @@ def test_no_agent_listening_raises_agent_unavailable_after_the_timeout(unix):
         api.describe()
 
     assert 0.3 <= time.monotonic() - started < 0.8
+
+
+@pytest.mark.parametrize("version", [{}, {"version": None}, {"version": "\u0661.\u0660"},
+                                     {"version": 1.0}])
+def test_a_request_without_a_well_formed_version_is_refused_and_not_run(unix, version):
+    host = unique_host()
+    srv, endpoint = unix.agent(host)
+    request = {"id": 7, "method": "destroy_vdis", "args": {"vdi_uuids": [VDI]}}
+    request.update(version)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(srv._transport.path)
+    sock.sendall(framing.pack(request))
+    reply = framing.read_frame(sock)
+    sock.close()
+
+    assert reply["id"] == 7
+    error = exceptions.from_wire(reply["error"])
+    assert isinstance(error, exceptions.InvalidRequest)
+    assert error.kwargs["field"] == "version"
+    assert endpoint.names_called() == []

@@ -106,6 +106,43 @@ def test_injected_files_that_only_share_a_prefix_are_accepted():
     assert methods.validate("preconfigure_instance", args)["files"] == files
 
 
+@pytest.mark.parametrize("value, reason", [
+    (float("nan"), "holds NaN or an infinity"),
+    (float("inf"), "holds NaN or an infinity"),
+    ([float("-inf")], "holds NaN or an infinity"),
+    (1 << 64, "holds an integer outside 64 bits"),
+    (-(1 << 63) - 1, "holds an integer outside 64 bits"),
+    (10 ** 5000, "holds an integer outside 64 bits"),
+], ids=["nan", "inf", "-inf in a list", "2**64", "-2**63-1", "10**5000"])
+def test_metadata_that_json_cannot_carry_is_refused(value, reason):
+    args = dict(VALID_ARGS["generate_configdrive"])
+    args["metadata"] = dict(args["metadata"], x=value)
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("generate_configdrive", args)
+    assert raised.value.kwargs["field"] == "metadata"
+    assert raised.value.kwargs["reason"].startswith(reason)
+
+
+def test_metadata_integers_at_the_64_bit_limits_are_accepted():
+    args = dict(VALID_ARGS["generate_configdrive"])
+    args["metadata"] = dict(args["metadata"], low=-(1 << 63), high=(1 << 64) - 1, f=0.5)
+    assert methods.validate("generate_configdrive", args)["metadata"]["high"] == (1 << 64) - 1
+
+
+@pytest.mark.parametrize("label", ["-V", "-", "--help"])
+def test_a_label_starting_with_a_dash_is_refused(label):
+    args = dict(VALID_ARGS["generate_disk"], label=label)
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("generate_disk", args)
+    assert raised.value.kwargs["field"] == "label"
+
+
+@pytest.mark.parametrize("version", ["\u0661.\u0660", "1", "1.0.0", " 1.0", "1.0\n", "+1.0"])
+def test_versions_must_be_ascii_major_dot_minor(version):
+    with pytest.raises(ValueError, match="MAJOR.MINOR"):
+        methods.parse_version(version)
+
+
 def test_unknown_method_is_an_invalid_request():
     with pytest.raises(exceptions.InvalidRequest) as raised:
         methods.validate("rm_rf", {})
