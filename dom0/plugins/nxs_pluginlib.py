@@ -208,11 +208,12 @@ def run(cmd, timeout=DEFAULT_TIMEOUT, input_text=None, ok_codes=(0,)):
     env = dict(os.environ)
     env["PATH"] = TOOL_PATH
     env["LC_ALL"] = "C"
+    # Python 3.6 refuses ``stdin`` together with ``input``, even stdin=None.
+    feed = {"input": input_text} if input_text is not None else {"stdin": subprocess.DEVNULL}
     try:
         proc = subprocess.run(
-            cmd, input=input_text, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            universal_newlines=True, timeout=timeout, env=env,
-            stdin=None if input_text is not None else subprocess.DEVNULL)
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True, timeout=timeout, env=env, **feed)
     except subprocess.TimeoutExpired:
         raise CommandFailed("%s timed out after %d s" % (" ".join(cmd), timeout)) from None
     except OSError as e:

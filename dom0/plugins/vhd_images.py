@@ -247,7 +247,8 @@ def _unpack(body, staging):
     expected VHD members; then check the body's checksum."""
     names = []
     try:
-        with tarfile.open(fileobj=_tar_source(body), mode="r|*",
+        source = _tar_source(body)
+        with tarfile.open(fileobj=source, mode="r|*",
                           bufsize=COPY_CHUNK) as tar:  # 10 KiB reads: 63 % vs 88 % of curl|tar
             for member in tar:
                 name = _member_name(member)
@@ -269,6 +270,11 @@ def _unpack(body, staging):
                 _copy_sparse(tar.extractfile(member), os.path.join(staging, name),
                              member.size)
                 names.append(name)
+        if source is not body:
+            # The gzip CRC is checked when its stream's end is read; the tar
+            # reader stops at the archive's end, before any padding after it.
+            while source.read(COPY_CHUNK):
+                pass
         body.finish()
     except (tarfile.TarError, EOFError, zlib.error) as e:
         raise ImageFetchFailed("the image is not a readable tarball: %s" % e) from None

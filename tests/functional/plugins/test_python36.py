@@ -98,3 +98,18 @@ def test_download_vhd_and_kernel_copy_run_under_python_3_6(
     with open(copied["path"], "rb") as f:
         assert f.read() == chain_files["child"][:65536]
     assert dom0.call("kernel.py", "remove_file", path=copied["path"])["removed"] is True
+
+
+def test_pluginlib_run_feeds_input_under_python_3_6():
+    # Python 3.6's subprocess.run refuses ``stdin`` next to ``input``, even
+    # stdin=None; 3.7 accepts it, and vermin cannot tell.
+    interpreter = _python36()
+    if interpreter is None:
+        pytest.skip("no Python 3.6 interpreter here (set NXS_PYTHON36)")
+    proc = subprocess.run(
+        [interpreter, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+         "import nxs_pluginlib as p; "
+         "print(p.run(['cat'], input_text='fed\\n')); print(p.run(['cat']))", PLUGIN_DIR],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["(0, 'fed\\n')", "(0, '')"]

@@ -5,6 +5,7 @@ SR directory holds exactly what it held before (no VHD, no staging dir), and
 the auth token appears in no error.
 """
 
+import gzip
 import hashlib
 import os
 import socket
@@ -168,6 +169,22 @@ def test_a_gzip_body_that_is_corrupt_is_refused(dom0, image_service, chain_files
     body[len(body) // 2:len(body) // 2 + 64] = bytes(64)
     image_service.images["bad"] = bytes(body)
     _refused(dom0, image_service, "bad", "ImageFetchFailed", "CRC check failed")
+
+
+def test_a_corrupt_gzip_body_with_a_long_tail_is_refused_unchecksummed(
+        dom0, image_service, chain_files):
+    # 4 MiB of padding after the archive's end: more than the tar reader
+    # reads ahead, so only reading the gzip stream to its end checks the
+    # CRC. Stored (level 0), a flipped byte changes the VHD's data and
+    # nothing else; without Content-MD5 the CRC is the only check.
+    vhd = chain_files["1.vhd"]
+    plain = tarball([("image.vhd", vhd)]) + bytes(4 << 20)
+    body = bytearray(gzip.compress(plain, compresslevel=0))
+    at = bytes(body).index(vhd[-4096:-4000])   # inside the VHD, stored as is
+    body[at] ^= 0xFF
+    image_service.images["tail"] = bytes(body)
+    image_service.content_md5["tail"] = None
+    _refused(dom0, image_service, "tail", "ImageFetchFailed", "CRC check failed")
 
 
 def test_a_body_that_does_not_match_its_checksum_lands_nothing(dom0, image_service,
