@@ -43,12 +43,18 @@ class LocalClient:
         ``AccessDenied`` when the socket refuses this process.
         """
         deadline = time.monotonic() + timeout
-        conn = self._checkout(method, timeout, deadline)
         request_id = next(self._ids)
         try:
+            frame = framing.pack({"id": request_id, "method": method, "version": version,
+                                  "args": args})
+        except (framing.FrameError, TypeError, ValueError, OverflowError) as e:
+            # The request, not the agent: nothing was sent.
+            raise exceptions.InvalidRequest(method=method, field="args",
+                                            reason="cannot be sent: %s" % e) from None
+        conn = self._checkout(method, timeout, deadline)
+        try:
             conn.settimeout(max(deadline - time.monotonic(), 0.001))
-            conn.sendall(framing.pack({"id": request_id, "method": method,
-                                       "version": version, "args": args}))
+            conn.sendall(frame)
             reply = framing.read_frame(conn)
         except (socket.timeout, TimeoutError):
             conn.close()

@@ -296,3 +296,18 @@ def test_a_request_without_a_well_formed_version_is_refused_and_not_run(unix, ve
     assert isinstance(error, exceptions.InvalidRequest)
     assert error.kwargs["field"] == "version"
     assert endpoint.names_called() == []
+
+
+def test_a_request_too_big_for_one_frame_is_an_invalid_request_not_a_dead_agent(unix):
+    host = unique_host()
+    _, endpoint = unix.agent(host)
+    api = unix.api(host)
+    files = [["/f%d" % n, bytes(1 << 20)] for n in range(20)]   # each within the schema
+
+    with pytest.raises(exceptions.InvalidRequest) as caught:
+        api.generate_configdrive(**dict(VALID_ARGS["generate_configdrive"], files=files))
+
+    assert caught.value.kwargs["field"] == "args"
+    assert "exceeds the %d byte limit" % framing.MAX_FRAME_BYTES in str(caught.value)
+    assert endpoint.names_called() == []
+    assert api.describe()["host"] == host       # the connection is fine
