@@ -66,12 +66,30 @@ def _encode(value):
     return value
 
 
+class MalformedTag:
+    """What a hand-made message's broken tag decodes to: not an error here
+    (oslo.messaging would send it back as an untyped remote error), but a
+    value no argument kind accepts, so the schema refuses the argument with
+    ``InvalidRequest`` naming it."""
+
+    def __init__(self, tag):
+        self.tag = tag
+
+    def __repr__(self):
+        return "MalformedTag(%s)" % self.tag
+
+
 def _decode(value):
     if isinstance(value, dict):
         if len(value) == 1:
             if _BYTES in value:
-                return base64.b64decode(value[_BYTES])
+                try:
+                    return base64.b64decode(value[_BYTES], validate=True)
+                except (TypeError, ValueError):  # binascii.Error is a ValueError
+                    return MalformedTag(_BYTES)
             if _ESCAPED in value:
+                if not isinstance(value[_ESCAPED], dict):
+                    return MalformedTag(_ESCAPED)
                 return {key: _decode(item) for key, item in value[_ESCAPED].items()}
         return {key: _decode(item) for key, item in value.items()}
     if isinstance(value, list):

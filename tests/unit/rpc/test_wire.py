@@ -6,9 +6,10 @@ import struct
 
 import pytest
 
-from rpc import exceptions
+from rpc import exceptions, methods
 from rpc.transports import framing
-from rpc.transports.rabbit import BytesSerializer
+from rpc.transports.rabbit import BytesSerializer, MalformedTag
+from tests.functional.rpc.endpoint import VALID_ARGS
 
 PAYLOADS = [
     b"\x00\xff" * 10,
@@ -24,6 +25,25 @@ def test_json_serializer_round_trips_bytes_and_look_alike_dicts(payload):
     serializer = BytesSerializer()
     wire = json.loads(json.dumps(serializer.serialize_entity({}, payload)))
     assert serializer.deserialize_entity({}, wire) == payload
+
+
+@pytest.mark.parametrize("wire", [
+    {"__nxs_bytes__": 5},
+    {"__nxs_bytes__": "not base64!"},
+    {"__nxs_bytes__": None},
+    {"__nxs_dict__": 5},
+    {"__nxs_dict__": ["a"]},
+])
+def test_a_malformed_tag_decodes_to_a_value_the_schema_refuses(wire):
+    # A hand-made message: the serializer must not raise (oslo.messaging
+    # would return an untyped remote error); the argument's check refuses it.
+    args = dict(VALID_ARGS["generate_configdrive"], user_data=wire)
+    decoded = BytesSerializer().deserialize_entity({}, args)
+    assert isinstance(decoded["user_data"], MalformedTag)
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("generate_configdrive", decoded)
+    assert raised.value.kwargs["field"] == "user_data"
+    assert "MalformedTag" in raised.value.kwargs["reason"]
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
