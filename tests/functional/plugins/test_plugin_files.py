@@ -77,11 +77,13 @@ def test_helper_modules_are_not_executable_so_xapi_cannot_run_them(name):
 
 
 @pytest.mark.parametrize("name", PLUGINS)
-def test_plugins_end_with_a_dispatch_table_of_their_verbs(name):
+def test_plugins_end_with_a_sigterm_handler_and_a_dispatch_table_of_their_verbs(name):
     body = _tree(name).body
     guard = body[-1]
     assert isinstance(guard, ast.If)
-    call = guard.body[0].value
+    # SIGTERM is turned into an exit that runs the clean-up, then the verbs run.
+    first, call = (statement.value for statement in guard.body)
+    assert isinstance(first.func, ast.Name) and first.func.id == "finally_on_sigterm"
     assert call.func.attr == "dispatch" and call.func.value.id == "XenAPIPlugin"
     table = call.args[0]
     functions = {n.name for n in body if isinstance(n, ast.FunctionDef)}
