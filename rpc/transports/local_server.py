@@ -14,6 +14,7 @@ alone do not let a stranger in.
 """
 
 import concurrent.futures
+import contextlib
 import errno
 import grp
 import os
@@ -185,19 +186,7 @@ class LocalServer:
         if self.gid is not None and (gid == self.gid or self.gid in _supplementary_groups(pid)):
             return True
         LOG.warning("Refused connection from pid %d uid %d on %s", pid, uid, self.path)
-        error = exceptions.AccessDenied(uid=uid, path=self.path).to_wire()
-        try:
-            conn.sendall(framing.pack({"id": 0, "error": error}))
-            # Closing with the peer's request unread would reset the
-            # connection and could destroy the answer before it is read:
-            # half-close, then discard input (bounded) until the peer closes.
-            conn.shutdown(socket.SHUT_WR)
-            conn.settimeout(2)
-            for _ in range(64):
-                if not conn.recv(65536):
-                    break
-        except OSError:
-            pass
+        _last_word(conn, exceptions.AccessDenied(uid=uid, path=self.path))
         return False
 
     def _serve_connection(self, conn):
@@ -214,11 +203,17 @@ class LocalServer:
                     request = framing.read_frame(conn)
                 except framing.ConnectionClosed:
                     return
-                except (framing.FrameError, OSError) as e:
+                except framing.FrameError as e:
+                    LOG.warning("Dropping connection on %s: %s", self.path, e)
+                    _last_word(conn, _malformed("frame", str(e)), write_lock)
+                    return
+                except OSError as e:
                     LOG.warning("Dropping connection on %s: %s", self.path, e)
                     return
                 if not self._handle(conn, write_lock, request, in_flight):
                     LOG.warning("Dropping connection on %s: malformed request", self.path)
+                    _last_word(conn, _malformed(
+                        "request", "not a map with a positive integer id"), write_lock)
                     return
         finally:
             # Calls already accepted on this connection answer before it closes.
@@ -267,3 +262,25 @@ class LocalServer:
         except OSError as e:
             # The caller is gone (timed out or died); the work is done anyway.
             LOG.info("Could not deliver reply %d on %s: %s", request_id, self.path, e)
+
+
+def _malformed(field, reason):
+    return exceptions.InvalidRequest(method="(unknown)", field=field, reason=reason)
+
+
+def _last_word(conn, error, write_lock=None):
+    """Send ``error`` as the connection's last frame (id 0: it answers no
+    request in particular), then close gently."""
+    try:
+        with write_lock or contextlib.nullcontext():
+            conn.sendall(framing.pack({"id": 0, "error": error.to_wire()}))
+            # Closing with the peer's request unread would reset the
+            # connection and could destroy the answer before it is read:
+            # half-close, then discard input (bounded) until the peer closes.
+            conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(2)
+        for _ in range(64):
+            if not conn.recv(65536):
+                break
+    except OSError:
+        pass
