@@ -127,6 +127,15 @@ class _Endpoint:
         return _endpoint_method(self._dispatcher, name)
 
 
+class _AccessPolicy(oslo_messaging.DefaultRPCAccessPolicy):
+    """oslo.messaging's default (no ``_`` names), and not ``target``: that
+    attribute describes the endpoint to oslo.messaging and is no method, so
+    a message naming it gets ``NoSuchMethod`` instead of an untyped error."""
+
+    def is_allowed(self, endpoint, method):
+        return method != "target" and super().is_allowed(endpoint, method)
+
+
 class RabbitServer:
     """Serves a dispatcher as RPC server ``host`` on topic ``nova-xen-split-agent``."""
 
@@ -136,7 +145,7 @@ class RabbitServer:
         target = oslo_messaging.Target(topic=TOPIC, server=host, version=dispatcher.version)
         self._server = oslo_messaging.get_rpc_server(
             self.transport, target, [_Endpoint(dispatcher)], executor="threading",
-            serializer=BytesSerializer())
+            serializer=BytesSerializer(), access_policy=_AccessPolicy)
         # Calls beyond rpc_workers wait for a worker slot on a transport
         # thread (Dispatcher); the extra threads keep describe answerable
         # while that many calls wait.

@@ -71,6 +71,10 @@ BAD_REQUESTS = [
     ("too many vdis", "destroy_vdis", dict(vdi_uuids=[VDI] * 65), "vdi_uuids"),
     ("no vdis", "destroy_vdis", dict(vdi_uuids=[]), "vdi_uuids"),
     ("bad uuid inside a list", "destroy_vdis", dict(vdi_uuids=[VDI, "x"]), "vdi_uuids[1]"),
+    # Names the RabbitMQ endpoint holds that are no methods of the interface.
+    ("oslo.messaging's target attribute", "target", {}, "method"),
+    ("a private name", "_dispatcher", {}, "method"),
+    ("an undeclared name", "rm_rf", {}, "method"),
 ]
 
 
