@@ -163,9 +163,20 @@ class Spawn:
 def destroy_disks(agent, session, instance_uuid, vdi_uuids, kernel_files=()):
     """Agent's destroy_vdis first; then XAPI directly for anything left.
 
-    The second pass finds VDIs by their instance tag, so disks the agent
-    was still making when it died (or when the call timed out) go too.
+    Only the instance's own disks go: VDIs tagged with its uuid. Anything
+    else named (a volume attached to its VM, say) is left alone, by both
+    passes. The second pass finds VDIs by their instance tag, so disks the
+    agent was still making when it died (or when the call timed out) go too.
     """
+    try:
+        own = {rec["uuid"] for rec in vm_utils.tagged_vdis(session, instance_uuid).values()}
+    except Exception:  # noqa: BLE001 -- the sweep below reports XAPI's trouble
+        LOG.exception("Could not list the VDIs of %s", instance_uuid)
+        own = set()
+    for vdi_uuid in set(vdi_uuids).difference(own):
+        LOG.info("VDI %s of %s is not one of its own disks (a volume?); leaving it",
+                 vdi_uuid, instance_uuid)
+    vdi_uuids = [u for u in vdi_uuids if u in own] + sorted(own.difference(vdi_uuids))
     for start in range(0, len(vdi_uuids), DESTROY_VDIS_BATCH):
         batch = vdi_uuids[start:start + DESTROY_VDIS_BATCH]
         try:
@@ -174,7 +185,7 @@ def destroy_disks(agent, session, instance_uuid, vdi_uuids, kernel_files=()):
             LOG.warning("Agent could not destroy VDIs of %s (%s); removing them "
                         "through XAPI", instance_uuid, e)
     try:
-        swept = vm_utils.sweep_instance_vdis(session, instance_uuid, vdi_uuids)
+        swept = vm_utils.sweep_instance_vdis(session, instance_uuid)
         if swept:
             LOG.info("Removed %d leftover VDI(s) of %s through XAPI", swept, instance_uuid)
     except Exception:  # noqa: BLE001 -- report it; the caller's error matters more

@@ -220,23 +220,16 @@ def tagged_vdis(session, instance_uuid):
     }
 
 
-def sweep_instance_vdis(session, instance_uuid, vdi_uuids=()):
+def sweep_instance_vdis(session, instance_uuid):
     """Destroy, through XAPI, what is left of an instance's VDIs.
 
     The agent's ``destroy_vdis`` is the normal way; this is the fallback for
-    an agent that died mid-operation: the VDIs named, and every VDI tagged
-    with the instance uuid, are unplugged from wherever they are attached and
-    destroyed. Returns how many VDIs were destroyed.
+    an agent that died mid-operation: every VDI tagged with the instance
+    uuid is unplugged from wherever it is attached and destroyed, and
+    nothing else (an attached volume, another instance's disk). Returns how
+    many VDIs were destroyed.
     """
-    refs = dict(tagged_vdis(session, instance_uuid))
-    for vdi_uuid in filter(None, vdi_uuids):
-        try:
-            ref = session.call("VDI.get_by_uuid", vdi_uuid)
-        except exceptions.XapiFailure as e:
-            if e.code in ("UUID_INVALID", "HANDLE_INVALID"):
-                continue
-            raise
-        refs.setdefault(ref, None)
+    refs = tagged_vdis(session, instance_uuid)
     destroyed = 0
     for vdi_ref in refs:
         try:

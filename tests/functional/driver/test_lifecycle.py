@@ -136,3 +136,37 @@ def test_in_guest_split_kernel_image_boots_from_dom0_files_removed_on_destroy(
     pair.driver.destroy(None, instance)
     assert not os.path.exists(vm["PV_kernel"]) and not os.path.exists(vm["PV_ramdisk"])
     assert leftovers(pair, instance.uuid, baseline) == []
+
+
+def test_destroy_leaves_a_volume_attached_to_the_vm_alone(xapi_sim, make_pair):
+    # A VDI the instance uses but nova-xen-split did not make (a Cinder
+    # volume, say) loses its VBD with the VM, and nothing more.
+    pair = make_pair(xapi_sim)
+    baseline = pair.counts()
+    instance = make_instance(objects.Flavor(root_gb=0), config_drive="")
+    spawn(pair, instance)
+    s = pair.session()
+    try:
+        x = s.xenapi
+        vm = next(ref for ref, rec in x.VM.get_all_records().items()
+                  if rec["other_config"].get("nova_uuid") == instance.uuid)
+        volume = x.VDI.create({
+            "name_label": "a volume", "name_description": "", "virtual_size": str(8 << 20),
+            "SR": x.pool.get_default_SR(x.pool.get_all()[0]), "type": "user",
+            "sharable": False, "read_only": False, "other_config": {},
+            "xenstore_data": {}, "sm_config": {}, "tags": []})
+        x.VBD.create({
+            "VM": vm, "VDI": volume, "userdevice": "autodetect", "bootable": False,
+            "mode": "RW", "type": "Disk", "empty": False, "other_config": {},
+            "qos_algorithm_type": "", "qos_algorithm_params": {}})
+        volume_uuid = x.VDI.get_uuid(volume)
+
+        pair.driver.destroy(None, instance)
+
+        assert x.VDI.get_by_uuid(volume_uuid) == volume     # still there
+        assert x.VDI.get_VBDs(volume) == []
+        assert vm_utils.tagged_vdis(pair.driver.session, instance.uuid) == {}
+        x.VDI.destroy(volume)
+    finally:
+        s.xenapi.session.logout()
+    assert pair.counts() == baseline
