@@ -472,6 +472,11 @@ def _get(server, path, image_id, auth_token, timeout, accept):
     try:
         connection.request("GET", path, headers=headers)
         return connection, connection.getresponse()
+    except ValueError:  # http.client refusing a header value; its message quotes it
+        connection.close()
+        raise exceptions.ImageFetchFailed(
+            image_id=image_id, reason="a request header (the auth token?) is not a "
+            "valid HTTP header value") from None
     except (OSError, http.client.HTTPException) as e:
         connection.close()
         raise _TryNextServer("%s: %s: %s" % (server, type(e).__name__, e)) from None

@@ -21,6 +21,8 @@ from rpc.schema import (
 VERSION = "1.0"
 
 IMAGE_ID = r"^[A-Za-z0-9._-]{1,64}\Z"
+# One HTTP header value (X-Auth-Token): printable ASCII, no space, no CR/LF.
+AUTH_TOKEN = r"^[\x21-\x7e]+\Z"
 # A label never starts with "-", which mkfs tools would read as an option.
 FS_LABEL = r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,15}\Z"
 MIB = 1024 * 1024
@@ -62,7 +64,8 @@ METHODS = {m.name: m for m in (
         Arg("disk_format", Enum("vhd", "raw", "ami", "aki", "ari")),
         Arg("kernel_id", Str(pattern=IMAGE_ID), nullable=True),
         Arg("ramdisk_id", Str(pattern=IMAGE_ID), nullable=True),
-        Arg("auth_token", Str(min_len=1, max_len=8192), nullable=True, secret=True),
+        Arg("auth_token", Str(min_len=1, max_len=8192, pattern=AUTH_TOKEN), nullable=True,
+            secret=True),
     ), returns=("vdis",)),
     Method("auto_configure_disk", "1.0", long=True, args=(
         Arg("vdi_uuid", Uuid()),

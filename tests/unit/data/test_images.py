@@ -492,3 +492,17 @@ def test_updates_after_a_close_from_another_thread_neither_block_nor_sum():
     for thread in md5_threads():
         thread.join(5)
     assert md5_threads() == []
+
+
+def test_a_token_that_is_no_header_value_is_refused_without_quoting_it(image_server,
+                                                                      caplog):
+    # The interface refuses such a token first (auth_token's pattern); this
+    # is the agent's own guard: http.client's error would quote it.
+    server, url = image_server()
+    token = "SECRET-TOKEN\r\nX-Injected: 1"
+    with caplog.at_level(logging.DEBUG), \
+            pytest.raises(exceptions.ImageFetchFailed) as caught:
+        images.open_image(make_conf([url]), "img-1", token)
+    assert "not a valid HTTP header value" in str(caught.value)
+    assert "SECRET" not in str(caught.value) and "SECRET" not in caplog.text
+    assert server.requests == []

@@ -129,6 +129,15 @@ def test_metadata_integers_at_the_64_bit_limits_are_accepted():
     assert methods.validate("generate_configdrive", args)["metadata"]["high"] == (1 << 64) - 1
 
 
+@pytest.mark.parametrize("token", ["tok\r\nX-Injected: 1", "has space", "caf\u00e9", "\t"])
+def test_an_auth_token_that_is_no_http_header_value_is_refused_unquoted(token):
+    args = dict(VALID_ARGS["fetch_image"], auth_token=token)
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("fetch_image", args)
+    assert raised.value.kwargs["field"] == "auth_token"
+    assert token not in str(raised.value)
+
+
 @pytest.mark.parametrize("label", ["-V", "-", "--help"])
 def test_a_label_starting_with_a_dash_is_refused(label):
     args = dict(VALID_ARGS["generate_disk"], label=label)
