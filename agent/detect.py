@@ -90,18 +90,21 @@ def login(conf):
             raise StartupRefused(
                 "[xenserver] connection_username/connection_password",
                 "XAPI at %s refused the credentials of user %r"
-                % (conf.xenserver.connection_url, conf.xenserver.connection_username)
+                % (xapi.redacted_url(conf.xenserver.connection_url),
+                   conf.xenserver.connection_username)
             ) from None
         if e.code == "CONNECTION_FAILED":
             raise StartupRefused(
                 "[xenserver] connection_url",
                 "XAPI at %s cannot be reached (%s)"
-                % (conf.xenserver.connection_url, e.details[2] if len(e.details) > 2 else "")
+                % (xapi.redacted_url(conf.xenserver.connection_url),
+                   e.details[2] if len(e.details) > 2 else "")
             ) from None
         raise StartupRefused(
             "[xenserver] connection_url",
             "login to XAPI at %s failed: %s"
-            % (conf.xenserver.connection_url, " ".join(e.details[:1]))) from None
+            % (xapi.redacted_url(conf.xenserver.connection_url),
+               " ".join(e.details[:1]))) from None
 
 
 def control_domain(session, host_ref):

@@ -6,11 +6,13 @@ XAPI's error description, plugin calls whose string result is JSON, and waits
 on tasks. It never logs the password or the session reference.
 """
 
+import http.client
 import json
 import logging
 import threading
 import time
 import urllib.parse
+import xml.parsers.expat
 import xmlrpc.client
 
 import XenAPI
@@ -59,7 +61,12 @@ class XapiSession:
     """
 
     def __init__(self, url, username, password, timeout=None):
-        self.url = url.rstrip("/")
+        self.url = redacted_url(url.rstrip("/"))
+        if self.url != url.rstrip("/"):
+            # The password would end up in errors and logs with the URL.
+            raise exceptions.XapiFailure(details=[
+                "CONNECTION_FAILED", self.url, "the URL must not carry credentials: "
+                "set connection_username and connection_password instead"])
         self.username = username
         self._password = password
         self._timeout = timeout
@@ -79,13 +86,13 @@ class XapiSession:
             scheme = urllib.parse.urlsplit(self.url).scheme
             cls = _TimeoutSafeTransport if scheme == "https" else _TimeoutTransport
             transport = cls(self._timeout)
-        session = XenAPI.Session(self.url, transport=transport)
         try:
+            session = XenAPI.Session(self.url, transport=transport)
             session.xenapi.login_with_password(
                 self.username, self._password or "", "1.0", ORIGINATOR)
         except XenAPI.Failure as e:
             raise exceptions.XapiFailure(details=[str(d) for d in e.details]) from None
-        except (OSError, xmlrpc.client.ProtocolError, xmlrpc.client.Fault) as e:
+        except _NOT_XAPI + (ValueError,) as e:  # ValueError: a URL urllib cannot parse
             raise exceptions.XapiFailure(
                 details=["CONNECTION_FAILED", self.url, _reason(e)]) from None
         self._session = session
@@ -126,7 +133,7 @@ class XapiSession:
                 return target(*args)
         except XenAPI.Failure as e:
             raise exceptions.XapiFailure(details=[str(d) for d in e.details]) from None
-        except (OSError, xmlrpc.client.ProtocolError, xmlrpc.client.Fault) as e:
+        except _NOT_XAPI as e:
             raise exceptions.XapiFailure(
                 details=["CONNECTION_FAILED", self.url, _reason(e)]) from None
 
@@ -184,6 +191,21 @@ class XapiSession:
         """URL of one of XAPI's HTTP handlers on this session's host."""
         query = dict(query, session_id=self.handle)
         return "%s%s?%s" % (self.url, path, urllib.parse.urlencode(query))
+
+
+# What a call raises when the far end is not (or no longer) a working XAPI:
+# unreachable, cut off mid-reply, answering with something that is not
+# XML-RPC, or named by a URL the client cannot use.
+_NOT_XAPI = (OSError, xmlrpc.client.ProtocolError, xmlrpc.client.Fault,
+             http.client.HTTPException, xml.parsers.expat.ExpatError)
+
+
+def redacted_url(url):
+    """``url`` without a ``user:password@`` part, fit for messages."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _reason(exc):

@@ -49,7 +49,7 @@ class Checks(upgradecheck.UpgradeCommands):
         return self._description
 
     def _check_xapi(self):
-        url = self.conf.xenserver.connection_url
+        url = xapi.redacted_url(self.conf.xenserver.connection_url)
         try:
             session = xapi.session_from_conf(self.conf)
         except exceptions.XapiFailure as e:

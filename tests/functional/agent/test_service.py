@@ -64,6 +64,10 @@ def refusal(config_path):
     ({"xenserver__independent_compute": "false"}, "[xenserver] independent_compute"),
     ({"xenserver__connection_password": "Wr0ng-Passw0rd"}, "connection_password"),
     ({"xenserver__connection_url": "http://127.0.0.1:9"}, "[xenserver] connection_url"),
+    ({"xenserver__connection_url": "ftp://127.0.0.1:9"}, "[xenserver] connection_url"),
+    ({"xenserver__connection_url": "http://127.0.0.1:port"}, "[xenserver] connection_url"),
+    ({"xenserver__connection_url": "http://root:S3cretPW@127.0.0.1:9"},
+     "[xenserver] connection_url"),
 ])
 def test_refusals_print_one_line_naming_the_option_and_exit_non_zero(
         xapi_sim, tmp_path, options, option_named):
@@ -77,6 +81,7 @@ def test_refusals_print_one_line_naming_the_option_and_exit_non_zero(
     assert option_named in lines[0]
     assert "Traceback" not in stderr + stdout
     assert "Wr0ng-Passw0rd" not in stderr + stdout
+    assert "S3cretPW" not in stderr + stdout
     assert xapi_sim.password not in stderr + stdout
 
 
