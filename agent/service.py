@@ -109,6 +109,7 @@ def main(argv=None):
     try:
         conf(sys.argv[1:] if argv is None else argv, project="nova-xen-split",
              prog=PROG)
+        nxs_conf.check_values(conf)
     except cfg.Error as e:
         return _refuse(str(e).splitlines()[0], EXIT_BAD_CONFIG)
     logging.setup(conf, "nova-xen-split")

@@ -105,7 +105,9 @@ XENSERVER_OPTS = [
         "block_device_creation_timeout",
         default=10,
         min=1,
-        help="Seconds to wait for a plugged VBD's block device to appear.",
+        max=3600,
+        help="Seconds to wait for a plugged VBD's block device to appear "
+        "(at most 3600, what the dom0 plugin allows).",
     ),
     cfg.IntOpt(
         "vbd_unplug_retries",
@@ -235,8 +237,10 @@ AGENT_OPTS = [
         "partition_wait_timeout",
         default=20.0,
         min=0.1,
+        max=600.0,
         help="Seconds to wait for a new or changed partition to show up as "
-        "a block device (udev works asynchronously).",
+        "a block device (udev works asynchronously); at most 600, what the "
+        "dom0 plugin allows, which waits whole seconds (rounded up).",
     ),
 ]
 
@@ -247,6 +251,17 @@ def register_opts(conf):
     conf.register_opts(XENSERVER_OPTS, group="xenserver")
     conf.register_opts(GLANCE_OPTS, group="glance")
     conf.register_opts(AGENT_OPTS, group="agent")
+
+
+def check_values(conf):
+    """Read every option of the project once, so a value out of its range
+    or of the wrong type is refused at startup (oslo.config checks a value
+    only when it is read) with cfg's one-line error naming the option."""
+    for group, opts in (("DEFAULT", DEFAULT_OPTS), ("xenserver", XENSERVER_OPTS),
+                        ("glance", GLANCE_OPTS), ("agent", AGENT_OPTS)):
+        section = conf if group == "DEFAULT" else conf[group]
+        for opt in opts:
+            section[opt.dest]
 
 
 # The section of the agent's oslo.privsep context (agent/privileged.py).

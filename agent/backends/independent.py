@@ -8,6 +8,7 @@ by its XAPI task. What needs a local mount or a local copy is refused with
 """
 
 import logging
+import math
 
 from agent import attach
 from agent import images
@@ -121,12 +122,12 @@ class IndependentBackend(CommonBackend):
         base.checkpoint("resized")
         with self._dom0_attached(vdi_ref) as dev:
             self._plugin("resize_partition_and_fs", dev=dev.device, partnum=1,
-                         partition_wait_seconds=int(self.conf.agent.partition_wait_timeout))
+                         partition_wait_seconds=math.ceil(self.conf.agent.partition_wait_timeout))
         return vdis.result(self.ctx.session, vdi_ref)
 
     def generate_disk(self, instance_uuid, kind, size_mb, fs_type, label):
         """New VDI plugged into dom0: ``make_partition`` then ``mkfs``."""
-        wait_seconds = int(self.conf.agent.partition_wait_timeout)
+        wait_seconds = math.ceil(self.conf.agent.partition_wait_timeout)
 
         def fill(vdi_ref):
             with self._dom0_attached(vdi_ref) as dev:

@@ -31,7 +31,7 @@ FS_TYPES = ("ext3", "ext4", "vfat", "swap")
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]*$")
 VFAT_LABEL_RE = re.compile(r"^[A-Za-z0-9_-]*$")  # FAT forbids '.' in labels
 LABEL_MAX = {"ext3": 16, "ext4": 16, "vfat": 11, "swap": 16}
-MAX_WAIT_SECONDS = 3600  # the agent's options have no upper bound; this is ours
+MAX_WAIT_SECONDS = 3600  # the agent's block_device_creation_timeout allows as much
 # How long a new or changed partition may take to show up as <dev>N where
 # kpartx cannot map it: udev is asynchronous.
 DEFAULT_PARTITION_WAIT_SECONDS = 5

@@ -68,6 +68,9 @@ def refusal(config_path):
     ({"xenserver__connection_url": "http://127.0.0.1:port"}, "[xenserver] connection_url"),
     ({"xenserver__connection_url": "http://root:S3cretPW@127.0.0.1:9"},
      "[xenserver] connection_url"),
+    # Beyond what the dom0 plugins accept: every spawn would fail later.
+    ({"agent__partition_wait_timeout": "1000"}, "partition_wait_timeout"),
+    ({"xenserver__block_device_creation_timeout": "7200"}, "block_device_creation_timeout"),
 ])
 def test_refusals_print_one_line_naming_the_option_and_exit_non_zero(
         xapi_sim, tmp_path, options, option_named):
