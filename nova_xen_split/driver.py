@@ -72,7 +72,10 @@ class XenSplitDriver:
     @property
     def session(self):
         if self._session is None:
-            self._session = xapi.session_from_conf(self._conf)
+            # Calls such as VM.clean_shutdown run as long as the guest takes:
+            # bounded like the agent's long calls, not by the login's timeout.
+            self._session = xapi.session_from_conf(
+                self._conf, call_timeout=self._conf.agent.long_rpc_timeout)
         return self._session
 
     @property

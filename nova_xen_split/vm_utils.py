@@ -165,6 +165,8 @@ def clean_shutdown(session, vm_ref):
     try:
         session.call("VM.clean_shutdown", vm_ref)
     except exceptions.XapiFailure as e:
+        if e.code == "CONNECTION_FAILED":
+            raise  # the clean shutdown may still be running: not the moment to pull the plug
         LOG.warning("Clean shutdown of %s failed (%s); shutting down hard", vm_ref, e.code)
         hard_shutdown(session, vm_ref)
 

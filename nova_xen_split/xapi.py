@@ -40,6 +40,8 @@ class _TimeoutMixin:
     def make_connection(self, host):
         conn = super().make_connection(host)
         conn.timeout = self._timeout
+        if conn.sock is not None:  # a kept-alive connection: the timeout may have changed
+            conn.sock.settimeout(self._timeout)
         return conn
 
 
@@ -60,7 +62,7 @@ class XapiSession:
     ``["CONNECTION_FAILED", url, reason]`` when XAPI cannot be reached.
     """
 
-    def __init__(self, url, username, password, timeout=None):
+    def __init__(self, url, username, password, timeout=None, call_timeout=None):
         self.url = redacted_url(url.rstrip("/"))
         if self.url != url.rstrip("/"):
             # The password would end up in errors and logs with the URL.
@@ -69,7 +71,8 @@ class XapiSession:
                 "set connection_username and connection_password instead"])
         self.username = username
         self._password = password
-        self._timeout = timeout
+        self._timeout = timeout              # the login's
+        self._call_timeout = call_timeout    # every call's after it (None: timeout's)
         self._session = None
         self.host_ref = None
         # The SDK sends every call over one kept-alive connection, which two
@@ -82,7 +85,7 @@ class XapiSession:
     def login(self):
         """Log in; returns self. Raises XapiFailure (credentials, network)."""
         transport = None
-        if self._timeout:
+        if self._timeout or self._call_timeout:
             scheme = urllib.parse.urlsplit(self.url).scheme
             cls = _TimeoutSafeTransport if scheme == "https" else _TimeoutTransport
             transport = cls(self._timeout)
@@ -95,6 +98,11 @@ class XapiSession:
         except _NOT_XAPI + (ValueError,) as e:  # ValueError: a URL urllib cannot parse
             raise exceptions.XapiFailure(
                 details=["CONNECTION_FAILED", self.url, _reason(e)]) from None
+        if self._call_timeout:
+            # A call may legitimately outlast the login's timeout (a guest's
+            # clean shutdown, a VM start), and cutting it off would leave
+            # its outcome unknown.
+            transport._timeout = self._call_timeout
         self._session = session
         self.host_ref = self.call("session.get_this_host", session._session)
         return self
@@ -213,9 +221,11 @@ def _reason(exc):
     return text
 
 
-def session_from_conf(conf):
-    """A logged-in session from the ``[xenserver]`` options of ``conf``."""
+def session_from_conf(conf, call_timeout=None):
+    """A logged-in session from the ``[xenserver]`` options of ``conf``:
+    ``login_timeout`` for the login, ``call_timeout`` seconds for each call
+    after it (None: ``login_timeout`` too)."""
     xs = conf.xenserver
     return XapiSession(
         xs.connection_url, xs.connection_username, xs.connection_password,
-        timeout=xs.login_timeout).login()
+        timeout=xs.login_timeout, call_timeout=call_timeout).login()
