@@ -167,11 +167,24 @@ class InGuestBackend(CommonBackend):
         offset = MBR_GAP_SECTORS if disk_format == "ami" else 0
         root = self.fetch_raw(instance_uuid, image_id, auth_token, "root", offset)
         result = [dict(vdis.result(self.ctx.session, root), type="root")]
-        for kind, boot_image in (("kernel", kernel_id), ("ramdisk", ramdisk_id)):
-            if boot_image:
-                result.append(self.fetch_boot_file(instance_uuid, boot_image,
-                                                   auth_token, kind))
+        try:
+            for kind, boot_image in (("kernel", kernel_id), ("ramdisk", ramdisk_id)):
+                if boot_image:
+                    result.append(self.fetch_boot_file(instance_uuid, boot_image,
+                                                       auth_token, kind))
+        except BaseException:
+            # The driver never learns the paths of files copied before the
+            # failure, so they go now (the root VDI is tagged: its undo finds it).
+            for entry in result[1:]:
+                self._remove_boot_file_quietly(entry["path"])
+            raise
         return {"vdis": result}
+
+    def _remove_boot_file_quietly(self, path):
+        try:
+            self.ctx.session.call_plugin_json(KERNEL_PLUGIN, "remove_file", {"path": path})
+        except Exception:  # noqa: BLE001 -- never masks the fetch's own error
+            LOG.exception("Could not remove %s from dom0 after a failed fetch", path)
 
     # -- disks -----------------------------------------------------------------
 

@@ -190,3 +190,22 @@ def test_independent_refuses_kernel_ramdisk_and_ami_images_naming_the_property(
 
     assert "independent_compute" in str(caught.value)
     assert independent_agent.vdi_uuids() == before
+
+
+def test_in_guest_ami_whose_ramdisk_fails_leaves_no_kernel_file_in_dom0(
+        in_guest_agent, image_server, tmp_path):
+    fs_image = tmp_path / "fs.img"
+    with open(fs_image, "wb") as f:
+        f.truncate(8 * MiB)
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(os.urandom(MiB))
+    boot_dir = os.path.join(in_guest_agent.sim.state_dir, "boot", "guest")
+
+    with pytest.raises(exceptions.ImageFetchFailed, match="no-such-ramdisk"):
+        in_guest_agent.endpoint.fetch_image(
+            instance_uuid=str(uuid.uuid4()), image_id=image_server.add(fs_image),
+            disk_format="ami", kernel_id=image_server.add(kernel),
+            ramdisk_id="no-such-ramdisk", auth_token=None)
+
+    assert not os.path.isdir(boot_dir) or os.listdir(boot_dir) == []
+    assert in_guest_agent.tagged_vbds() == []
