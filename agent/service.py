@@ -69,9 +69,16 @@ class AgentService:
         LOG.info("Startup cleanup: %(unplugged)d VBD(s) unplugged, %(destroyed)d "
                  "half-made VDI(s) destroyed", cleaned)
         from rpc import server as rpc_server
-        self.server = rpc_server.AgentServer(
-            conf, agent_endpoint.AgentEndpoint(self.backend), host=conf.host)
-        self.server.start()
+        try:
+            self.server = rpc_server.AgentServer(
+                conf, agent_endpoint.AgentEndpoint(self.backend), host=conf.host)
+            self.server.start()
+        except Exception as e:  # noqa: BLE001 -- whatever stops serving is a refusal
+            self.server = None
+            reason = (str(e).splitlines() or [""])[0] or type(e).__name__
+            raise detect.StartupRefused(
+                "[DEFAULT] transport_url / [agent] socket_path, socket_group",
+                "cannot serve the interface: %s: %s" % (type(e).__name__, reason)) from None
         LOG.info("Serving interface %s in %s mode: VM %s, host %s (%s), server %s",
                  base.INTERFACE_VERSION, ctx.mode, ctx.vm_uuid or "none",
                  ctx.host_name, ctx.host_uuid, conf.host)
