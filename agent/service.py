@@ -18,7 +18,6 @@ from agent import endpoint as agent_endpoint
 from agent.backends import base
 from agent.backends import make_backend
 from nova_xen_split import conf as nxs_conf
-from nova_xen_split import xapi
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -32,15 +31,8 @@ class WorkerSessions(base.Sessions):
     (plugin calls that fetch images take minutes; the login timeout is
     meant for the login only)."""
 
-    def get(self):
-        session = getattr(self._local, "session", None)
-        if session is None:
-            xs = self._conf.xenserver
-            session = xapi.XapiSession(
-                xs.connection_url, xs.connection_username, xs.connection_password,
-                timeout=self._conf.agent.long_rpc_timeout).login()
-            self.adopt(session)
-        return session
+    def call_timeout(self):
+        return self._conf.agent.long_rpc_timeout
 
 
 class AgentService:

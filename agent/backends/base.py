@@ -47,11 +47,15 @@ class Sessions:
     def get(self):
         session = getattr(self._local, "session", None)
         if session is None:
-            session = xapi.session_from_conf(self._conf)
+            session = xapi.session_from_conf(self._conf, call_timeout=self.call_timeout())
             self._local.session = session
             with self._lock:
                 self._all.append(session)
         return session
+
+    def call_timeout(self):
+        """Seconds each call of a new session may take (None: the login's)."""
+        return None
 
     def adopt(self, session):
         """Use an already logged-in session for the calling thread."""
