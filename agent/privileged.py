@@ -36,6 +36,10 @@ agent_ctx = priv_context.PrivContext(
 
 DEVICE_RE = re.compile(r"^(xvd|sd|hd)[a-z]{1,2}$")
 PARTITION_RE = re.compile(r"^((xvd|sd|hd)[a-z]{1,2})([1-9][0-9]?)$")
+DISK_OR_PARTITION_RE = re.compile(r"^(xvd|sd|hd)[a-z]{1,2}([1-9][0-9]?)?$")
+# Filesystems files are written into (Nova mounted only Linux ones, to leave
+# Windows images alone).
+GUEST_FS_TYPES = ("ext2", "ext3", "ext4", "xfs", "btrfs")
 PARTITION_TYPES = ("83", "82", "0c")
 FS_TYPES = ("ext3", "ext4", "vfat", "swap")
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{0,16}$")
@@ -303,20 +307,30 @@ def _copy_boot_area(src_disk, dst_disk, start_sector):
 def inject_files(partition, files):
     """Mount the partition, write ``[(path, bytes)]``, unmount.
 
+    ``partition`` is a partition, or a whole disk holding a filesystem.
     Paths are absolute inside the guest fs (the interface's rules: distinct,
     none under another, no ``.``/``..``/empty component); nothing may
     resolve outside it (guest symlinks included). Every target is checked
     against the mounted fs before the first file is written, so a path the
     guest has as a directory, or under a file, changes nothing.
+
+    Only a Linux filesystem (:data:`GUEST_FS_TYPES`, as blkid probes it) is
+    mounted, by its probed type and ``nosuid,nodev,noexec``; anything else
+    (a Windows image's NTFS, no filesystem at all) is left untouched.
+    Returns ``{"fs_type": <probed type or None>, "written": <files written>}``.
     """
-    path = _partition("inject_files", partition)
+    path = _block_device("inject_files", partition, DISK_OR_PARTITION_RE)
     try:
         files = schema.GuestFiles(MAX_FILES, MAX_FILE_BYTES).check(files)
     except schema._Reject as e:
         raise _bad("inject_files", partition, "files%s %s" % (e.field_suffix, e.reason)) \
             from None
+    fs_type = _probe_fs_type("inject_files", partition, path)
+    if fs_type not in GUEST_FS_TYPES:
+        return {"fs_type": fs_type, "written": 0}
     with tempfile.TemporaryDirectory(prefix="nxs-mnt-") as root:
-        _run("inject_files", partition, ["mount", "-t", "auto", path, root])
+        _run("inject_files", partition, ["mount", "-t", fs_type, "-o", "nosuid,nodev,noexec",
+                                         path, root])
         try:
             real_root = os.path.realpath(root)
             targets = [_guest_target(partition, real_root, name) for name, _ in files]
@@ -335,6 +349,16 @@ def inject_files(partition, files):
                                % (name, e.strerror or e)) from None
         finally:
             _run("inject_files", partition, ["umount", root])
+    return {"fs_type": fs_type, "written": len(files)}
+
+
+def _probe_fs_type(operation, target, path):
+    """The filesystem type blkid finds on ``path`` by its signatures, or None."""
+    out = _run(operation, target, ["blkid", "-p", "-o", "export", path], ok=(0, 2))
+    for line in out.splitlines():
+        if line.startswith("TYPE="):
+            return line[len("TYPE="):]
+    return None
 
 
 def _guest_target(partition, real_root, name):

@@ -273,7 +273,15 @@ class InGuestBackend(CommonBackend):
         return vdis.result(session, ref)
 
     def preconfigure_instance(self, vdi_uuid, network_config, files):
-        """Mount partition 1, write /etc/network/interfaces and the files."""
+        """Mount partition 1 (or the whole disk when it has no partition
+        table), write /etc/network/interfaces and the files.
+
+        Only a Linux filesystem is written to. When partition 1 holds
+        anything else (a Windows image, say), a request carrying only the
+        network configuration is skipped, as Nova's ``flat_injected`` did,
+        and the result says why under ``skipped``; a request naming files
+        fails with ``DiskOperationFailed``, since the caller asked for them.
+        """
         vdi_ref = self.vdi_ref(vdi_uuid, "preconfigure_instance")
         to_write = [(path, data) for path, data in (files or [])]
         if network_config is not None:
@@ -285,8 +293,18 @@ class InGuestBackend(CommonBackend):
             nums = [p["num"] for p in table["partitions"]]
             part = (self._wait_for_partition(dev.device, nums[0]) if nums
                     else dev.device)
-            privileged.inject_files(part, to_write)
-        return {}
+            done = privileged.inject_files(part, to_write)
+        if done["written"]:
+            return {}
+        reason = "%s holds %s, not a Linux filesystem (%s)" % (
+            "partition %d" % nums[0] if nums else "the disk (no partition table)",
+            done["fs_type"] or "no filesystem", ", ".join(privileged.GUEST_FS_TYPES))
+        if files:
+            raise exceptions.DiskOperationFailed(
+                operation="preconfigure_instance", target=vdi_uuid,
+                reason="cannot write files: " + reason)
+        LOG.warning("VDI %s: network configuration not injected: %s", vdi_uuid, reason)
+        return {"skipped": reason}
 
 
 def _wait_until(predicate, timeout, interval=0.05):

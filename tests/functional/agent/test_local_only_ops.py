@@ -1,5 +1,6 @@
 """resize_disk and preconfigure_instance: done in_guest, refused independent."""
 
+import hashlib
 import uuid
 
 import pytest
@@ -104,6 +105,47 @@ def test_preconfigure_instance_writes_nothing_when_one_path_cannot_be_a_file(
     assert disktools.ext_read(path, 2048 * 512, "/etc/network/interfaces") == b"old\n"
     assert not disktools.ext_exists(path, 2048 * 512, "/root")     # never made
     clean, output = disktools.e2fsck_clean(path, 2048 * 512)
+    assert clean, output
+    assert in_guest_agent.tagged_vbds() == []
+
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def test_preconfigure_instance_leaves_a_non_linux_filesystem_unmounted(in_guest_agent):
+    disk = in_guest_agent.endpoint.generate_disk(
+        instance_uuid=str(uuid.uuid4()), kind="ephemeral", size_mb=64, fs_type="vfat",
+        label="win")
+    path = disktools.vdi_file(in_guest_agent.sim, disk["uuid"])
+    before = _sha256(path)
+
+    done = in_guest_agent.endpoint.preconfigure_instance(
+        vdi_uuid=disk["uuid"], network_config="auto eth0\niface eth0 inet dhcp\n", files=None)
+    assert "partition 1 holds vfat, not a Linux filesystem" in done["skipped"]
+    with pytest.raises(exceptions.DiskOperationFailed, match="cannot write files: partition 1 "
+                       "holds vfat"):
+        in_guest_agent.endpoint.preconfigure_instance(
+            vdi_uuid=disk["uuid"], network_config=None, files=[["/a.txt", b"a"]])
+
+    assert _sha256(path) == before  # never mounted, not even read-write for a moment
+    assert in_guest_agent.tagged_vbds() == []
+
+
+def test_preconfigure_instance_writes_into_a_disk_without_partition_table(
+        in_guest_agent, tmp_path):
+    disk = _ext4_disk(in_guest_agent, tmp_path, 64, b"x")
+    path = disktools.vdi_file(in_guest_agent.sim, disk["uuid"])
+    disktools.run(["wipefs", "-a", "-q", path])
+    disktools.run(["mkfs.ext4", "-F", "-q", "-L", "whole", path])
+
+    in_guest_agent.endpoint.preconfigure_instance(
+        vdi_uuid=disk["uuid"], network_config="auto eth0\niface eth0 inet dhcp\n", files=None)
+
+    assert disktools.ext_read(path, 0, "/etc/network/interfaces") == \
+        b"auto eth0\niface eth0 inet dhcp\n"
+    clean, output = disktools.e2fsck_clean(path, 0)
     assert clean, output
     assert in_guest_agent.tagged_vbds() == []
 

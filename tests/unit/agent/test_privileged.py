@@ -28,7 +28,9 @@ def in_process(tmp_path, monkeypatch):
      "not a block device"),
     (lambda: privileged.chown_device("xvdb; rm -rf /", 0), "not a device name"),
     (lambda: privileged.get_partitions("loop0"), "not a device name"),
-    (lambda: privileged.inject_files("sda", []), "not a device name"),
+    (lambda: privileged.inject_files("sda0", []), "not a device name"),
+    (lambda: privileged.inject_files("/dev/sda", []), "not a device name"),
+    (lambda: privileged.inject_files("xvdc", []), "no such device"),  # a disk name is fine
 ])
 def test_devices_must_be_block_devices_named_under_device_dir(in_process, call, reason):
     with pytest.raises(exceptions.DiskOperationFailed, match=reason):
