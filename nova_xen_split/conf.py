@@ -24,8 +24,10 @@ DEFAULT_OPTS = [
         "flat_injected",
         default=False,
         help="Inject network configuration into the guest image before boot "
-        "(as Nova's flat_injected). Needs the image to be mounted, so it "
-        "is refused at startup in independent mode.",
+        "(as Nova's flat_injected): the instance's static addresses as "
+        "/etc/network/interfaces (Debian's ifupdown), written into the root "
+        "disk's first partition. Needs the image to be mounted, so it is "
+        "refused at startup in independent mode.",
     ),
     cfg.StrOpt(
         "default_ephemeral_format",

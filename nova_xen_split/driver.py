@@ -18,6 +18,7 @@ import time
 
 from nova_xen_split import driver_errors
 from nova_xen_split import instance_metadata
+from nova_xen_split import netinfo
 from nova_xen_split import objects
 from nova_xen_split import spawn as spawn_mod
 from nova_xen_split import vm_utils
@@ -170,6 +171,8 @@ class XenSplitDriver:
         instance = objects.instance_from(instance)
         image = objects.image_meta_from(image_meta)
         flavor = instance.flavor
+        spawn_mod.check_flavor(flavor)
+        vifs = netinfo.parse(network_info)
         user_data = instance_metadata.decode_user_data(instance)
         files = instance_metadata.injected_files_list(injected_files)
         existing = vm_utils.find_vm(self.session, instance.uuid)
@@ -180,10 +183,15 @@ class XenSplitDriver:
             raise driver_errors.FlavorDiskSmallerThanImage(
                 flavor_size=root_bytes, image_size=int(image.size))
 
+        configdrive = None
+        if spawn_mod.wants_configdrive(instance, image):
+            configdrive = spawn_mod.configdrive_request(
+                instance, files, user_data, vifs, admin_password)
+
         job = spawn_mod.Spawn(self._conf, self.agent, self.session, self.on_step)
         self.last_spawn_steps = job.steps
         try:
-            job.run(context, instance, image, user_data, files, admin_password, network_info)
+            job.run(context, instance, image, vifs, configdrive)
         except BaseException as e:
             LOG.warning("Spawn of %s failed (%s: %s); removing what was made",
                         instance.uuid, type(e).__name__, e)
@@ -277,6 +285,7 @@ class XenSplitDriver:
         """
         instance = objects.instance_from(instance)
         new_flavor = objects.flavor_from(flavor)
+        spawn_mod.check_flavor(new_flavor)
         vm_ref = self._vm_ref(instance)
         session = self.session
         root_uuid = None

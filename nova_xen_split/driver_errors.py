@@ -26,6 +26,14 @@ class FlavorDiskSmallerThanImage(exceptions.NovaXenSplitError):
                "is %(flavor_size)d bytes, image is %(image_size)d bytes.")
 
 
+class InvalidFlavor(exceptions.NovaXenSplitError):
+    msg_fmt = "Flavor %(flavor)s cannot be booted: %(field)s %(reason)s"
+
+
+class InvalidNetworkInfo(exceptions.NovaXenSplitError):
+    msg_fmt = "Invalid network information: %(field)s %(reason)s"
+
+
 class InstanceExists(exceptions.NovaXenSplitError):
     msg_fmt = "Instance %(instance_uuid)s already exists on this hypervisor as %(vm)s."
 

@@ -2,17 +2,17 @@
 
 ``meta_data.json`` as Nova's metadata service writes it (uuid, name,
 hostname, launch_index, availability_zone, project_id, public_keys, meta,
-files), ``network_data.json`` from the instance's network_info, and the
-user data decoded from the base64 text Nova stores, bounded by Nova's
-64 KiB limit. Nothing here talks to the agent: a bad request is refused
+files) and the user data decoded from the base64 text Nova stores,
+bounded by Nova's 64 KiB limit (``network_data.json`` is
+:mod:`nova_xen_split.netinfo`'s). Nothing here talks to the agent: a bad request is refused
 before any disk is made.
 """
 
 import base64
 import binascii
-import ipaddress
 
 from nova_xen_split import driver_errors
+from rpc import exceptions
 
 MAX_USER_DATA_BYTES = 65536
 # Where injected files appear inside the drive, as Nova numbers them.
@@ -44,10 +44,20 @@ def decode_user_data(instance):
 def injected_files_list(injected_files):
     """Nova's ``injected_files`` (``[(path, contents)]``) as ``[[path, bytes]]``."""
     files = []
-    for path, contents in injected_files or ():
+    for i, entry in enumerate(injected_files or ()):
+        try:
+            path, contents = entry
+        except (TypeError, ValueError):
+            raise exceptions.InvalidRequest(
+                method="spawn", field="injected_files[%d]" % i,
+                reason="must be a (path, contents) pair") from None
         if isinstance(contents, str):
             contents = contents.encode("utf-8")
-        files.append([str(path), bytes(contents)])
+        if not isinstance(path, str) or not isinstance(contents, (bytes, bytearray)):
+            raise exceptions.InvalidRequest(
+                method="spawn", field="injected_files[%d]" % i,
+                reason="path must be text and contents text or bytes")
+        files.append([path, bytes(contents)])
     return files
 
 
@@ -72,62 +82,3 @@ def build_meta_data(instance, injected_files=()):
         meta["keys"] = [{"name": name, "type": "ssh", "data": data}
                         for name, data in public_keys.items()]
     return meta
-
-
-def build_network_data(network_info):
-    """``network_data.json`` (links, networks, services) from network_info.
-
-    ``network_info`` is Nova's list of VIFs (dicts with ``id``, ``address``,
-    ``network`` → ``subnets`` → ``ips``/``gateway``/``dns``/``routes``).
-    None when the instance has no VIFs.
-    """
-    if not network_info:
-        return None
-    links, networks, services = [], [], []
-    for index, vif in enumerate(network_info):
-        link_id = "tap%s" % str(vif.get("id", index))[:11]
-        network = vif.get("network") or {}
-        links.append({
-            "id": link_id,
-            "vif_id": vif.get("id"),
-            "type": vif.get("type") or "bridge",
-            "ethernet_mac_address": vif.get("address"),
-            "mtu": (network.get("meta") or {}).get("mtu"),
-        })
-        for subnet in network.get("subnets") or ():
-            networks.extend(_subnet_networks(subnet, link_id, network, len(networks)))
-            for dns in subnet.get("dns") or ():
-                service = {"type": "dns", "address": dns.get("address")}
-                if service not in services:
-                    services.append(service)
-    return {"links": links, "networks": networks, "services": services}
-
-
-def _subnet_networks(subnet, link_id, network, first_index):
-    cidr = subnet.get("cidr")
-    net = ipaddress.ip_network(cidr, strict=False) if cidr else None
-    kind = "ipv6" if net is not None and net.version == 6 else "ipv4"
-    gateway = (subnet.get("gateway") or {}).get("address")
-    entries = []
-    for ip in subnet.get("ips") or ():
-        if ip.get("type", "fixed") != "fixed":
-            continue
-        routes = []
-        if gateway:
-            default = "::" if kind == "ipv6" else "0.0.0.0"
-            routes.append({"network": default, "netmask": default, "gateway": gateway})
-        for route in subnet.get("routes") or ():
-            rnet = ipaddress.ip_network(route["cidr"], strict=False)
-            routes.append({"network": str(rnet.network_address),
-                           "netmask": str(rnet.netmask),
-                           "gateway": (route.get("gateway") or {}).get("address")})
-        entries.append({
-            "id": "network%d" % (first_index + len(entries)),
-            "type": kind,
-            "link": link_id,
-            "ip_address": ip.get("address"),
-            "netmask": str(net.netmask) if net is not None else None,
-            "routes": routes,
-            "network_id": network.get("id"),
-        })
-    return entries

@@ -14,7 +14,9 @@ import time
 
 from nova_xen_split import driver_errors
 from nova_xen_split import instance_metadata
+from nova_xen_split import netinfo
 from nova_xen_split import vm_utils
+from rpc import methods
 
 LOG = logging.getLogger(__name__)
 
@@ -25,11 +27,63 @@ DESTROY_VDIS_BATCH = 64  # the interface's limit per destroy_vdis call
 SpawnStep = collections.namedtuple("SpawnStep", ["name", "seconds", "detail"])
 
 
+# What each flavor field may be: Nova's unit, least, most. The disk limits
+# are the interface's (auto_configure_disk's new_gb, generate_disk's
+# size_mb), so a flavor the agent would refuse is refused before any disk.
+FLAVOR_FIELDS = (
+    ("memory_mb", 1, 16 * 1024 * 1024),
+    ("vcpus", 1, 512),
+    ("root_gb", 0, 65536),
+    ("ephemeral_gb", 0, 65536),
+    ("swap", 0, 65536 * 1024),
+)
+
+
+def check_flavor(flavor):
+    """Raise :class:`InvalidFlavor` unless every size is a whole number in range.
+
+    ``ephemeral_gb`` and ``swap`` may also be unset (None or ``""``, as old
+    flavors have it), meaning 0. Numbers given as decimal text are accepted,
+    as Nova's integer fields accept them.
+    """
+    for name, least, most in FLAVOR_FIELDS:
+        value = getattr(flavor, name, None)
+        if value in (None, "") and name in ("ephemeral_gb", "swap"):
+            continue
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise driver_errors.InvalidFlavor(
+                flavor=getattr(flavor, "name", None), field=name,
+                reason="must be a whole number, not %r" % (value,))
+        if not least <= value <= most:
+            raise driver_errors.InvalidFlavor(
+                flavor=getattr(flavor, "name", None), field=name,
+                reason="is %d; it must be from %d to %d" % (value, least, most))
+
+
 def wants_configdrive(instance, image):
     """Nova's rule: the instance asks for one, or the image makes it mandatory."""
     if image.properties.get("img_config_drive") == "mandatory":
         return True
     return str(instance.config_drive or "").lower() not in ("", "false", "0", "none")
+
+
+def configdrive_request(instance, files, user_data, vifs, admin_password):
+    """The ``generate_configdrive`` arguments of a spawn, checked against the
+    interface now, so a request the agent would refuse (too many files, say)
+    is refused before any disk is made."""
+    args = {
+        "instance_uuid": instance.uuid,
+        "metadata": instance_metadata.build_meta_data(instance, files),
+        "user_data": user_data,
+        "network_data": netinfo.network_data(vifs),
+        "vendor_data": None,
+        "files": files,
+        "admin_password": admin_password,
+    }
+    methods.validate("generate_configdrive", args)
+    return args
 
 
 class Spawn:
@@ -45,9 +99,13 @@ class Spawn:
         self.kernel_files = []  # dom0 files of a split kernel, known before the VM
         self.vm_ref = None
 
-    def run(self, context, instance, image, user_data, files, admin_password,
-            network_info):
-        """Make the disks, the VM and its VBDs; start it. Raises on the first failure."""
+    def run(self, context, instance, image, vifs, configdrive):
+        """Make the disks, the VM and its VBDs; start it. Raises on the first failure.
+
+        ``vifs`` is the network information as :func:`netinfo.parse` returns
+        it; ``configdrive`` the checked ``generate_configdrive`` arguments
+        (:func:`configdrive_request`), or None for an instance without one.
+        """
         flavor = instance.flavor
         props = image.properties
         with self.step("fetch_image", image.disk_format) as detail:
@@ -78,6 +136,18 @@ class Spawn:
                     vdi_uuid=root["uuid"], new_gb=int(flavor.root_gb))
                 root = dict(root, **grown)
                 detail.append(_size(root["size_bytes"]))
+        network_config = netinfo.interfaces(vifs) if self._conf.flat_injected else None
+        if network_config is not None:
+            # flat_injected: the driver's init_host refuses it in independent
+            # mode, so the agent here can mount the image.
+            with self.step("preconfigure_instance", "/etc/network/interfaces") as detail:
+                done = self.agent.preconfigure_instance(
+                    vdi_uuid=root["uuid"], network_config=network_config, files=None)
+                if done.get("skipped"):
+                    # Nova's rule: a non-Linux image boots without it.
+                    LOG.warning("Network configuration of %s not injected: %s",
+                                instance.uuid, done["skipped"])
+                    detail.append("skipped")
 
         disks = [("root", root, vm_utils.USERDEVICE_ROOT, True, False)]
         if int(flavor.swap or 0) > 0:
@@ -98,16 +168,9 @@ class Spawn:
                 self.vdi_uuids.append(ephemeral["uuid"])
                 detail.append(_size(ephemeral["size_bytes"]))
             disks.append(("ephemeral", ephemeral, vm_utils.USERDEVICE_EPHEMERAL, False, False))
-        if wants_configdrive(instance, image):
+        if configdrive is not None:
             with self.step("generate_configdrive", "config-2") as detail:
-                drive = self.agent.generate_configdrive(
-                    instance_uuid=instance.uuid,
-                    metadata=instance_metadata.build_meta_data(instance, files),
-                    user_data=user_data,
-                    network_data=instance_metadata.build_network_data(network_info),
-                    vendor_data=None,
-                    files=files,
-                    admin_password=admin_password)
+                drive = self.agent.generate_configdrive(**configdrive)
                 self.vdi_uuids.append(drive["uuid"])
                 detail.append(_size(drive["size_bytes"]))
             disks.append(("configdrive", drive, vm_utils.USERDEVICE_CONFIGDRIVE, False, True))

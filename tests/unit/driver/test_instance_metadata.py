@@ -56,26 +56,3 @@ def test_meta_data_has_the_openstack_fields():
     assert meta["files"] == [{"path": "/etc/a", "content_path": "/content/0000"},
                              {"path": "/etc/b", "content_path": "/content/0001"}]
     assert files == [["/etc/a", b"A"], ["/etc/b", b"B"]]
-
-
-def test_network_data_from_network_info():
-    vif = {"id": "0c1b5e0e-5a9e-4a5c-9d43-6b3f3c5f0a01", "address": "fa:16:3e:00:00:01",
-           "network": {"id": "n1", "meta": {"mtu": 1450}, "subnets": [{
-               "cidr": "192.0.2.0/24", "ips": [{"address": "192.0.2.10", "type": "fixed"},
-                                               {"address": "198.51.100.7", "type": "floating"}],
-               "gateway": {"address": "192.0.2.1"}, "dns": [{"address": "192.0.2.53"}],
-               "routes": [{"cidr": "10.0.0.0/8", "gateway": {"address": "192.0.2.254"}}]}]}}
-    data = instance_metadata.build_network_data([vif])
-    assert data["links"] == [{"id": "tap0c1b5e0e-5a", "vif_id": vif["id"], "type": "bridge",
-                              "ethernet_mac_address": "fa:16:3e:00:00:01", "mtu": 1450}]
-    (net,) = data["networks"]
-    assert net["ip_address"] == "192.0.2.10" and net["netmask"] == "255.255.255.0"
-    assert net["type"] == "ipv4" and net["link"] == "tap0c1b5e0e-5a"
-    assert {"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "192.0.2.1"} in net["routes"]
-    assert {"network": "10.0.0.0", "netmask": "255.0.0.0",
-            "gateway": "192.0.2.254"} in net["routes"]
-    assert data["services"] == [{"type": "dns", "address": "192.0.2.53"}]
-
-
-def test_no_network_info_means_no_network_data():
-    assert instance_metadata.build_network_data([]) is None
