@@ -8,11 +8,20 @@ Every VDI the agent creates carries in ``other_config``:
   a VDI left half-made by a crash is recognised and destroyed at startup;
 * ``nxs-agent`` — the ``[DEFAULT] host`` of the agent that made it, so one
   agent never cleans up another's work on a shared SR.
+
+A VHD chain is made by a dom0 plugin, which XAPI keeps running if the agent
+dies, and its VDIs appear untagged: before the call, the agent records the
+uuid it chose for the chain's leaf in the SR's ``other_config``
+(``nxs-pending-chain-<leaf uuid> = <agent> <instance uuid> <unix time>``)
+and removes the entry once the leaf is tagged or known not to have landed.
+An entry a crash left behind is settled by :func:`cleanup`.
 """
 
 import contextlib
 import logging
 import threading
+import time
+import uuid as uuidlib
 
 from agent import attach
 from nova_xen_split import xapi
@@ -26,6 +35,10 @@ STATE_KEY = "nxs-state"
 AGENT_KEY = "nxs-agent"
 IN_PROGRESS = "in-progress"
 READY = "ready"
+PENDING_CHAIN_PREFIX = "nxs-pending-chain-"
+# A pending chain that has not landed after this long is not coming: even a
+# slow download of a large image ends sooner.
+PENDING_CHAIN_STALE_SECONDS = 6 * 3600
 
 
 class BusySet:
@@ -222,12 +235,113 @@ def destroy_quietly(session, vdi_ref, agent_tag):
         LOG.exception("Could not destroy VDI %s after a failure", vdi_ref)
 
 
+class PendingChain:
+    """A VHD chain a dom0 plugin is landing under ``leaf_uuid``.
+
+    ``maybe_running`` is set when a plugin call's outcome is unknown (the
+    connection to XAPI broke): the entry then stays for :func:`cleanup`.
+    """
+
+    def __init__(self, leaf_uuid, key):
+        self.leaf_uuid = leaf_uuid
+        self.key = key
+        self.maybe_running = False
+
+
+@contextlib.contextmanager
+def pending_chain(session, sr_ref, instance_uuid, agent_tag, busy):
+    """Record a chain's leaf uuid in the SR before the plugin runs; yields a
+    :class:`PendingChain`. On a clean exit the leaf is tagged and the entry
+    goes; on a failure, a leaf that landed is destroyed first (unless the
+    plugin may still be running, when the entry is left for cleanup)."""
+    leaf_uuid = str(uuidlib.uuid4())
+    key = PENDING_CHAIN_PREFIX + leaf_uuid
+    session.call("SR.add_to_other_config", sr_ref, key,
+                 "%s %s %d" % (agent_tag, instance_uuid, int(time.time())))
+    pending = PendingChain(leaf_uuid, key)
+    busy.add(key)
+    try:
+        yield pending
+    except BaseException:
+        if not pending.maybe_running:
+            _settle_quietly(session, sr_ref, key, leaf_uuid, agent_tag)
+        raise
+    else:
+        _forget_entry_quietly(session, sr_ref, key)
+    finally:
+        busy.discard(key)
+
+
+def _settle_quietly(session, sr_ref, key, leaf_uuid, agent_tag):
+    try:
+        session.call("SR.scan", sr_ref)
+        _destroy_unready_leaf(session, leaf_uuid, agent_tag)
+        session.call("SR.remove_from_other_config", sr_ref, key)
+    except Exception:
+        LOG.exception("Could not settle pending VHD chain %s; the agent's cleanup will",
+                      leaf_uuid)
+
+
+def _forget_entry_quietly(session, sr_ref, key):
+    try:
+        session.call("SR.remove_from_other_config", sr_ref, key)
+    except Exception:
+        LOG.exception("Could not remove %s from the SR; the agent's cleanup will", key)
+
+
+def _destroy_unready_leaf(session, leaf_uuid, agent_tag):
+    """Destroy the chain's leaf if it landed but never became ready (its
+    now childless parents go with XAPI's garbage collection). Returns
+    ``None`` (it never landed), ``READY`` (kept) or ``"destroyed"``."""
+    try:
+        leaf_ref = session.call("VDI.get_by_uuid", leaf_uuid)
+    except exceptions.XapiFailure as e:
+        if e.code in ("UUID_INVALID", "HANDLE_INVALID"):
+            return None
+        raise
+    if (session.call("VDI.get_other_config", leaf_ref) or {}).get(STATE_KEY) == READY:
+        return READY
+    LOG.info("Destroying VHD chain %s, landed by a fetch that did not finish", leaf_uuid)
+    destroy(session, leaf_ref, agent_tag)
+    return "destroyed"
+
+
+def _cleanup_pending_chains(session, agent_tag, busy, now=None):
+    """Settle the pending-chain entries of this agent; returns VDIs destroyed."""
+    now = time.time() if now is None else now
+    destroyed = 0
+    for sr_ref, rec in session.call("SR.get_all_records").items():
+        entries = []
+        for key, value in (rec.get("other_config") or {}).items():
+            words = value.split()
+            if (key.startswith(PENDING_CHAIN_PREFIX) and len(words) == 3
+                    and words[0] == agent_tag and key not in busy):
+                entries.append((key, key[len(PENDING_CHAIN_PREFIX):], words))
+        if not entries:
+            continue
+        session.call("SR.scan", sr_ref)
+        for key, leaf_uuid, words in entries:
+            try:
+                stale = now - int(words[2]) > PENDING_CHAIN_STALE_SECONDS
+            except ValueError:
+                stale = True
+            outcome = _destroy_unready_leaf(session, leaf_uuid, agent_tag)
+            destroyed += outcome == "destroyed"
+            if outcome is not None or stale:
+                session.call("SR.remove_from_other_config", sr_ref, key)
+            else:
+                LOG.info("VHD chain %s of instance %s has not landed yet; its fetch may "
+                         "still be running in dom0", leaf_uuid, words[1])
+    return destroyed
+
+
 def cleanup(session, vm_refs, agent_tag, busy):
     """Remove what a crash of this agent left behind.
 
     VBDs tagged by this agent on the given VMs are unplugged and destroyed;
-    VDIs this agent left in-progress are destroyed. Refs in ``busy`` belong
-    to operations running now and are left alone.
+    VDIs this agent left in-progress are destroyed, and so are VHD chains
+    its fetches left landed but untagged (its pending-chain entries). Refs
+    in ``busy`` belong to operations running now and are left alone.
     """
     unplugged = destroyed = 0
     for vm_ref in vm_refs:
@@ -257,4 +371,5 @@ def cleanup(session, vm_refs, agent_tag, busy):
                  other.get(INSTANCE_KEY), other.get(PURPOSE_KEY))
         destroy(session, vdi_ref, agent_tag)
         destroyed += 1
+    destroyed += _cleanup_pending_chains(session, agent_tag, busy)
     return {"unplugged": unplugged, "destroyed": destroyed}

@@ -83,39 +83,51 @@ class CommonBackend(base.Backend):
                 return dict(vdis.result(session, found[0]), type="root")
             sr_ref = vdis.default_sr(session)
             sr_path = vdis.sr_path(session, sr_ref)
-            servers = [s.strip() for s in self.conf.glance.api_servers if s.strip()]
-            last = None
-            for endpoint in servers:
-                try:
-                    chain = session.call_plugin_json(
-                        self.conf.xenserver.image_plugin, "download_vhd",
-                        {"image_id": image_id, "endpoint": endpoint,
-                         "auth_token": auth_token or "", "sr_path": sr_path,
-                         "verify_checksum":
-                             "true" if self.conf.glance.verify_checksum else "false"})
-                    break
-                except exceptions.XapiFailure as e:
-                    last = e
-                    LOG.warning("Image %s from %s through dom0 failed: %s",
-                                image_id, endpoint, " ".join(e.details[:3])[:300])
-            else:
-                raise exceptions.ImageFetchFailed(
-                    image_id=image_id,
-                    reason="the dom0 image plugin failed on every endpoint; last: %s"
-                    % (" ".join(last.details[:4])[:500] if last else "no endpoints"))
-            if self.conf.glance.verify_checksum and not chain.get("checksum_verified"):
-                LOG.warning("Image %s: %s sent no checksum (Content-MD5); its VHD chain "
-                            "landed unchecked", image_id, endpoint)
+            with vdis.pending_chain(session, sr_ref, instance_uuid, self.ctx.tag,
+                                    self.ctx.busy) as pending:
+                return self._fetch_vhd_as(pending, instance_uuid, image_id, auth_token,
+                                          sr_ref, sr_path)
+
+    def _fetch_vhd_as(self, pending, instance_uuid, image_id, auth_token, sr_ref,
+                      sr_path):
+        """fetch_vhd's work once the chain's leaf uuid is recorded as pending."""
+        session = self.ctx.session
+        servers = [s.strip() for s in self.conf.glance.api_servers if s.strip()]
+        last = None
+        for endpoint in servers:
             try:
-                base.checkpoint("downloaded")
-                session.call("SR.scan", sr_ref)
-                root_ref = session.call("VDI.get_by_uuid", chain["root"])
-                base.checkpoint("scanned")
-                vdis.tag(session, root_ref, instance_uuid, "root", self.ctx.tag, vdis.READY)
-            except BaseException:
-                self._forget_chain(sr_ref, chain["root"])
-                raise
-            return dict(vdis.result(session, root_ref), type="root")
+                chain = session.call_plugin_json(
+                    self.conf.xenserver.image_plugin, "download_vhd",
+                    {"image_id": image_id, "endpoint": endpoint,
+                     "auth_token": auth_token or "", "sr_path": sr_path,
+                     "leaf_uuid": pending.leaf_uuid,
+                     "verify_checksum":
+                         "true" if self.conf.glance.verify_checksum else "false"})
+                break
+            except exceptions.XapiFailure as e:
+                last = e
+                if e.code == "CONNECTION_FAILED":  # the plugin may still be running
+                    pending.maybe_running = True
+                LOG.warning("Image %s from %s through dom0 failed: %s",
+                            image_id, endpoint, " ".join(e.details[:3])[:300])
+        else:
+            raise exceptions.ImageFetchFailed(
+                image_id=image_id,
+                reason="the dom0 image plugin failed on every endpoint; last: %s"
+                % (" ".join(last.details[:4])[:500] if last else "no endpoints"))
+        if self.conf.glance.verify_checksum and not chain.get("checksum_verified"):
+            LOG.warning("Image %s: %s sent no checksum (Content-MD5); its VHD chain "
+                        "landed unchecked", image_id, endpoint)
+        try:
+            base.checkpoint("downloaded")
+            session.call("SR.scan", sr_ref)
+            root_ref = session.call("VDI.get_by_uuid", chain["root"])
+            base.checkpoint("scanned")
+            vdis.tag(session, root_ref, instance_uuid, "root", self.ctx.tag, vdis.READY)
+        except BaseException:
+            self._forget_chain(sr_ref, chain["root"])
+            raise
+        return dict(vdis.result(session, root_ref), type="root")
 
     def _forget_chain(self, sr_ref, root_uuid):
         """After a failure: make XAPI see the new VHDs, then destroy the leaf

@@ -5,7 +5,8 @@
 image (``GET <endpoint>/v2/images/<id>/file`` with ``X-Auth-Token``) into a
 private staging directory inside the SR, gives every VHD a new uuid name,
 re-links each child to its parent's new name, checks the chain, and moves
-it into the SR, base first. The caller then runs ``SR.scan``. Nothing is left
+it into the SR, base first; the leaf takes the uuid ``leaf_uuid`` when it is
+given. The caller then runs ``SR.scan``. Nothing is left
 in the SR if any step fails, and the token never appears in an error. A
 download killed outright (SIGKILL, dom0 crash) cannot clean up: the next
 download into the SR removes staging directories in which nothing has
@@ -317,9 +318,13 @@ def _check_chain(staging, order):
     return infos
 
 
-def _land_chain(order, staging, sr_path):
-    """Rename, re-link, re-check and move the chain into the SR; leaf uuid first."""
+def _land_chain(order, staging, sr_path, leaf_uuid=None):
+    """Rename, re-link, re-check and move the chain into the SR; leaf uuid
+    first (``leaf_uuid`` when the caller chose it, so that it can find the
+    leaf even if it never hears back from this call)."""
     uuids = [str(uuid.uuid4()) for _ in order]
+    if leaf_uuid is not None:
+        uuids[0] = leaf_uuid
     for name, vdi_uuid in zip(order, uuids):
         os.rename(os.path.join(staging, name), os.path.join(staging, vdi_uuid + ".vhd"))
     for child_uuid, parent_uuid in zip(uuids, uuids[1:]):
@@ -385,6 +390,9 @@ def download_vhd(session, args):
                               "most 8192 characters")
     sr_path = _sr_path_arg(args)
     verify = bool_arg(args, "verify_checksum", True)
+    leaf_uuid = arg(args, "leaf_uuid", required=False, default="") or None
+    if leaf_uuid is not None and not UUID_RE.fullmatch(leaf_uuid):
+        raise InvalidArgument("leaf_uuid must be a lower-case uuid, got %r" % leaf_uuid[:80])
 
     swept = _sweep_stale_staging(sr_path)
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=sr_path)
@@ -396,7 +404,7 @@ def download_vhd(session, args):
         finally:
             response.close()
         _check_chain(staging, order)
-        uuids = _land_chain(order, staging, sr_path)
+        uuids = _land_chain(order, staging, sr_path, leaf_uuid)
     except Exception as e:
         message = str(e)
         if token and token in message:

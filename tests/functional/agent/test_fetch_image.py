@@ -3,10 +3,12 @@
 import os
 import subprocess
 import tarfile
+import time
 import uuid
 
 import pytest
 
+from agent import vdis
 from rpc import exceptions
 from tests.functional.agent import disktools
 
@@ -106,6 +108,58 @@ def test_fetch_image_of_an_unknown_image_fails_typed_and_leaves_no_vdi(agent, im
             auth_token=None)
 
     assert agent.vdi_uuids() == before
+
+
+def _pending_chains(agent):
+    sr = vdis.default_sr(agent.session)
+    return {key: value for key, value in agent.session.call("SR.get_other_config", sr).items()
+            if key.startswith(vdis.PENDING_CHAIN_PREFIX)}
+
+
+def test_a_vhd_fetch_leaves_no_pending_chain_entry_whether_it_works_or_fails(
+        agent, image_server, tmp_path):
+    raw = _raw_image(tmp_path, 4 * MiB)
+    vhd = tmp_path / "0.vhd"
+    disktools.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
+                   "subformat=dynamic", str(raw), str(vhd)])
+    tarball = tmp_path / "image.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(vhd, arcname="0.vhd")
+    before = agent.vdi_uuids()
+
+    with pytest.raises(exceptions.ImageFetchFailed):
+        agent.endpoint.fetch_image(instance_uuid=str(uuid.uuid4()), image_id="missing",
+                                   disk_format="vhd", auth_token=None)
+    assert _pending_chains(agent) == {} and agent.vdi_uuids() == before
+    fetched = agent.endpoint.fetch_image(instance_uuid=str(uuid.uuid4()),
+                                         image_id=image_server.add(tarball),
+                                         disk_format="vhd", auth_token=None)
+    assert _pending_chains(agent) == {}
+    assert agent.vdi_uuids() - before == {fetched["vdis"][0]["uuid"]}
+
+
+@pytest.mark.parametrize("agent", ["independent"], indirect=True)
+def test_cleanup_settles_pending_chain_entries_of_this_agent_only(agent):
+    session = agent.session
+    sr = vdis.default_sr(session)
+    entries = {
+        "young": "%s %s %d" % (agent.ctx.tag, uuid.uuid4(), time.time()),
+        "stale": "%s %s %d" % (agent.ctx.tag, uuid.uuid4(),
+                               time.time() - vdis.PENDING_CHAIN_STALE_SECONDS - 60),
+        "other agent's": "someone-else %s 0" % uuid.uuid4(),
+    }
+    keys = {name: vdis.PENDING_CHAIN_PREFIX + str(uuid.uuid4()) for name in entries}
+    for name, value in entries.items():
+        session.call("SR.add_to_other_config", sr, keys[name], value)
+    try:
+        agent.endpoint.cleanup_attached_vdis()
+        left = _pending_chains(agent)
+    finally:
+        for key in keys.values():
+            session.call("SR.remove_from_other_config", sr, key)
+
+    # Not landed yet: the plugin may still be running, so the young entry stays.
+    assert set(left) == {keys["young"], keys["other agent's"]}
 
 
 def test_a_download_that_does_not_match_its_checksum_fails_and_leaves_nothing(

@@ -214,3 +214,72 @@ def _try(fn, **kwargs):
     except Exception as e:
         return e
     return None
+
+
+def _sr_pending(session):
+    """{entry key: value} of the pending-chain entries in every SR."""
+    pending = {}
+    for rec in session.xenapi.SR.get_all_records().values():
+        pending.update({key: value for key, value in rec["other_config"].items()
+                        if key.startswith(vdis.PENDING_CHAIN_PREFIX)})
+    return pending
+
+
+def test_sigkill_during_a_vhd_fetch_then_restart_destroys_the_chain_dom0_landed(
+        make_sim, loop_devices, image_server, tmp_path):
+    """XAPI keeps a plugin running when its caller dies: the chain lands, with
+    no tag. The agent recorded the leaf's uuid in the SR first, so the
+    restarted agent finds it and destroys it."""
+    sim = make_sim(compute_vm=False)
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as f:
+        f.write(os.urandom(8 * MiB))
+    vhd = tmp_path / "0.vhd"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
+                    "subformat=dynamic", str(raw), str(vhd)], check=True, timeout=120)
+    tarball = tmp_path / "image.tar"
+    subprocess.run(["tar", "-C", str(tmp_path), "-cf", str(tarball), "0.vhd"], check=True,
+                   timeout=60)
+    image_id = image_server.add(tarball)
+    image_server.delay = 0.5  # about 4 s for the 8 MiB
+    config, host = write_config(tmp_path, sim, "independent", image_server)
+    session = sim.session()
+    before = set(session.xenapi.VDI.get_all())
+    agent = RunningAgent(config, host, tmp_path)
+    agent.wait_serving()
+    errors = []
+    fetch = threading.Thread(target=lambda: errors.append(_try(
+        agent.api.fetch_image, instance_uuid=str(uuid.uuid4()), image_id=image_id,
+        disk_format="vhd", auth_token=None)))
+    fetch.start()
+    deadline = time.monotonic() + 30
+    while not image_server.requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (key,) = _sr_pending(session)  # recorded before the plugin ran
+    leaf_uuid = key[len(vdis.PENDING_CHAIN_PREFIX):]
+
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait(30)
+    fetch.join(60)
+    agent.stop()
+    sr_dir = os.path.join(sim.state_dir, "sr")
+    landed = [os.path.join(sr_dir, sr, leaf_uuid + ".vhd") for sr in os.listdir(sr_dir)]
+    deadline = time.monotonic() + 60
+    while not any(os.path.exists(p) for p in landed) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any(os.path.exists(p) for p in landed), "the plugin did not land the chain"
+    session.xenapi.SR.scan(session.xenapi.pool.get_default_SR(
+        session.xenapi.pool.get_all()[0]))
+    assert session.xenapi.VDI.get_by_uuid(leaf_uuid)  # there, untagged: a leak until now
+
+    restarted = RunningAgent(config, host, tmp_path)
+    try:
+        restarted.wait_serving()
+        left = set(session.xenapi.VDI.get_all()) - before
+        pending = _sr_pending(session)
+    finally:
+        restarted.stop()
+
+    assert errors and errors[0] is not None
+    assert left == set()
+    assert pending == {}

@@ -71,6 +71,19 @@ def test_a_numbered_chain_lands_as_a_leaf_over_its_unmanaged_parent(
     assert _export_raw(dom0, parent) == chain_files["base"]
 
 
+def test_the_leaf_lands_under_the_uuid_the_caller_chose(dom0, image_service, chain_files):
+    image_service.images["img-3"] = tarball(
+        [("0.vhd", chain_files["0.vhd"]), ("1.vhd", chain_files["1.vhd"])])
+    chosen = "3f0c7c4e-9b7a-4c59-8d0e-2a6b1f4e5d6c"
+
+    result = dom0.call(PLUGIN, "download_vhd",
+                       **download_args(dom0, image_service, "img-3", leaf_uuid=chosen))
+
+    assert result["root"] == result["chain"][0] == chosen
+    dom0.api.SR.scan(dom0.sr)
+    assert _export_raw(dom0, dom0.api.VDI.get_by_uuid(chosen)) == chain_files["child"]
+
+
 def test_old_style_snap_over_image_is_accepted_and_its_locators_relinked(
         dom0, image_service, chain_files, tmp_path):
     vhdchain.make_child(chain_files["base"], chain_files["child"], str(tmp_path / "1.vhd"),

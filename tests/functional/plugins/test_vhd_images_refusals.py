@@ -224,3 +224,25 @@ def test_verify_checksum_must_be_true_or_false(dom0, image_service, chain_files,
     image_service.images["img"] = tarball([("image.vhd", chain_files["1.vhd"])])
     _refused(dom0, image_service, "img", "InvalidArgument", "must be true or false",
              verify_checksum=value)
+
+
+@pytest.mark.parametrize("value", ["not-a-uuid", "3F0C7C4E-9B7A-4C59-8D0E-2A6B1F4E5D6C",
+                                   "../3f0c7c4e-9b7a-4c59-8d0e-2a6b1f4e5d6c"])
+def test_leaf_uuid_must_be_a_lower_case_uuid(dom0, image_service, chain_files, value):
+    image_service.images["img"] = tarball([("image.vhd", chain_files["1.vhd"])])
+    _refused(dom0, image_service, "img", "InvalidArgument", "leaf_uuid must be",
+             leaf_uuid=value)
+
+
+def test_a_leaf_uuid_already_in_the_sr_is_refused(dom0, image_service, chain_files):
+    image_service.images["img"] = tarball([("image.vhd", chain_files["1.vhd"])])
+    taken = "3f0c7c4e-9b7a-4c59-8d0e-2a6b1f4e5d6c"
+    with open(os.path.join(dom0.sr_path, taken + ".vhd"), "wb") as f:
+        f.write(b"someone else's")
+    try:
+        _refused(dom0, image_service, "img", "ImageFetchFailed", "already exists in the SR",
+                 leaf_uuid=taken)
+        with open(os.path.join(dom0.sr_path, taken + ".vhd"), "rb") as f:
+            assert f.read() == b"someone else's"
+    finally:
+        os.unlink(os.path.join(dom0.sr_path, taken + ".vhd"))
