@@ -48,11 +48,15 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
         if md5 is not None:
             self.send_header("Content-MD5", md5)    # the image's checksum, as Glance sends it
         self.end_headers()
+        left = server.cut_after.get(parts[3], size)
+        if left < size:
+            self.close_connection = True  # the cut is a close, not a stall
         with open(path, "rb") as f:
-            while True:
-                piece = f.read(1 << 20)
+            while left > 0:
+                piece = f.read(min(1 << 20, left))
                 if not piece:
                     break
+                left -= len(piece)
                 try:
                     self.wfile.write(piece)
                 except OSError:
@@ -79,6 +83,8 @@ class ImageServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     Downloads carry the file's MD5 as ``Content-MD5``, as Glance's do;
     ``content_md5`` maps an image id to another value to send (None: none).
+    ``cut_after`` maps an image id to the number of bytes after which its
+    download is cut (the connection closes short of its Content-Length).
 
     ``/v2/images/<id>`` is the image's record; with ``show_locations`` it
     shows the file as a ``file://`` location, as Glance's filesystem store does.
@@ -94,6 +100,7 @@ class ImageServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.show_locations = False
         self.delay = 0.0
         self.content_md5 = {}
+        self.cut_after = {}
 
     @property
     def url(self):

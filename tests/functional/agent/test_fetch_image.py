@@ -110,6 +110,60 @@ def test_fetch_image_of_an_unknown_image_fails_typed_and_leaves_no_vdi(agent, im
     assert agent.vdi_uuids() == before
 
 
+def _dense_then_sparse_image(tmp_path, parts):
+    """A raw image of ``parts``: (MiB, random?) pairs in order."""
+    path = tmp_path / "mixed.raw"
+    with open(path, "wb") as f:
+        for mib, random in parts:
+            if random:
+                for _ in range(mib):
+                    f.write(os.urandom(MiB))
+            else:
+                f.seek(mib * MiB, os.SEEK_CUR)
+        f.truncate(f.tell())
+    return path
+
+
+def test_a_download_of_dense_and_empty_windows_lands_intact_and_checked(
+        agent, image_server, tmp_path):
+    # Windows are 32 MiB of data: dense ones, one that is mostly zeros, and
+    # a short last one; the image's MD5 is checked across all of them.
+    image = _dense_then_sparse_image(tmp_path, [(72, True), (24, False), (16, True)])
+
+    fetched = agent.endpoint.fetch_image(
+        instance_uuid=str(uuid.uuid4()), image_id=image_server.add(image),
+        disk_format="raw", auth_token=None)
+
+    [root] = fetched["vdis"]
+    assert _same_prefix(image, disktools.vdi_file(agent.sim, root["uuid"]), 112 * MiB)
+    assert agent.tagged_vbds() == []
+
+
+@pytest.mark.parametrize("spoil", ["checksum", "cut"])
+def test_a_download_that_breaks_or_does_not_match_late_fails_and_leaves_nothing(
+        agent, image_server, tmp_path, spoil):
+    image = _dense_then_sparse_image(tmp_path, [(96, True)])
+    image_id = image_server.add(image)
+    if spoil == "checksum":
+        image_server.content_md5[image_id] = "0123456789abcdef0123456789abcdef"
+    else:
+        image_server.cut_after[image_id] = 80 * MiB + 12345  # the connection closes
+    before = agent.vdi_uuids()
+
+    with pytest.raises(exceptions.ImageFetchFailed) as raised:
+        agent.endpoint.fetch_image(
+            instance_uuid=str(uuid.uuid4()), image_id=image_id, disk_format="raw",
+            auth_token=None)
+
+    assert ("do not match the image's checksum" if spoil == "checksum"
+            else "broke after %d of %d bytes" % (80 * MiB + 12345, 96 * MiB)) \
+        in str(raised.value)
+    assert agent.vdi_uuids() == before
+    assert agent.tagged_vbds() == []
+    tasks = agent.session.call("task.get_all_records")
+    assert [t for t in tasks.values() if t["name_label"] == "nova-xen-split import"] == []
+
+
 def _pending_chains(agent):
     sr = vdis.default_sr(agent.session)
     return {key: value for key, value in agent.session.call("SR.get_other_config", sr).items()
