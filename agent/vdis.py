@@ -242,9 +242,8 @@ class PendingChain:
     connection to XAPI broke): the entry then stays for :func:`cleanup`.
     """
 
-    def __init__(self, leaf_uuid, key):
+    def __init__(self, leaf_uuid):
         self.leaf_uuid = leaf_uuid
-        self.key = key
         self.maybe_running = False
 
 
@@ -258,7 +257,7 @@ def pending_chain(session, sr_ref, instance_uuid, agent_tag, busy):
     key = PENDING_CHAIN_PREFIX + leaf_uuid
     session.call("SR.add_to_other_config", sr_ref, key,
                  "%s %s %d" % (agent_tag, instance_uuid, int(time.time())))
-    pending = PendingChain(leaf_uuid, key)
+    pending = PendingChain(leaf_uuid)
     busy.add(key)
     try:
         yield pending

@@ -4,12 +4,12 @@ The failure is injected through ``agent.backends.base.checkpoint``, the
 hook every operation calls between its steps (a no-op in production).
 """
 
-import tarfile
 import uuid
 
 import pytest
 
 from agent.backends import base
+from nova_xen_split.cmd import demo_env
 from tests.functional.agent import disktools
 
 MiB = 1 << 20
@@ -37,12 +37,8 @@ def _vhd_tarball(tmp_path):
         f.truncate(4 * MiB)
         f.seek(MiB)
         f.write(b"vhd data" * 512)
-    vhd = tmp_path / "0.vhd"
-    disktools.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
-                   "subformat=dynamic", str(raw), str(vhd)])
     tarball = tmp_path / "image.tar"
-    with tarfile.open(tarball, "w") as tar:
-        tar.add(vhd, arcname="0.vhd")
+    demo_env.make_vhd_tarball(str(raw), str(tarball))
     return tarball
 
 

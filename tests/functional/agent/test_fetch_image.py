@@ -2,13 +2,13 @@
 
 import os
 import subprocess
-import tarfile
 import time
 import uuid
 
 import pytest
 
 from agent import vdis
+from nova_xen_split.cmd import demo_env
 from rpc import exceptions
 from tests.functional.agent import disktools
 
@@ -78,12 +78,8 @@ def test_fetch_image_raw_reads_a_shared_store_file_and_skips_its_holes(
 
 def test_fetch_image_vhd_goes_through_the_dom0_plugin_and_sr_scan(agent, image_server, tmp_path):
     raw = _raw_image(tmp_path, 16 * MiB)
-    vhd = tmp_path / "0.vhd"
-    disktools.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
-                   "subformat=dynamic", str(raw), str(vhd)])
     tarball = tmp_path / "image.tar"
-    with tarfile.open(tarball, "w") as tar:
-        tar.add(vhd, arcname="0.vhd")
+    demo_env.make_vhd_tarball(str(raw), str(tarball))
     instance = str(uuid.uuid4())
 
     fetched = agent.endpoint.fetch_image(
@@ -173,12 +169,8 @@ def _pending_chains(agent):
 def test_a_vhd_fetch_leaves_no_pending_chain_entry_whether_it_works_or_fails(
         agent, image_server, tmp_path):
     raw = _raw_image(tmp_path, 4 * MiB)
-    vhd = tmp_path / "0.vhd"
-    disktools.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
-                   "subformat=dynamic", str(raw), str(vhd)])
     tarball = tmp_path / "image.tar"
-    with tarfile.open(tarball, "w") as tar:
-        tar.add(vhd, arcname="0.vhd")
+    demo_env.make_vhd_tarball(str(raw), str(tarball))
     before = agent.vdi_uuids()
 
     with pytest.raises(exceptions.ImageFetchFailed):

@@ -13,6 +13,7 @@ from oslo_config import cfg
 
 from agent import vdis
 from nova_xen_split import conf as nxs_conf
+from nova_xen_split.cmd import demo_env
 from rpc import client as rpc_client
 from rpc import transports
 
@@ -178,11 +179,7 @@ def test_sigkill_during_an_image_fetch_then_restart_leaves_no_vbd_and_no_half_ma
     session = sim.session()
     agent = RunningAgent(config, host, tmp_path)
     agent.wait_serving()
-    errors = []
-    fetch = threading.Thread(target=lambda: errors.append(_try(
-        agent.api.fetch_image, instance_uuid=str(uuid.uuid4()), image_id=image_id,
-        disk_format="raw", auth_token=None)))
-    fetch.start()
+    fetch, errors = _fetch_in_background(agent, image_id, "raw")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         vbds, in_progress = _tagged(session, host)
@@ -206,6 +203,17 @@ def test_sigkill_during_an_image_fetch_then_restart_leaves_no_vbd_and_no_half_ma
     assert errors and errors[0] is not None  # the caller saw the fetch fail
     assert vbds == []
     assert in_progress == []
+
+
+def _fetch_in_background(agent, image_id, disk_format):
+    """A fetch_image call on a thread: ``(thread, errors)``; ``errors`` gets
+    the call's exception (None if it succeeded) once the thread ends."""
+    errors = []
+    fetch = threading.Thread(target=lambda: errors.append(_try(
+        agent.api.fetch_image, instance_uuid=str(uuid.uuid4()), image_id=image_id,
+        disk_format=disk_format, auth_token=None)))
+    fetch.start()
+    return fetch, errors
 
 
 def _try(fn, **kwargs):
@@ -234,12 +242,8 @@ def test_sigkill_during_a_vhd_fetch_then_restart_destroys_the_chain_dom0_landed(
     raw = tmp_path / "disk.raw"
     with open(raw, "wb") as f:
         f.write(os.urandom(8 * MiB))
-    vhd = tmp_path / "0.vhd"
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
-                    "subformat=dynamic", str(raw), str(vhd)], check=True, timeout=120)
     tarball = tmp_path / "image.tar"
-    subprocess.run(["tar", "-C", str(tmp_path), "-cf", str(tarball), "0.vhd"], check=True,
-                   timeout=60)
+    demo_env.make_vhd_tarball(str(raw), str(tarball))
     image_id = image_server.add(tarball)
     image_server.delay = 0.5  # about 4 s for the 8 MiB
     config, host = write_config(tmp_path, sim, "independent", image_server)
@@ -247,11 +251,7 @@ def test_sigkill_during_a_vhd_fetch_then_restart_destroys_the_chain_dom0_landed(
     before = set(session.xenapi.VDI.get_all())
     agent = RunningAgent(config, host, tmp_path)
     agent.wait_serving()
-    errors = []
-    fetch = threading.Thread(target=lambda: errors.append(_try(
-        agent.api.fetch_image, instance_uuid=str(uuid.uuid4()), image_id=image_id,
-        disk_format="vhd", auth_token=None)))
-    fetch.start()
+    fetch, errors = _fetch_in_background(agent, image_id, "vhd")
     deadline = time.monotonic() + 30
     while not image_server.requests and time.monotonic() < deadline:
         time.sleep(0.05)
