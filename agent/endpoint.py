@@ -1,4 +1,4 @@
-"""The agent's RPC endpoint: one method per row of interface 1.0.
+"""The agent's RPC endpoint: one method per row of the interface (rpc/methods.py).
 
 Each method validates the whole request first — the declared schema of
 :mod:`rpc.methods` (the server already did, but the endpoint is also called
@@ -89,10 +89,21 @@ class AgentEndpoint:
         return self.backend.resize_disk(**self._checked("resize_disk", dict(
             instance_uuid=instance_uuid, vdi_uuid=vdi_uuid, new_gb=new_gb)))
 
-    def preconfigure_instance(self, vdi_uuid, network_config=None, files=None):
-        """Write network configuration and files into an image."""
+    def preconfigure_instance(self, vdi_uuid, network_config=None, files=None, ssh_key=None,
+                              metadata=None):
+        """Write network configuration, an SSH key, metadata and files into an image."""
         args = self._checked("preconfigure_instance", dict(
-            vdi_uuid=vdi_uuid, network_config=network_config, files=files))
+            vdi_uuid=vdi_uuid, network_config=network_config, files=files, ssh_key=ssh_key,
+            metadata=metadata))
+        placed = [(arg, path) for arg, path in (
+            ("network_config", methods.NETWORK_CONFIG_PATH),
+            ("ssh_key", methods.AUTHORIZED_KEYS_PATH),
+            ("metadata", methods.METADATA_PATH)) if args[arg] is not None]
+        for index, (name, _) in enumerate(args["files"] or ()):
+            for arg, path in placed:
+                if (name + "/").startswith(path + "/") or (path + "/").startswith(name + "/"):
+                    raise _invalid("preconfigure_instance", "files[%d]" % index,
+                                   "overlaps %s, where %s goes" % (path, arg))
         return self.backend.preconfigure_instance(**args)
 
     def cleanup_attached_vdis(self):

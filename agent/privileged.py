@@ -11,6 +11,7 @@ forked, or (started through privsep-helper, which is handed the agent's
 ``--config-file``\\ s) from the global configuration.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 
 from nova_xen_split import conf as nxs_conf
-from rpc import exceptions, schema
+from rpc import exceptions, methods, schema
 
 agent_ctx = priv_context.PrivContext(
     "agent",
@@ -45,7 +46,8 @@ FS_TYPES = ("ext3", "ext4", "vfat", "swap")
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{0,16}$")
 MAX_SECTOR = 1 << 40
 MAX_UID = (1 << 31) - 1
-MAX_FILES = 64
+# The interface's 64 files, with /etc/network/interfaces and /meta.js.
+MAX_FILES = 64 + 2
 MAX_FILE_BYTES = 1 << 20
 SHORT_TIMEOUT = 120
 LONG_TIMEOUT = 3600
@@ -304,8 +306,8 @@ def _copy_boot_area(src_disk, dst_disk, start_sector):
 
 
 @agent_ctx.entrypoint
-def inject_files(partition, files):
-    """Mount the partition, write ``[(path, bytes)]``, unmount.
+def inject_files(partition, files, authorized_key=None):
+    """Mount the partition, write ``[(path, bytes)]`` and add a key, unmount.
 
     ``partition`` is a partition, or a whole disk holding a filesystem.
     Paths are absolute inside the guest fs (the interface's rules: distinct,
@@ -314,10 +316,17 @@ def inject_files(partition, files):
     against the mounted fs before the first file is written, so a path the
     guest has as a directory, or under a file, changes nothing.
 
+    ``authorized_key`` (one OpenSSH public key line) is added to
+    ``/root/.ssh/authorized_keys`` after what the image has there, as Nova's
+    ``flat_injected`` did, unless that line is already in the file (a
+    retried request adds it once); ``/root/.ssh`` ends up ``0700`` and the
+    file ``0600``, both owned by root, as sshd's StrictModes wants.
+
     Only a Linux filesystem (:data:`GUEST_FS_TYPES`, as blkid probes it) is
     mounted, by its probed type and ``nosuid,nodev,noexec``; anything else
     (a Windows image's NTFS, no filesystem at all) is left untouched.
-    Returns ``{"fs_type": <probed type or None>, "written": <files written>}``.
+    Returns ``{"fs_type": <probed type or None>, "written": <files written,
+    the key counting as one>}``.
     """
     path = _block_device("inject_files", partition, DISK_OR_PARTITION_RE)
     try:
@@ -325,6 +334,16 @@ def inject_files(partition, files):
     except schema._Reject as e:
         raise _bad("inject_files", partition, "files%s %s" % (e.field_suffix, e.reason)) \
             from None
+    try:
+        if authorized_key is not None:
+            authorized_key = _SSH_KEY.check(authorized_key)
+    except schema._Reject as e:
+        raise _bad("inject_files", partition, "authorized_key " + e.reason) from None
+    if authorized_key is not None and any(
+            (name + "/").startswith(methods.AUTHORIZED_KEYS_PATH + "/") or
+            (methods.AUTHORIZED_KEYS_PATH + "/").startswith(name + "/") for name, _ in files):
+        raise _bad("inject_files", partition, "files name %s, where the key goes"
+                   % methods.AUTHORIZED_KEYS_PATH)
     fs_type = _probe_fs_type("inject_files", partition, path)
     if fs_type not in GUEST_FS_TYPES:
         return {"fs_type": fs_type, "written": 0}
@@ -334,22 +353,92 @@ def inject_files(partition, files):
         try:
             real_root = os.path.realpath(root)
             targets = [_guest_target(partition, real_root, name) for name, _ in files]
+            if authorized_key is not None:
+                key_target = _guest_target(partition, real_root, methods.AUTHORIZED_KEYS_PATH)
+                if key_target[0] != os.path.join(real_root, "root", ".ssh"):
+                    # A link would have the modes set on whatever it names.
+                    raise _bad("inject_files", partition, "/root or /root/.ssh is a "
+                               "symlink in the guest; the key is not written through it")
             for (parent, base), (name, data) in zip(targets, files, strict=True):
-                try:
-                    os.makedirs(parent, mode=0o755, exist_ok=True)
-                    if os.path.realpath(parent) != parent:
-                        raise _bad("inject_files", partition, "%s leaves the filesystem"
-                                   % name)
-                    fd = os.open(os.path.join(parent, base),
-                                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(data)
-                except OSError as e:
-                    raise _bad("inject_files", partition, "cannot write %s: %s"
-                               % (name, e.strerror or e)) from None
+                with _guest_file(partition, name, parent, base, os.O_TRUNC, 0o644,
+                                 0o755) as fd:
+                    _write_all(fd, data)
+            if authorized_key is not None:
+                _add_key(partition, key_target, authorized_key)
         finally:
             _run("inject_files", partition, ["umount", root])
-    return {"fs_type": fs_type, "written": len(files)}
+    return {"fs_type": fs_type, "written": len(files) + (authorized_key is not None)}
+
+
+_SSH_KEY = schema.Str(min_len=1, max_len=16384, pattern=methods.SSH_KEY)
+KEY_COMMENT = b"# Added by nova-xen-split (flat_injected)\n"
+# An authorized_keys file is read to see whether the key is already there;
+# past this size the key is appended without looking.
+MAX_KEYS_FILE_READ = 1 << 20
+
+
+@contextlib.contextmanager
+def _guest_file(partition, name, parent, base, flags, mode, dir_mode):
+    """An fd of the guest file ``parent/base`` (``name`` in the guest), its
+    missing parent directories made with ``dir_mode``; never through a
+    symlink. Errors are ``DiskOperationFailed`` naming the guest path."""
+    try:
+        _make_dirs(parent, dir_mode)
+        if os.path.realpath(parent) != parent:
+            raise _bad("inject_files", partition, "%s leaves the filesystem" % name)
+        fd = os.open(os.path.join(parent, base),
+                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | flags, mode)
+    except OSError as e:
+        raise _bad("inject_files", partition, "cannot write %s: %s"
+                   % (name, e.strerror or e)) from None
+    try:
+        yield fd
+    except OSError as e:
+        raise _bad("inject_files", partition, "cannot write %s: %s"
+                   % (name, e.strerror or e)) from None
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path, mode):
+    """Make ``path`` and its missing parents, each with exactly ``mode``
+    (``os.makedirs`` gives the parents ``0777`` less the umask, and the
+    daemon's umask may be 0)."""
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        os.mkdir(directory, mode)
+        os.chmod(directory, mode)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _add_key(partition, target, key):
+    """Append ``key`` to the guest's authorized_keys unless it is there."""
+    parent, base = target
+    line = key.strip().encode("ascii")
+    with _guest_file(partition, methods.AUTHORIZED_KEYS_PATH, parent, base, os.O_APPEND, 0o600,
+                     0o700) as fd:
+        dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(dir_fd, 0o700)
+            os.fchown(dir_fd, 0, 0)
+        finally:
+            os.close(dir_fd)
+        os.fchmod(fd, 0o600)
+        os.fchown(fd, 0, 0)
+        size = os.fstat(fd).st_size
+        existing = os.pread(fd, min(size, MAX_KEYS_FILE_READ), 0) if size else b""
+        if line in (old.strip() for old in existing.splitlines()):
+            return
+        lead = b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b""
+        _write_all(fd, lead + KEY_COMMENT + line + b"\n")
 
 
 def _probe_fs_type(operation, target, path):

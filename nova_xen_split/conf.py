@@ -23,11 +23,12 @@ DEFAULT_OPTS = [
     cfg.BoolOpt(
         "flat_injected",
         default=False,
-        help="Inject network configuration into the guest image before boot "
-        "(as Nova's flat_injected): the instance's static addresses as "
-        "/etc/network/interfaces (Debian's ifupdown), written into the root "
-        "disk's first partition. Needs the image to be mounted, so it is "
-        "refused at startup in independent mode.",
+        help="Write into the guest image before boot what Nova's "
+        "flat_injected wrote, into the root disk's first partition: the "
+        "instance's addresses as /etc/network/interfaces (Debian's ifupdown), "
+        "its SSH key added to /root/.ssh/authorized_keys, and its metadata "
+        "as /meta.js (JSON). Needs the image to be mounted, so it is refused "
+        "at startup in independent mode.",
     ),
     cfg.StrOpt(
         "default_ephemeral_format",

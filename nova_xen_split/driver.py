@@ -24,13 +24,16 @@ from nova_xen_split import spawn as spawn_mod
 from nova_xen_split import vm_utils
 from nova_xen_split import xapi
 from rpc import exceptions
+from rpc import methods
 
 LOG = logging.getLogger(__name__)
 
 GiB = 1024 ** 3
 SpawnStep = spawn_mod.SpawnStep
-# The interface this driver speaks; an agent with another major version, or
-# an older minor one, cannot serve it (AgentAPI.check_version refuses it).
+# The oldest interface this driver works with; an agent with another major
+# version, or an older minor one, cannot serve it (AgentAPI.check_version
+# refuses it). What a newer agent adds (1.1: preconfigure_instance's ssh_key
+# and metadata) is used only with an agent that speaks it.
 REQUIRED_AGENT_VERSION = "1.0"
 
 InstanceInfo = collections.namedtuple("InstanceInfo", ["state", "internal_id"])
@@ -188,10 +191,14 @@ class XenSplitDriver:
             configdrive = spawn_mod.configdrive_request(
                 instance, files, user_data, vifs, admin_password)
 
+        preconfigure = None
+        if self._conf.flat_injected:
+            preconfigure = spawn_mod.preconfigure_request(self.agent, instance, vifs)
+
         job = spawn_mod.Spawn(self._conf, self.agent, self.session, self.on_step)
         self.last_spawn_steps = job.steps
         try:
-            job.run(context, instance, image, vifs, configdrive)
+            job.run(context, instance, image, vifs, configdrive, preconfigure)
         except BaseException as e:
             LOG.warning("Spawn of %s failed (%s: %s); removing what was made",
                         instance.uuid, type(e).__name__, e)
@@ -327,4 +334,5 @@ class XenSplitDriver:
                 feature="%s a XenServer pool aggregate" % action,
                 option="[xenserver] independent_compute: the agent has no local VM "
                 "on the host, and a pool join moves the host's VMs")
-        raise NotImplementedError("Pool aggregates are not implemented in interface 1.0")
+        raise NotImplementedError("Pool aggregates are not implemented in interface %s"
+                                  % methods.VERSION)

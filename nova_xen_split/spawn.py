@@ -86,6 +86,41 @@ def configdrive_request(instance, files, user_data, vifs, admin_password):
     return args
 
 
+# Stands in for the root VDI's uuid while a preconfigure request is checked
+# before the VDI exists.
+_NO_VDI_YET = "00000000-0000-0000-0000-000000000000"
+# The interface version that added preconfigure_instance's ssh_key and metadata.
+PRECONFIGURE_KEY_VERSION = "1.1"
+
+
+def preconfigure_request(agent, instance, vifs):
+    """The ``preconfigure_instance`` arguments of a ``flat_injected`` spawn
+    (all but ``vdi_uuid``), checked against the interface now.
+
+    As Nova's ``flat_injected``: the network configuration, the instance's
+    SSH key and its metadata. An agent older than interface 1.1 takes the
+    network configuration only; that is logged, and the key still reaches
+    the guest through the config drive, if it has one. None when there is
+    nothing to inject (as Nova, which then did not mount the image).
+    """
+    args = {
+        "network_config": netinfo.interfaces(vifs),
+        "files": None,
+        "ssh_key": (instance.key_data or "").strip() or None,
+        "metadata": {str(k): str(v) for k, v in (instance.metadata or {}).items()} or None,
+    }
+    if (args["ssh_key"] or args["metadata"]) and \
+            not agent.can_send_version(PRECONFIGURE_KEY_VERSION):
+        LOG.warning("The agent speaks interface %s: the SSH key and metadata of %s are "
+                    "not injected into its image (that needs %s)", agent.agent_version,
+                    instance.uuid, PRECONFIGURE_KEY_VERSION)
+        args["ssh_key"] = args["metadata"] = None
+    if all(value is None for value in args.values()):
+        return None
+    methods.validate("preconfigure_instance", dict(args, vdi_uuid=_NO_VDI_YET))
+    return args
+
+
 class Spawn:
     """The steps of one spawn and what they made."""
 
@@ -99,12 +134,14 @@ class Spawn:
         self.kernel_files = []  # dom0 files of a split kernel, known before the VM
         self.vm_ref = None
 
-    def run(self, context, instance, image, vifs, configdrive):
+    def run(self, context, instance, image, vifs, configdrive, preconfigure=None):
         """Make the disks, the VM and its VBDs; start it. Raises on the first failure.
 
         ``vifs`` is the network information as :func:`netinfo.parse` returns
         it; ``configdrive`` the checked ``generate_configdrive`` arguments
-        (:func:`configdrive_request`), or None for an instance without one.
+        (:func:`configdrive_request`), or None for an instance without one;
+        ``preconfigure`` likewise (:func:`preconfigure_request`), or None
+        without ``flat_injected``.
         """
         flavor = instance.flavor
         props = image.properties
@@ -136,16 +173,18 @@ class Spawn:
                     vdi_uuid=root["uuid"], new_gb=int(flavor.root_gb))
                 root = dict(root, **grown)
                 detail.append(_size(root["size_bytes"]))
-        network_config = netinfo.interfaces(vifs) if self._conf.flat_injected else None
-        if network_config is not None:
+        if preconfigure is not None:
             # flat_injected: the driver's init_host refuses it in independent
             # mode, so the agent here can mount the image.
-            with self.step("preconfigure_instance", "/etc/network/interfaces") as detail:
-                done = self.agent.preconfigure_instance(
-                    vdi_uuid=root["uuid"], network_config=network_config, files=None)
+            what = [path for arg, path in (
+                ("network_config", methods.NETWORK_CONFIG_PATH),
+                ("ssh_key", methods.AUTHORIZED_KEYS_PATH),
+                ("metadata", methods.METADATA_PATH)) if preconfigure[arg] is not None]
+            with self.step("preconfigure_instance", ", ".join(what)) as detail:
+                done = self.agent.preconfigure_instance(vdi_uuid=root["uuid"], **preconfigure)
                 if done.get("skipped"):
                     # Nova's rule: a non-Linux image boots without it.
-                    LOG.warning("Network configuration of %s not injected: %s",
+                    LOG.warning("Nothing injected into the image of %s: %s",
                                 instance.uuid, done["skipped"])
                     detail.append("skipped")
 

@@ -38,10 +38,13 @@ class AgentAPI:
         self._transport.close()
 
     def _call(self, method, version, args, check=True):
+        """Send one call pinned at ``version`` (``None``: what its
+        arguments need, :func:`rpc.methods.pin`)."""
         if check:
             args = methods.validate(method, args)
-        if self.agent_version is not None and not methods.version_serves(
-                self.agent_version, version):
+        if version is None:
+            version = methods.pin(method, args)
+        if not self.can_send_version(version):
             raise exceptions.VersionTooOld(host=self.host, method=method,
                                            have=self.agent_version, need=version)
         declared = methods.METHODS.get(method)
@@ -74,6 +77,13 @@ class AgentAPI:
             raise exceptions.VersionTooOld(host=self.host, method="check_version",
                                            have=self.agent_version, need=need)
         return description
+
+    def can_send_version(self, version):
+        """Whether the agent serves calls pinned at ``version``: always,
+        until :meth:`check_version` has learnt the agent's version (as
+        oslo.messaging's ``can_send_version`` without a cap)."""
+        return self.agent_version is None or methods.version_serves(self.agent_version,
+                                                                    version)
 
     def describe(self):
         """Mode, local VM uuid, host uuid, interface version, capabilities."""
@@ -110,10 +120,13 @@ class AgentAPI:
         return self._call("resize_disk", "1.0", dict(
             instance_uuid=instance_uuid, vdi_uuid=vdi_uuid, new_gb=new_gb))
 
-    def preconfigure_instance(self, vdi_uuid, network_config=None, files=None):
-        """Write network configuration and files into the image."""
-        return self._call("preconfigure_instance", "1.0", dict(
-            vdi_uuid=vdi_uuid, network_config=network_config, files=files))
+    def preconfigure_instance(self, vdi_uuid, network_config=None, files=None,
+                              ssh_key=None, metadata=None):
+        """Write network configuration, the SSH key, the metadata and files
+        into the image (1.0; 1.1 when ``ssh_key`` or ``metadata`` is sent)."""
+        return self._call("preconfigure_instance", None, dict(
+            vdi_uuid=vdi_uuid, network_config=network_config, files=files,
+            ssh_key=ssh_key, metadata=metadata))
 
     def cleanup_attached_vdis(self):
         """Unplug and forget VBDs a crash left attached."""

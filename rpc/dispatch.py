@@ -49,7 +49,7 @@ class Dispatcher:
                 raise exceptions.VersionTooOld(host=self.host, method=str(method_name)[:64],
                                                have=self.version, need=version)
         method = methods.lookup(method_name)
-        return method, methods.validate(method.name, args)
+        return method, methods.validate(method.name, args, self.version)
 
     def handle(self, method_name, version, args):
         """Check and run one call; return its envelope (never raises)."""

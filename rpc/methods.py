@@ -8,17 +8,24 @@ uses the same table to fail early and to pick each call's timeout.
 Versioning follows ``oslo.messaging``: a call pins the version that added
 its method; a server speaking ``X.Y`` serves any call pinned at ``X.Z`` with
 ``Z <= Y``. Adding a method or an optional argument bumps the minor
-version; anything else bumps the major.
+version; anything else bumps the major. A call that sends an argument added
+later than its method is pinned at that argument's version (:func:`pin`),
+so a newer client still reaches an older server with every call that does
+not need what is new.
+
+History: 1.0 the first interface; 1.1 ``preconfigure_instance`` takes
+``ssh_key`` and ``metadata`` (what Nova's ``flat_injected`` wrote besides
+the network configuration).
 """
 
 import re
 
 from rpc import exceptions
 from rpc.schema import (
-    _MISSING, Arg, Bytes, Enum, GuestFiles, Int, JsonDict, List, Str, Uuid, _Reject,
+    _MISSING, Arg, Bytes, Enum, GuestFiles, Int, JsonDict, List, Str, StrMap, Uuid, _Reject,
 )
 
-VERSION = "1.0"
+VERSION = "1.1"
 
 IMAGE_ID = r"^[A-Za-z0-9._-]{1,64}\Z"
 # One HTTP header value (X-Auth-Token): printable ASCII, no space, no CR/LF.
@@ -26,10 +33,28 @@ AUTH_TOKEN = r"^[\x21-\x7e]+\Z"
 # A label never starts with "-", which mkfs tools would read as an option.
 FS_LABEL = r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,15}\Z"
 MIB = 1024 * 1024
+# One OpenSSH public key line (authorized_keys format): printable ASCII and
+# spaces, no line break, so it can only ever add itself to the file.
+SSH_KEY = r"^[\x21-\x7e][\x20-\x7e]*\Z"
+# Where preconfigure_instance writes its arguments in the guest (Nova's
+# flat_injected places).
+NETWORK_CONFIG_PATH = "/etc/network/interfaces"
+AUTHORIZED_KEYS_PATH = "/root/.ssh/authorized_keys"
+METADATA_PATH = "/meta.js"
 _VERSION_RE = re.compile(r"^[0-9]{1,4}\.[0-9]{1,4}\Z")
 
 # Injected files: [path inside the guest, contents] pairs.
 _FILES = GuestFiles(max_items=64, max_bytes=MIB)
+
+
+def parse_version(version):
+    """``"1.4"`` → ``(1, 4)``; anything else raises ``ValueError``."""
+    if not isinstance(version, str):
+        raise ValueError("version must be a string")
+    if not _VERSION_RE.match(version):
+        raise ValueError("version must look like MAJOR.MINOR (ASCII digits)")
+    major, _, minor = version.partition(".")
+    return int(major), int(minor)
 
 
 class Method:
@@ -44,6 +69,11 @@ class Method:
     def __init__(self, name, since, args=(), returns=(), long=False, control=False):
         self.name = name
         self.since = since
+        for arg in args:
+            if arg.since is not None and \
+                    parse_version(arg.since) <= parse_version(since):
+                raise ValueError("%s.%s: since %s is not after its method's %s"
+                                 % (name, arg.name, arg.since, since))
         self.args = {arg.name: arg for arg in args}
         self.returns = tuple(returns)
         self.long = long
@@ -96,22 +126,15 @@ METHODS = {m.name: m for m in (
         Arg("vdi_uuid", Uuid()),
         Arg("network_config", Str(max_len=MIB), nullable=True),
         Arg("files", _FILES, nullable=True),
+        Arg("ssh_key", Str(min_len=1, max_len=16384, pattern=SSH_KEY), nullable=True,
+            since="1.1"),
+        Arg("metadata", StrMap(max_items=128, max_len=255), nullable=True, since="1.1"),
     )),
     Method("cleanup_attached_vdis", "1.0", returns=("unplugged", "destroyed")),
     Method("destroy_vdis", "1.0", args=(
         Arg("vdi_uuids", List(Uuid(), min_items=1, max_items=64)),
     ), returns=("destroyed",)),
 )}
-
-
-def parse_version(version):
-    """``"1.4"`` → ``(1, 4)``; anything else raises ``ValueError``."""
-    if not isinstance(version, str):
-        raise ValueError("version must be a string")
-    if not _VERSION_RE.match(version):
-        raise ValueError("version must look like MAJOR.MINOR (ASCII digits)")
-    major, _, minor = version.partition(".")
-    return int(major), int(minor)
 
 
 def version_serves(have, need):
@@ -131,13 +154,28 @@ def lookup(method_name):
     return method
 
 
-def validate(method_name, args):
+def pin(method_name, args):
+    """The version a call must be pinned at: its method's, or that of the
+    newest argument it sends (one that is not ``None``)."""
+    method = lookup(method_name)
+    need = method.since
+    for name, value in (args.items() if isinstance(args, dict) else ()):
+        arg = method.args.get(name)
+        if value is not None and arg is not None and arg.since is not None and \
+                parse_version(arg.since) > parse_version(need):
+            need = arg.since
+    return need
+
+
+def validate(method_name, args, version=None):
     """Check a call completely; return the arguments as the endpoint gets them.
 
     Every declared argument is present in the result (omitted nullable ones
     as ``None``). Raises ``InvalidRequest(method, field, reason)`` on an
     undeclared method, a missing, unknown, mistyped or out-of-range argument.
-    The reason never contains an argument's value.
+    The reason never contains an argument's value. With ``version`` (the
+    interface a server speaks), an argument added after it is refused, as
+    that server's own table would not have it.
     """
     method = lookup(method_name)
     if not isinstance(args, dict):
@@ -147,6 +185,15 @@ def validate(method_name, args):
     if unknown:
         raise exceptions.InvalidRequest(method=method.name, field=unknown[0],
                                         reason="is not an argument of %s" % method.name)
+    if version is not None:
+        newer = pin(method.name, args)
+        if parse_version(newer) > parse_version(version):
+            name = min(name for name, arg in method.args.items()
+                       if arg.since == newer and args.get(name) is not None)
+            raise exceptions.InvalidRequest(
+                method=method.name, field=name,
+                reason="is an argument of %s since %s, newer than interface %s"
+                % (method.name, newer, version))
     checked = {}
     for name, arg in method.args.items():
         try:

@@ -179,6 +179,37 @@ class JsonDict(Kind):
         return "dict (<= %d bytes as JSON)" % self.max_bytes
 
 
+class StrMap(Kind):
+    """A dict of text keys to text values, as Nova's instance metadata
+    (keys 1..``max_len`` characters, values 0..``max_len``)."""
+
+    def __init__(self, max_items, max_len):
+        self.max_items = max_items
+        self.key = Str(min_len=1, max_len=max_len)
+        self.value = Str(max_len=max_len)
+
+    def check(self, value):
+        if not isinstance(value, dict):
+            raise _Reject("must be a dict, got %s" % _type_name(value))
+        if len(value) > self.max_items:
+            raise _Reject("must have at most %d keys, got %d" % (self.max_items, len(value)))
+        out = {}
+        for index, (key, item) in enumerate(sorted(value.items(), key=lambda kv: str(kv[0]))):
+            try:
+                key = self.key.check(key)
+            except _Reject as e:
+                raise _Reject("key %d %s" % (index, e.reason)) from None
+            try:
+                out[key] = self.value.check(item)
+            except _Reject as e:
+                raise _Reject(e.reason, "[%s]" % json.dumps(key)[:40]) from None
+        return out
+
+    def describe(self):
+        return "dict of str (<= %d keys, <= %d chars each)" % (self.max_items,
+                                                              self.key.max_len)
+
+
 class List(Kind):
     """A list of ``min_items..max_items`` elements of one kind."""
 
@@ -283,13 +314,19 @@ class Arg:
 
     ``nullable`` arguments accept ``None`` and may be left out (they then
     arrive as ``None``); ``secret`` ones are never logged or echoed back.
+    ``since`` is the interface version that added the argument (``None``:
+    its method's own); only a nullable argument may be added later, so a
+    call that leaves it out is served by an older server.
     """
 
-    def __init__(self, name, kind, nullable=False, secret=False):
+    def __init__(self, name, kind, nullable=False, secret=False, since=None):
+        if since is not None and not nullable:
+            raise ValueError("%s: an argument added after its method must be nullable" % name)
         self.name = name
         self.kind = kind
         self.nullable = nullable
         self.secret = secret
+        self.since = since
 
     def check(self, value=_MISSING):
         """Return the accepted value (``None`` for an omitted nullable one)."""

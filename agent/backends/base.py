@@ -14,8 +14,9 @@ import threading
 from agent import vdis
 from nova_xen_split import xapi
 from rpc import exceptions
+from rpc import methods
 
-INTERFACE_VERSION = "1.0"
+INTERFACE_VERSION = methods.VERSION
 GiB = 1024 ** 3
 MiB = 1024 ** 2
 
@@ -199,5 +200,6 @@ class Backend(metaclass=abc.ABCMeta):
         """Copy a root disk to a new, smaller VDI (resize down)."""
 
     @abc.abstractmethod
-    def preconfigure_instance(self, vdi_uuid, network_config, files):
-        """Write network config and files into the image's filesystem."""
+    def preconfigure_instance(self, vdi_uuid, network_config, files, ssh_key, metadata):
+        """Write network config, the SSH key, metadata and files into the
+        image's filesystem (Nova's ``flat_injected``)."""

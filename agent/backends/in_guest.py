@@ -8,6 +8,7 @@ plugin.
 """
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from agent.backends import base
 from agent.backends.common import (
     CommonBackend, PARTITION_START, partition_type_for, round_up)
 from rpc import exceptions
+from rpc import methods
 
 LOG = logging.getLogger(__name__)
 
@@ -272,28 +274,33 @@ class InGuestBackend(CommonBackend):
                         sr_ref=session.call("VDI.get_SR", src_ref))
         return vdis.result(session, ref)
 
-    def preconfigure_instance(self, vdi_uuid, network_config, files):
+    def preconfigure_instance(self, vdi_uuid, network_config, files, ssh_key, metadata):
         """Mount partition 1 (or the whole disk when it has no partition
-        table), write /etc/network/interfaces and the files.
+        table) and write what Nova's ``flat_injected`` wrote: the network
+        configuration (``/etc/network/interfaces``), the SSH key (added to
+        ``/root/.ssh/authorized_keys``) and the metadata (``/meta.js``, as
+        JSON); then the files.
 
         Only a Linux filesystem is written to. When partition 1 holds
-        anything else (a Windows image, say), a request carrying only the
-        network configuration is skipped, as Nova's ``flat_injected`` did,
-        and the result says why under ``skipped``; a request naming files
-        fails with ``DiskOperationFailed``, since the caller asked for them.
+        anything else (a Windows image, say), a request carrying only those
+        three is skipped, as Nova's ``flat_injected`` did, and the result
+        says why under ``skipped``; a request naming files fails with
+        ``DiskOperationFailed``, since the caller asked for them.
         """
         vdi_ref = self.vdi_ref(vdi_uuid, "preconfigure_instance")
         to_write = [(path, data) for path, data in (files or [])]
         if network_config is not None:
-            to_write.append(("/etc/network/interfaces", network_config.encode()))
-        if not to_write:
+            to_write.append((methods.NETWORK_CONFIG_PATH, network_config.encode()))
+        if metadata is not None:
+            to_write.append((methods.METADATA_PATH, json.dumps(metadata, sort_keys=True).encode()))
+        if not to_write and ssh_key is None:
             return {}
         with self._attached(vdi_ref) as dev:
             table = privileged.get_partitions(dev.device)
             nums = [p["num"] for p in table["partitions"]]
             part = (self._wait_for_partition(dev.device, nums[0]) if nums
                     else dev.device)
-            done = privileged.inject_files(part, to_write)
+            done = privileged.inject_files(part, to_write, authorized_key=ssh_key)
         if done["written"]:
             return {}
         reason = "%s holds %s, not a Linux filesystem (%s)" % (
@@ -303,7 +310,8 @@ class InGuestBackend(CommonBackend):
             raise exceptions.DiskOperationFailed(
                 operation="preconfigure_instance", target=vdi_uuid,
                 reason="cannot write files: " + reason)
-        LOG.warning("VDI %s: network configuration not injected: %s", vdi_uuid, reason)
+        LOG.warning("VDI %s: network configuration, SSH key and metadata not injected: %s",
+                    vdi_uuid, reason)
         return {"skipped": reason}
 
 

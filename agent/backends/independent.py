@@ -155,7 +155,7 @@ class IndependentBackend(CommonBackend):
         raise _unsupported(
             "Resizing a disk down (copying its filesystem into a smaller disk)")
 
-    def preconfigure_instance(self, vdi_uuid, network_config, files):
+    def preconfigure_instance(self, vdi_uuid, network_config, files, ssh_key, metadata):
         """Always UnsupportedInIndependentMode (needs a local mount)."""
         raise _unsupported(
             "Injecting network configuration or files into an image",

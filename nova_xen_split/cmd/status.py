@@ -16,6 +16,7 @@ from nova_xen_split import conf as nxs_conf
 from nova_xen_split import driver as nxs_driver
 from nova_xen_split import xapi
 from rpc import exceptions
+from rpc import methods
 
 Code = upgradecheck.Code
 Result = upgradecheck.Result
@@ -68,6 +69,13 @@ class Checks(upgradecheck.UpgradeCommands):
             return Result(Code.FAILURE, "The agent for host %s did not answer: %s. Start "
                           "nova-xen-split-agent with this configuration (same [DEFAULT] "
                           "host and transport_url)." % (self.conf.host, self._agent_error))
+        if not methods.version_serves(description["version"], methods.VERSION):
+            return Result(Code.WARNING, "The agent for host %s answers, interface %s, older "
+                          "than this driver's %s: upgrade nova-xen-split-agent. Until then "
+                          "calls that need %s are not made (with flat_injected, the SSH key "
+                          "and metadata are not written into images)." % (
+                              self.conf.host, description["version"], methods.VERSION,
+                              methods.VERSION))
         return Result(Code.SUCCESS, "The agent for host %s answers, interface %s." % (
             self.conf.host, description["version"]))
 

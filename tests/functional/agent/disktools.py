@@ -7,6 +7,7 @@ helpers read them with the standard tools (never with the agent's code).
 import glob
 import json
 import os
+import re
 import subprocess
 
 
@@ -87,3 +88,18 @@ def ext_block_count(path, offset):
 def iso_file(path, member):
     """A member of an ISO9660 image, read with bsdtar."""
     return run(["bsdtar", "-xOf", path, member])
+
+
+def ext_stat(path, offset, guest_path):
+    """``(mode, uid, gid)`` of ``guest_path`` (mode with its type bits)."""
+    out = run(["debugfs", "-R", "stat %s" % guest_path, "%s?offset=%d" % (path, offset)])
+    mode = re.search(r"Mode:\s+(\d+)", out).group(1)
+    ftype = re.search(r"Type:\s+(\w+)", out).group(1)
+    uid, gid = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+)", out).groups()
+    return ftype, int(mode, 8), int(uid), int(gid)
+
+
+def ext_debugfs(path, offset, *commands):
+    """Run debugfs write commands (``sif``, ``symlink``...) on the fs."""
+    for command in commands:
+        run(["debugfs", "-w", "-R", command, "%s?offset=%d" % (path, offset)])

@@ -6,6 +6,7 @@ import uuid
 import pytest
 
 from rpc import exceptions
+from rpc import methods
 from tests.functional.agent import disktools
 
 GiB = 1 << 30
@@ -139,7 +140,7 @@ def test_describe_names_the_mode_the_vm_and_the_interface_version(agent):
     described = agent.endpoint.describe()
 
     assert described["mode"] == agent.ctx.mode
-    assert described["version"] == "1.0"
+    assert described["version"] == methods.VERSION
     assert described["host_uuid"] == agent.session.call(
         "host.get_uuid", agent.session.host_ref)
     if agent.ctx.mode == "in_guest":

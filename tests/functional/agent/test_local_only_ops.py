@@ -1,6 +1,8 @@
 """resize_disk and preconfigure_instance: done in_guest, refused independent."""
 
 import hashlib
+import json
+import os
 import uuid
 
 import pytest
@@ -10,6 +12,8 @@ from tests.functional.agent import disktools
 
 MiB = 1 << 20
 GiB = 1 << 30
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFlatInjectedKey k1@test"
+KEY_COMMENT = b"# Added by nova-xen-split (flat_injected)\n"
 
 
 @pytest.fixture
@@ -79,6 +83,11 @@ def test_preconfigure_instance_writes_network_config_and_files(in_guest_agent, t
         b"auto eth0\niface eth0 inet dhcp\n"
     assert disktools.ext_read(path, 2048 * 512, "/root/.ssh/authorized_keys") == \
         b"ssh-ed25519 AAAA test\n"
+    # Directories it had to make are 0755 whatever the daemon's umask.
+    for directory in ("/etc", "/etc/network", "/root", "/root/.ssh"):
+        assert disktools.ext_stat(path, 2048 * 512, directory)[:2] == ("directory", 0o755)
+    assert disktools.ext_stat(path, 2048 * 512, "/etc/network/interfaces")[:2] == (
+        "regular", 0o644)
     clean, output = disktools.e2fsck_clean(path, 2048 * 512)
     assert clean, output
     assert in_guest_agent.tagged_vbds() == []
@@ -122,7 +131,8 @@ def test_preconfigure_instance_leaves_a_non_linux_filesystem_unmounted(in_guest_
     before = _sha256(path)
 
     done = in_guest_agent.endpoint.preconfigure_instance(
-        vdi_uuid=disk["uuid"], network_config="auto eth0\niface eth0 inet dhcp\n", files=None)
+        vdi_uuid=disk["uuid"], network_config="auto eth0\niface eth0 inet dhcp\n", files=None,
+        ssh_key=KEY, metadata={"role": "web"})
     assert "partition 1 holds vfat, not a Linux filesystem" in done["skipped"]
     with pytest.raises(exceptions.DiskOperationFailed, match="cannot write files: partition 1 "
                        "holds vfat"):
@@ -147,6 +157,80 @@ def test_preconfigure_instance_writes_into_a_disk_without_partition_table(
         b"auto eth0\niface eth0 inet dhcp\n"
     clean, output = disktools.e2fsck_clean(path, 0)
     assert clean, output
+    assert in_guest_agent.tagged_vbds() == []
+
+
+def test_preconfigure_instance_adds_the_ssh_key_and_writes_metadata(in_guest_agent, tmp_path):
+    # As Nova's flat_injected: the key goes after the keys the image has
+    # (one without a final newline here), /root/.ssh is made private again
+    # (sshd's StrictModes refuses a group- or world-writable one), and the
+    # instance metadata lands as JSON in /meta.js.
+    disk = _ext4_disk(in_guest_agent, tmp_path, 64, b"x")
+    path = disktools.vdi_file(in_guest_agent.sim, disk["uuid"])
+    for directory in ("/root", "/root/.ssh"):
+        disktools.ext_mkdir(path, 2048 * 512, directory)
+    disktools.ext_write(path, 2048 * 512, "/root/.ssh/authorized_keys",
+                        b"ssh-rsa AAAAB3Old old@host", tmp_path)
+    disktools.ext_debugfs(path, 2048 * 512, "sif /root/.ssh mode 040777",
+                          "sif /root/.ssh uid 1000", "sif /root/.ssh/authorized_keys uid 1000")
+    metadata = {"role": "web", "zone": "b", "empty": ""}
+
+    for _ in range(2):  # a retried request adds the key once
+        done = in_guest_agent.endpoint.preconfigure_instance(
+            vdi_uuid=disk["uuid"], network_config="auto eth0\niface eth0 inet dhcp\n",
+            ssh_key=KEY, metadata=metadata)
+        assert done == {}
+
+    assert disktools.ext_read(path, 2048 * 512, "/root/.ssh/authorized_keys") == (
+        b"ssh-rsa AAAAB3Old old@host\n" + KEY_COMMENT + KEY.encode() + b"\n")
+    assert disktools.ext_stat(path, 2048 * 512, "/root/.ssh") == ("directory", 0o700, 0, 0)
+    assert disktools.ext_stat(path, 2048 * 512, "/root/.ssh/authorized_keys") == (
+        "regular", 0o600, 0, 0)
+    assert json.loads(disktools.ext_read(path, 2048 * 512, "/meta.js")) == metadata
+    assert disktools.ext_read(path, 2048 * 512, "/etc/network/interfaces") == \
+        b"auto eth0\niface eth0 inet dhcp\n"
+    clean, output = disktools.e2fsck_clean(path, 2048 * 512)
+    assert clean, output
+    assert in_guest_agent.tagged_vbds() == []
+
+
+def test_preconfigure_instance_makes_root_ssh_dir_for_the_key(in_guest_agent, tmp_path):
+    disk = _ext4_disk(in_guest_agent, tmp_path, 64, b"x")
+    path = disktools.vdi_file(in_guest_agent.sim, disk["uuid"])
+
+    in_guest_agent.endpoint.preconfigure_instance(vdi_uuid=disk["uuid"], ssh_key=KEY)
+
+    assert disktools.ext_read(path, 2048 * 512, "/root/.ssh/authorized_keys") == \
+        KEY_COMMENT + KEY.encode() + b"\n"
+    assert disktools.ext_stat(path, 2048 * 512, "/root")[:2] == ("directory", 0o700)
+    assert disktools.ext_stat(path, 2048 * 512, "/root/.ssh")[:2] == ("directory", 0o700)
+    assert disktools.ext_stat(path, 2048 * 512, "/root/.ssh/authorized_keys")[:2] == (
+        "regular", 0o600)
+    assert not disktools.ext_exists(path, 2048 * 512, "/meta.js")  # no metadata sent
+
+
+@pytest.mark.parametrize("link_target", ["/etc", "../etc"])
+def test_preconfigure_instance_never_writes_the_key_through_a_symlink(
+        in_guest_agent, tmp_path, link_target):
+    # An absolute link would lead out of the mount (onto the agent's own
+    # /etc); a relative one would get the guest's /etc chmod 0700.
+    disk = _ext4_disk(in_guest_agent, tmp_path, 64, b"x")
+    path = disktools.vdi_file(in_guest_agent.sim, disk["uuid"])
+    for directory in ("/root", "/etc"):
+        disktools.ext_mkdir(path, 2048 * 512, directory)
+    disktools.ext_debugfs(path, 2048 * 512, "symlink /root/.ssh %s" % link_target)
+    etc_before = disktools.ext_stat(path, 2048 * 512, "/etc")
+
+    with pytest.raises(exceptions.DiskOperationFailed,
+                       match="leaves the filesystem|is a symlink in the guest"):
+        in_guest_agent.endpoint.preconfigure_instance(
+            vdi_uuid=disk["uuid"], network_config="auto lo\n", ssh_key=KEY,
+            metadata={"a": "b"})
+
+    assert disktools.ext_stat(path, 2048 * 512, "/etc") == etc_before
+    for never in ("/etc/authorized_keys", "/etc/network", "/meta.js"):
+        assert not disktools.ext_exists(path, 2048 * 512, never)  # nothing written
+    assert not os.path.exists("/etc/authorized_keys")
     assert in_guest_agent.tagged_vbds() == []
 
 

@@ -15,6 +15,7 @@ from agent import vdis
 from nova_xen_split import conf as nxs_conf
 from nova_xen_split.cmd import demo_env
 from rpc import client as rpc_client
+from rpc import methods
 from rpc import transports
 
 AGENT = os.path.join(os.path.dirname(sys.executable), "nova-xen-split-agent")
@@ -153,7 +154,7 @@ def test_auto_detection_chooses_the_mode_logs_it_and_sigterm_exits_zero(
     assert status == 0
     log = agent.output()
     assert "in %s mode: VM %s" % (mode, sim.compute_vm_uuid or "none") in log
-    assert "Serving interface 1.0" in log
+    assert "Serving interface %s" % methods.VERSION in log
 
 
 def _tagged(session, host):

@@ -5,6 +5,11 @@ import os
 import subprocess
 import sys
 
+from rpc import methods
+from rpc import server
+from tests.functional.rpc.conftest import make_conf
+from tests.functional.rpc.endpoint import RecordingEndpoint
+
 BIN = os.path.dirname(sys.executable)
 
 
@@ -22,7 +27,8 @@ def test_demo_boots_and_tears_down_an_instance_in_both_modes(loop_devices):
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     assert "== independent mode ==" in out and "== in_guest mode ==" in out
-    assert "mode independent, interface 1.0" in out and "mode in_guest, interface 1.0" in out
+    assert "mode independent, interface %s" % methods.VERSION in out
+    assert "mode in_guest, interface %s" % methods.VERSION in out
     for step in ("fetch_image", "auto_configure_disk", "generate_disk", "generate_configdrive",
                  "VM.start", "destroy"):
         assert step in out
@@ -60,6 +66,28 @@ def test_status_check_fails_for_an_option_the_mode_cannot_serve(xapi_sim, make_p
     proc = _status(str(config))
     assert proc.returncode == 2, proc.stdout
     assert "check_host" in proc.stdout
+
+
+def test_status_check_warns_of_an_agent_older_than_the_driver(tmp_path):
+    # An agent still at interface 1.0 (a test endpoint announcing 1.0 behind
+    # a server speaking 1.0), as after upgrading the driver first.
+    socket_path = tmp_path / "old.sock"
+    agent = server.AgentServer(make_conf("unix://%s" % socket_path, "old-agent"),
+                               RecordingEndpoint("old-agent", version="1.0"), version="1.0")
+    agent.start()
+    try:
+        config = tmp_path / "old.conf"
+        config.write_text("[DEFAULT]\nhost = old-agent\ntransport_url = unix://%s\n"
+                          "[xenserver]\nconnection_url = http://127.0.0.1:9\n"
+                          "[agent]\nrpc_timeout = 5\n" % socket_path)
+        proc = _status(str(config))
+    finally:
+        agent.stop()
+        agent.wait()
+    assert proc.returncode == 2, proc.stdout  # XAPI is unreachable: a failure
+    assert ("The agent for host old-agent answers, interface 1.0, older than this "
+            "driver's %s: upgrade nova-xen-split-agent." % methods.VERSION) in \
+        " ".join(proc.stdout.replace("|", " ").split())
 
 
 def test_status_check_fails_when_xapi_and_the_agent_are_unreachable(tmp_path):

@@ -7,6 +7,7 @@ network configuration is written into the image's root filesystem; the file
 is read back with debugfs and parsed by Debian's ifupdown.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -100,12 +101,20 @@ def test_in_guest_flat_injected_writes_the_network_config_into_the_root_fs(
 
     _spawn(pair, instance, [VIF])
 
-    assert "preconfigure_instance" in [step.name for step in steps]
+    (step,) = [step for step in steps if step.name == "preconfigure_instance"]
+    assert step.detail.startswith(
+        "/etc/network/interfaces, /root/.ssh/authorized_keys, /meta.js")
     written = _root_partition_file(pair, _root_vdi(pair, instance.uuid), tmp_path,
                                    "/etc/network/interfaces")
     assert written == netinfo.interfaces(netinfo.parse([VIF]))
     assert _root_partition_file(pair, _root_vdi(pair, instance.uuid), tmp_path,
                                 "/etc/motd") == "written before the spawn\n"
+    # As Nova's flat_injected: the key and the metadata go in too.
+    keys = _root_partition_file(pair, _root_vdi(pair, instance.uuid), tmp_path,
+                                "/root/.ssh/authorized_keys")
+    assert keys.splitlines()[-1] == instance.key_data
+    assert json.loads(_root_partition_file(pair, _root_vdi(pair, instance.uuid), tmp_path,
+                                           "/meta.js")) == instance.metadata
     ifup = shutil.which("ifup") or "/usr/sbin/ifup"
     need(os.path.exists(ifup), "ifupdown is not installed (bash .ci/install --tests)")
     (tmp_path / "interfaces").write_text(written)
@@ -141,6 +150,22 @@ def test_in_guest_flat_injected_boots_a_non_linux_image_untouched(
         assert f.read(image.stat().st_size) == g.read()  # not a byte changed
     assert pair.driver.get_info(instance).state == vm_utils.RUNNING  # Nova's rule: it boots
     pair.driver.destroy(None, instance)
+
+
+def test_flat_injected_request_is_checked_before_the_first_step(xapi_sim_compute, make_pair):
+    pair = make_pair(xapi_sim_compute, driver_overrides={("DEFAULT", "flat_injected"): True})
+    steps = []
+    pair.driver.on_step = steps.append
+    baseline = pair.counts()
+    instance = make_instance(objects.Flavor(root_gb=1), config_drive="",
+                             key_data="ssh-rsa AAAA k1\nssh-rsa BBBB k2")
+
+    with pytest.raises(exceptions.InvalidRequest) as err:
+        _spawn(pair, instance, [VIF])
+
+    assert err.value.kwargs["field"] == "ssh_key"
+    assert steps == []
+    assert leftovers(pair, instance.uuid, baseline) == []
 
 
 def test_without_flat_injected_the_image_is_not_mounted(xapi_sim_compute, make_pair):

@@ -29,17 +29,19 @@ VALID_ARGS = {
         files=[["/etc/motd", ALL_BYTES], ["/root/empty", b""]], admin_password="hunter2"),
     "resize_disk": dict(instance_uuid=INSTANCE, vdi_uuid=VDI, new_gb=5),
     "preconfigure_instance": dict(vdi_uuid=VDI, network_config="auto eth0\n",
-                                  files=[["/etc/hostname", b"vm1\n"]]),
+                                  files=[["/etc/hostname", b"vm1\n"]],
+                                  ssh_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI k1@test",
+                                  metadata={"role": "web", "empty": ""}),
     "cleanup_attached_vdis": {},
     "destroy_vdis": dict(vdi_uuids=[VDI, INSTANCE]),
 }
 
 
-def expected_result(method, args, host="test-host"):
+def expected_result(method, args, host="test-host", version=methods.VERSION):
     """What :class:`RecordingEndpoint` answers to ``method(**args)``."""
     if method == "describe":
         return {"mode": "independent", "vm_uuid": None, "host_uuid": INSTANCE,
-                "host": host, "version": methods.VERSION, "capabilities": {"resize_down": False}}
+                "host": host, "version": version, "capabilities": {"resize_down": False}}
     if method == "fetch_image":
         return {"vdis": [{"uuid": args["instance_uuid"], "type": "root", "size_bytes": 1 << 30}]}
     if method == "cleanup_attached_vdis":
@@ -59,8 +61,9 @@ def expected_result(method, args, host="test-host"):
 class RecordingEndpoint:
     """Implements every method of the table; records, delays, fails on request."""
 
-    def __init__(self, host="test-host"):
+    def __init__(self, host="test-host", version=methods.VERSION):
         self.host = host
+        self.version = version  # what describe announces
         self.calls = []
         self.delay = {}      # method name -> seconds to sleep before answering
         self.fail = {}       # method name -> exception to raise
@@ -87,7 +90,7 @@ class RecordingEndpoint:
             self.release.wait(seconds)
         if method in self.fail:
             raise self.fail[method]
-        return expected_result(method, args, self.host)
+        return expected_result(method, args, self.host, self.version)
 
 
 def _make(name):

@@ -6,10 +6,14 @@ import time
 
 import pytest
 
+from nova_xen_split import netinfo
+from nova_xen_split import objects
+from nova_xen_split import spawn
 from rpc import exceptions
 from rpc import methods
 from tests.functional.rpc.conftest import RPC_TIMEOUT, unique_host
-from tests.functional.rpc.endpoint import ALL_BYTES, INSTANCE, VALID_ARGS, VDI, expected_result
+from tests.functional.rpc.endpoint import (ALL_BYTES, INSTANCE, VALID_ARGS, VDI,
+                                           RecordingEndpoint, expected_result)
 
 
 @pytest.mark.parametrize("method", sorted(methods.METHODS))
@@ -68,6 +72,10 @@ BAD_REQUESTS = [
      dict(VALID_ARGS["generate_configdrive"], user_data="text"), "user_data"),
     ("file entry that is not a pair", "preconfigure_instance",
      dict(VALID_ARGS["preconfigure_instance"], files=[["/etc/motd"]]), "files[0]"),
+    ("an SSH key of two lines", "preconfigure_instance",
+     dict(VALID_ARGS["preconfigure_instance"], ssh_key="ssh-rsa A a\nssh-rsa B b"), "ssh_key"),
+    ("metadata that is not text", "preconfigure_instance",
+     dict(VALID_ARGS["preconfigure_instance"], metadata={"n": 1}), 'metadata["n"]'),
     ("too many vdis", "destroy_vdis", dict(vdi_uuids=[VDI] * 65), "vdi_uuids"),
     ("no vdis", "destroy_vdis", dict(vdi_uuids=[]), "vdi_uuids"),
     ("bad uuid inside a list", "destroy_vdis", dict(vdi_uuids=[VDI, "x"]), "vdi_uuids[1]"),
@@ -84,7 +92,7 @@ def test_bad_request_is_refused_by_the_server_before_the_endpoint_runs(
         agent, case, method, args, field):
     api, endpoint, _ = agent
     with pytest.raises(exceptions.InvalidRequest) as raised:
-        api._call(method, "1.0", args, check=False)  # bypass the client-side check
+        api._call(method, methods.VERSION, args, check=False)  # bypass the client's check
 
     assert raised.value.kwargs["field"] == field
     assert endpoint.calls == []
@@ -243,26 +251,70 @@ def test_describe_is_answered_while_every_worker_is_busy(agent):
         assert all(f.result(timeout=30)["vdis"] for f in slow)
 
 
+MAJOR, MINOR = methods.parse_version(methods.VERSION)
+NEXT = "%d.%d" % (MAJOR, MINOR + 1)  # a version no server speaks yet
+
+
 def test_call_pinned_at_a_newer_version_is_refused_by_the_server(agent):
     api, endpoint, _ = agent
     with pytest.raises(exceptions.VersionTooOld) as raised:
-        api._call("describe", "1.1", {}, check=False)
+        api._call("describe", NEXT, {}, check=False)
     with pytest.raises(exceptions.VersionTooOld):
-        api._call("snapshot_vdi", "1.1", {}, check=False)  # a method 1.0 lacks
+        api._call("snapshot_vdi", NEXT, {}, check=False)  # a method the server lacks
 
-    assert raised.value.kwargs["need"] == "1.1"
+    assert raised.value.kwargs["need"] == NEXT
     assert endpoint.calls == []
 
 
 def test_client_refuses_early_a_version_the_agent_announced_it_lacks(agent):
     api, endpoint, _ = agent
-    assert api.check_version()["version"] == "1.0"
+    assert api.check_version()["version"] == methods.VERSION
     with pytest.raises(exceptions.VersionTooOld) as raised:
-        api._call("snapshot_vdi", "1.1", {}, check=False)
+        api._call("snapshot_vdi", NEXT, {}, check=False)
 
     assert raised.value.kwargs == {"host": api.host, "method": "snapshot_vdi",
-                                   "have": "1.0", "need": "1.1"}
+                                   "have": methods.VERSION, "need": NEXT}
     assert endpoint.names_called() == ["describe"]
+
+
+def test_a_newer_client_reaches_an_older_agent_with_what_the_agent_knows(transport, caplog):
+    # An agent still at interface 1.0 (upgraded after its driver): calls
+    # that need 1.1 are refused with VersionTooOld, before anything is sent
+    # once the client knows the agent's version, by the agent before that;
+    # the same call without the 1.1 arguments is pinned at 1.0 and served.
+    host = unique_host()
+    _, endpoint = transport.agent(host, endpoint=RecordingEndpoint(host, version="1.0"),
+                                  version="1.0")
+    api = transport.api(host)
+    full = VALID_ARGS["preconfigure_instance"]
+    network_only = dict(full, ssh_key=None, metadata=None)
+
+    with pytest.raises(exceptions.VersionTooOld) as by_agent:
+        api.preconfigure_instance(**full)
+    assert "preconfigure_instance" not in endpoint.names_called()
+    assert api.check_version()["version"] == "1.0"
+    assert not api.can_send_version("1.1") and api.can_send_version("1.0")
+    with pytest.raises(exceptions.VersionTooOld) as by_client:
+        api.preconfigure_instance(**full)
+    assert api.preconfigure_instance(**network_only) == {}
+    # The driver's flat_injected request leaves out what the agent lacks.
+    instance = objects.Instance(key_data="ssh-ed25519 AAAA k1", metadata={"a": "b"})
+    with caplog.at_level(logging.WARNING, logger="nova_xen_split.spawn"):
+        request = spawn.preconfigure_request(api, instance, netinfo.parse([{
+            "address": "fa:16:3e:00:00:01", "network": {"subnets": []}}]))
+    assert (request["ssh_key"], request["metadata"]) == (None, None)
+    assert "SSH key and metadata of %s are not injected" % instance.uuid in caplog.text
+    assert "iface eth0 inet dhcp" in request["network_config"]
+    with pytest.raises(exceptions.InvalidRequest) as unknown:  # sent pinned too old
+        api._call("preconfigure_instance", "1.0", full, check=False)
+
+    assert unknown.value.kwargs["field"] == "metadata"
+    assert "since 1.1, newer than interface 1.0" in unknown.value.kwargs["reason"]
+    assert by_agent.value.kwargs["need"] == by_client.value.kwargs["need"] == "1.1"
+    assert by_client.value.kwargs["have"] == "1.0"
+    # (over RabbitMQ a client's first call is preceded by a describe probe)
+    assert [call for call in endpoint.calls if call[0] != "describe"] == [
+        ("preconfigure_instance", network_only)]
 
 
 def test_check_version_refuses_an_agent_of_another_major_version(transport):

@@ -60,3 +60,8 @@ def test_numbers_and_choices_are_checked(in_process, monkeypatch):
         privileged.inject_files("xvdb1", [("/etc/../../x", b"x")])
     with pytest.raises(exceptions.DiskOperationFailed, match=r"files\[1\]\[0\] lies under"):
         privileged.inject_files("xvdb1", [("/etc/a", b"x"), ("/etc/a/b", b"y")])
+    with pytest.raises(exceptions.DiskOperationFailed, match="authorized_key must match"):
+        privileged.inject_files("xvdb1", [], authorized_key="ssh-rsa A a\nssh-rsa B b")
+    with pytest.raises(exceptions.DiskOperationFailed,
+                       match="files name /root/.ssh/authorized_keys, where the key goes"):
+        privileged.inject_files("xvdb1", [("/root/.ssh", b"x")], authorized_key="ssh-rsa A")

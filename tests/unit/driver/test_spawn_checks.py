@@ -1,11 +1,15 @@
-"""The flavor and injected-file checks a spawn makes before its first step."""
+"""The flavor, injected-file and flat_injected checks a spawn makes before its first step."""
 
+from oslo_config import cfg
 import pytest
 
+from nova_xen_split import conf as nxs_conf
 from nova_xen_split import driver_errors
 from nova_xen_split import instance_metadata
+from nova_xen_split import netinfo
 from nova_xen_split import objects
 from nova_xen_split import spawn
+from rpc import client
 from rpc import exceptions
 
 
@@ -46,3 +50,48 @@ def test_malformed_injected_files_are_refused(entry):
     with pytest.raises(exceptions.InvalidRequest) as err:
         instance_metadata.injected_files_list([("/etc/ok", b"ok"), entry])
     assert err.value.kwargs["field"] == "injected_files[1]"
+
+
+def _unconnected_agent(tmp_path):
+    """A real client for a local socket nothing listens on; the tests below
+    make no call (its version is not yet known, so every version may be sent)."""
+    conf = cfg.ConfigOpts()
+    nxs_conf.register_opts(conf)
+    conf([], project="nova-xen-split")
+    conf.set_override("socket_path", str(tmp_path / "none.sock"), group="agent")
+    return client.AgentAPI(conf, host="h")
+
+
+DHCP_VIF = {"address": "fa:16:3e:00:00:01", "network": {"subnets": []}}
+UNINJECTED_VIF = {"address": "fa:16:3e:00:00:02",
+                  "network": {"meta": {"injected": False}, "subnets": []}}
+
+
+@pytest.mark.parametrize("instance, vifs, expected", [
+    # Nova mounted the image only for a key, a network config or metadata.
+    (objects.Instance(), [UNINJECTED_VIF], None),
+    (objects.Instance(key_data=" ssh-rsa AAAA k1 \n"), [UNINJECTED_VIF],
+     {"network_config": None, "files": None, "ssh_key": "ssh-rsa AAAA k1", "metadata": None}),
+    (objects.Instance(metadata={"n": 1}), [], {"network_config": None, "files": None,
+                                               "ssh_key": None, "metadata": {"n": "1"}}),
+])
+def test_flat_injected_request_holds_what_nova_injected(tmp_path, instance, vifs, expected):
+    agent = _unconnected_agent(tmp_path)
+    try:
+        assert spawn.preconfigure_request(agent, instance, netinfo.parse(vifs)) == expected
+        full = spawn.preconfigure_request(
+            agent, objects.Instance(key_data="ssh-rsa AAAA k1"), netinfo.parse([DHCP_VIF]))
+        assert "iface eth0 inet dhcp" in full["network_config"]
+    finally:
+        agent.close()
+
+
+def test_flat_injected_request_refuses_metadata_the_interface_refuses(tmp_path):
+    agent = _unconnected_agent(tmp_path)
+    try:
+        with pytest.raises(exceptions.InvalidRequest) as err:
+            spawn.preconfigure_request(agent, objects.Instance(metadata={"k": "v" * 256}),
+                                       netinfo.parse([]))
+    finally:
+        agent.close()
+    assert err.value.kwargs["field"] == 'metadata["k"]'

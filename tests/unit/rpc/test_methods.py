@@ -30,7 +30,8 @@ def test_valid_arguments_pass_unchanged(method):
 
 def test_omitted_nullable_arguments_are_filled_with_none():
     checked = methods.validate("preconfigure_instance", {"vdi_uuid": VDI})
-    assert checked == {"vdi_uuid": VDI, "network_config": None, "files": None}
+    assert checked == {"vdi_uuid": VDI, "network_config": None, "files": None,
+                       "ssh_key": None, "metadata": None}
 
 
 def test_tuples_become_lists():
@@ -182,3 +183,68 @@ def test_result_check_names_missing_keys():
     assert methods.check_result("destroy_vdis", {"destroyed": 1}) is None
     assert methods.check_result("destroy_vdis", {}) == "destroy_vdis result lacks destroyed"
     assert methods.check_result("describe", []) == "describe returned list, not a dict"
+
+
+def test_a_call_is_pinned_at_the_newest_argument_it_sends():
+    network_only = {"vdi_uuid": VDI, "network_config": "auto lo\n"}
+    assert methods.pin("preconfigure_instance", network_only) == "1.0"
+    assert methods.pin("preconfigure_instance", dict(network_only, ssh_key=None,
+                                                     metadata=None)) == "1.0"
+    assert methods.pin("preconfigure_instance", dict(network_only, metadata={})) == "1.1"
+    assert methods.pin("preconfigure_instance", VALID_ARGS["preconfigure_instance"]) == "1.1"
+    assert methods.pin("destroy_vdis", VALID_ARGS["destroy_vdis"]) == "1.0"
+
+
+def test_an_argument_newer_than_the_checking_interface_is_refused():
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("preconfigure_instance", VALID_ARGS["preconfigure_instance"], "1.0")
+    assert raised.value.kwargs == {
+        "method": "preconfigure_instance", "field": "metadata",
+        "reason": "is an argument of preconfigure_instance since 1.1, newer than "
+                  "interface 1.0"}
+    network_only = dict(VALID_ARGS["preconfigure_instance"], ssh_key=None, metadata=None)
+    assert methods.validate("preconfigure_instance", network_only, "1.0") == network_only
+    assert methods.validate("preconfigure_instance", VALID_ARGS["preconfigure_instance"],
+                            "1.1") == VALID_ARGS["preconfigure_instance"]
+
+
+def test_an_argument_added_later_must_be_nullable_and_newer_than_its_method():
+    from rpc.schema import Arg, Int
+    with pytest.raises(ValueError, match="must be nullable"):
+        Arg("n", Int(0, 1), since="1.1")
+    with pytest.raises(ValueError, match="not after its method's 1.1"):
+        methods.Method("m", "1.1", args=(Arg("n", Int(0, 1), nullable=True, since="1.1"),))
+
+
+@pytest.mark.parametrize("key, reason", [
+    ("ssh-ed25519 AAAA k1\nssh-rsa BBBB k2", "must match"),
+    ("ssh-ed25519 AAAA k1\n", "must match"),
+    (" ssh-ed25519 AAAA", "must match"),
+    ("ssh-ed25519 AAAA\tk1", "must match"),
+    ("", "length must be 1..16384 characters, got 0"),
+    ("ssh-rsa " + "A" * 16384, "length must be 1..16384 characters"),
+    (b"ssh-ed25519 AAAA", "must be a string, got bytes"),
+])
+def test_ssh_key_is_one_line_of_printable_text(key, reason):
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("preconfigure_instance", dict(VALID_ARGS["preconfigure_instance"],
+                                                       ssh_key=key))
+    assert raised.value.kwargs["field"] == "ssh_key"
+    assert reason in raised.value.kwargs["reason"]
+    assert "AAAA" not in raised.value.kwargs["reason"]
+
+
+@pytest.mark.parametrize("metadata, field, reason", [
+    ({"role": 5}, 'metadata["role"]', "must be a string, got int"),
+    ({"role": "x" * 256}, 'metadata["role"]', "length must be 0..255 characters, got 256"),
+    ({"": "x"}, "metadata", "key 0 length must be 1..255 characters, got 0"),
+    ({7: "x"}, "metadata", "key 0 must be a string, got int"),
+    ({"k%d" % i: "" for i in range(129)}, "metadata", "must have at most 128 keys, got 129"),
+    (["role", "web"], "metadata", "must be a dict, got list"),
+])
+def test_metadata_is_nova_shaped_text_to_text(metadata, field, reason):
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("preconfigure_instance", dict(VALID_ARGS["preconfigure_instance"],
+                                                       metadata=metadata))
+    assert raised.value.kwargs["field"] == field
+    assert raised.value.kwargs["reason"] == reason
