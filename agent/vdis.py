@@ -14,7 +14,11 @@ dies, and its VDIs appear untagged: before the call, the agent records the
 uuid it chose for the chain's leaf in the SR's ``other_config``
 (``nxs-pending-chain-<leaf uuid> = <agent> <instance uuid> <unix time>``)
 and removes the entry once the leaf is tagged or known not to have landed.
-An entry a crash left behind is settled by :func:`cleanup`.
+An entry a crash left behind is settled by :func:`cleanup`. The driver,
+giving up on the instance (its call timed out, the spawn is undone), marks
+the entry ``abandoned`` (``vm_utils.abandon_pending_chains``): the fetch
+then destroys the chain it landed instead of handing it over, and so does
+the cleanup, ready or not.
 """
 
 import contextlib
@@ -24,18 +28,19 @@ import time
 import uuid as uuidlib
 
 from agent import attach
+from nova_xen_split import vm_utils
 from nova_xen_split import xapi
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
 
-INSTANCE_KEY = "nxs-instance-uuid"
-PURPOSE_KEY = "nxs-purpose"
+INSTANCE_KEY = vm_utils.VDI_INSTANCE_KEY
+PURPOSE_KEY = vm_utils.VDI_PURPOSE_KEY
 STATE_KEY = "nxs-state"
 AGENT_KEY = "nxs-agent"
 IN_PROGRESS = "in-progress"
 READY = "ready"
-PENDING_CHAIN_PREFIX = "nxs-pending-chain-"
+PENDING_CHAIN_PREFIX = vm_utils.PENDING_CHAIN_PREFIX
 # A pending chain that has not landed after this long is not coming: even a
 # slow download of a large image ends sooner.
 PENDING_CHAIN_STALE_SECONDS = 6 * 3600
@@ -288,17 +293,27 @@ def _forget_entry_quietly(session, sr_ref, key):
         LOG.exception("Could not remove %s from the SR; the agent's cleanup will", key)
 
 
-def _destroy_unready_leaf(session, leaf_uuid, agent_tag):
+def chain_abandoned(session, sr_ref, leaf_uuid):
+    """Whether the driver gave up on the chain's instance: its pending entry
+    is marked abandoned, or gone (the driver's mark replaces the entry)."""
+    value = (session.call("SR.get_other_config", sr_ref) or {}).get(
+        PENDING_CHAIN_PREFIX + leaf_uuid)
+    return value is None or vm_utils.PENDING_ABANDONED in value.split()[3:]
+
+
+def _destroy_unready_leaf(session, leaf_uuid, agent_tag, even_ready=False):
     """Destroy the chain's leaf if it landed but never became ready (its
-    now childless parents go with XAPI's garbage collection). Returns
-    ``None`` (it never landed), ``READY`` (kept) or ``"destroyed"``."""
+    now childless parents go with XAPI's garbage collection), or whatever
+    its state with ``even_ready``. Returns ``None`` (it never landed),
+    ``READY`` (kept) or ``"destroyed"``."""
     try:
         leaf_ref = session.call("VDI.get_by_uuid", leaf_uuid)
     except exceptions.XapiFailure as e:
         if e.code in ("UUID_INVALID", "HANDLE_INVALID"):
             return None
         raise
-    if (session.call("VDI.get_other_config", leaf_ref) or {}).get(STATE_KEY) == READY:
+    if not even_ready and \
+            (session.call("VDI.get_other_config", leaf_ref) or {}).get(STATE_KEY) == READY:
         return READY
     LOG.info("Destroying VHD chain %s, landed by a fetch that did not finish", leaf_uuid)
     destroy(session, leaf_ref, agent_tag)
@@ -313,7 +328,7 @@ def _cleanup_pending_chains(session, agent_tag, busy, now=None):
         entries = []
         for key, value in (rec.get("other_config") or {}).items():
             words = value.split()
-            if (key.startswith(PENDING_CHAIN_PREFIX) and len(words) == 3
+            if (key.startswith(PENDING_CHAIN_PREFIX) and len(words) in (3, 4)
                     and words[0] == agent_tag and key not in busy):
                 entries.append((key, key[len(PENDING_CHAIN_PREFIX):], words))
         if not entries:
@@ -324,7 +339,9 @@ def _cleanup_pending_chains(session, agent_tag, busy, now=None):
                 stale = now - int(words[2]) > PENDING_CHAIN_STALE_SECONDS
             except ValueError:
                 stale = True
-            outcome = _destroy_unready_leaf(session, leaf_uuid, agent_tag)
+            abandoned = words[3:] == [vm_utils.PENDING_ABANDONED]
+            outcome = _destroy_unready_leaf(session, leaf_uuid, agent_tag,
+                                            even_ready=abandoned)
             destroyed += outcome == "destroyed"
             if outcome is not None or stale:
                 session.call("SR.remove_from_other_config", sr_ref, key)

@@ -21,6 +21,12 @@ NOVA_UUID_KEY = "nova_uuid"
 # Agent-made VDIs carry these (the idempotency key; see docs/interfaces.md).
 VDI_INSTANCE_KEY = "nxs-instance-uuid"
 VDI_PURPOSE_KEY = "nxs-purpose"
+# A VHD chain a dom0 plugin is landing for the agent, recorded in its SR's
+# other_config before it exists: "<key prefix><leaf uuid>" = "<agent>
+# <instance uuid> <unix time>", with " abandoned" appended once the driver
+# has given up on the instance (agent/vdis.py reads and settles these).
+PENDING_CHAIN_PREFIX = "nxs-pending-chain-"
+PENDING_ABANDONED = "abandoned"
 
 # Nova's power_state values, from XAPI's power_state names.
 NOSTATE, RUNNING, PAUSED, SHUTDOWN, CRASHED, SUSPENDED = 0, 1, 3, 4, 6, 7
@@ -222,15 +228,44 @@ def tagged_vdis(session, instance_uuid):
     }
 
 
+def abandon_pending_chains(session, instance_uuid):
+    """Mark the instance's pending VHD chains abandoned; returns how many.
+
+    A chain a dom0 plugin is still landing has no VDI yet, so no sweep can
+    find it; the agent still fetching it (its caller timed out) sees the mark
+    once the chain has landed and destroys it, and an agent that died leaves
+    the entry for its restart's cleanup, which does the same.
+    """
+    marked = 0
+    for sr_ref, rec in session.call("SR.get_all_records").items():
+        for key, value in (rec.get("other_config") or {}).items():
+            words = value.split()
+            if (not key.startswith(PENDING_CHAIN_PREFIX) or len(words) != 3
+                    or words[1] != instance_uuid):
+                continue
+            # other_config has no replace; the agent reads a missing entry
+            # of a running fetch as abandoned too.
+            session.call("SR.remove_from_other_config", sr_ref, key)
+            session.call("SR.add_to_other_config", sr_ref, key,
+                         "%s %s" % (value, PENDING_ABANDONED))
+            LOG.info("VHD chain %s of %s marked abandoned", key[len(PENDING_CHAIN_PREFIX):],
+                     instance_uuid)
+            marked += 1
+    return marked
+
+
 def sweep_instance_vdis(session, instance_uuid):
     """Destroy, through XAPI, what is left of an instance's VDIs.
 
     The agent's ``destroy_vdis`` is the normal way; this is the fallback for
-    an agent that died mid-operation: every VDI tagged with the instance
-    uuid is unplugged from wherever it is attached and destroyed, and
-    nothing else (an attached volume, another instance's disk). Returns how
-    many VDIs were destroyed.
+    an agent that died mid-operation, or still at work after its caller gave
+    up: the instance's pending VHD chains are marked abandoned first
+    (:func:`abandon_pending_chains`), then every VDI tagged with the
+    instance uuid is unplugged from wherever it is attached and destroyed,
+    and nothing else (an attached volume, another instance's disk). Returns
+    how many VDIs were destroyed.
     """
+    abandon_pending_chains(session, instance_uuid)
     refs = tagged_vdis(session, instance_uuid)
     destroyed = 0
     for vdi_ref in refs:

@@ -124,6 +124,14 @@ class CommonBackend(base.Backend):
             root_ref = session.call("VDI.get_by_uuid", chain["root"])
             base.checkpoint("scanned")
             vdis.tag(session, root_ref, instance_uuid, "root", self.ctx.tag, vdis.READY)
+            # Checked after tagging: a driver that gives up from here on
+            # finds the tagged leaf in its own sweep.
+            if vdis.chain_abandoned(session, sr_ref, pending.leaf_uuid):
+                raise exceptions.ImageFetchFailed(
+                    image_id=image_id,
+                    reason="the driver gave up on instance %s (its call timed out and "
+                    "the spawn was undone) while dom0 was landing the image; the VHD "
+                    "chain is destroyed" % instance_uuid)
         except BaseException:
             self._forget_chain(sr_ref, chain["root"])
             raise
@@ -136,6 +144,10 @@ class CommonBackend(base.Backend):
         try:
             session.call("SR.scan", sr_ref)
             vdis.destroy(session, session.call("VDI.get_by_uuid", root_uuid), self.ctx.tag)
+        except exceptions.XapiFailure as e:
+            if e.code not in ("UUID_INVALID", "HANDLE_INVALID"):  # else: already gone
+                LOG.exception("Could not remove the VHD chain of VDI %s after a failure",
+                              root_uuid)
         except Exception:
             LOG.exception("Could not remove the VHD chain of VDI %s after a failure",
                           root_uuid)

@@ -2,12 +2,14 @@
 
 import os
 import subprocess
+import threading
 import time
 import uuid
 
 import pytest
 
 from agent import vdis
+from nova_xen_split import vm_utils
 from nova_xen_split.cmd import demo_env
 from rpc import exceptions
 from tests.functional.agent import disktools
@@ -206,6 +208,83 @@ def test_cleanup_settles_pending_chain_entries_of_this_agent_only(agent):
 
     # Not landed yet: the plugin may still be running, so the young entry stays.
     assert set(left) == {keys["young"], keys["other agent's"]}
+
+
+def _vhd_image(image_server, tmp_path, size_bytes):
+    raw = tmp_path / "dense.raw"
+    raw.write_bytes(os.urandom(size_bytes))
+    tarball = tmp_path / "dense.tar"
+    demo_env.make_vhd_tarball(str(raw), str(tarball))
+    return image_server.add(tarball)
+
+
+def test_a_vhd_chain_landing_after_the_driver_gave_up_is_destroyed(
+        agent, image_server, tmp_path):
+    # The driver's call timed out while dom0 was still landing the chain:
+    # its undo sweeps the instance, which finds no VDI (the chain has none
+    # yet) but marks the pending entry abandoned; the fetch, once dom0 has
+    # landed the chain, destroys it instead of handing over a ready VDI that
+    # nothing would ever remove.
+    image_id = _vhd_image(image_server, tmp_path, 8 * MiB)
+    image_server.delay = 0.4  # about 3 s for the 8 MiB
+    instance = str(uuid.uuid4())
+    other = vdis.PENDING_CHAIN_PREFIX + str(uuid.uuid4())  # another instance's fetch
+    sr = vdis.default_sr(agent.session)
+    agent.session.call("SR.add_to_other_config", sr, other,
+                       "%s %s %d" % (agent.ctx.tag, uuid.uuid4(), time.time()))
+    before = agent.vdi_uuids()
+    outcome = []
+
+    def fetch():
+        try:
+            outcome.append(agent.endpoint.fetch_image(
+                instance_uuid=instance, image_id=image_id, disk_format="vhd",
+                auth_token=None))
+        except Exception as e:  # noqa: BLE001 -- the test looks at it
+            outcome.append(e)
+    fetching = threading.Thread(target=fetch)
+    fetching.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not image_server.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert image_server.requests, "dom0 never started the download"
+        assert vm_utils.sweep_instance_vdis(agent.session, instance) == 0  # nothing to see
+        marked = _pending_chains(agent)
+    finally:
+        fetching.join(60)
+        agent.session.call("SR.remove_from_other_config", sr, other)
+
+    assert [value.split()[1:2] + value.split()[3:] for key, value in marked.items()
+            if key != other] == [[instance, "abandoned"]]
+    assert len(marked[other].split()) == 3  # another instance's entry is left alone
+    (error,) = outcome
+    assert isinstance(error, exceptions.ImageFetchFailed), error
+    assert "gave up on instance %s" % instance in str(error)
+    assert agent.vdi_uuids() == before
+    assert _pending_chains(agent) == {}
+
+
+@pytest.mark.parametrize("abandoned", [False, True])
+def test_cleanup_destroys_a_landed_chain_the_driver_abandoned_even_when_ready(
+        agent, image_server, tmp_path, abandoned):
+    # The agent died between tagging the leaf and reading the mark: a ready
+    # leaf is kept as its fetch's result unless the driver abandoned it.
+    before = agent.vdi_uuids()
+    instance = str(uuid.uuid4())
+    (leaf,) = agent.endpoint.fetch_image(
+        instance_uuid=instance, image_id=_vhd_image(image_server, tmp_path, MiB),
+        disk_format="vhd", auth_token=None)["vdis"]
+    sr = vdis.default_sr(agent.session)
+    agent.session.call("SR.add_to_other_config", sr, vdis.PENDING_CHAIN_PREFIX + leaf["uuid"],
+                       "%s %s %d" % (agent.ctx.tag, instance, time.time()))
+    if abandoned:
+        assert vm_utils.abandon_pending_chains(agent.session, instance) == 1
+
+    agent.endpoint.cleanup_attached_vdis()
+
+    assert _pending_chains(agent) == {}
+    assert agent.vdi_uuids() - before == (set() if abandoned else {leaf["uuid"]})
 
 
 def test_a_download_that_does_not_match_its_checksum_fails_and_leaves_nothing(
