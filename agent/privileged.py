@@ -359,12 +359,12 @@ def inject_files(partition, files, authorized_key=None):
                     # A link would have the modes set on whatever it names.
                     raise _bad("inject_files", partition, "/root or /root/.ssh is a "
                                "symlink in the guest; the key is not written through it")
+            if authorized_key is not None:  # first: it makes /root 0700
+                _add_key(partition, real_root, key_target, authorized_key)
             for (parent, base), (name, data) in zip(targets, files, strict=True):
                 with _guest_file(partition, name, parent, base, os.O_TRUNC, 0o644,
                                  0o755) as fd:
                     _write_all(fd, data)
-            if authorized_key is not None:
-                _add_key(partition, key_target, authorized_key)
         finally:
             _run("inject_files", partition, ["umount", root])
     return {"fs_type": fs_type, "written": len(files) + (authorized_key is not None)}
@@ -403,14 +403,16 @@ def _guest_file(partition, name, parent, base, flags, mode, dir_mode):
 def _make_dirs(path, mode):
     """Make ``path`` and its missing parents, each with exactly ``mode``
     (``os.makedirs`` gives the parents ``0777`` less the umask, and the
-    daemon's umask may be 0)."""
+    daemon's umask may be 0); returns the directories made, outermost first."""
     missing = []
     while not os.path.lexists(path):
         missing.append(path)
         path = os.path.dirname(path)
-    for directory in reversed(missing):
+    missing.reverse()
+    for directory in missing:
         os.mkdir(directory, mode)
         os.chmod(directory, mode)
+    return missing
 
 
 def _write_all(fd, data):
@@ -419,12 +421,38 @@ def _write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
-def _add_key(partition, target, key):
-    """Append ``key`` to the guest's authorized_keys unless it is there."""
+# SELinux contexts of the targeted policy for what _add_key makes, so that
+# sshd (ssh_home_t) may read the key on an enforcing guest.
+SELINUX_CONTEXTS = {
+    "/root": b"system_u:object_r:admin_home_t:s0\0",
+    "/root/.ssh": b"system_u:object_r:ssh_home_t:s0\0",
+    methods.AUTHORIZED_KEYS_PATH: b"system_u:object_r:ssh_home_t:s0\0",
+}
+
+
+def _add_key(partition, real_root, target, key):
+    """Append ``key`` to the guest's authorized_keys unless it is there.
+
+    On a guest with SELinux (``/etc/selinux`` is a directory), what this
+    makes (``/root``, ``/root/.ssh``, the file) gets its context as the
+    ``security.selinux`` attribute: a file made outside the guest has none,
+    and an enforcing guest's sshd would not read it.
+    """
     parent, base = target
     line = key.strip().encode("ascii")
+    try:
+        made = _make_dirs(parent, 0o700)
+        made_file = not os.path.lexists(os.path.join(parent, base))
+    except OSError as e:
+        raise _bad("inject_files", partition, "cannot write %s: %s"
+                   % (methods.AUTHORIZED_KEYS_PATH, e.strerror or e)) from None
     with _guest_file(partition, methods.AUTHORIZED_KEYS_PATH, parent, base, os.O_APPEND, 0o600,
                      0o700) as fd:
+        if _has_selinux(real_root):
+            for path in made + ([os.path.join(parent, base)] if made_file else []):
+                guest_path = "/" + os.path.relpath(path, real_root)
+                os.setxattr(path, "security.selinux", SELINUX_CONTEXTS[guest_path],
+                            follow_symlinks=False)
         dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             os.fchmod(dir_fd, 0o700)
@@ -439,6 +467,13 @@ def _add_key(partition, target, key):
             return
         lead = b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b""
         _write_all(fd, lead + KEY_COMMENT + line + b"\n")
+
+
+def _has_selinux(real_root):
+    try:
+        return stat.S_ISDIR(os.lstat(os.path.join(real_root, "etc", "selinux")).st_mode)
+    except OSError:
+        return False
 
 
 def _probe_fs_type(operation, target, path):

@@ -103,3 +103,10 @@ def ext_debugfs(path, offset, *commands):
     """Run debugfs write commands (``sif``, ``symlink``...) on the fs."""
     for command in commands:
         run(["debugfs", "-w", "-R", command, "%s?offset=%d" % (path, offset)])
+
+
+def ext_selinux_context(path, offset, guest_path):
+    """The ``security.selinux`` attribute of ``guest_path`` as text, or None."""
+    out = run(["debugfs", "-R", "ea_list %s" % guest_path, "%s?offset=%d" % (path, offset)])
+    found = re.search(r'security\.selinux \(\d+\) = "([^"\\]*)', out)
+    return found.group(1) if found else None

@@ -209,6 +209,30 @@ def test_preconfigure_instance_makes_root_ssh_dir_for_the_key(in_guest_agent, tm
     assert not disktools.ext_exists(path, 2048 * 512, "/meta.js")  # no metadata sent
 
 
+@pytest.mark.parametrize("selinux", [False, True])
+def test_preconfigure_instance_labels_what_it_makes_for_the_key_on_selinux_guests(
+        in_guest_agent, tmp_path, selinux):
+    # Made outside the guest, /root/.ssh would carry no context, and an
+    # enforcing guest's sshd (reading ssh_home_t only) would refuse the key.
+    disk = _ext4_disk(in_guest_agent, tmp_path, 64, b"x")
+    path = disktools.vdi_file(in_guest_agent.sim, disk["uuid"])
+    disktools.ext_mkdir(path, 2048 * 512, "/etc")
+    if selinux:
+        disktools.ext_mkdir(path, 2048 * 512, "/etc/selinux")
+
+    in_guest_agent.endpoint.preconfigure_instance(
+        vdi_uuid=disk["uuid"], ssh_key=KEY, metadata={"a": "b"})
+
+    expected = {"/root": "system_u:object_r:admin_home_t:s0",
+                "/root/.ssh": "system_u:object_r:ssh_home_t:s0",
+                "/root/.ssh/authorized_keys": "system_u:object_r:ssh_home_t:s0"}
+    for guest_path, context in expected.items():
+        assert disktools.ext_selinux_context(path, 2048 * 512, guest_path) == \
+            (context if selinux else None)
+    clean, output = disktools.e2fsck_clean(path, 2048 * 512)
+    assert clean, output
+
+
 @pytest.mark.parametrize("link_target", ["/etc", "../etc"])
 def test_preconfigure_instance_never_writes_the_key_through_a_symlink(
         in_guest_agent, tmp_path, link_target):
