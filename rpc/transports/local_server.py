@@ -192,6 +192,11 @@ class LocalServer:
     def _serve_connection(self, conn):
         write_lock = threading.Lock()
         in_flight = set()
+        # Set when the caller hangs up (its call timed out: the client then
+        # closes the connection). A call still waiting for a worker is then
+        # not run: nobody would take its result, and a disk it made would
+        # only appear after the driver's undo had looked for it.
+        caller_gone = threading.Event()
         with self._lock:
             self._conns.add(conn)
             stopping = self._stopping  # stop() has already half-closed the others
@@ -202,6 +207,8 @@ class LocalServer:
                 try:
                     request = framing.read_frame(conn)
                 except framing.ConnectionClosed:
+                    if not self._stopping:  # stop() ends reading, the caller stays
+                        caller_gone.set()
                     return
                 except framing.FrameError as e:
                     LOG.warning("Dropping connection on %s: %s", self.path, e)
@@ -210,7 +217,7 @@ class LocalServer:
                 except OSError as e:
                     LOG.warning("Dropping connection on %s: %s", self.path, e)
                     return
-                if not self._handle(conn, write_lock, request, in_flight):
+                if not self._handle(conn, write_lock, request, in_flight, caller_gone):
                     LOG.warning("Dropping connection on %s: malformed request", self.path)
                     _last_word(conn, _malformed(
                         "request", "not a map with a positive integer id"), write_lock)
@@ -222,7 +229,7 @@ class LocalServer:
                 self._conns.discard(conn)
             conn.close()
 
-    def _handle(self, conn, write_lock, request, in_flight):
+    def _handle(self, conn, write_lock, request, in_flight, caller_gone):
         """Start serving one request; False if it is not a request at all."""
         if not (isinstance(request, dict) and isinstance(request.get("id"), int)
                 and not isinstance(request.get("id"), bool) and request["id"] > 0):
@@ -241,12 +248,17 @@ class LocalServer:
         if method.control:
             self._reply(conn, write_lock, request_id, self.dispatcher.run(method, args))
         else:
-            future = self._pool.submit(self._run, conn, write_lock, request_id, method, args)
+            future = self._pool.submit(self._run, conn, write_lock, request_id, method, args,
+                                       caller_gone)
             in_flight.add(future)
             future.add_done_callback(in_flight.discard)
         return True
 
-    def _run(self, conn, write_lock, request_id, method, args):
+    def _run(self, conn, write_lock, request_id, method, args, caller_gone):
+        if caller_gone.is_set():
+            LOG.warning("Not running %s (request %d): its caller hung up while it waited "
+                        "for one of the %d workers", method.name, request_id, self.workers)
+            return
         self._reply(conn, write_lock, request_id, self.dispatcher.run(method, args))
 
     def _reply(self, conn, write_lock, request_id, envelope):
