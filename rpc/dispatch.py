@@ -51,17 +51,24 @@ class Dispatcher:
         method = methods.lookup(method_name)
         return method, methods.validate(method.name, args, self.version)
 
-    def handle(self, method_name, version, args):
+    def handle(self, method_name, version, args, caller_gone=None):
         """Check and run one call; return its envelope (never raises)."""
         try:
             method, checked = self.check(method_name, version, args)
         except exceptions.NovaXenSplitError as e:
             LOG.warning("Refused call: %s", e)
             return {"error": e.to_wire()}
-        return self.run(method, checked)
+        return self.run(method, checked, caller_gone)
 
-    def run(self, method, checked):
-        """Call the endpoint with validated arguments; return the envelope."""
+    def run(self, method, checked, caller_gone=None):
+        """Call the endpoint with validated arguments; return the envelope.
+
+        ``caller_gone``, if given, is asked once the call has a worker slot:
+        a reason (text) when its caller has given up meanwhile, else None.
+        Such a call is not run (``CallExpired``): nobody takes its result,
+        and a disk it made would appear after the driver's undo had swept
+        the instance.
+        """
         if LOG.isEnabledFor(logging.DEBUG):  # spare the masking work otherwise
             LOG.debug("Calling %s(%s)", method.name, methods.loggable(method.name, checked))
         try:
@@ -69,7 +76,13 @@ class Dispatcher:
                 result = getattr(self.endpoint, method.name)(**checked)
             else:
                 with self._slots:
+                    why = caller_gone() if caller_gone is not None else None
+                    if why:
+                        raise exceptions.CallExpired(method=method.name, why=why)
                     result = getattr(self.endpoint, method.name)(**checked)
+        except exceptions.CallExpired as e:
+            LOG.warning("%s", e)
+            return {"error": _wire_error(e)}
         except exceptions.NovaXenSplitError as e:
             LOG.info("%s failed: %s", method.name, e)
             return {"error": _wire_error(e)}

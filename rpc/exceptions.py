@@ -104,6 +104,14 @@ class DiskOperationFailed(NovaXenSplitError):
     msg_fmt = "%(operation)s failed on %(target)s: %(reason)s"
 
 
+class CallExpired(NovaXenSplitError):
+    """The caller gave up (its call timed out) before the agent had a worker
+    free for the call; it was not run."""
+
+    msg_fmt = ("%(method)s was not run: its caller gave up before a worker was "
+               "free (%(why)s)")
+
+
 class RemoteError(NovaXenSplitError):
     """An unexpected exception in the agent, reduced to its type and message."""
 
@@ -123,6 +131,7 @@ REGISTRY = {
         AccessDenied,
         ImageFetchFailed,
         DiskOperationFailed,
+        CallExpired,
         RemoteError,
     )
 }

@@ -255,11 +255,10 @@ class LocalServer:
         return True
 
     def _run(self, conn, write_lock, request_id, method, args, caller_gone):
-        if caller_gone.is_set():
-            LOG.warning("Not running %s (request %d): its caller hung up while it waited "
-                        "for one of the %d workers", method.name, request_id, self.workers)
-            return
-        self._reply(conn, write_lock, request_id, self.dispatcher.run(method, args))
+        envelope = self.dispatcher.run(
+            method, args, lambda: "it closed its connection" if caller_gone.is_set() else None)
+        if not caller_gone.is_set():
+            self._reply(conn, write_lock, request_id, envelope)
 
     def _reply(self, conn, write_lock, request_id, envelope):
         envelope["id"] = request_id

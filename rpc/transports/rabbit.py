@@ -97,11 +97,34 @@ def _decode(value):
     return value
 
 
+# The client's wall-clock deadline travels in the call's context; a call
+# still waiting for a worker slot this long after it is not run. The margin
+# covers clock skew between the driver's and the agent's machines (Nova's
+# own service heartbeats assume clocks within a minute).
+DEADLINE_KEY = "nxs_deadline"
+DEADLINE_MARGIN_SECONDS = 60.0
+
+
+def _caller_gone(ctxt):
+    """For the dispatcher: why the caller of a call with this context has
+    given up, or None (also when the context carries no deadline)."""
+    deadline = ctxt.get(DEADLINE_KEY) if isinstance(ctxt, dict) else None
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+        return None
+
+    def gone():
+        late = time.time() - deadline
+        if late > DEADLINE_MARGIN_SECONDS:
+            return "its timeout passed %.0fs ago" % late
+        return None
+    return gone
+
+
 def _endpoint_method(dispatcher, name):
     def call(ctxt, **kwargs):
         # oslo.messaging has already checked the pinned version against
         # the endpoint's target; the dispatcher does the rest.
-        return dispatcher.handle(name, None, kwargs)
+        return dispatcher.handle(name, None, kwargs, _caller_gone(ctxt))
     call.__name__ = name
     return call
 
@@ -193,7 +216,8 @@ class RabbitClient:
             self._wait_for_agent(method, timeout, started + timeout)
             remaining = max(started + timeout - time.monotonic(), 0.001)
         try:
-            return self._prepare(version, remaining, monitor).call({}, method, **args)
+            return self._prepare(version, remaining, monitor).call(
+                {DEADLINE_KEY: time.time() + remaining}, method, **args)
         except oslo_messaging.MessagingTimeout:
             self._reached = False  # unknown state: probe again before the next call
             if monitor and time.monotonic() < started + timeout - 0.1:

@@ -11,6 +11,7 @@ from nova_xen_split import objects
 from nova_xen_split import spawn
 from rpc import exceptions
 from rpc import methods
+from rpc.transports import rabbit
 from tests.functional.rpc.conftest import RPC_TIMEOUT, unique_host
 from tests.functional.rpc.endpoint import (ALL_BYTES, INSTANCE, VALID_ARGS, VDI,
                                            RecordingEndpoint, expected_result)
@@ -324,3 +325,33 @@ def test_check_version_refuses_an_agent_of_another_major_version(transport):
 
     with pytest.raises(exceptions.VersionTooOld):
         api.check_version()
+
+
+def test_a_call_whose_caller_gave_up_while_it_waited_for_a_worker_is_not_run(
+        transport, monkeypatch):
+    # One worker, busy with a slow call: the next call waits for it, its
+    # caller times out, and when the worker frees up the waiting call is
+    # dropped, not run (a disk it made would appear after the driver's undo
+    # had swept the instance). The local socket knows by the closed
+    # connection; over RabbitMQ the caller's deadline travels with the call,
+    # honoured after a margin for clock skew, set to 0 here so the test
+    # need not wait a minute.
+    monkeypatch.setattr(rabbit, "DEADLINE_MARGIN_SECONDS", 0.0)
+    host = unique_host()
+    _, endpoint = transport.agent(host, rpc_workers=1)
+    busy_api, waiting_api = transport.api(host), transport.api(host)
+    endpoint.delay["generate_disk"] = 30
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        busy = pool.submit(busy_api.generate_disk, **VALID_ARGS["generate_disk"])
+        deadline = time.monotonic() + 10
+        while "generate_disk" not in endpoint.names_called() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(exceptions.AgentUnavailable):
+            waiting_api.destroy_vdis(vdi_uuids=[VDI])  # rpc_timeout: 1 s
+        endpoint.release.set()
+        assert busy.result(timeout=30)["uuid"] == VALID_ARGS["generate_disk"]["instance_uuid"]
+
+    endpoint.delay.clear()
+    assert waiting_api.destroy_vdis(vdi_uuids=[VDI]) == {"destroyed": 1}  # still served
+    assert [name for name in endpoint.names_called() if name != "describe"] == [
+        "generate_disk", "destroy_vdis"]  # the call that waited never ran

@@ -2,7 +2,6 @@
 control, resistance to garbage, stale socket files, several calls in flight
 on one connection."""
 
-import concurrent.futures
 import errno
 import os
 import socket
@@ -331,26 +330,3 @@ def test_a_request_too_big_for_one_frame_is_an_invalid_request_not_a_dead_agent(
     assert endpoint.names_called() == []
     assert api.describe()["host"] == host       # the connection is fine
 
-
-def test_a_call_whose_caller_gave_up_while_it_waited_for_a_worker_is_not_run(unix):
-    # One worker, busy with a slow call: the next call waits for it, its
-    # caller times out and hangs up, and when the worker frees up the
-    # waiting call is dropped, not run (a disk it made would appear after
-    # the driver's undo had swept the instance).
-    host = unique_host()
-    _, endpoint = unix.agent(host, rpc_workers=1)
-    busy_api, waiting_api = unix.api(host), unix.api(host)
-    endpoint.delay["generate_disk"] = 30
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        busy = pool.submit(busy_api.generate_disk, **VALID_ARGS["generate_disk"])
-        deadline = time.monotonic() + 10
-        while "generate_disk" not in endpoint.names_called() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        with pytest.raises(exceptions.AgentUnavailable):
-            waiting_api.destroy_vdis(vdi_uuids=[VDI])  # rpc_timeout: 1 s
-        endpoint.release.set()
-        assert busy.result(timeout=30)["uuid"] == VALID_ARGS["generate_disk"]["instance_uuid"]
-
-    endpoint.delay.clear()
-    assert waiting_api.destroy_vdis(vdi_uuids=[VDI]) == {"destroyed": 1}  # still served
-    assert endpoint.names_called() == ["generate_disk", "destroy_vdis"]  # the first never ran

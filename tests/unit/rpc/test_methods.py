@@ -1,9 +1,12 @@
 """The method table and its argument checks, without any transport."""
 
+import time
+
 import pytest
 
 from rpc import exceptions
 from rpc import methods
+from rpc.transports import rabbit
 from tests.functional.rpc.endpoint import INSTANCE, VALID_ARGS, VDI
 
 
@@ -248,3 +251,16 @@ def test_metadata_is_nova_shaped_text_to_text(metadata, field, reason):
                                                        metadata=metadata))
     assert raised.value.kwargs["field"] == field
     assert raised.value.kwargs["reason"] == reason
+
+
+def test_a_rabbit_call_context_tells_whether_its_caller_gave_up():
+    now = time.time()
+    margin = rabbit.DEADLINE_MARGIN_SECONDS
+    assert rabbit._caller_gone({}) is None                       # an older client
+    assert rabbit._caller_gone({rabbit.DEADLINE_KEY: True}) is None
+    assert rabbit._caller_gone({rabbit.DEADLINE_KEY: "soon"}) is None
+    assert rabbit._caller_gone(None) is None
+    assert rabbit._caller_gone({rabbit.DEADLINE_KEY: now + 5})() is None
+    assert rabbit._caller_gone({rabbit.DEADLINE_KEY: now - margin / 2})() is None  # skew
+    late = rabbit._caller_gone({rabbit.DEADLINE_KEY: now - margin - 30})()
+    assert late.startswith("its timeout passed ") and late.endswith("s ago")
