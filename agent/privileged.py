@@ -359,7 +359,7 @@ def inject_files(partition, files, authorized_key=None):
                     # A link would have the modes set on whatever it names.
                     raise _bad("inject_files", partition, "/root or /root/.ssh is a "
                                "symlink in the guest; the key is not written through it")
-            if authorized_key is not None:  # first: it makes /root 0700
+                # Before the files: it makes /root 0700 if the image has none.
                 _add_key(partition, real_root, key_target, authorized_key)
             for (parent, base), (name, data) in zip(targets, files, strict=True):
                 with _guest_file(partition, name, parent, base, os.O_TRUNC, 0o644,

@@ -265,7 +265,11 @@ def sweep_instance_vdis(session, instance_uuid):
     and nothing else (an attached volume, another instance's disk). Returns
     how many VDIs were destroyed.
     """
-    abandon_pending_chains(session, instance_uuid)
+    try:
+        abandon_pending_chains(session, instance_uuid)
+    except exceptions.XapiFailure as e:  # the sweep below matters more
+        LOG.warning("Could not mark the pending VHD chains of %s abandoned: %s",
+                    instance_uuid, e)
     refs = tagged_vdis(session, instance_uuid)
     destroyed = 0
     for vdi_ref in refs:
