@@ -30,6 +30,7 @@ import uuid as uuidlib
 from agent import attach
 from nova_xen_split import vm_utils
 from nova_xen_split import xapi
+from rpc import dispatch
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -164,6 +165,16 @@ def mark_ready(session, vdi_ref):
     set_other_config(session, vdi_ref, STATE_KEY, READY)
 
 
+def refuse_if_caller_gone(what):
+    """Raise CallExpired if the caller of the running call has given up:
+    its result would be a disk nobody removes (the driver's undo has swept
+    the instance already). The caller's error handling destroys the VDI."""
+    why = dispatch.caller_gone()
+    if why:
+        raise exceptions.CallExpired(method="making the %s VDI" % what, why=why,
+                                     outcome="the VDI is destroyed")
+
+
 def result(session, vdi_ref):
     """What the interface returns for a made VDI."""
     rec = session.call("VDI.get_record", vdi_ref)
@@ -192,6 +203,9 @@ def make(ctx, instance_uuid, purpose, size_bytes, fill, sr_ref=None):
         try:
             fill(vdi_ref)
             mark_ready(session, vdi_ref)
+            # After marking: a driver giving up from here on finds the VDI
+            # in its undo's sweep.
+            refuse_if_caller_gone("%s of instance %s" % (purpose, instance_uuid))
         except BaseException:
             with contextlib.suppress(Exception):
                 LOG.warning("Making the %s VDI of instance %s failed; destroying it",

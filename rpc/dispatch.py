@@ -8,6 +8,7 @@ allow-list, argument validation, a worker slot (unless the method is a
 control call), the endpoint call, the result check, error reduction.
 """
 
+import contextvars
 import logging
 import threading
 
@@ -17,6 +18,18 @@ from rpc import exceptions
 from rpc import methods
 
 LOG = oslo_logging.getLogger(__name__)
+
+
+# The running call's ``caller_gone`` (see Dispatcher.run), for the endpoint's
+# code to ask before it hands a result over.
+_CALLER_GONE = contextvars.ContextVar("nxs_caller_gone", default=None)
+
+
+def caller_gone():
+    """Why the caller of the call running on this thread has given up, or
+    None (also outside a call, or when its transport cannot tell)."""
+    check = _CALLER_GONE.get()
+    return check() if check is not None else None
 
 
 class Dispatcher:
@@ -67,7 +80,7 @@ class Dispatcher:
         a reason (text) when its caller has given up meanwhile, else None.
         Such a call is not run (``CallExpired``): nobody takes its result,
         and a disk it made would appear after the driver's undo had swept
-        the instance.
+        the instance. While the call runs, :func:`caller_gone` asks it too.
         """
         if LOG.isEnabledFor(logging.DEBUG):  # spare the masking work otherwise
             LOG.debug("Calling %s(%s)", method.name, methods.loggable(method.name, checked))
@@ -78,8 +91,14 @@ class Dispatcher:
                 with self._slots:
                     why = caller_gone() if caller_gone is not None else None
                     if why:
-                        raise exceptions.CallExpired(method=method.name, why=why)
-                    result = getattr(self.endpoint, method.name)(**checked)
+                        raise exceptions.CallExpired(
+                            method=method.name, why=why,
+                            outcome="it was not run (it was waiting for a worker)")
+                    token = _CALLER_GONE.set(caller_gone)
+                    try:
+                        result = getattr(self.endpoint, method.name)(**checked)
+                    finally:
+                        _CALLER_GONE.reset(token)
         except exceptions.CallExpired as e:
             LOG.warning("%s", e)
             return {"error": _wire_error(e)}

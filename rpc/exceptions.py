@@ -105,11 +105,10 @@ class DiskOperationFailed(NovaXenSplitError):
 
 
 class CallExpired(NovaXenSplitError):
-    """The caller gave up (its call timed out) before the agent had a worker
-    free for the call; it was not run."""
+    """The caller gave up (its call timed out) before the agent could hand
+    over a result: the call was not run, or what it made was removed."""
 
-    msg_fmt = ("%(method)s was not run: its caller gave up before a worker was "
-               "free (%(why)s)")
+    msg_fmt = "%(method)s: its caller gave up (%(why)s), so %(outcome)s"
 
 
 class RemoteError(NovaXenSplitError):

@@ -132,6 +132,7 @@ class CommonBackend(base.Backend):
                     reason="the driver gave up on instance %s (its call timed out and "
                     "the spawn was undone) while dom0 was landing the image; the VHD "
                     "chain is destroyed" % instance_uuid)
+            vdis.refuse_if_caller_gone("root of instance %s" % instance_uuid)
         except BaseException:
             self._forget_chain(sr_ref, chain["root"])
             raise

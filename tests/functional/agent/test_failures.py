@@ -9,6 +9,8 @@ import uuid
 import pytest
 
 from agent.backends import base
+from rpc import dispatch
+from rpc import methods
 from nova_xen_split.cmd import demo_env
 from tests.functional.agent import disktools
 
@@ -42,12 +44,16 @@ def _vhd_tarball(tmp_path):
     return tarball
 
 
-def _operations(agent, image_server, tmp_path):
+def _raw_disk(tmp_path):
     raw = tmp_path / "image.raw"
     with open(raw, "wb") as f:
         f.truncate(8 * MiB)
         f.write(b"raw image data" * 100)
-    raw_id = image_server.add(raw)
+    return raw
+
+
+def _operations(agent, image_server, tmp_path):
+    raw_id = image_server.add(_raw_disk(tmp_path))
     vhd_id = image_server.add(_vhd_tarball(tmp_path))
     ep = agent.endpoint
     return {
@@ -156,3 +162,43 @@ def test_cleanup_attached_vdis_removes_tagged_vbds_and_half_made_vdis(agent):
     assert agent.tagged_vbds() == []
     assert agent.agent_vdis(state="in-progress") == []
     assert session.call("VDI.get_uuid", foreign)  # another agent's work stays
+
+
+@pytest.mark.parametrize("method", ["generate_disk", "fetch_vhd", "fetch_raw"])
+def test_a_disk_finished_after_its_caller_gave_up_is_destroyed_not_handed_over(
+        agent, image_server, tmp_path, monkeypatch, method):
+    # The caller's call timed out while the disk was being made; its undo
+    # has swept the instance already, so a disk handed over now would be
+    # kept by nobody. The transport tells the dispatcher the caller is gone
+    # (a closed socket, a passed deadline); here the test does, from the
+    # operation's first step on, through a real Dispatcher.
+    instance = str(uuid.uuid4())
+    args = {
+        "generate_disk": ("generate_disk", dict(instance_uuid=instance, kind="swap",
+                                                size_mb=64, fs_type="swap", label="swap")),
+        "fetch_vhd": ("fetch_image", dict(
+            instance_uuid=instance, image_id=image_server.add(_vhd_tarball(tmp_path)),
+            disk_format="vhd")),
+        "fetch_raw": ("fetch_image", dict(
+            instance_uuid=instance, image_id=image_server.add(_raw_disk(tmp_path)),
+            disk_format="raw")),
+    }[method]
+    gone = []
+    monkeypatch.setattr(base, "checkpoint", gone.append)
+    dispatcher = dispatch.Dispatcher(agent.endpoint, workers=1, host="test")
+    name, call_args = args
+    before = agent.vdi_uuids()
+
+    envelope = dispatcher.run(methods.METHODS[name], methods.validate(name, call_args),
+                              lambda: "it timed out" if gone else None)
+
+    assert gone, "the operation passed no step"
+    assert envelope["error"]["type"] == "CallExpired", envelope
+    assert "its caller gave up (it timed out), so the VDI is destroyed" in \
+        envelope["error"]["message"]
+    assert agent.vdi_uuids() == before
+    assert agent.tagged_vbds() == []
+    # The same call from a caller still waiting hands its disk over.
+    kept = dispatcher.run(methods.METHODS[name], methods.validate(name, call_args),
+                          lambda: None)
+    assert "result" in kept, kept
