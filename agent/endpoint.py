@@ -11,6 +11,7 @@ import logging
 
 from rpc import exceptions
 from rpc import methods
+from rpc import schema
 
 LOG = logging.getLogger(__name__)
 
@@ -95,13 +96,11 @@ class AgentEndpoint:
         args = self._checked("preconfigure_instance", dict(
             vdi_uuid=vdi_uuid, network_config=network_config, files=files, ssh_key=ssh_key,
             metadata=metadata))
-        placed = [(arg, path) for arg, path in (
-            ("network_config", methods.NETWORK_CONFIG_PATH),
-            ("ssh_key", methods.AUTHORIZED_KEYS_PATH),
-            ("metadata", methods.METADATA_PATH)) if args[arg] is not None]
+        placed = [(arg, path) for arg, path in methods.PRECONFIGURE_PLACES
+                  if args[arg] is not None]
         for index, (name, _) in enumerate(args["files"] or ()):
             for arg, path in placed:
-                if (name + "/").startswith(path + "/") or (path + "/").startswith(name + "/"):
+                if schema.paths_overlap(name, path):
                     raise _invalid("preconfigure_instance", "files[%d]" % index,
                                    "overlaps %s, where %s goes" % (path, arg))
         return self.backend.preconfigure_instance(**args)

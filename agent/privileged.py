@@ -336,12 +336,11 @@ def inject_files(partition, files, authorized_key=None):
             from None
     try:
         if authorized_key is not None:
-            authorized_key = _SSH_KEY.check(authorized_key)
+            authorized_key = methods.SSH_KEY_KIND.check(authorized_key)
     except schema._Reject as e:
         raise _bad("inject_files", partition, "authorized_key " + e.reason) from None
     if authorized_key is not None and any(
-            (name + "/").startswith(methods.AUTHORIZED_KEYS_PATH + "/") or
-            (methods.AUTHORIZED_KEYS_PATH + "/").startswith(name + "/") for name, _ in files):
+            schema.paths_overlap(name, methods.AUTHORIZED_KEYS_PATH) for name, _ in files):
         raise _bad("inject_files", partition, "files name %s, where the key goes"
                    % methods.AUTHORIZED_KEYS_PATH)
     fs_type = _probe_fs_type("inject_files", partition, path)
@@ -370,7 +369,6 @@ def inject_files(partition, files, authorized_key=None):
     return {"fs_type": fs_type, "written": len(files) + (authorized_key is not None)}
 
 
-_SSH_KEY = schema.Str(min_len=1, max_len=16384, pattern=methods.SSH_KEY)
 KEY_COMMENT = b"# Added by nova-xen-split (flat_injected)\n"
 # An authorized_keys file is read to see whether the key is already there;
 # past this size the key is appended without looking.

@@ -89,8 +89,6 @@ def configdrive_request(instance, files, user_data, vifs, admin_password):
 # Stands in for the root VDI's uuid while a preconfigure request is checked
 # before the VDI exists.
 _NO_VDI_YET = "00000000-0000-0000-0000-000000000000"
-# The interface version that added preconfigure_instance's ssh_key and metadata.
-PRECONFIGURE_KEY_VERSION = "1.1"
 
 
 def preconfigure_request(agent, instance, vifs):
@@ -109,11 +107,11 @@ def preconfigure_request(agent, instance, vifs):
         "ssh_key": (instance.key_data or "").strip() or None,
         "metadata": {str(k): str(v) for k, v in (instance.metadata or {}).items()} or None,
     }
-    if (args["ssh_key"] or args["metadata"]) and \
-            not agent.can_send_version(PRECONFIGURE_KEY_VERSION):
+    need = methods.pin("preconfigure_instance", args)
+    if not agent.can_send_version(need):
         LOG.warning("The agent speaks interface %s: the SSH key and metadata of %s are "
                     "not injected into its image (that needs %s)", agent.agent_version,
-                    instance.uuid, PRECONFIGURE_KEY_VERSION)
+                    instance.uuid, need)
         args["ssh_key"] = args["metadata"] = None
     if all(value is None for value in args.values()):
         return None
@@ -176,10 +174,8 @@ class Spawn:
         if preconfigure is not None:
             # flat_injected: the driver's init_host refuses it in independent
             # mode, so the agent here can mount the image.
-            what = [path for arg, path in (
-                ("network_config", methods.NETWORK_CONFIG_PATH),
-                ("ssh_key", methods.AUTHORIZED_KEYS_PATH),
-                ("metadata", methods.METADATA_PATH)) if preconfigure[arg] is not None]
+            what = [path for arg, path in methods.PRECONFIGURE_PLACES
+                    if preconfigure[arg] is not None]
             with self.step("preconfigure_instance", ", ".join(what)) as detail:
                 done = self.agent.preconfigure_instance(vdi_uuid=root["uuid"], **preconfigure)
                 if done.get("skipped"):

@@ -36,11 +36,15 @@ MIB = 1024 * 1024
 # One OpenSSH public key line (authorized_keys format): printable ASCII and
 # spaces, no line break, so it can only ever add itself to the file.
 SSH_KEY = r"^[\x21-\x7e][\x20-\x7e]*\Z"
+SSH_KEY_KIND = Str(min_len=1, max_len=16384, pattern=SSH_KEY)
 # Where preconfigure_instance writes its arguments in the guest (Nova's
 # flat_injected places).
 NETWORK_CONFIG_PATH = "/etc/network/interfaces"
 AUTHORIZED_KEYS_PATH = "/root/.ssh/authorized_keys"
 METADATA_PATH = "/meta.js"
+PRECONFIGURE_PLACES = (("network_config", NETWORK_CONFIG_PATH),
+                       ("ssh_key", AUTHORIZED_KEYS_PATH),
+                       ("metadata", METADATA_PATH))
 _VERSION_RE = re.compile(r"^[0-9]{1,4}\.[0-9]{1,4}\Z")
 
 # Injected files: [path inside the guest, contents] pairs.
@@ -126,8 +130,7 @@ METHODS = {m.name: m for m in (
         Arg("vdi_uuid", Uuid()),
         Arg("network_config", Str(max_len=MIB), nullable=True),
         Arg("files", _FILES, nullable=True),
-        Arg("ssh_key", Str(min_len=1, max_len=16384, pattern=SSH_KEY), nullable=True,
-            since="1.1"),
+        Arg("ssh_key", SSH_KEY_KIND, nullable=True, since="1.1"),
         Arg("metadata", StrMap(max_items=128, max_len=255), nullable=True, since="1.1"),
     )),
     Method("cleanup_attached_vdis", "1.0", returns=("unplugged", "destroyed")),

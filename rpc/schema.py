@@ -279,6 +279,12 @@ class GuestPath(Str):
         return "absolute file path (..%d chars)" % self.max_len
 
 
+def paths_overlap(path, other):
+    """Whether two guest paths are the same or one lies under the other
+    (then they cannot both be files)."""
+    return (path + "/").startswith(other + "/") or (other + "/").startswith(path + "/")
+
+
 class GuestFiles(List):
     """Files to write into a guest: ``[path, contents]`` pairs with distinct
     paths, none of them under another (a path cannot be a file and a

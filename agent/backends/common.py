@@ -145,10 +145,9 @@ class CommonBackend(base.Backend):
         try:
             session.call("SR.scan", sr_ref)
             vdis.destroy(session, session.call("VDI.get_by_uuid", root_uuid), self.ctx.tag)
-        except exceptions.XapiFailure as e:
-            if e.code not in ("UUID_INVALID", "HANDLE_INVALID"):  # else: already gone
+        except Exception as e:
+            gone = isinstance(e, exceptions.XapiFailure) and \
+                e.code in ("UUID_INVALID", "HANDLE_INVALID")  # removed by the driver's sweep
+            if not gone:
                 LOG.exception("Could not remove the VHD chain of VDI %s after a failure",
                               root_uuid)
-        except Exception:
-            LOG.exception("Could not remove the VHD chain of VDI %s after a failure",
-                          root_uuid)
