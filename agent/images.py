@@ -15,9 +15,13 @@ sparse with ``filesystem_thin_provisioning``) are skipped without being
 read. A location that cannot be used (outside the mounts, not a regular
 file, a size other than the image's) is logged and the image downloaded.
 
-A download is checked against the MD5 checksum Glance sends with it
-(``Content-MD5``) as it is read, unless ``[glance] verify_checksum`` is off:
-a mismatch raises when the last byte is read, before the fetch can succeed.
+A download is checked as it is read, unless ``[glance] verify_checksum`` is
+off, against the image's multihash where its record has one
+(``os_hash_algo``/``os_hash_value``, which Glance computes since Rocky,
+SHA-512 unless configured otherwise), as glanceclient checks it for Nova;
+else against the MD5 checksum Glance sends with the download
+(``Content-MD5``). A mismatch raises when the last byte is read, before the
+fetch can succeed.
 
 The auth token goes into one request header and nowhere else: not into
 errors, not into logs.
@@ -25,6 +29,7 @@ errors, not into logs.
 
 import base64
 import binascii
+import collections
 import errno
 import hashlib
 import http.client
@@ -75,26 +80,35 @@ class _Reader:
         self.close()
 
 
+class Checksum(collections.namedtuple("Checksum", "algorithm hexdigest source")):
+    """What an image's bytes must hash to: ``algorithm`` (a hashlib name),
+    ``hexdigest`` (lower-case hex digits) and ``source``, where it was
+    found (``os_hash_value`` or ``Content-MD5``)."""
+
+    def __str__(self):
+        return "%s %s" % (self.algorithm.upper(), self.hexdigest)
+
+
 class ImageReader(_Reader):
     """The body of one image download.
 
     ``size_bytes`` is the image's size; ``read``/``readinto`` raise
     ImageFetchFailed if the connection breaks or ends before that many bytes,
-    or, with ``md5`` (hex digits), if the bytes read do not have that MD5
-    checksum (raised by the read that reads the last byte).
+    or, with a ``checksum`` (:class:`Checksum`), if the bytes read do not
+    hash to it (raised by the read that reads the last byte).
     """
 
-    def __init__(self, image_id, connection, response, size_bytes, server, md5=None):
+    def __init__(self, image_id, connection, response, size_bytes, server, checksum=None):
         self.image_id = image_id
         self.size_bytes = size_bytes
         self.server = server
         self.bytes_read = 0
         self._connection = connection
         self._response = response
-        self._expected_md5 = md5
-        self._md5 = _Md5Thread() if md5 is not None else None
-        if self._md5 is not None and size_bytes == 0:
-            self._check_md5()      # no read will reach a last byte
+        self._expected = checksum
+        self._hash = _HashThread(checksum.algorithm) if checksum is not None else None
+        if self._hash is not None and size_bytes == 0:
+            self._check_hash()      # no read will reach a last byte
 
     def readinto(self, buffer):
         """Fill ``buffer`` from the stream; returns the byte count, 0 at the end."""
@@ -111,23 +125,25 @@ class ImageReader(_Reader):
         if not got:
             raise self._broken("connection closed early")
         self.bytes_read += got
-        if self._md5 is not None:
-            self._md5.update(view[:got])
+        if self._hash is not None:
+            self._hash.update(view[:got])
             if self.bytes_read == self.size_bytes:
-                self._check_md5()
+                self._check_hash()
         return got
 
-    def _check_md5(self):
-        read = self._md5.hexdigest()
-        self._md5 = None
-        if read != self._expected_md5:
+    def _check_hash(self):
+        read = self._hash.hexdigest()
+        self._hash = None
+        expected = self._expected
+        if read != expected.hexdigest:
             self.close()
             raise exceptions.ImageFetchFailed(
                 image_id=self.image_id,
                 reason="the %d bytes downloaded from %s do not match the image's "
-                "checksum (MD5 %s expected, %s read)"
-                % (self.bytes_read, self.server, self._expected_md5, read))
-        LOG.debug("Image %s: MD5 checksum %s verified", self.image_id, read)
+                "checksum (%s expected, %s read; from %s)"
+                % (self.bytes_read, self.server, expected, read, expected.source))
+        LOG.debug("Image %s: %s checksum %s verified", self.image_id,
+                  expected.algorithm.upper(), read)
 
     def _broken(self, why):
         self.close()
@@ -140,32 +156,45 @@ class ImageReader(_Reader):
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-        if self._md5 is not None:
-            self._md5.close()
-            self._md5 = None
+        if self._hash is not None:
+            self._hash.close()
+            self._hash = None
 
 
-class _Md5Thread:
-    """The MD5 of what :meth:`update` is given, summed on a thread of its own.
+def new_hash(algorithm):
+    """A hashlib object of ``algorithm``; ValueError if this host has none,
+    or if its digest has no fixed size (SHAKE), so it cannot be compared."""
+    # MD5 is not a security measure here (collisions are cheap), which FIPS
+    # builds want said; the multihash algorithms are.
+    hasher = hashlib.new(algorithm, usedforsecurity=algorithm != "md5")
+    if not hasher.digest_size:
+        raise ValueError("%s has no fixed digest size" % algorithm)
+    return hasher
 
-    MD5 runs at about 600 MB/s on one core, slower than a download arrives,
-    so it must not take turns with the reading: ``update`` copies the bytes
-    into one of two 1 MiB buffers, and a full buffer is summed by the thread
-    (hashlib lets go of the interpreter lock while it sums) while the other
-    one fills. Memory stays at the two buffers.
+
+class _HashThread:
+    """The hash of what :meth:`update` is given, summed on a thread of its own.
+
+    MD5 and SHA-512 run at about 600 MB/s on one core, slower than a
+    download arrives, so hashing must not take turns with the reading:
+    ``update`` copies the bytes into one of two 1 MiB buffers, and a full
+    buffer is summed by the thread (hashlib lets go of the interpreter lock
+    while it sums) while the other one fills. Memory stays at the two buffers.
     """
 
     PIECE_BYTES = 1024 * 1024
+    THREAD_NAME = "image-checksum"
 
-    def __init__(self):
-        self._md5 = hashlib.md5(usedforsecurity=False)
+    def __init__(self, algorithm):
+        self._hasher = new_hash(algorithm)
         self._free = queue.Queue()
         self._full = queue.Queue()
         self._free.put(bytearray(self.PIECE_BYTES))
         self._buffer = bytearray(self.PIECE_BYTES)
         self._length = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="image-md5", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.THREAD_NAME,
+                                        daemon=True)
         self._thread.start()
 
     def _run(self):
@@ -174,7 +203,7 @@ class _Md5Thread:
             if item is None:
                 return
             buffer, length = item
-            self._md5.update(memoryview(buffer)[:length])
+            self._hasher.update(memoryview(buffer)[:length])
             self._free.put(buffer)
 
     def update(self, data):
@@ -206,7 +235,7 @@ class _Md5Thread:
             self._length = 0
         self._full.put(None)
         self._thread.join()
-        return self._md5.hexdigest()
+        return self._hasher.hexdigest()
 
     def close(self):
         """Stop without a sum; the thread ends once it has summed what it
@@ -310,16 +339,80 @@ def open_image(conf, image_id, auth_token, timeout=DEFAULT_TIMEOUT):
     """
     servers = _servers(conf, image_id)
     mounts = conf.glance.file_url_mounts
+    record = None
     if mounts:
-        local = _open_local(conf, servers, mounts, image_id, auth_token, timeout)
+        local, record = _open_local(conf, servers, mounts, image_id, auth_token, timeout)
         if local is not None:
             return local
 
     def download(server):
         return _open_from(server, image_id, auth_token, timeout,
-                          conf.glance.verify_checksum)
+                          conf.glance.verify_checksum, record)
 
     return _first_server(conf, servers, image_id, auth_token, download)
+
+
+def expected_checksum(conf, image_id, auth_token, timeout=DEFAULT_TIMEOUT):
+    """The multihash that image ``image_id``'s bytes must hash to, from its
+    record, for a download that another process makes (the dom0 image
+    plugin); None when the record has none or cannot be read (logged: the
+    download's own ``Content-MD5`` is checked then), or when ``[glance]
+    verify_checksum`` is off. Raises ImageFetchFailed for a record whose
+    multihash is malformed."""
+    if not conf.glance.verify_checksum:
+        return None
+    servers = _servers(conf, image_id)
+
+    def get_record(server):
+        return server, _image_record(server, image_id, auth_token, timeout)
+
+    try:
+        server, record = _first_server(conf, servers, image_id, auth_token, get_record)
+    except exceptions.ImageFetchFailed as e:
+        LOG.warning("Image %s: its record could not be read (%s); only the MD5 "
+                    "checksum sent with the download can be checked", image_id, e)
+        return None
+    return record_checksum(record, server, image_id)
+
+
+# The hashlib names Glance's ``hashing_algorithm`` takes (sha512, sha3_256,
+# blake2b, ...).
+_ALGORITHM_NAME = re.compile(r"[a-z0-9_]{1,32}")
+
+
+def record_checksum(record, server, image_id):
+    """The image record's multihash as a :class:`Checksum`, or None when it
+    has none (images uploaded before Glance computed one) or names an
+    algorithm this host cannot compute (logged: MD5 is checked instead).
+    A multihash that is not a digest of its algorithm raises
+    ImageFetchFailed: the record is broken, and so may be the image."""
+    algorithm, value = record.get("os_hash_algo"), record.get("os_hash_value")
+    if algorithm in (None, "") and value in (None, ""):
+        return None
+
+    def broken(why):
+        return exceptions.ImageFetchFailed(
+            image_id=image_id, reason="the image record from %s has %s" % (server, why))
+
+    if not isinstance(algorithm, str) or not isinstance(value, str) \
+            or not algorithm or not value:
+        raise broken("os_hash_algo %r and os_hash_value %r: both must be text"
+                     % (str(algorithm)[:40], str(value)[:40]))
+    algorithm = algorithm.strip().lower()
+    try:
+        if not _ALGORITHM_NAME.fullmatch(algorithm):
+            raise ValueError(algorithm)
+        digest_size = new_hash(algorithm).digest_size
+    except ValueError:
+        LOG.warning("Image %s: its record's os_hash_algo %r is no hash this host can "
+                    "compute; only its MD5 checksum can be checked", image_id,
+                    algorithm[:40])
+        return None
+    value = value.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{%d}" % (2 * digest_size), value):
+        raise broken("an os_hash_value that is not a %s digest (%r)"
+                     % (algorithm, value[:160]))
+    return Checksum(algorithm, value, "os_hash_value")
 
 
 def _servers(conf, image_id):
@@ -355,7 +448,8 @@ _MAX_RECORD_BYTES = 1 << 20
 
 
 def _open_local(conf, servers, mounts, image_id, auth_token, timeout):
-    """The image's file, if Glance names one this host may read; else None."""
+    """(the image's file if Glance names one this host may read, else None;
+    the image's record, empty if it could not be read)."""
     def get_record(server):
         return _image_record(server, image_id, auth_token, timeout)
 
@@ -364,7 +458,13 @@ def _open_local(conf, servers, mounts, image_id, auth_token, timeout):
     except exceptions.ImageFetchFailed as e:
         LOG.warning("Image %s: no record to find a file location in (%s); "
                     "downloading it", image_id, e)
-        return None
+        return None, {}
+    return _open_located(record, mounts, image_id), record
+
+
+def _open_located(record, mounts, image_id):
+    """A :class:`LocalImageFile` of the record's first usable file location,
+    or None (logged)."""
     size = record.get("size")
     urls = [location.get("url") for location in record.get("locations") or []
             if isinstance(location, dict)]
@@ -482,22 +582,46 @@ def _get(server, path, image_id, auth_token, timeout, accept):
         raise _TryNextServer("%s: %s: %s" % (server, type(e).__name__, e)) from None
 
 
-def _open_from(server, image_id, auth_token, timeout, verify):
+def _open_from(server, image_id, auth_token, timeout, verify, record=None):
+    """Start the download from ``server``; with ``verify``, what it must hash
+    to comes from ``record`` (the image's record, asked for from ``server``
+    once the download has answered when None), else from its Content-MD5."""
     connection, response = _get(
         server, "/v2/images/%s/file" % urllib.parse.quote(image_id, safe=""),
         image_id, auth_token, timeout, "application/octet-stream")
     try:
         size_bytes = _check_response(server, image_id, response)
-        md5 = _content_md5(server, image_id, response) if verify else None
+        checksum = _download_checksum(server, image_id, auth_token, timeout, response,
+                                      record) if verify else None
     except BaseException:
         connection.close()
         raise
-    if verify and md5 is None:
-        LOG.warning("Image %s: %s sent no checksum (Content-MD5); downloading it "
-                    "unchecked", image_id, server)
+    if verify and checksum is None:
+        LOG.warning("Image %s: %s gave no checksum (no os_hash_value in its record, "
+                    "no Content-MD5); downloading it unchecked", image_id, server)
     LOG.info("Image %s: downloading %d bytes from %s%s", image_id, size_bytes, server,
-             ", MD5 %s to check" % md5 if md5 else "")
-    return ImageReader(image_id, connection, response, size_bytes, server, md5)
+             ", %s to check" % (checksum,) if checksum else "")
+    return ImageReader(image_id, connection, response, size_bytes, server, checksum)
+
+
+def _download_checksum(server, image_id, auth_token, timeout, response, record):
+    """The multihash of the image's record if it has one, else the
+    download's Content-MD5, else None. Asked once the download has
+    answered, as glanceclient does: an image that cannot be read costs no
+    second request. A record that cannot be read is logged and leaves MD5."""
+    if record is None:
+        try:
+            record = _image_record(server, image_id, auth_token, timeout)
+        except (exceptions.ImageFetchFailed, _TryNextServer) as e:
+            LOG.warning("Image %s: its record could not be read (%s); checking the "
+                        "download's MD5 checksum only", image_id,
+                        _scrub(str(e), auth_token))
+            record = {}
+    checksum = record_checksum(record, server, image_id)
+    if checksum is None:
+        md5 = _content_md5(server, image_id, response)
+        checksum = Checksum("md5", md5, "Content-MD5") if md5 else None
+    return checksum
 
 
 _HEX_MD5 = re.compile(r"[0-9a-fA-F]{32}")

@@ -3,8 +3,8 @@
 ``start_image_service`` serves files as Glance v2 serves image data
 (``GET /v2/images/<id>/file``, with Content-Length, and Content-MD5 where
 asked) and image records
-(``GET /v2/images/<id>``, with the file as location where asked) from a
-child process;
+(``GET /v2/images/<id>``, with the file as location and the multihash where
+asked) from a child process;
 ``make_dense`` and ``make_sparse`` write the images; ``drop_page_cache_of``
 makes the next read of a file come from the disk.
 """
@@ -13,7 +13,7 @@ import http.server
 import os
 import socketserver
 
-from nova_xen_split.cmd.demo_env import file_md5
+from nova_xen_split.cmd.demo_env import file_digest, file_md5
 from tests.imagerecord import send_image_record
 
 MiB = 1 << 20
@@ -28,7 +28,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         parts = self.path.split("/")
         path = self.server.images.get(parts[3])
         if len(parts) == 4:
-            send_image_record(self, parts[3], path, parts[3] in self.server.located)
+            send_image_record(self, parts[3], path, parts[3] in self.server.located,
+                              self.server.multihashes.get(parts[3]))
             return
         size = os.path.getsize(path)
         self.send_response(200)
@@ -71,24 +72,29 @@ def _next_data(fd, offset, size):
 class ImageService(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
-    def __init__(self, images, located=(), checksummed=()):
+    def __init__(self, images, located=(), checksummed=(), multihash=None):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.images = images
         self.located = frozenset(located)
         self.checksums = {image_id: file_md5(images[image_id]) for image_id in checksummed}
+        self.multihashes = {} if multihash is None else {
+            image_id: (multihash, file_digest(images[image_id], multihash))
+            for image_id in checksummed}
 
 
-def start_image_service(images, located=(), checksummed=()):
+def start_image_service(images, located=(), checksummed=(), multihash=None):
     """Serve ``images`` ({id: path}) from a child process; returns (pid, base
     URL). The records of the ids in ``located`` show their file's location;
-    the downloads of those in ``checksummed`` carry their MD5 (Content-MD5),
-    which the agent then checks (others go unchecked).
+    the downloads of those in ``checksummed`` carry their MD5 (Content-MD5)
+    and, with ``multihash`` (a hashlib name), their records that hash as
+    ``os_hash_algo``/``os_hash_value``; the agent then checks the multihash,
+    else the MD5 (others go unchecked).
 
     A process of its own, so that its sends do not take turns for this
     process's interpreter lock with the measurements (the floor's reads).
     Call before any thread is started: it forks.
     """
-    service = ImageService(images, located, checksummed)
+    service = ImageService(images, located, checksummed, multihash)
     pid = os.fork()
     if pid == 0:
         try:

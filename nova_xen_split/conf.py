@@ -163,12 +163,18 @@ GLANCE_OPTS = [
     cfg.BoolOpt(
         "verify_checksum",
         default=True,
-        help="Check each downloaded image against the MD5 checksum the image "
-        "service sends with it (Glance's Content-MD5 header), as Nova's "
-        "image downloads did; a mismatch fails the fetch and leaves no VDI. "
-        "It costs about one second of CPU per 600 MiB downloaded. Images "
-        "read from a file location (file_url_mounts) are not checked. An "
-        "image without a checksum is downloaded unchecked, with a log line.",
+        help="Check each downloaded image (raw downloads and the VHD tarballs "
+        "the dom0 plugin fetches) against the image's multihash "
+        "(os_hash_algo/os_hash_value of its record, which Glance computes "
+        "since Rocky; SHA-512 unless Glance's hashing_algorithm says "
+        "otherwise), as glanceclient checks Nova's downloads, or, for images "
+        "without one, against the MD5 checksum the image service sends with "
+        "the download (Content-MD5). A mismatch fails the fetch and leaves no "
+        "VDI. MD5 and SHA-512 cost about one second of CPU per 600 MiB "
+        "downloaded; SHA-256 on a CPU with SHA extensions less than half of "
+        "that. Images read from a file location (file_url_mounts) are not "
+        "checked. An image without either is downloaded unchecked, with a "
+        "log line.",
     ),
 ]
 

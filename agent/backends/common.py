@@ -4,7 +4,7 @@ import logging
 import os
 import tempfile
 
-from agent import vdis
+from agent import images, vdis
 from agent.backends import base
 from nova_xen_split import configdrive
 from nova_xen_split import xapi
@@ -23,6 +23,21 @@ def partition_type_for(fs_type):
 
 def round_up(value, unit):
     return -(-value // unit) * unit
+
+
+def _log_vhd_checksum(image_id, endpoint, checksum, chain):
+    """Say what the dom0 image plugin checked the VHD tarball against."""
+    checked = chain.get("checksum") or ("md5" if chain.get("checksum_verified") else None)
+    if checked is None:
+        LOG.warning("Image %s: %s gave no checksum (no os_hash_value in its record, no "
+                    "Content-MD5); its VHD chain landed unchecked", image_id, endpoint)
+    elif checksum is not None and checked != checksum.algorithm:
+        LOG.warning("Image %s: dom0 checked its %s checksum, not the %s of its record "
+                    "(is the dom0 image plugin older than this agent?)", image_id,
+                    checked.upper(), checksum.algorithm.upper())
+    else:
+        LOG.info("Image %s: its %s checksum was verified in dom0", image_id,
+                 checked.upper())
 
 
 class CommonBackend(base.Backend):
@@ -93,16 +108,20 @@ class CommonBackend(base.Backend):
         """fetch_vhd's work once the chain's leaf uuid is recorded as pending."""
         session = self.ctx.session
         servers = [s.strip() for s in self.conf.glance.api_servers if s.strip()]
+        # dom0 downloads the image; the agent reads its record for the
+        # multihash to check it against (dom0 falls back to Content-MD5).
+        checksum = images.expected_checksum(self.conf, image_id, auth_token)
+        args = {"image_id": image_id, "auth_token": auth_token or "",
+                "sr_path": sr_path, "leaf_uuid": pending.leaf_uuid,
+                "verify_checksum": "true" if self.conf.glance.verify_checksum else "false"}
+        if checksum is not None:
+            args.update(hash_algo=checksum.algorithm, hash_value=checksum.hexdigest)
         last = None
         for endpoint in servers:
             try:
                 chain = session.call_plugin_json(
                     self.conf.xenserver.image_plugin, "download_vhd",
-                    {"image_id": image_id, "endpoint": endpoint,
-                     "auth_token": auth_token or "", "sr_path": sr_path,
-                     "leaf_uuid": pending.leaf_uuid,
-                     "verify_checksum":
-                         "true" if self.conf.glance.verify_checksum else "false"})
+                    dict(args, endpoint=endpoint))
                 break
             except exceptions.XapiFailure as e:
                 last = e
@@ -115,9 +134,8 @@ class CommonBackend(base.Backend):
                 image_id=image_id,
                 reason="the dom0 image plugin failed on every endpoint; last: %s"
                 % (" ".join(last.details[:4])[:500] if last else "no endpoints"))
-        if self.conf.glance.verify_checksum and not chain.get("checksum_verified"):
-            LOG.warning("Image %s: %s sent no checksum (Content-MD5); its VHD chain "
-                        "landed unchecked", image_id, endpoint)
+        if self.conf.glance.verify_checksum:
+            _log_vhd_checksum(image_id, endpoint, checksum, chain)
         try:
             base.checkpoint("downloaded")
             session.call("SR.scan", sr_ref)

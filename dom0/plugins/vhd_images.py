@@ -12,9 +12,12 @@ download killed outright (SIGKILL, dom0 crash) cannot clean up: the next
 download into the SR removes staging directories in which nothing has
 changed for ``STALE_STAGING_SECONDS``.
 
-The body is checked against the MD5 checksum the image service sends with it
-(Glance's ``Content-MD5``, hex digits or RFC 1864 base64) before anything
-lands, unless ``verify_checksum`` is ``false``.
+The body is checked before anything lands, unless ``verify_checksum`` is
+``false``: against ``hash_algo``/``hash_value`` when given (the image
+record's multihash, ``os_hash_algo``/``os_hash_value``, which the caller
+reads from the image service), else against the MD5 checksum the image
+service sends with it (Glance's ``Content-MD5``, hex digits or RFC 1864
+base64). The answer's ``checksum`` names the algorithm checked ("" for none).
 
 Python 3.6 compatible; standard library and XenAPIPlugin only.
 """
@@ -44,6 +47,7 @@ from nxs_pluginlib import (
     InvalidArgument, arg, bool_arg, finally_on_sigterm, to_json, write_all)
 
 HEX_MD5_RE = re.compile(r"^[0-9a-fA-F]{32}$")
+HASH_ALGO_RE = re.compile(r"^[a-z0-9_]{1,32}$")  # hashlib names: sha512, sha3_256, ...
 IMAGE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
 TOKEN_RE = re.compile(r"^[\x21-\x7e]{0,8192}$")  # one header value: no spaces, no CR/LF
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -151,34 +155,59 @@ def _content_md5(response):
     return binascii.hexlify(digest).decode("ascii")
 
 
+def _hash_args(args):
+    """(algorithm, hex digest) from ``hash_algo`` and ``hash_value``, the
+    image record's multihash, checked; (None, None) when both are absent."""
+    algorithm = arg(args, "hash_algo", required=False, default="")
+    value = arg(args, "hash_value", required=False, default="")
+    if not algorithm and not value:
+        return None, None
+    if not HASH_ALGO_RE.fullmatch(algorithm):
+        raise InvalidArgument("hash_algo must match %s, got %r"
+                              % (HASH_ALGO_RE.pattern, algorithm[:40]))
+    try:
+        size = hashlib.new(algorithm).digest_size
+    except ValueError:
+        size = 0
+    if not size:
+        raise InvalidArgument("hash_algo %r is no hash with a fixed digest size that "
+                              "this host can compute" % algorithm)
+    if not re.match(r"\A[0-9a-f]{%d}\Z" % (2 * size), value):
+        raise InvalidArgument("hash_value must be a %s digest as %d lower-case hex "
+                              "digits, got %r" % (algorithm, 2 * size, value[:160]))
+    return algorithm, value
+
+
 class _Body(object):
     """The response body as a file: a body shorter than its Content-Length
     is an error (http.client reports it as a quiet end of data), and the
     first bytes can be looked at before the tar reader takes over. With
-    ``md5`` (hex digits), every byte received is hashed and :meth:`finish`
-    checks the sum."""
+    ``algorithm`` and ``hexdigest``, every byte received is hashed and
+    :meth:`finish` checks the sum."""
 
-    def __init__(self, response, md5=None):
+    def __init__(self, response, algorithm=None, hexdigest=None):
         self.response = response
         length = response.getheader("Content-Length")
         self.expected = int(length) if length and length.isdigit() else None
         self.received = 0
         self.pushed_back = b""
-        self.expected_md5 = md5
-        self.md5 = hashlib.md5() if md5 is not None else None
+        self.algorithm = algorithm if hexdigest is not None else None
+        self.expected_digest = hexdigest
+        self.hasher = hashlib.new(algorithm) if self.algorithm else None
 
     def finish(self):
         """Read what the tar reader left (end-of-archive padding) and check
         the checksum of the whole body."""
-        if self.md5 is None:
+        if self.hasher is None:
             return
         while self.read(COPY_CHUNK):
             pass
-        read = self.md5.hexdigest()
-        if read != self.expected_md5:
+        read = self.hasher.hexdigest()
+        if read != self.expected_digest:
             raise ImageFetchFailed("the %d bytes received do not match the image's "
-                                   "checksum (MD5 %s expected, %s read)"
-                                   % (self.received, self.expected_md5, read))
+                                   "checksum (%s %s expected, %s read)"
+                                   % (self.received, self.algorithm.upper(),
+                                      self.expected_digest, read))
 
     def peek(self, size):
         self.pushed_back += self.read(size)
@@ -190,8 +219,8 @@ class _Body(object):
             return data
         data = self.response.read(size)
         self.received += len(data)
-        if self.md5 is not None:
-            self.md5.update(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
         if not data and size != 0 and self.expected is not None and \
                 self.received < self.expected:
             raise ImageFetchFailed("the image service sent %d of %d bytes"
@@ -390,6 +419,7 @@ def download_vhd(session, args):
                               "most 8192 characters")
     sr_path = _sr_path_arg(args)
     verify = bool_arg(args, "verify_checksum", True)
+    hash_algo, hash_value = _hash_args(args)
     leaf_uuid = arg(args, "leaf_uuid", required=False, default="") or None
     if leaf_uuid is not None and not UUID_RE.fullmatch(leaf_uuid):
         raise InvalidArgument("leaf_uuid must be a lower-case uuid, got %r" % leaf_uuid[:80])
@@ -399,7 +429,12 @@ def download_vhd(session, args):
     try:
         response = _open_image(endpoint, image_id, token)
         try:
-            body = _Body(response, _content_md5(response) if verify else None)
+            if not verify:
+                body = _Body(response)
+            elif hash_value is not None:
+                body = _Body(response, hash_algo, hash_value)
+            else:
+                body = _Body(response, "md5", _content_md5(response))
             order = _chain_order(_unpack(body, staging))
         finally:
             response.close()
@@ -413,7 +448,8 @@ def download_vhd(session, args):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return to_json({"root": uuids[0], "chain": uuids,
-                    "checksum_verified": body.md5 is not None,
+                    "checksum_verified": body.hasher is not None,
+                    "checksum": body.algorithm or "",
                     "stale_staging_removed": swept})
 
 

@@ -290,7 +290,9 @@ def run(state_dir=None, transport_url=None, modes=MODES, printer=None):
         images.add(image_id, image_path)
         images.start()
         printer.line("Image %s: raw, %s, msdos label, ext4 partition with /etc/motd, "
-                     "served at %s" % (image_id, _human(image_size), images.url))
+                     "served at %s; each download is checked against the SHA-512 "
+                     "in the image's record, as Glance gives it"
+                     % (image_id, _human(image_size), images.url))
         image_for = {mode: (image_id, "raw") for mode in modes}
         missing = demo_env.missing_tools(demo_env.VHD_TOOLS)
         if "in_guest" in modes and missing:

@@ -7,6 +7,7 @@ in reverse order whatever happened.
 
 import hashlib
 import http.server
+import json
 import os
 import re
 import shutil
@@ -144,10 +145,13 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):  # noqa: N802 -- BaseHTTPRequestHandler's naming
-        m = re.fullmatch(r"/v2/images/([A-Za-z0-9._-]+)/file", self.path)
+        m = re.fullmatch(r"/v2/images/([A-Za-z0-9._-]+)(/file)?", self.path)
         path = self.server.images.get(m.group(1)) if m else None
         if path is None:
             self.send_error(404)
+            return
+        if not m.group(2):
+            self._record(m.group(1), path)
             return
         self.server.requests.append(m.group(1))
         self.send_response(200)
@@ -158,33 +162,54 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
         with open(path, "rb") as f:
             shutil.copyfileobj(f, self.wfile, MiB)
 
+    def _record(self, image_id, path):
+        """The image's record, with the multihash Glance computes (SHA-512)."""
+        body = json.dumps({"id": image_id, "status": "active",
+                           "size": os.path.getsize(path),
+                           "checksum": self.server.checksums[image_id],
+                           "os_hash_algo": "sha512",
+                           "os_hash_value": self.server.multihashes[image_id]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, fmt, *args):  # keep the demo's output readable
         pass
 
 
-def file_md5(path):
-    """The MD5 of a file as hex digits: the checksum Glance keeps for an
-    image and sends with its download as ``Content-MD5``."""
-    digest = hashlib.md5(usedforsecurity=False)
+def file_digest(path, algorithm):
+    """The hex digest of a file's bytes with hashlib's ``algorithm``."""
+    digest = hashlib.new(algorithm, usedforsecurity=algorithm != "md5")
     with open(path, "rb") as f:
         for piece in iter(lambda: f.read(MiB), b""):
             digest.update(piece)
     return digest.hexdigest()
 
 
+def file_md5(path):
+    """The MD5 of a file as hex digits: the checksum Glance keeps for an
+    image and sends with its download as ``Content-MD5``."""
+    return file_digest(path, "md5")
+
+
 class ImageService:
-    """A loopback stand-in for Glance's ``GET /v2/images/<id>/file``,
-    sending each image's checksum as Glance does."""
+    """A loopback stand-in for Glance's ``GET /v2/images/<id>/file`` and
+    ``GET /v2/images/<id>``, with each image's checksums as Glance gives
+    them: MD5 with the download, the multihash in the record."""
 
     def __init__(self):
         self.images = {}
         self.checksums = {}
+        self.multihashes = {}
         self._server = None
         self._thread = None
 
     def add(self, image_id, path):
         self.images[image_id] = path
         self.checksums[image_id] = file_md5(path)
+        self.multihashes[image_id] = file_digest(path, "sha512")
 
     @property
     def url(self):
@@ -195,6 +220,7 @@ class ImageService:
         self._server.daemon_threads = True
         self._server.images = self.images
         self._server.checksums = self.checksums
+        self._server.multihashes = self.multihashes
         self._server.requests = []
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

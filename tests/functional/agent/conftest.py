@@ -16,7 +16,7 @@ from agent import vdis
 from agent.backends import base
 from agent.backends import make_backend
 from nova_xen_split import conf as nxs_conf
-from nova_xen_split.cmd.demo_env import file_md5
+from nova_xen_split.cmd.demo_env import file_digest, file_md5
 from tests.imagerecord import send_image_record
 
 
@@ -72,7 +72,10 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         server.record_requests.append(image_id)
-        send_image_record(self, image_id, path, server.show_locations)
+        multihash = server.multihash.get(image_id)
+        if isinstance(multihash, str):      # an algorithm: the file's true digest
+            multihash = (multihash, file_digest(path, multihash))
+        send_image_record(self, image_id, path, server.show_locations, multihash)
 
     def log_message(self, *args):
         pass
@@ -88,6 +91,9 @@ class ImageServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     ``/v2/images/<id>`` is the image's record; with ``show_locations`` it
     shows the file as a ``file://`` location, as Glance's filesystem store does.
+    ``multihash`` maps an image id to the record's (``os_hash_algo``,
+    ``os_hash_value``), or to an algorithm alone for the file's true digest;
+    other records have none, as images uploaded before Glance's Rocky.
     """
 
     daemon_threads = True
@@ -101,6 +107,7 @@ class ImageServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.delay = 0.0
         self.content_md5 = {}
         self.cut_after = {}
+        self.multihash = {}
 
     @property
     def url(self):

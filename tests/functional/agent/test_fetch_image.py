@@ -1,5 +1,7 @@
 """fetch_image in both modes: raw streams, VHD chains, kernels; what is refused."""
 
+import hashlib
+import logging
 import os
 import subprocess
 import threading
@@ -137,13 +139,15 @@ def test_a_download_of_dense_and_empty_windows_lands_intact_and_checked(
     assert agent.tagged_vbds() == []
 
 
-@pytest.mark.parametrize("spoil", ["checksum", "cut"])
+@pytest.mark.parametrize("spoil", ["checksum", "multihash", "cut"])
 def test_a_download_that_breaks_or_does_not_match_late_fails_and_leaves_nothing(
         agent, image_server, tmp_path, spoil):
     image = _dense_then_sparse_image(tmp_path, [(96, True)])
     image_id = image_server.add(image)
     if spoil == "checksum":
         image_server.content_md5[image_id] = "0123456789abcdef0123456789abcdef"
+    elif spoil == "multihash":   # its Content-MD5 is right: the record's hash rules
+        image_server.multihash[image_id] = ("sha512", hashlib.sha512(b"other").hexdigest())
     else:
         image_server.cut_after[image_id] = 80 * MiB + 12345  # the connection closes
     before = agent.vdi_uuids()
@@ -153,8 +157,9 @@ def test_a_download_that_breaks_or_does_not_match_late_fails_and_leaves_nothing(
             instance_uuid=str(uuid.uuid4()), image_id=image_id, disk_format="raw",
             auth_token=None)
 
-    assert ("do not match the image's checksum" if spoil == "checksum"
-            else "broke after %d of %d bytes" % (80 * MiB + 12345, 96 * MiB)) \
+    assert {"checksum": "do not match the image's checksum (MD5",
+            "multihash": "do not match the image's checksum (SHA512",
+            "cut": "broke after %d of %d bytes" % (80 * MiB + 12345, 96 * MiB)}[spoil] \
         in str(raised.value)
     assert agent.vdi_uuids() == before
     assert agent.tagged_vbds() == []
@@ -184,6 +189,33 @@ def test_a_vhd_fetch_leaves_no_pending_chain_entry_whether_it_works_or_fails(
                                          disk_format="vhd", auth_token=None)
     assert _pending_chains(agent) == {}
     assert agent.vdi_uuids() - before == {fetched["vdis"][0]["uuid"]}
+
+
+def test_a_vhd_image_is_checked_in_dom0_against_its_records_multihash(
+        agent, image_server, tmp_path, caplog):
+    raw = _raw_image(tmp_path, 4 * MiB)
+    tarball = tmp_path / "image.tar"
+    demo_env.make_vhd_tarball(str(raw), str(tarball))
+    good, rotten = image_server.add(tarball), image_server.add(tarball)
+    image_server.multihash[good] = "sha256"   # the tarball's true SHA-256
+    image_server.multihash[rotten] = ("sha512", hashlib.sha512(b"other").hexdigest())
+    before = agent.vdi_uuids()
+
+    # Its Content-MD5 is right, so only the multihash can refuse it.
+    with pytest.raises(exceptions.ImageFetchFailed) as raised:
+        agent.endpoint.fetch_image(instance_uuid=str(uuid.uuid4()), image_id=rotten,
+                                   disk_format="vhd", auth_token=None)
+    assert "checksum (SHA512 %s expected" % hashlib.sha512(b"other").hexdigest() \
+        in str(raised.value)
+    assert agent.vdi_uuids() == before and _pending_chains(agent) == {}
+
+    with caplog.at_level(logging.INFO, logger="agent.backends.common"):
+        fetched = agent.endpoint.fetch_image(instance_uuid=str(uuid.uuid4()),
+                                             image_id=good, disk_format="vhd",
+                                             auth_token=None)
+    assert agent.vdi_uuids() - before == {fetched["vdis"][0]["uuid"]}
+    assert "its SHA256 checksum was verified in dom0" in caplog.text
+    assert image_server.record_requests == [rotten, good]
 
 
 @pytest.mark.parametrize("agent", ["independent"], indirect=True)

@@ -45,6 +45,7 @@ def test_a_single_image_vhd_lands_in_the_sr_with_the_source_content(
 
     assert result["chain"] == [result["root"]]
     assert result["checksum_verified"] is True
+    assert result["checksum"] == "md5"
     assert image_service.requests == [("/v2/images/img-1/file", image_service.token)]
     assert sorted(os.listdir(dom0.sr_path)) == [result["root"] + ".vhd"]
     dom0.api.SR.scan(dom0.sr)
@@ -117,6 +118,7 @@ def test_an_unchecked_chain_lands_and_says_it_was_not_checked(
                        **download_args(dom0, image_service, "img-u"))
 
     assert result["checksum_verified"] is False
+    assert result["checksum"] == ""
     dom0.api.SR.scan(dom0.sr)
     assert _export_raw(dom0, dom0.api.VDI.get_by_uuid(result["root"])) == chain_files["base"]
 
@@ -129,6 +131,22 @@ def test_a_base64_content_md5_is_checked_too(dom0, image_service, chain_files):
     result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-b"))
 
     assert result["checksum_verified"] is True
+
+
+@pytest.mark.parametrize("algorithm", ["sha512", "sha256"])
+def test_the_records_multihash_is_checked_instead_of_the_content_md5(
+        dom0, image_service, chain_files, algorithm):
+    body = tarball([("image.vhd", chain_files["1.vhd"])])
+    image_service.images["img-h"] = body
+    image_service.content_md5["img-h"] = "0" * 32   # wrong: not what is checked
+
+    result = dom0.call(PLUGIN, "download_vhd", hash_algo=algorithm,
+                       hash_value=hashlib.new(algorithm, body).hexdigest(),
+                       **download_args(dom0, image_service, "img-h"))
+
+    assert (result["checksum_verified"], result["checksum"]) == (True, algorithm)
+    dom0.api.SR.scan(dom0.sr)
+    assert _export_raw(dom0, dom0.api.VDI.get_by_uuid(result["root"])) == chain_files["base"]
 
 
 def _staging_dir(sr_path, name, age_seconds, files=("0.vhd",)):

@@ -197,6 +197,36 @@ def test_a_body_that_does_not_match_its_checksum_lands_nothing(dom0, image_servi
              % (hashlib.md5(body + b"!").hexdigest(), hashlib.md5(body).hexdigest()))
 
 
+def test_a_body_that_does_not_match_its_multihash_lands_nothing(dom0, image_service,
+                                                               chain_files):
+    body = tarball([("image.vhd", chain_files["1.vhd"])])
+    image_service.images["rot"] = body      # its Content-MD5 is right
+    wrong = hashlib.sha512(body + b"!").hexdigest()
+    _refused(dom0, image_service, "rot", "ImageFetchFailed",
+             "do not match the image's checksum (SHA512 %s expected, %s read)"
+             % (wrong, hashlib.sha512(body).hexdigest()),
+             hash_algo="sha512", hash_value=wrong)
+
+
+@pytest.mark.parametrize("algo, value, phrase", [
+    ("sha512", "", "hash_value must be a sha512 digest as 128 lower-case hex digits"),
+    ("", "ab" * 64, "hash_algo must match"),
+    ("sha512", "AB" * 64, "hash_value must be a sha512 digest"),
+    ("sha256", "ab" * 64, "hash_value must be a sha256 digest as 64"),
+    ("sha512", "ab" * 64 + "\n", "hash_value must be a sha512 digest"),
+    ("SHA512", "ab" * 64, "hash_algo must match"),
+    ("sha512; rm -rf /", "ab" * 64, "hash_algo must match"),
+    ("shake_128", "ab" * 16, "no hash with a fixed digest size"),
+    ("nohash99", "ab" * 16, "no hash with a fixed digest size"),
+])
+def test_a_malformed_multihash_is_refused_before_anything_is_fetched(
+        dom0, image_service, chain_files, algo, value, phrase):
+    image_service.images["img-1"] = tarball([("image.vhd", chain_files["1.vhd"])])
+    _refused(dom0, image_service, "img-1", "InvalidArgument", phrase,
+             hash_algo=algo, hash_value=value)
+    assert image_service.requests == []
+
+
 def test_a_change_after_the_end_of_the_archive_is_caught_too(dom0, image_service,
                                                              chain_files):
     # The checksum covers the whole body, padding the tar reader never needs included.

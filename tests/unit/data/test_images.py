@@ -203,7 +203,8 @@ def test_a_download_without_a_checksum_is_read_unchecked_and_said_so(image_serve
         with images.open_image(make_conf([url]), "img-1", TOKEN) as reader:
             assert read_in_pieces(reader) == IMAGE
 
-    assert "sent no checksum (Content-MD5); downloading it unchecked" in caplog.text
+    assert ("gave no checksum (no os_hash_value in its record, no Content-MD5); "
+            "downloading it unchecked") in caplog.text
 
 
 def test_an_empty_download_is_checked_too(image_server):
@@ -216,6 +217,132 @@ def test_an_empty_download_is_checked_too(image_server):
         images.open_image(make_conf([url]), "img-1", TOKEN)
 
 
+# -- the record's multihash (Glance since Rocky) -----------------------------------
+
+def multihash_record(algorithm, value=None):
+    if value is None:
+        value = hashlib.new(algorithm, IMAGE).hexdigest()
+    return {"id": "img-1", "size": len(IMAGE), "checksum": IMAGE_MD5,
+            "os_hash_algo": algorithm, "os_hash_value": value}
+
+
+@pytest.mark.parametrize("algorithm", ["sha512", "sha256", "SHA3_256"])
+def test_a_download_is_checked_against_its_records_multihash(image_server, caplog,
+                                                             algorithm):
+    # The download's Content-MD5 is wrong: only the multihash is checked.
+    server, url = image_server(record=multihash_record(algorithm.lower()),
+                               content_md5=hashlib.md5(b"other").hexdigest())
+    server.record["os_hash_algo"] = algorithm   # Glance's names are lower-case; any case is read
+
+    with caplog.at_level(logging.INFO, logger="agent.images"):
+        with images.open_image(make_conf([url]), "img-1", TOKEN) as reader:
+            assert read_in_pieces(reader) == IMAGE
+
+    assert "%s %s to check" % (algorithm.upper(), server.record["os_hash_value"]) \
+        in caplog.text
+    # Asked once the download had answered, with the token, as glanceclient does.
+    assert [path for path, _ in server.requests] == ["/v2/images/img-1/file",
+                                                     "/v2/images/img-1"]
+    assert server.requests[1][1]["X-Auth-Token"] == TOKEN
+
+
+def test_a_download_not_matching_its_multihash_raises_though_its_md5_matches(
+        image_server):
+    wrong = hashlib.sha512(IMAGE + b"x").hexdigest()
+    _, url = image_server(record=multihash_record("sha512", wrong))
+
+    with images.open_image(make_conf([url]), "img-1", TOKEN) as reader:
+        head = reader.read(len(IMAGE) - 1)
+        with pytest.raises(exceptions.ImageFetchFailed) as err:
+            reader.read(1)
+
+    assert head == IMAGE[:-1]
+    assert "SHA512 %s expected, %s read; from os_hash_value" % (
+        wrong, hashlib.sha512(IMAGE).hexdigest()) in str(err.value)
+    for thread in hash_threads():
+        thread.join(5)
+    assert hash_threads() == []
+
+
+def test_an_algorithm_this_host_lacks_leaves_the_md5_check(image_server, caplog):
+    server, url = image_server(record=multihash_record("sha512", "ab" * 64),
+                               content_md5=hashlib.md5(b"other").hexdigest())
+    server.record["os_hash_algo"] = "whirlpool9"
+
+    with caplog.at_level(logging.WARNING, logger="agent.images"):
+        with images.open_image(make_conf([url]), "img-1", TOKEN) as reader:
+            with pytest.raises(exceptions.ImageFetchFailed, match="MD5 .* expected"):
+                read_in_pieces(reader)
+    assert "os_hash_algo 'whirlpool9' is no hash this host can compute" in caplog.text
+
+
+@pytest.mark.parametrize("algorithm, value, says", [
+    ("sha512", "abc", "os_hash_value that is not a sha512 digest"),
+    ("sha512", "g" * 128, "os_hash_value that is not a sha512 digest"),
+    ("sha256", "ab" * 64, "os_hash_value that is not a sha256 digest"),
+    ("sha512", None, "both must be text"),
+    (None, "ab" * 64, "both must be text"),
+    ("sha512", 12, "both must be text"),
+])
+def test_a_malformed_multihash_fails_before_a_byte_is_read(image_server, algorithm,
+                                                           value, says):
+    record = multihash_record("sha512")
+    record["os_hash_algo"], record["os_hash_value"] = algorithm, value
+    server, url = image_server(record=record)
+
+    with pytest.raises(exceptions.ImageFetchFailed, match=says):
+        images.open_image(make_conf([url]), "img-1", TOKEN)
+    assert hash_threads() == []
+    assert len(server.requests) == 2                 # not retried elsewhere
+
+
+def test_a_record_that_cannot_be_read_leaves_the_md5_check(image_server, caplog):
+    # The stand-in answers 404 for the record (no ``record``), 200 for the data.
+    _, url = image_server(content_md5=hashlib.md5(b"other").hexdigest())
+
+    with caplog.at_level(logging.WARNING, logger="agent.images"):
+        with images.open_image(make_conf([url]), "img-1", TOKEN) as reader:
+            with pytest.raises(exceptions.ImageFetchFailed, match="MD5 .* expected"):
+                read_in_pieces(reader)
+    assert "its record could not be read" in caplog.text
+    assert TOKEN not in caplog.text
+
+
+def test_with_verify_checksum_off_the_record_is_not_asked_for(image_server):
+    server, url = image_server(record=multihash_record("sha512", "ab" * 64))
+
+    with images.open_image(make_conf([url], verify_checksum=False), "img-1", TOKEN) as r:
+        assert read_in_pieces(r) == IMAGE
+    assert [path for path, _ in server.requests] == ["/v2/images/img-1/file"]
+
+
+def test_expected_checksum_reads_the_multihash_for_dom0(image_server):
+    server, url = image_server(record=multihash_record("sha256"))
+
+    checksum = images.expected_checksum(make_conf([url]), "img-1", TOKEN)
+
+    assert checksum == images.Checksum("sha256", hashlib.sha256(IMAGE).hexdigest(),
+                                       "os_hash_value")
+    assert [path for path, _ in server.requests] == ["/v2/images/img-1"]
+    assert images.expected_checksum(make_conf([url], verify_checksum=False), "img-1",
+                                    TOKEN) is None
+    assert len(server.requests) == 1
+
+
+def test_expected_checksum_without_a_readable_multihash(image_server, caplog):
+    _, no_record = image_server()
+    server, old_image = image_server(record={"id": "img-1", "size": len(IMAGE),
+                                             "checksum": IMAGE_MD5})
+    _, broken = image_server(record=multihash_record("sha512", "xyz"))
+
+    with caplog.at_level(logging.WARNING, logger="agent.images"):
+        assert images.expected_checksum(make_conf([no_record]), "img-1", TOKEN) is None
+    assert "its record could not be read" in caplog.text
+    assert images.expected_checksum(make_conf([old_image]), "img-1", TOKEN) is None
+    with pytest.raises(exceptions.ImageFetchFailed, match="not a sha512 digest"):
+        images.expected_checksum(make_conf([broken]), "img-1", TOKEN)
+
+
 @pytest.mark.parametrize("value", ["not-a-checksum", "0123456789abcdef", "AAAA",
                                    "0123456789abcdef0123456789abcdeg"])
 def test_a_content_md5_that_is_no_md5_is_refused_before_reading(image_server, value):
@@ -224,7 +351,8 @@ def test_a_content_md5_that_is_no_md5_is_refused_before_reading(image_server, va
     with pytest.raises(exceptions.ImageFetchFailed,
                        match="Content-MD5 that is not an MD5 checksum"):
         images.open_image(make_conf([url]), "img-1", TOKEN)
-    assert len(server.requests) == 1                 # not retried: the answer is the answer
+    # Not retried: the answer is the answer.
+    assert [path for path, _ in server.requests].count("/v2/images/img-1/file") == 1
 
 
 def test_unknown_image_is_reported_as_not_found_without_retrying(image_server):
@@ -340,13 +468,15 @@ def test_an_image_in_a_shared_store_is_read_from_its_file(image_server, store):
     assert server.requests[0][1]["X-Auth-Token"] == TOKEN
 
 
-def test_without_mounts_the_record_is_not_even_asked_for(image_server, store):
+def test_without_mounts_the_location_is_not_used(image_server, store):
     server, url = image_server(record=record("file://%s/img-1" % GLANCE_DIR))
 
     with images.open_image(make_conf([url]), "img-1", TOKEN) as reader:
         assert isinstance(reader, images.ImageReader)
         assert reader.read() == IMAGE
-    assert [path for path, _ in server.requests] == ["/v2/images/img-1/file"]
+    # The record is asked for its checksum only, once the download answered.
+    assert [path for path, _ in server.requests] == ["/v2/images/img-1/file",
+                                                     "/v2/images/img-1"]
 
 
 @pytest.mark.parametrize("case", [
@@ -449,13 +579,14 @@ def test_a_copy_from_a_store_file_skips_its_holes_unread(tmp_path):
     assert sum(read) <= 3 * in_guest.WRITE_PIECE_BYTES
 
 
-def md5_threads():
-    return [t for t in threading.enumerate() if t.name == "image-md5" and t.is_alive()]
+def hash_threads():
+    return [t for t in threading.enumerate()
+            if t.name == images._HashThread.THREAD_NAME and t.is_alive()]
 
 
-def test_the_md5_thread_sums_updates_of_any_size_as_hashlib_does():
+def test_the_hash_thread_sums_updates_of_any_size_as_hashlib_does():
     data = os.urandom(3 * 1024 * 1024 + 4097)
-    summer = images._Md5Thread()
+    summer = images._HashThread("md5")
     offset = 0
     for size in (1, 4095, 1024 * 1024, 5, 2 * 1024 * 1024 - 3, 7000):
         summer.update(memoryview(data)[offset:offset + size])
@@ -463,23 +594,23 @@ def test_the_md5_thread_sums_updates_of_any_size_as_hashlib_does():
     summer.update(data[offset:])
 
     assert summer.hexdigest() == hashlib.md5(data).hexdigest()
-    assert md5_threads() == []
+    assert hash_threads() == []
 
 
-def test_a_download_cut_short_leaves_no_md5_thread(image_server):
+def test_a_download_cut_short_leaves_no_hash_thread(image_server):
     _, url = image_server("short", content_md5=IMAGE_MD5)
 
     reader = images.open_image(make_conf([url]), "img-1", TOKEN)
     with pytest.raises(exceptions.ImageFetchFailed):
         reader.read()
 
-    for thread in md5_threads():
+    for thread in hash_threads():
         thread.join(5)
-    assert md5_threads() == []
+    assert hash_threads() == []
 
 
 def test_updates_after_a_close_from_another_thread_neither_block_nor_sum():
-    summer = images._Md5Thread()
+    summer = images._HashThread("md5")
     summer.close()                          # as when a fetch is given up
     done = threading.Event()
 
@@ -489,9 +620,9 @@ def test_updates_after_a_close_from_another_thread_neither_block_nor_sum():
 
     threading.Thread(target=feed, daemon=True).start()
     assert done.wait(10)
-    for thread in md5_threads():
+    for thread in hash_threads():
         thread.join(5)
-    assert md5_threads() == []
+    assert hash_threads() == []
 
 
 def test_a_token_that_is_no_header_value_is_refused_without_quoting_it(image_server,
