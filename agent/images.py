@@ -361,18 +361,14 @@ def expected_checksum(conf, image_id, auth_token, timeout=DEFAULT_TIMEOUT):
     multihash is malformed."""
     if not conf.glance.verify_checksum:
         return None
-    servers = _servers(conf, image_id)
-
-    def get_record(server):
-        return server, _image_record(server, image_id, auth_token, timeout)
-
     try:
-        server, record = _first_server(conf, servers, image_id, auth_token, get_record)
+        record = _first_record(conf, _servers(conf, image_id), image_id, auth_token,
+                               timeout)
     except exceptions.ImageFetchFailed as e:
         LOG.warning("Image %s: its record could not be read (%s); only the MD5 "
                     "checksum sent with the download can be checked", image_id, e)
         return None
-    return record_checksum(record, server, image_id)
+    return _record_checksum(record, image_id)
 
 
 # The hashlib names Glance's ``hashing_algorithm`` takes (sha512, sha3_256,
@@ -380,19 +376,21 @@ def expected_checksum(conf, image_id, auth_token, timeout=DEFAULT_TIMEOUT):
 _ALGORITHM_NAME = re.compile(r"[a-z0-9_]{1,32}")
 
 
-def record_checksum(record, server, image_id):
-    """The image record's multihash as a :class:`Checksum`, or None when it
-    has none (images uploaded before Glance computed one) or names an
-    algorithm this host cannot compute (logged: MD5 is checked instead).
-    A multihash that is not a digest of its algorithm raises
-    ImageFetchFailed: the record is broken, and so may be the image."""
+def _record_checksum(record, image_id):
+    """The multihash of ``record`` (a :class:`_Record`) as a
+    :class:`Checksum`, or None when it has none (images uploaded before
+    Glance computed one) or names an algorithm this host cannot compute
+    (logged: MD5 is checked instead). A multihash that is not a digest of
+    its algorithm raises ImageFetchFailed: the record is broken, and so may
+    be the image."""
     algorithm, value = record.get("os_hash_algo"), record.get("os_hash_value")
     if algorithm in (None, "") and value in (None, ""):
         return None
 
     def broken(why):
         return exceptions.ImageFetchFailed(
-            image_id=image_id, reason="the image record from %s has %s" % (server, why))
+            image_id=image_id, reason="the image record from %s has %s"
+            % (record.server, why))
 
     if not isinstance(algorithm, str) or not isinstance(value, str) \
             or not algorithm or not value:
@@ -450,16 +448,29 @@ _MAX_RECORD_BYTES = 1 << 20
 def _open_local(conf, servers, mounts, image_id, auth_token, timeout):
     """(the image's file if Glance names one this host may read, else None;
     the image's record, empty if it could not be read)."""
-    def get_record(server):
-        return _image_record(server, image_id, auth_token, timeout)
-
     try:
-        record = _first_server(conf, servers, image_id, auth_token, get_record)
+        record = _first_record(conf, servers, image_id, auth_token, timeout)
     except exceptions.ImageFetchFailed as e:
         LOG.warning("Image %s: no record to find a file location in (%s); "
                     "downloading it", image_id, e)
-        return None, {}
+        return None, _Record("none")
     return _open_located(record, mounts, image_id), record
+
+
+class _Record(dict):
+    """An image record, and ``server``, the endpoint it came from."""
+
+    def __init__(self, server, fields=()):
+        super().__init__(fields)
+        self.server = server
+
+
+def _first_record(conf, servers, image_id, auth_token, timeout):
+    """The image's record from the first server that answers (a :class:`_Record`)."""
+    def get_record(server):
+        return _image_record(server, image_id, auth_token, timeout)
+
+    return _first_server(conf, servers, image_id, auth_token, get_record)
 
 
 def _open_located(record, mounts, image_id):
@@ -520,7 +531,7 @@ def local_path(url, mounts):
 
 
 def _image_record(server, image_id, auth_token, timeout):
-    """``GET /v2/images/<id>``, as a dict."""
+    """``GET /v2/images/<id>``, as a :class:`_Record`."""
     connection, response = _get(server, "/v2/images/%s" % urllib.parse.quote(
         image_id, safe=""), image_id, auth_token, timeout, "application/json")
     try:
@@ -546,7 +557,7 @@ def _image_record(server, image_id, auth_token, timeout):
         raise exceptions.ImageFetchFailed(
             image_id=image_id, reason="%s sent an image record that is not a JSON "
             "object" % server)
-    return record
+    return _Record(server, record)
 
 
 # -- downloads ----------------------------------------------------------------
@@ -616,8 +627,8 @@ def _download_checksum(server, image_id, auth_token, timeout, response, record):
             LOG.warning("Image %s: its record could not be read (%s); checking the "
                         "download's MD5 checksum only", image_id,
                         _scrub(str(e), auth_token))
-            record = {}
-    checksum = record_checksum(record, server, image_id)
+            record = _Record(server)
+    checksum = _record_checksum(record, image_id)
     if checksum is None:
         md5 = _content_md5(server, image_id, response)
         checksum = Checksum("md5", md5, "Content-MD5") if md5 else None
