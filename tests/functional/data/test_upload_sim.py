@@ -205,7 +205,10 @@ def test_sparse_data_is_gathered_into_one_put_per_buffer_of_data(xapi_sim, sessi
     assert file_digest(vdi_file(xapi_sim, session, vdi), size) == reader.digest()
 
 
-def test_a_file_goes_in_one_put_per_window_of_its_data(xapi_sim, session, tmp_path):
+@pytest.mark.parametrize("largest, puts", [(8 * MiB, 3), (None, 2)],
+                         ids=["fixed-windows", "growing-windows"])
+def test_a_file_goes_in_one_put_per_window_of_its_data(xapi_sim, session, tmp_path,
+                                                       largest, puts):
     # 20 MiB of data in three runs, 1 MiB of written zeros, holes between.
     source = make_disk(tmp_path / "src.raw", 96 * MiB, [
         (0, os.urandom(9 * MiB)), (30 * MiB, bytes(MiB)),
@@ -213,11 +216,13 @@ def test_a_file_goes_in_one_put_per_window_of_its_data(xapi_sim, session, tmp_pa
     vdi = new_vdi(session, 96 * MiB)
     calls = count_calls(session)
 
-    upload.upload_file(session, vdi, source, "chunked", window_bytes=8 * MiB)
+    upload.upload_file(session, vdi, source, "chunked", window_bytes=8 * MiB,
+                       max_window_bytes=largest or upload.MAX_FILE_WINDOW_BYTES)
 
-    # 20 MiB and 64 KiB of data (the 7 MiB run straddles a block boundary)
-    # in windows of at most 8 MiB: three PUTs, each checked on its task.
-    assert calls.count("task.create") == 3
+    # 20 MiB and 64 KiB of data (the 7 MiB run straddles a block boundary):
+    # in windows of at most 8 MiB, three PUTs; in windows of 8 MiB, then
+    # 16 MiB, two. Each is checked on its task.
+    assert calls.count("task.create") == puts
     assert session.call("task.get_all") == []
     path = vdi_file(xapi_sim, session, vdi)
     assert file_digest(path, 96 * MiB) == file_digest(source, 96 * MiB)

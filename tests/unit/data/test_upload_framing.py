@@ -113,6 +113,24 @@ def test_file_windows_hold_at_most_a_window_of_data_each(tmp_path):
     assert merged == [0, 5 * MiB, 30 * MiB, 3 * MiB + 64 * KiB]
 
 
+def test_file_windows_double_up_to_the_largest(tmp_path):
+    path = tmp_path / "d.raw"
+    with open(path, "wb") as f:
+        f.write(os.urandom(9 * MiB))
+        f.seek(20 * MiB)
+        f.write(os.urandom(11 * MiB))
+    sizes = []
+    with open(path, "rb", buffering=0) as f, \
+            upload._FileWindows(f.fileno(), 31 * MiB, MiB, _Counted(),
+                                largest_bytes=4 * MiB) as ahead:
+        for window in ahead:
+            sizes.append(window.length)
+            ahead.release(window)
+
+    # 1, 2, 4, then 4 MiB each: 20 MiB of data in seven windows, not twenty.
+    assert sizes == [MiB, 2 * MiB, 4 * MiB, 4 * MiB, 4 * MiB, 4 * MiB, MiB]
+
+
 def test_file_body_frames_rebuild_the_file(tmp_path):
     path = tmp_path / "d.raw"
     content = bytearray(12 * MiB + 512)
