@@ -29,12 +29,16 @@ from rpc import exceptions
 LOG = logging.getLogger(__name__)
 
 WINDOW_BYTES = 64 * 1024 * 1024
-# A file's windows hold no data, only where it lies, so they can grow:
-# each may carry twice the previous one's data, up to this. Real XAPI
-# attaches the VDI to dom0 for every PUT (a VBD plug and a vhd-tool run),
-# which costs far more than the simulator's import of the same bytes; a
-# 1 GiB dense file goes in five PUTs instead of sixteen.
-MAX_FILE_WINDOW_BYTES = 1024 * 1024 * 1024
+# Real XAPI attaches the VDI to dom0 for every PUT (a VBD plug and a
+# vhd-tool run), which costs far more than the simulator's import of the
+# same bytes, so PUTs grow: each may carry twice the previous one's data,
+# up to this. A 1 GiB dense image goes in five PUTs instead of sixteen.
+MAX_PUT_BYTES = 1024 * 1024 * 1024
+# A stream's PUT gets its length before the data that fills it is read, and
+# the one the stream ends in is filled up with zeros: this bounds that
+# waste (a PUT's length is also bounded by what the rest of the stream
+# could hold).
+MAX_STREAM_PUT_BYTES = 256 * 1024 * 1024
 ZERO_BLOCK_BYTES = readahead.BLOCK_BYTES
 PIECE_BYTES = 4 * 1024 * 1024
 _MiB = 1024 * 1024
@@ -98,7 +102,7 @@ def chunked_length(runs):
 
 def upload_file(xapi_session, vdi_ref, path, fmt="vhd", progress=None,
                 progress_interval=None, window_bytes=WINDOW_BYTES, opened=None,
-                max_window_bytes=MAX_FILE_WINDOW_BYTES):
+                max_window_bytes=MAX_PUT_BYTES):
     """Write the raw disk image at ``path`` into VDI ``vdi_ref``.
 
     ``fmt``: ``vhd`` (dynamic VHD of the data blocks, one PUT), ``chunked``
@@ -263,32 +267,244 @@ def _file_pieces(source, path, file_size):
 # -- streams ------------------------------------------------------------------
 
 def upload_stream(xapi_session, vdi_ref, reader, size_bytes, window_bytes=WINDOW_BYTES,
-                  progress=None, progress_interval=None):
+                  progress=None, progress_interval=None, first_put_bytes=None,
+                  max_put_bytes=MAX_STREAM_PUT_BYTES):
     """Write ``size_bytes`` read from ``reader`` into VDI ``vdi_ref``.
 
     ``window_bytes`` bounds the memory, whatever the stream's size: a thread
     (:mod:`agent.readahead`) reads the stream into two buffers of half of
     it, taking turns, and keeps only the non-zero 64 KiB blocks; each buffer
-    full of data goes out as one chunked PUT while the other fills. The PUTs
-    run on worker threads, so the calls that make and check one PUT's task
-    overlap with another PUT's body instead of leaving the link idle. Zero
-    runs send nothing. Every PUT has its own task, checked. ``reader`` has
-    ``readinto`` or ``read``; ``progress(done, total)`` counts stream bytes
-    read (from the reading thread). Raises
+    full of data is sent while the other fills. Zero runs send nothing.
+    The data goes out in chunked PUTs whose lengths are fixed before they
+    start and need not match a buffer (see :class:`_StreamPuts`): the first
+    carries up to ``first_put_bytes`` of body, each next one up to twice as
+    much, at most ``max_put_bytes``, so a large image takes few PUTs (real
+    XAPI attaches the VDI to dom0 for each). Every PUT has its own task,
+    checked. ``reader`` has ``readinto`` or ``read``; ``progress(done,
+    total)`` counts stream bytes read (from the reading thread). Raises
     XapiFailure (HTTP status or a task's error info), DiskOperationFailed
     (stream shorter than ``size_bytes``), and whatever the reader raises
     (ImageFetchFailed for image downloads).
     """
     if window_bytes < _MiB or window_bytes % _MiB:
         raise ValueError("window_bytes must be a whole number of MiB, got %d" % window_bytes)
+    first_put_bytes = first_put_bytes or window_bytes // 2
     tracker = Progress("upload of a %d-byte stream" % size_bytes, size_bytes,
                        progress, progress_interval)
-    def frames(window):
-        return _frames(window.view, None, window.runs)
 
-    _send_windows(xapi_session, vdi_ref,
-                  readahead.ReadAhead(reader, size_bytes, window_bytes // 2, tracker),
-                  frames, tracker)
+    def open_put(length):
+        return vdi_import.Import(xapi_session, vdi_ref, {"format": "raw", "chunked": "true"},
+                                 length).start()
+
+    with readahead.ReadAhead(reader, size_bytes, window_bytes // 2, tracker) as windows, \
+            _StreamPuts(open_put, size_bytes, windows.abort, first_put_bytes,
+                        max_put_bytes) as puts:
+        for window in windows:
+            puts.send_window(window)
+            windows.release(window)  # sent: the kernel holds the bytes
+        puts.end()
+    LOG.info("%s: done, %s; sent %d bytes in %d PUT(s)",
+             tracker.label, tracker.summary(), puts.sent_bytes, puts.puts)
+
+
+_HEADER_BYTES = _FRAME_HEADER.size
+# A frame is a header and at least one byte: what a PUT still takes is
+# either nothing or at least this.
+_MIN_FRAME = _HEADER_BYTES + 1
+
+
+def _frame_size(offset, length):
+    """The first frame of ``length`` stream bytes at ``offset``: up to the
+    next PIECE_BYTES boundary of the stream, or all of them when what would
+    be left is shorter than a frame."""
+    size = min(PIECE_BYTES - offset % PIECE_BYTES, length)
+    return length if length - size < _MIN_FRAME else size
+
+
+def _frame_count(offset, length):
+    """How many frames :func:`_frame_size` cuts ``length`` bytes at ``offset`` into."""
+    count = 0
+    while length > 0:
+        size = _frame_size(offset, length)
+        offset, length, count = offset + size, length - size, count + 1
+    return count
+
+
+class _StreamPuts:
+    """A stream's data as chunked PUTs whose lengths are fixed in advance.
+
+    XAPI needs a PUT's Content-Length before its body, and a stream's data
+    is only known once read. Rather than one PUT per buffer of data, each
+    PUT is given a length when it opens (``first`` body bytes, then twice
+    the previous, at most ``largest``) and filled with frames as the data
+    comes, across buffers; the frame that reaches its end is cut, and the
+    rest opens the next PUT. A frame is cut so that what the PUT still
+    takes is never 1..12 bytes, less than a frame.
+
+    The stream may end before the open PUT is full. What it still takes is
+    then filled with frames of zeros written where the stream had zeros
+    (the VDI is zero there already, so they change nothing). Enough such
+    zeros exist: a PUT takes at most the stream bytes from its first frame
+    on, plus one header, and each of them is either data it carries or a
+    zero. The largest zero range seen serves every such frame.
+
+    Finishing a PUT (waiting for XAPI to close it, checking its task) runs
+    on a thread, overlapping the next PUT's body. ``open_put(length)``
+    returns a started :class:`agent.vdi_import.Import`; ``abort(error)``
+    stops the reading side when a finishing PUT fails. Leaving waits for
+    every PUT, so none is left running or unchecked whatever happened.
+    """
+
+    def __init__(self, open_put, stream_size, abort, first, largest):
+        self._open_put = open_put
+        self._stream_size = stream_size
+        self._abort = abort
+        self._next_length = first
+        self._largest = max(first, largest)
+        self._put = None
+        self._sent = None       # the open PUT's body bytes sent
+        self._left = 0          # body bytes the open PUT still takes, end frame aside
+        self._position = 0      # stream offset up to which runs have been taken in
+        self._zeros = (0, 0)    # (offset, length): the largest zero range seen
+        self._finishing = []
+        self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="vdi-put-finish")
+        self.sent_bytes = 0
+        self.puts = 0
+
+    def send_window(self, window):
+        """Send the data of ``window`` (a :class:`readahead.Window`)."""
+        start = 0
+        for run_offset, run_length in window.runs:
+            self._note_zeros(run_offset)
+            if run_length < _MIN_FRAME and run_offset >= _MIN_FRAME:
+                # Only the stream's last, partial block can be this small; a
+                # frame that short might not fit what a PUT still takes, so
+                # it goes with the zeros before it.
+                lead = _MIN_FRAME - run_length
+                tail = bytes(lead) + bytes(window.view[start:start + run_length])
+                self._send_run(run_offset - lead, memoryview(tail))
+            else:
+                self._send_run(run_offset, window.view[start:start + run_length])
+            start += run_length
+            self._position = run_offset + run_length
+
+    def _send_run(self, offset, data):
+        """Send ``data``, the stream's bytes at ``offset``, in frames
+        (:func:`_frame_size`), across PUTs."""
+        done, end = 0, len(data)
+        while done < end:
+            self._check_finished()
+            size = _frame_size(offset + done, end - done)
+            if self._put is None:
+                self._open(offset + done, size)
+            size = self._fit(size)
+            self._send(offset + done, data[done:done + size])
+            done += size
+
+    def end(self):
+        """The stream has ended: fill and close the open PUT, wait for every
+        PUT and raise the first failure."""
+        self._note_zeros(self._stream_size)
+        if self._put is not None:
+            self._pad()
+        self._wait_all()
+
+    def _fit(self, size):
+        """How much of a ``size``-byte frame goes into the open PUT now.
+
+        What the PUT still takes stays 0 or at least a frame (13 bytes). A
+        frame of at least 13 bytes always fits some way: whole, cut to fill
+        the PUT, or cut to leave room for one more byte's frame. A shorter
+        one opens a PUT (:meth:`_open` sizes it to fit) or is never sent
+        (see :meth:`send_window`)."""
+        left = self._left
+        if _HEADER_BYTES + size >= left:
+            return left - _HEADER_BYTES                 # fills it: the rest opens the next
+        if left - _HEADER_BYTES - size >= _MIN_FRAME:
+            return size
+        # Sent whole, it would leave less than a frame: leave one frame's room.
+        fit = left - _HEADER_BYTES - _MIN_FRAME
+        if fit < 1:
+            raise exceptions.DiskOperationFailed(
+                operation="upload", target="stream",
+                reason="a %d-byte frame fits no PUT that still takes %d bytes"
+                % (size, left))
+        return fit
+
+    def _pad(self):
+        """Fill the open PUT with frames of zeros over the largest zero range."""
+        offset, length = self._zeros
+        if not length:
+            raise exceptions.DiskOperationFailed(
+                operation="upload", target="stream",
+                reason="no zero range to complete a PUT with (%d bytes short)" % self._left)
+        zeros = memoryview(bytes(min(length, PIECE_BYTES)))
+        while self._put is not None:
+            self._send(offset, zeros[:self._fit(len(zeros))])
+
+    def _note_zeros(self, offset):
+        """The stream is zero from the last run's end up to ``offset``."""
+        length = offset - self._position
+        if length > self._zeros[1]:
+            self._zeros = (self._position, length)
+
+    def _open(self, offset, first_frame):
+        """Open a PUT whose first frame is ``first_frame`` bytes at ``offset``."""
+        # At most what the rest of the stream takes if it is all data, so
+        # that a PUT the stream cannot fill is short of zeros it has.
+        rest = self._stream_size - offset
+        length = min(self._next_length, rest + _HEADER_BYTES * _frame_count(offset, rest))
+        if 0 < length - _HEADER_BYTES - first_frame < _MIN_FRAME:
+            length = _HEADER_BYTES + first_frame    # no room left that no frame fits
+        self._next_length = min(2 * self._next_length, self._largest)
+        self._put = self._open_put(length + _HEADER_BYTES)   # and the end frame
+        self._left = length
+        self._sent = _Quiet()
+
+    def _send(self, offset, data):
+        put = self._put
+        put.send([[_FRAME_HEADER.pack(offset, len(data)), data]], self._sent)
+        self._left -= _HEADER_BYTES + len(data)
+        if put.broken:
+            self._put = None
+            put.finish()        # raises, with the task's reason
+        if self._left == 0:
+            put.send([[_END_OF_FRAMES]], self._sent)
+            self._put = None
+            self.sent_bytes += self._sent.done_bytes
+            self.puts += 1
+            self._finishing.append(self._pool.submit(self._finish, put))
+
+    def _finish(self, put):
+        try:
+            put.finish()
+        except BaseException as e:
+            self._abort(e)      # the stream stops at once, not at the next frame
+            raise
+
+    def _check_finished(self):
+        for future in [f for f in self._finishing if f.done()]:
+            self._finishing.remove(future)
+            future.result()     # raises the PUT's error
+
+    def _wait_all(self):
+        futures.wait(self._finishing)
+        self._check_finished()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if self._put is not None:
+                put, self._put = self._put, None
+                put.abandon()
+            futures.wait(self._finishing)
+            if exc_type is None:
+                self._check_finished()
+        finally:
+            self._pool.shutdown(wait=True)
+        return False
 
 
 def _send_windows(xapi_session, vdi_ref, ahead, frames, tracker):
@@ -378,16 +594,5 @@ class _Quiet:
     def advance(self, count):
         self.done_bytes += count
 
-
-def _frames(view, view_offset, runs):
-    """Frames of ``runs`` whose data lie in ``view``: at ``offset - view_offset``,
-    or back to back from the start of ``view`` when ``view_offset`` is None."""
-    position = 0
-    for run_offset, run_length in runs:
-        for offset, size in _split(run_offset, run_length):
-            start = position if view_offset is None else offset - view_offset
-            yield [_FRAME_HEADER.pack(offset, size), view[start:start + size]]
-            position += size
-    yield [_END_OF_FRAMES]
 
 

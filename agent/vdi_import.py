@@ -131,9 +131,12 @@ class Import:
         return self
 
     def send(self, pieces, progress):
-        """Send the body. An error of ``pieces`` (the body's source) cuts the
-        connection, collects the task and is raised; a send that breaks is
-        reported by :meth:`finish`, after the task has said why."""
+        """Send (some of) the body; may be called again for the next pieces
+        until :attr:`broken`. An error of ``pieces`` (the body's source) cuts
+        the connection, collects the task and is raised; a send that breaks
+        is reported by :meth:`finish`, after the task has said why."""
+        if self._sent_error is not None:
+            return
         try:
             self._sent_error = _send_body(self._connection.sock, pieces, progress)
         except BaseException:
@@ -143,6 +146,11 @@ class Import:
             raise
         finally:
             self.sent_bytes = progress.done_bytes
+
+    @property
+    def broken(self):
+        """True once sending the body has failed (:meth:`finish` says why)."""
+        return self._sent_error is not None
 
     def finish(self):
         """Wait for the import to end; raises XapiFailure if it did not succeed."""

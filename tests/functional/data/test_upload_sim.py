@@ -181,7 +181,9 @@ def test_stream_round_trips_in_windows_and_zero_windows_send_nothing(xapi_sim, s
 
     upload.upload_stream(session, vdi, reader, size, window_bytes=16 * MiB)
 
-    assert calls.count("task.create") == 3          # window [7, 14) MiB sent nothing
+    # About 16 MiB of data (the zeros of [7, 14) and 20 MiB sent nothing): a
+    # PUT of 8 MiB (half the window), then one of 16 MiB holding the rest.
+    assert calls.count("task.create") == 2
     path = vdi_file(xapi_sim, session, vdi)
     assert file_digest(path, size) == reader.digest()
     with open(path, "rb") as f:
@@ -191,18 +193,22 @@ def test_stream_round_trips_in_windows_and_zero_windows_send_nothing(xapi_sim, s
     assert session.call("task.get_all") == []
 
 
-def test_sparse_data_is_gathered_into_one_put_per_buffer_of_data(xapi_sim, session):
-    size = 64 * MiB
-    data_mib = set(range(0, 64, 4))                  # 1 MiB of data every 4 MiB
-    reader = PatternReader(size, zero_mib=set(range(64)) - data_mib)
+def test_sparse_data_is_gathered_into_puts_that_grow(xapi_sim, session):
+    size = 128 * MiB
+    data_mib = set(range(0, 128, 4))                 # 1 MiB of data every 4 MiB
+    reader = PatternReader(size, zero_mib=set(range(128)) - data_mib)
     vdi = new_vdi(session, size)
     calls = count_calls(session)
 
     upload.upload_stream(session, vdi, reader, size, window_bytes=16 * MiB)
 
-    # 16 MiB of data, two buffers of 8 MiB: two PUTs, whatever the stream's size.
-    assert calls.count("task.create") == 2
-    assert file_digest(vdi_file(xapi_sim, session, vdi), size) == reader.digest()
+    # 32 MiB of data, buffers of 8 MiB: PUTs of 8 and 16 MiB, then one
+    # taking the last few MiB and filled up with zeros; whatever the
+    # stream's size, and fewer than the four buffers.
+    assert calls.count("task.create") == 3
+    path = vdi_file(xapi_sim, session, vdi)
+    assert file_digest(path, size) == reader.digest()
+    assert allocated_bytes(path) <= 34 * MiB     # the zeros filling the last PUT stay holes
 
 
 @pytest.mark.parametrize("largest, puts", [(8 * MiB, 3), (None, 2)],
@@ -217,7 +223,7 @@ def test_a_file_goes_in_one_put_per_window_of_its_data(xapi_sim, session, tmp_pa
     calls = count_calls(session)
 
     upload.upload_file(session, vdi, source, "chunked", window_bytes=8 * MiB,
-                       max_window_bytes=largest or upload.MAX_FILE_WINDOW_BYTES)
+                       max_window_bytes=largest or upload.MAX_PUT_BYTES)
 
     # 20 MiB and 64 KiB of data (the 7 MiB run straddles a block boundary):
     # in windows of at most 8 MiB, three PUTs; in windows of 8 MiB, then

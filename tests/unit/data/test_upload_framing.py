@@ -4,10 +4,15 @@ The framing is decoded here from REFERENCE's description (little-endian
 uint64 offset, uint32 length, data; a 0/0 header ends it).
 """
 
+import io
 import os
+import random
 import struct
 
-from agent import upload
+import pytest
+
+from agent import readahead, upload
+from rpc import exceptions
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -150,14 +155,142 @@ def test_file_body_frames_rebuild_the_file(tmp_path):
     assert apply_frames(frames, len(content)) == bytes(content)
 
 
-def test_window_frames_carry_stream_offsets_of_runs_kept_back_to_back():
-    view = memoryview(b"a" * (64 * KiB) + b"data")
-    runs = [(64 * MiB, 64 * KiB), (65 * MiB, 4)]
+# -- a stream's PUTs, recorded instead of sent (the functional tests send them
+# to the simulator; here every layout and PUT length can be tried quickly)
 
-    body = body_of(upload._frames(view, None, runs))
+class _RecordedPut:
+    def __init__(self, length):
+        self.length = length
+        self.body = bytearray()
+        self.finished = self.abandoned = False
 
-    assert len(body) == upload.chunked_length(runs)
-    assert decode_chunked(body) == [(64 * MiB, b"a" * (64 * KiB)), (65 * MiB, b"data")]
+    broken = False
+
+    def send(self, pieces, progress):
+        for parts in pieces:
+            for part in parts:
+                self.body += bytes(part)
+                progress.advance(len(part))
+
+    def finish(self):
+        assert len(self.body) == self.length, "body differs from its Content-Length"
+        self.finished = True
+
+    def abandon(self):
+        self.abandoned = True
+
+
+def stream_through_puts(content, buffer_bytes, first, largest):
+    """The PUTs (recorded) that upload a stream of ``content``."""
+    puts = []
+
+    def open_put(length):
+        puts.append(_RecordedPut(length))
+        return puts[-1]
+
+    with readahead.ReadAhead(io.BytesIO(content), len(content), buffer_bytes) as windows, \
+            upload._StreamPuts(open_put, len(content), windows.abort, first,
+                               largest) as sender:
+        for window in windows:
+            sender.send_window(window)
+            windows.release(window)
+        sender.end()
+    assert sender.puts == len(puts)
+    assert sender.sent_bytes == sum(put.length for put in puts)
+    return puts
+
+
+def random_disk(rng, size):
+    """Blocks of data and zeros, a run of small data now and then, an odd tail."""
+    disk = bytearray(size)
+    offset = 0
+    while offset < size:
+        length = min(rng.choice([1, 7, 13, 64 * KiB, 3 * 64 * KiB, 200 * KiB]),
+                     size - offset)
+        if rng.random() < 0.45:
+            disk[offset:offset + length] = rng.randbytes(length).replace(b"\0", b"x")
+        offset += length
+    return bytes(disk)
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_stream_puts_land_the_stream_whatever_their_lengths(seed):
+    rng = random.Random(seed)
+    size = rng.choice([1, 13, 64 * KiB + rng.randrange(1, 40), rng.randrange(1, 2 * MiB)])
+    content = random_disk(rng, size)
+    first = rng.choice([13, 14, 25, 26, 37, 100, 64 * KiB + 11, 300 * KiB, 4 * MiB])
+
+    puts = stream_through_puts(content, 128 * KiB, first, 4 * first)
+
+    frames = []
+    for put in puts:
+        assert put.finished and not put.abandoned
+        frames += decode_chunked(put.body)   # each body ends right at its terminator
+    assert apply_frames(frames, size) == content
+    # Only the 64 KiB blocks that hold data are sent, with their headers,
+    # and zeros to fill the last PUT: never more than one PUT's length more.
+    blocks = range(0, size, 64 * KiB)
+    kept = sum(len(content[b:b + 64 * KiB]) for b in blocks if any(content[b:b + 64 * KiB]))
+    assert sum(len(put.body) for put in puts) <= \
+        kept + 12 * (len(frames) + len(puts)) + max([0] + [put.length for put in puts])
+
+
+def test_stream_puts_grow_and_do_not_follow_the_buffers():
+    content = os.urandom(20 * MiB)
+
+    puts = stream_through_puts(content, upload.PIECE_BYTES, upload.PIECE_BYTES,
+                               16 * MiB)
+
+    # 4 MiB, 8 MiB, then the rest exactly (and each PUT's end frame): three
+    # PUTs for five buffers of data; a dense stream leaves nothing to pad.
+    assert [put.length for put in puts[:2]] == [4 * MiB + 12, 8 * MiB + 12]
+    assert len(puts) == 3
+    frames = [frame for put in puts for frame in decode_chunked(put.body)]
+    assert all(any(data) for _, data in frames)
+    assert apply_frames(frames, len(content)) == content
+
+
+def test_a_stream_of_zeros_takes_no_put():
+    assert stream_through_puts(bytes(3 * MiB + 5), 1 * MiB, MiB, MiB) == []
+
+
+def test_a_put_the_stream_cannot_fill_is_completed_with_zeros_over_its_zeros():
+    # 100 KiB of data, then 2 MiB of zeros: the only PUT takes 1 MiB, the
+    # stream ends first, and the rest of it is zeros over the zero range.
+    content = os.urandom(100 * KiB) + bytes(2 * MiB)
+
+    [put] = stream_through_puts(content, 1 * MiB, MiB, MiB)
+
+    assert put.length == MiB + 12
+    frames = decode_chunked(put.body)
+    assert apply_frames(frames, len(content)) == content
+    assert all(offset >= 128 * KiB for offset, data in frames if not any(data))
+
+
+def test_a_failing_put_stops_the_stream_and_is_raised():
+    failure = exceptions.XapiFailure(details=["VDI_IO_ERROR", "full"])
+
+    class FailingPut(_RecordedPut):
+        def finish(self):
+            raise failure
+
+    opened = []
+
+    def open_put(length):
+        opened.append(FailingPut(length))
+        return opened[-1]
+
+    content = os.urandom(8 * MiB)
+    with pytest.raises(exceptions.XapiFailure) as raised:
+        with readahead.ReadAhead(io.BytesIO(content), len(content), MiB) as windows, \
+                upload._StreamPuts(open_put, len(content), windows.abort, MiB,
+                                   MiB) as sender:
+            for window in windows:
+                sender.send_window(window)
+                windows.release(window)
+            sender.end()
+    assert raised.value is failure
+    assert len(opened) < 8          # stopped, not every PUT tried
 
 
 def test_progress_reports_done_and_total_to_the_callback():
