@@ -56,8 +56,11 @@ class VdiWriters:
 
 class SimulatedHost:
     def __init__(self, state_dir, password, compute_vm=False, plugin_dir=None,
-                 plugin_timeout=600, loop_devices=True, partition_devices=True):
+                 plugin_timeout=600, loop_devices=True, partition_devices=True,
+                 import_attach_seconds=0.0):
         self.state_dir = os.path.abspath(state_dir)
+        # What each import waits before reading its body (see http_data).
+        self.import_attach_seconds = import_attach_seconds
         self.password = password
         self.want_compute_vm = compute_vm
         self.store = db.Store(self.state_dir)

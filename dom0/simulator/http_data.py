@@ -9,6 +9,7 @@ the outcome is the task's. The bytes are moved by :mod:`dataio`.
 """
 
 import logging
+import time
 import urllib.parse
 
 from dom0.simulator import errors
@@ -159,6 +160,10 @@ def handle_import(host, handler):
     body = SocketBody(handler.rfile, handler.connection)
 
     def work(dataio):
+        # Real XAPI plugs the VDI into dom0 and starts vhd-tool for each
+        # import, after its 200; that takes a while, which the simulator
+        # only charges for when asked to (imports of one VDI may overlap).
+        time.sleep(host.import_attach_seconds)
         with host.vdi_writers.hold(path):
             if fmt == "vhd":
                 dataio.import_vhd(body, content_length, path, size)

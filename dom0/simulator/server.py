@@ -132,8 +132,15 @@ def parse_args(argv):
                         help="plug VBDs as plain files even where loop devices work")
     parser.add_argument("--no-partition-devices", action="store_true",
                         help="do not mirror partitions as xvdXN (like a real dom0)")
+    parser.add_argument("--import-attach-seconds", type=float, default=0.0,
+                        help="seconds each PUT /import_raw_vdi waits after its 200 "
+                        "before it reads the body, as real XAPI plugs the VDI into "
+                        "dom0 and starts vhd-tool for every import (default: none)")
     parser.add_argument("--verbose", action="store_true", help="log every call")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0 <= args.import_attach_seconds <= 60:
+        parser.error("--import-attach-seconds must be between 0 and 60")
+    return args
 
 
 def main(argv=None):
@@ -145,7 +152,8 @@ def main(argv=None):
         args.state_dir, args.password, compute_vm=args.compute_vm,
         plugin_dir=args.plugin_dir, plugin_timeout=args.plugin_timeout,
         loop_devices=not args.no_loop_devices,
-        partition_devices=not args.no_partition_devices)
+        partition_devices=not args.no_partition_devices,
+        import_attach_seconds=args.import_attach_seconds)
     sim_host.open()
     server = make_server(sim_host, args.address, args.port)
     stop = threading.Event()

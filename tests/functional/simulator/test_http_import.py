@@ -163,6 +163,20 @@ def test_answer_200_with_task_id_arrives_before_the_body_is_sent(host):
     assert host.export(vdi) == b"\x01" * MiB
 
 
+def test_an_import_can_be_charged_for_its_dom0_attach(make_sim):
+    # Real XAPI plugs the VDI into dom0 after the 200 and before reading;
+    # the simulator does so when asked, and the import still lands.
+    host = Host(make_sim(extra_args=["--import-attach-seconds", "0.4"]))
+    disk = os.urandom(MiB)
+    vdi = host.new_vdi(len(disk))
+
+    start = time.monotonic()
+    status, task = host.put(vdi, disk, format="raw")
+    assert status == 200 and host.outcome(task) == ("success", [])
+    assert time.monotonic() - start >= 0.4
+    assert host.export(vdi) == disk
+
+
 def test_plain_raw_round_trips_and_zero_regions_stay_holes(host):
     disk = os.urandom(MiB) + bytes(6 * MiB) + os.urandom(MiB)
     vdi = host.new_vdi(len(disk))
