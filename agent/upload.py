@@ -365,6 +365,7 @@ class _StreamPuts:
         self._sent = None       # the open PUT's body bytes sent
         self._left = 0          # body bytes the open PUT still takes, end frame aside
         self._position = 0      # stream offset up to which runs have been taken in
+        self._recent = b""      # the last bytes of the run that ends there
         self._zeros = (0, 0)    # (offset, length): the largest zero range seen
         self._finishing = []
         self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="vdi-put-finish")
@@ -376,17 +377,21 @@ class _StreamPuts:
         start = 0
         for run_offset, run_length in window.runs:
             self._note_zeros(run_offset)
+            data = window.view[start:start + run_length]
             if run_length < _MIN_FRAME and run_offset >= _MIN_FRAME:
                 # Only the stream's last, partial block can be this small; a
                 # frame that short might not fit what a PUT still takes, so
-                # it goes with the zeros before it.
+                # it goes with the bytes before it: the end of the run sent
+                # last if it ends here (runs are whole blocks), else zeros.
                 lead = _MIN_FRAME - run_length
-                tail = bytes(lead) + bytes(window.view[start:start + run_length])
-                self._send_run(run_offset - lead, memoryview(tail))
+                before = (self._recent[-lead:] if self._position == run_offset
+                          else bytes(lead))
+                self._send_run(run_offset - lead, memoryview(before + bytes(data)))
             else:
-                self._send_run(run_offset, window.view[start:start + run_length])
+                self._send_run(run_offset, data)
             start += run_length
             self._position = run_offset + run_length
+            self._recent = bytes(data[-_HEADER_BYTES:])
 
     def _send_run(self, offset, data):
         """Send ``data``, the stream's bytes at ``offset``, in frames

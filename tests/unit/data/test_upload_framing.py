@@ -235,6 +235,20 @@ def test_stream_puts_land_the_stream_whatever_their_lengths(seed):
         kept + 12 * (len(frames) + len(puts)) + max([0] + [put.length for put in puts])
 
 
+@pytest.mark.parametrize("tail", [1, 5, 12, 13])
+@pytest.mark.parametrize("before", ["data", "zeros"])
+def test_a_last_block_shorter_than_a_frame_keeps_the_bytes_before_it(tail, before):
+    # The stream's last, partial block, alone in its buffer: sent with the
+    # bytes before it, which are the previous buffer's data or zeros.
+    block = 64 * KiB
+    content = os.urandom(2 * block) + (os.urandom(block) if before == "data"
+                                       else bytes(block)) + os.urandom(tail)
+    for first in (13, 14, 20, 25, 26, 31, 40, block + 11, 4 * block):
+        puts = stream_through_puts(content, block, first, 4 * first)
+        frames = [frame for put in puts for frame in decode_chunked(put.body)]
+        assert apply_frames(frames, len(content)) == content, first
+
+
 def test_stream_puts_grow_and_do_not_follow_the_buffers():
     content = os.urandom(20 * MiB)
 
