@@ -18,6 +18,7 @@ import contextlib
 import errno
 import grp
 import os
+import select
 import socket
 import stat
 import struct
@@ -255,8 +256,15 @@ class LocalServer:
         return True
 
     def _run(self, conn, write_lock, request_id, method, args, caller_gone):
-        envelope = self.dispatcher.run(
-            method, args, lambda: "it closed its connection" if caller_gone.is_set() else None)
+        def gone():
+            # The reader thread may not have seen the hang-up yet (a busy
+            # machine): the socket itself says so, but not while stop()
+            # has ended reading.
+            if caller_gone.is_set() or (not self._stopping and _hung_up(conn)):
+                return "it closed its connection"
+            return None
+
+        envelope = self.dispatcher.run(method, args, gone)
         if not caller_gone.is_set():
             self._reply(conn, write_lock, request_id, envelope)
 
@@ -295,3 +303,17 @@ def _last_word(conn, error, write_lock=None):
                 break
     except OSError:
         pass
+
+
+def _hung_up(conn):
+    """True if the peer has closed ``conn`` (EOF waiting), without reading."""
+    poller = select.poll()
+    poller.register(conn, select.POLLIN)
+    if not poller.poll(0):
+        return False        # open, nothing to read
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False        # open, nothing to read
+    except OSError:
+        return True         # reset or otherwise broken
