@@ -296,15 +296,25 @@ def upload_stream(xapi_session, vdi_ref, reader, size_bytes, window_bytes=WINDOW
         return vdi_import.Import(xapi_session, vdi_ref, {"format": "raw", "chunked": "true"},
                                  length).start()
 
-    with readahead.ReadAhead(reader, size_bytes, window_bytes // 2, tracker) as windows, \
-            _StreamPuts(open_put, size_bytes, windows.abort, first_put_bytes,
-                        max_put_bytes) as puts:
+    puts = _send_stream(reader, size_bytes, window_bytes // 2, open_put, first_put_bytes,
+                        max_put_bytes, tracker)
+    LOG.info("%s: done, %s; sent %d bytes in %d PUT(s)",
+             tracker.label, tracker.summary(), puts.sent_bytes, puts.puts)
+
+
+def _send_stream(reader, size_bytes, buffer_bytes, open_put, first, largest,
+                 progress=None):
+    """Read ``reader`` ahead into two buffers of ``buffer_bytes`` and send
+    its data in the PUTs ``open_put(length)`` starts (:class:`_StreamPuts`,
+    ``first`` and ``largest`` its lengths); returns the :class:`_StreamPuts`,
+    which counts them."""
+    with readahead.ReadAhead(reader, size_bytes, buffer_bytes, progress) as windows, \
+            _StreamPuts(open_put, size_bytes, windows.abort, first, largest) as puts:
         for window in windows:
             puts.send_window(window)
             windows.release(window)  # sent: the kernel holds the bytes
         puts.end()
-    LOG.info("%s: done, %s; sent %d bytes in %d PUT(s)",
-             tracker.label, tracker.summary(), puts.sent_bytes, puts.puts)
+    return puts
 
 
 _HEADER_BYTES = _FRAME_HEADER.size

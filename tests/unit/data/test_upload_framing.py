@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from agent import readahead, upload
+from agent import upload
 from rpc import exceptions
 
 KiB = 1024
@@ -188,13 +188,8 @@ def stream_through_puts(content, buffer_bytes, first, largest):
         puts.append(_RecordedPut(length))
         return puts[-1]
 
-    with readahead.ReadAhead(io.BytesIO(content), len(content), buffer_bytes) as windows, \
-            upload._StreamPuts(open_put, len(content), windows.abort, first,
-                               largest) as sender:
-        for window in windows:
-            sender.send_window(window)
-            windows.release(window)
-        sender.end()
+    sender = upload._send_stream(io.BytesIO(content), len(content), buffer_bytes, open_put,
+                                 first, largest)
     assert sender.puts == len(puts)
     assert sender.sent_bytes == sum(put.length for put in puts)
     return puts
@@ -296,13 +291,7 @@ def test_a_failing_put_stops_the_stream_and_is_raised():
 
     content = os.urandom(8 * MiB)
     with pytest.raises(exceptions.XapiFailure) as raised:
-        with readahead.ReadAhead(io.BytesIO(content), len(content), MiB) as windows, \
-                upload._StreamPuts(open_put, len(content), windows.abort, MiB,
-                                   MiB) as sender:
-            for window in windows:
-                sender.send_window(window)
-                windows.release(window)
-            sender.end()
+        upload._send_stream(io.BytesIO(content), len(content), MiB, open_put, MiB, MiB)
     assert raised.value is failure
     assert len(opened) < 8          # stopped, not every PUT tried
 
