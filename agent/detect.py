@@ -18,7 +18,7 @@ import re
 import subprocess
 
 from agent.backends import base
-from nova_xen_split import xapi
+from nova_xen_split.xenhost import xapi
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from oslo_config import cfg
 from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 
-from nova_xen_split import conf as nxs_conf
+from nova_xen_split.xenhost import conf as nxs_conf
 from rpc import exceptions, methods, schema
 
 agent_ctx = priv_context.PrivContext(

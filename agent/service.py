@@ -15,9 +15,8 @@ from oslo_log import log as logging
 
 from agent import detect
 from agent import endpoint as agent_endpoint
-from agent.backends import base
-from agent.backends import make_backend
-from nova_xen_split import conf as nxs_conf
+from agent.backends import base, make_backend
+from nova_xen_split.xenhost import conf as nxs_conf
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)

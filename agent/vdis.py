@@ -1,24 +1,21 @@
-"""VDIs the agent makes: tags, idempotency, destruction, crash cleanup.
+"""VDIs the agent makes: marks, idempotency, destruction, crash cleanup.
 
-Every VDI the agent creates carries in ``other_config``:
-
-* ``nxs-instance-uuid`` and ``nxs-purpose`` — the idempotency key: a second
-  request for the same instance and purpose returns the VDI already made;
-* ``nxs-state`` — ``in-progress`` while it is filled, ``ready`` once done, so
-  a VDI left half-made by a crash is recognised and destroyed at startup;
-* ``nxs-agent`` — the ``[DEFAULT] host`` of the agent that made it, so one
-  agent never cleans up another's work on a shared SR.
+Every VDI the agent creates carries the VDI marks of
+:mod:`nova_xen_split.xenhost.marks`: the instance and purpose (the
+idempotency key: a second request for the same instance and purpose returns
+the VDI already made), the agent that made it (one agent never cleans up
+another's work on a shared SR) and its state (``in-progress`` while it is
+filled, ``ready`` once done, so a VDI left half-made by a crash is
+recognised and destroyed at startup).
 
 A VHD chain is made by a dom0 plugin, which XAPI keeps running if the agent
-dies, and its VDIs appear untagged: before the call, the agent records the
-uuid it chose for the chain's leaf in the SR's ``other_config``
-(``nxs-pending-chain-<leaf uuid> = <agent> <instance uuid> <unix time>``)
-and removes the entry once the leaf is tagged or known not to have landed.
-An entry a crash left behind is settled by :func:`cleanup`. The driver,
-giving up on the instance (its call timed out, the spawn is undone), marks
-the entry ``abandoned`` (``vm_utils.abandon_pending_chains``): the fetch
-then destroys the chain it landed instead of handing it over, and so does
-the cleanup, ready or not.
+dies, and its VDIs appear unmarked: before the call, the agent records the
+uuid it chose for the chain's leaf in the SR (a pending-chain mark) and
+removes the entry once the leaf is marked or known not to have landed. An
+entry a crash left behind is settled by :func:`cleanup`. The driver, giving
+up on the instance (its call timed out, the spawn is undone), marks the
+entry abandoned: the fetch then destroys the chain it landed instead of
+handing it over, and so does the cleanup, ready or not.
 """
 
 import contextlib
@@ -27,21 +24,11 @@ import threading
 import time
 import uuid as uuidlib
 
-from agent import attach
-from nova_xen_split import vm_utils
-from nova_xen_split import xapi
-from rpc import dispatch
-from rpc import exceptions
+from nova_xen_split.xenhost import marks, teardown, xapi
+from rpc import dispatch, exceptions
 
 LOG = logging.getLogger(__name__)
 
-INSTANCE_KEY = vm_utils.VDI_INSTANCE_KEY
-PURPOSE_KEY = vm_utils.VDI_PURPOSE_KEY
-STATE_KEY = "nxs-state"
-AGENT_KEY = "nxs-agent"
-IN_PROGRESS = "in-progress"
-READY = "ready"
-PENDING_CHAIN_PREFIX = vm_utils.PENDING_CHAIN_PREFIX
 # A pending chain that has not landed after this long is not coming: even a
 # slow download of a large image ends sooner.
 PENDING_CHAIN_STALE_SECONDS = 6 * 3600
@@ -114,28 +101,17 @@ def sr_path(session, sr_ref):
 def find_ready(session, instance_uuid, purpose):
     """``(ref, record)`` of the ready VDI made for this key, or None."""
     for ref, rec in session.call("VDI.get_all_records").items():
-        other = rec.get("other_config") or {}
-        if (other.get(INSTANCE_KEY) == instance_uuid
-                and other.get(PURPOSE_KEY) == purpose
-                and other.get(STATE_KEY) == READY):
+        mark = marks.read_vdi(rec.get("other_config"))
+        if (mark and mark.instance_uuid == instance_uuid and mark.purpose == purpose
+                and mark.state == marks.READY):
             return ref, rec
     return None
 
 
 def tag(session, vdi_ref, instance_uuid, purpose, agent_tag, state):
-    """Put the agent's keys on a VDI it did not create itself (SR.scan)."""
-    for key, value in ((INSTANCE_KEY, instance_uuid), (PURPOSE_KEY, purpose),
-                       (AGENT_KEY, agent_tag), (STATE_KEY, state)):
-        set_other_config(session, vdi_ref, key, value)
-
-
-def set_other_config(session, vdi_ref, key, value):
-    """Set one ``other_config`` key of a VDI (replacing any old value)."""
-    try:
-        session.call("VDI.remove_from_other_config", vdi_ref, key)
-    except exceptions.XapiFailure:
-        LOG.debug("VDI had no %s yet", key)
-    session.call("VDI.add_to_other_config", vdi_ref, key, value)
+    """Put the agent's marks on a VDI it did not create itself (SR.scan)."""
+    marks.set_marks(session, "VDI", vdi_ref,
+                    marks.vdi_marks(instance_uuid, purpose, agent_tag, state))
 
 
 def create(session, sr_ref, size_bytes, instance_uuid, purpose, agent_tag):
@@ -151,18 +127,14 @@ def create(session, sr_ref, size_bytes, instance_uuid, purpose, agent_tag):
         "xenstore_data": {},
         "sm_config": {},
         "tags": [],
-        "other_config": {
-            INSTANCE_KEY: instance_uuid,
-            PURPOSE_KEY: purpose,
-            AGENT_KEY: agent_tag,
-            STATE_KEY: IN_PROGRESS,
-        },
+        "other_config": marks.vdi_marks(instance_uuid, purpose, agent_tag,
+                                        marks.IN_PROGRESS),
     }
     return session.call("VDI.create", record)
 
 
 def mark_ready(session, vdi_ref):
-    set_other_config(session, vdi_ref, STATE_KEY, READY)
+    marks.set_mark(session, "VDI", vdi_ref, *marks.vdi_state_mark(marks.READY))
 
 
 def refuse_if_caller_gone(what):
@@ -221,16 +193,15 @@ def check_destroyable(session, vdi_ref, vdi_uuid, agent_tag, field):
     """Refuse (InvalidRequest) a VDI that destroy() must not touch: one that
     no agent made for an instance, or one plugged through a VBD that is not
     this agent's (XAPI would refuse it half-way through a batch)."""
-    other = session.call("VDI.get_other_config", vdi_ref) or {}
-    if not other.get(INSTANCE_KEY):
+    if marks.vdi_instance(session.call("VDI.get_other_config", vdi_ref)) is None:
         raise exceptions.InvalidRequest(
             method="destroy_vdis", field=field,
-            reason="VDI %s was not made by nova-xen-split for an instance (no %s in "
-            "its other_config); refusing to destroy it" % (vdi_uuid, INSTANCE_KEY))
+            reason="VDI %s was not made by nova-xen-split for an instance (no instance "
+            "mark in its other_config); refusing to destroy it" % vdi_uuid)
     for vbd_ref in session.call("VDI.get_VBDs", vdi_ref):
         vbd = session.call("VBD.get_record", vbd_ref)
         if vbd.get("currently_attached") and \
-                (vbd.get("other_config") or {}).get(attach.VBD_TAG) != agent_tag:
+                marks.vbd_agent(vbd.get("other_config")) != agent_tag:
             raise exceptions.InvalidRequest(
                 method="destroy_vdis", field=field,
                 reason="VDI %s is plugged into VM %s; unplug it first"
@@ -239,11 +210,8 @@ def check_destroyable(session, vdi_ref, vdi_uuid, agent_tag, field):
 
 def destroy(session, vdi_ref, agent_tag):
     """Unplug and destroy this agent's VBDs of the VDI, then destroy it."""
-    for vbd_ref in session.call("VDI.get_VBDs", vdi_ref):
-        other = session.call("VBD.get_other_config", vbd_ref)
-        if other.get(attach.VBD_TAG) == agent_tag:
-            attach.unplug_and_destroy(session, vbd_ref)
-    session.call("VDI.destroy", vdi_ref)
+    teardown.destroy_vdi(session, vdi_ref,
+                         vbd_filter=lambda other: marks.vbd_agent(other) == agent_tag)
 
 
 def destroy_quietly(session, vdi_ref, agent_tag):
@@ -273,9 +241,8 @@ def pending_chain(session, sr_ref, instance_uuid, agent_tag, busy):
     goes; on a failure, a leaf that landed is destroyed first (unless the
     plugin may still be running, when the entry is left for cleanup)."""
     leaf_uuid = str(uuidlib.uuid4())
-    key = PENDING_CHAIN_PREFIX + leaf_uuid
-    session.call("SR.add_to_other_config", sr_ref, key,
-                 "%s %s %d" % (agent_tag, instance_uuid, int(time.time())))
+    key, value = marks.pending_chain_mark(leaf_uuid, agent_tag, instance_uuid, time.time())
+    session.call("SR.add_to_other_config", sr_ref, key, value)
     pending = PendingChain(leaf_uuid)
     busy.add(key)
     try:
@@ -310,9 +277,10 @@ def _forget_entry_quietly(session, sr_ref, key):
 def chain_abandoned(session, sr_ref, leaf_uuid):
     """Whether the driver gave up on the chain's instance: its pending entry
     is marked abandoned, or gone (the driver's mark replaces the entry)."""
-    value = (session.call("SR.get_other_config", sr_ref) or {}).get(
-        PENDING_CHAIN_PREFIX + leaf_uuid)
-    return value is None or vm_utils.PENDING_ABANDONED in value.split()[3:]
+    key = marks.pending_chain_key(leaf_uuid)
+    value = (session.call("SR.get_other_config", sr_ref) or {}).get(key)
+    chain = None if value is None else marks.read_pending_chain(key, value)
+    return chain is None or chain.abandoned
 
 
 def _destroy_unready_leaf(session, leaf_uuid, agent_tag, even_ready=False):
@@ -327,8 +295,8 @@ def _destroy_unready_leaf(session, leaf_uuid, agent_tag, even_ready=False):
             return None
         raise
     if not even_ready and \
-            (session.call("VDI.get_other_config", leaf_ref) or {}).get(STATE_KEY) == READY:
-        return READY
+            marks.vdi_ready(session.call("VDI.get_other_config", leaf_ref)):
+        return marks.READY
     LOG.info("Destroying VHD chain %s, landed by a fetch that did not finish", leaf_uuid)
     destroy(session, leaf_ref, agent_tag)
     return "destroyed"
@@ -339,29 +307,21 @@ def _cleanup_pending_chains(session, agent_tag, busy, now=None):
     now = time.time() if now is None else now
     destroyed = 0
     for sr_ref, rec in session.call("SR.get_all_records").items():
-        entries = []
-        for key, value in (rec.get("other_config") or {}).items():
-            words = value.split()
-            if (key.startswith(PENDING_CHAIN_PREFIX) and len(words) in (3, 4)
-                    and words[0] == agent_tag and key not in busy):
-                entries.append((key, key[len(PENDING_CHAIN_PREFIX):], words))
-        if not entries:
+        chains = [chain for chain in marks.pending_chains(rec.get("other_config"))
+                  if chain.agent == agent_tag and chain.key not in busy]
+        if not chains:
             continue
         session.call("SR.scan", sr_ref)
-        for key, leaf_uuid, words in entries:
-            try:
-                stale = now - int(words[2]) > PENDING_CHAIN_STALE_SECONDS
-            except ValueError:
-                stale = True
-            abandoned = words[3:] == [vm_utils.PENDING_ABANDONED]
-            outcome = _destroy_unready_leaf(session, leaf_uuid, agent_tag,
-                                            even_ready=abandoned)
+        for chain in chains:
+            stale = chain.since is None or now - chain.since > PENDING_CHAIN_STALE_SECONDS
+            outcome = _destroy_unready_leaf(session, chain.leaf_uuid, agent_tag,
+                                            even_ready=chain.abandoned)
             destroyed += outcome == "destroyed"
             if outcome is not None or stale:
-                session.call("SR.remove_from_other_config", sr_ref, key)
+                session.call("SR.remove_from_other_config", sr_ref, chain.key)
             else:
                 LOG.info("VHD chain %s of instance %s has not landed yet; its fetch may "
-                         "still be running in dom0", leaf_uuid, words[1])
+                         "still be running in dom0", chain.leaf_uuid, chain.instance_uuid)
     return destroyed
 
 
@@ -384,21 +344,21 @@ def cleanup(session, vm_refs, agent_tag, busy):
                 if e.code == "HANDLE_INVALID":  # gone meanwhile
                     continue
                 raise
-            if (rec.get("other_config") or {}).get(attach.VBD_TAG) != agent_tag:
+            if marks.vbd_agent(rec.get("other_config")) != agent_tag:
                 continue
             if rec.get("VDI") in busy:
                 continue
             LOG.info("Cleaning up VBD %s (device %s) left by a previous run",
                      rec.get("uuid"), rec.get("device"))
-            attach.unplug_and_destroy(session, vbd_ref)
+            teardown.destroy_vbd(session, vbd_ref)
             unplugged += 1
     for vdi_ref, rec in session.call("VDI.get_all_records").items():
-        other = rec.get("other_config") or {}
-        if (other.get(STATE_KEY) != IN_PROGRESS or other.get(AGENT_KEY) != agent_tag
+        mark = marks.read_vdi(rec.get("other_config"))
+        if (mark is None or mark.state != marks.IN_PROGRESS or mark.agent != agent_tag
                 or vdi_ref in busy):
             continue
         LOG.info("Destroying half-made VDI %s (instance %s, %s)", rec.get("uuid"),
-                 other.get(INSTANCE_KEY), other.get(PURPOSE_KEY))
+                 mark.instance_uuid, mark.purpose)
         destroy(session, vdi_ref, agent_tag)
         destroyed += 1
     destroyed += _cleanup_pending_chains(session, agent_tag, busy)

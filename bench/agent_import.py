@@ -71,17 +71,16 @@ import uuid
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from image_service import drop_page_cache_of, make_dense, make_sparse, start_image_service  # noqa: E402  (bench/ is the script's directory)
 from oslo_config import cfg  # noqa: E402
 
-from agent import images as agent_images, readahead, upload  # noqa: E402
-from nova_xen_split import conf as nxs_conf  # noqa: E402
-from nova_xen_split import xapi  # noqa: E402
+from agent import images as agent_images  # noqa: E402
+from agent import readahead, upload
+from nova_xen_split.xenhost import conf as nxs_conf  # noqa: E402
+from nova_xen_split.xenhost import xapi  # noqa: E402
 from rpc import client as rpc_client  # noqa: E402
 from rpc import transports  # noqa: E402
 from tests.conftest import SimProcess  # noqa: E402
-
-from image_service import (  # noqa: E402  (bench/ is the script's directory)
-    drop_page_cache_of, make_dense, make_sparse, start_image_service)
 
 MiB = 1 << 20
 GiB = 1 << 30

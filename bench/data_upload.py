@@ -30,8 +30,8 @@ import tracemalloc
 from oslo_config import cfg
 
 from agent import images, upload, vhd
-from nova_xen_split import conf as nxs_conf
-from nova_xen_split import xapi
+from nova_xen_split.xenhost import conf as nxs_conf
+from nova_xen_split.xenhost import xapi
 
 MiB = 1024 * 1024
 PASSWORD = "bench"

@@ -37,7 +37,7 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_privsep import priv_context
 
-from nova_xen_split import conf as nxs_conf
+from nova_xen_split.xenhost import conf as nxs_conf
 from rpc import client, methods, server, transports
 
 RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"

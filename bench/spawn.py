@@ -43,10 +43,10 @@ from agent import detect  # noqa: E402
 from agent import endpoint as agent_endpoint  # noqa: E402
 from agent import service as agent_service  # noqa: E402
 from agent.backends import make_backend  # noqa: E402
-from nova_xen_split import conf as nxs_conf  # noqa: E402
 from nova_xen_split import driver as nxs_driver  # noqa: E402
 from nova_xen_split import objects  # noqa: E402
 from nova_xen_split.cmd import demo_env  # noqa: E402
+from nova_xen_split.xenhost import conf as nxs_conf  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -16,15 +16,10 @@ import json
 import logging
 import time
 
-from nova_xen_split import driver_errors
-from nova_xen_split import instance_metadata
-from nova_xen_split import netinfo
-from nova_xen_split import objects
+from nova_xen_split import driver_errors, instance_metadata, netinfo, objects, vm_utils
 from nova_xen_split import spawn as spawn_mod
-from nova_xen_split import vm_utils
-from nova_xen_split import xapi
-from rpc import exceptions
-from rpc import methods
+from nova_xen_split.xenhost import marks, xapi
+from rpc import exceptions, methods
 
 LOG = logging.getLogger(__name__)
 
@@ -42,7 +37,7 @@ InstanceInfo = collections.namedtuple("InstanceInfo", ["state", "internal_id"])
 class XenSplitDriver:
     """The compute driver for one hypervisor and its agent.
 
-    :param conf: a ``ConfigOpts`` with :func:`nova_xen_split.conf.register_opts` done.
+    :param conf: a ``ConfigOpts`` with :func:`nova_xen_split.xenhost.conf.register_opts` done.
     :param agent: an ``AgentAPI`` (default: one for ``[DEFAULT] host``).
     :param session: a logged-in :class:`XapiSession` (default: from ``[xenserver]``).
     :param on_step: called with a :data:`SpawnStep` after each spawn step.
@@ -239,7 +234,7 @@ class XenSplitDriver:
         return sorted(rec["name_label"] for rec in vm_utils.instance_vms(self.session).values())
 
     def list_instance_uuids(self):
-        return sorted(rec["other_config"][vm_utils.NOVA_UUID_KEY]
+        return sorted(marks.vm_instance(rec["other_config"])
                       for rec in vm_utils.instance_vms(self.session).values())
 
     def instance_exists(self, instance):

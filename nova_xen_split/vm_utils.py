@@ -1,11 +1,12 @@
 """VM records, VBDs and lookups through XAPI: the driver's side of a VM.
 
 The driver owns the VM lifecycle; it never touches a disk's contents. These
-helpers take a :class:`nova_xen_split.xapi.XapiSession` and plain values.
+helpers take a :class:`nova_xen_split.xenhost.xapi.XapiSession` and plain values.
 """
 
 import logging
 
+from nova_xen_split.xenhost import marks, teardown
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -15,18 +16,6 @@ USERDEVICE_ROOT = "0"
 USERDEVICE_SWAP = "1"
 USERDEVICE_EPHEMERAL = "2"
 USERDEVICE_CONFIGDRIVE = "3"
-
-# The VM's other_config key Nova used to find its instance's VM.
-NOVA_UUID_KEY = "nova_uuid"
-# Agent-made VDIs carry these (the idempotency key; see docs/interfaces.md).
-VDI_INSTANCE_KEY = "nxs-instance-uuid"
-VDI_PURPOSE_KEY = "nxs-purpose"
-# A VHD chain a dom0 plugin is landing for the agent, recorded in its SR's
-# other_config before it exists: "<key prefix><leaf uuid>" = "<agent>
-# <instance uuid> <unix time>", with " abandoned" appended once the driver
-# has given up on the instance (agent/vdis.py reads and settles these).
-PENDING_CHAIN_PREFIX = "nxs-pending-chain-"
-PENDING_ABANDONED = "abandoned"
 
 # Nova's power_state values, from XAPI's power_state names.
 NOSTATE, RUNNING, PAUSED, SHUTDOWN, CRASHED, SUSPENDED = 0, 1, 3, 4, 6, 7
@@ -94,7 +83,7 @@ def vm_record(instance, flavor, vm_mode):
         "recommendations": "",
         "tags": [],
         "xenstore_data": {"vm-data/allowvssprovider": "false"},
-        "other_config": {NOVA_UUID_KEY: instance.uuid},
+        "other_config": marks.vm_marks(instance.uuid),
     }
     if vm_mode == "xen":
         record["PV_bootloader"] = "pygrub"
@@ -131,21 +120,19 @@ def create_vbd(session, vm_ref, vdi_ref, userdevice, bootable=False, read_only=F
 
 
 def find_vm(session, instance_uuid):
-    """The VM of an instance (by ``other_config:nova_uuid``), or None."""
-    for vm_ref, rec in session.call("VM.get_all_records").items():
-        if rec.get("is_a_template") or rec.get("is_control_domain"):
-            continue
-        if (rec.get("other_config") or {}).get(NOVA_UUID_KEY) == instance_uuid:
+    """The VM of an instance (by its VM mark, Nova's ``nova_uuid``), or None."""
+    for vm_ref, rec in instance_vms(session).items():
+        if marks.vm_instance(rec.get("other_config")) == instance_uuid:
             return vm_ref
     return None
 
 
 def instance_vms(session):
-    """``{vm_ref: record}`` of every VM the driver made (it has a nova_uuid)."""
+    """``{vm_ref: record}`` of every VM the driver made (it has a VM mark)."""
     return {
         ref: rec for ref, rec in session.call("VM.get_all_records").items()
         if not rec.get("is_a_template") and not rec.get("is_control_domain")
-        and NOVA_UUID_KEY in (rec.get("other_config") or {})
+        and marks.vm_instance(rec.get("other_config"))
     }
 
 
@@ -193,27 +180,12 @@ def vm_disks(session, vm_ref):
     return disks
 
 
-def destroy_vbd(session, vbd_ref):
-    """Unplug (if attached) and destroy a VBD; a vanished VBD is fine."""
-    try:
-        if session.call("VBD.get_currently_attached", vbd_ref):
-            try:
-                session.call("VBD.unplug", vbd_ref)
-            except exceptions.XapiFailure as e:
-                if e.code != "DEVICE_ALREADY_DETACHED":
-                    raise
-        session.call("VBD.destroy", vbd_ref)
-    except exceptions.XapiFailure as e:
-        if e.code != "HANDLE_INVALID":
-            raise
-
-
 def destroy_vm(session, vm_ref):
     """Stop the VM, destroy its VBDs and the VM. Returns the VDI uuids it used."""
     hard_shutdown(session, vm_ref)
     vdi_uuids = []
     for vbd_ref, vdi_uuid in vm_disks(session, vm_ref):
-        destroy_vbd(session, vbd_ref)
+        teardown.destroy_vbd(session, vbd_ref)
         if vdi_uuid:
             vdi_uuids.append(vdi_uuid)
     session.call("VM.destroy", vm_ref)
@@ -221,10 +193,10 @@ def destroy_vm(session, vm_ref):
 
 
 def tagged_vdis(session, instance_uuid):
-    """``{vdi_ref: record}`` of VDIs tagged with the instance's uuid."""
+    """``{vdi_ref: record}`` of VDIs marked with the instance's uuid."""
     return {
         ref: rec for ref, rec in session.call("VDI.get_all_records").items()
-        if (rec.get("other_config") or {}).get(VDI_INSTANCE_KEY) == instance_uuid
+        if marks.vdi_instance(rec.get("other_config")) == instance_uuid
     }
 
 
@@ -238,18 +210,13 @@ def abandon_pending_chains(session, instance_uuid):
     """
     marked = 0
     for sr_ref, rec in session.call("SR.get_all_records").items():
-        for key, value in (rec.get("other_config") or {}).items():
-            words = value.split()
-            if (not key.startswith(PENDING_CHAIN_PREFIX) or len(words) != 3
-                    or words[1] != instance_uuid):
+        for chain in marks.pending_chains(rec.get("other_config")):
+            if chain.abandoned or chain.instance_uuid != instance_uuid:
                 continue
             # other_config has no replace; the agent reads a missing entry
             # of a running fetch as abandoned too.
-            session.call("SR.remove_from_other_config", sr_ref, key)
-            session.call("SR.add_to_other_config", sr_ref, key,
-                         "%s %s" % (value, PENDING_ABANDONED))
-            LOG.info("VHD chain %s of %s marked abandoned", key[len(PENDING_CHAIN_PREFIX):],
-                     instance_uuid)
+            marks.set_mark(session, "SR", sr_ref, *marks.abandoned_mark(chain))
+            LOG.info("VHD chain %s of %s marked abandoned", chain.leaf_uuid, instance_uuid)
             marked += 1
     return marked
 
@@ -270,18 +237,8 @@ def sweep_instance_vdis(session, instance_uuid):
     except exceptions.XapiFailure as e:  # the sweep below matters more
         LOG.warning("Could not mark the pending VHD chains of %s abandoned: %s",
                     instance_uuid, e)
-    refs = tagged_vdis(session, instance_uuid)
-    destroyed = 0
-    for vdi_ref in refs:
-        try:
-            for vbd_ref in session.call("VDI.get_VBDs", vdi_ref):
-                destroy_vbd(session, vbd_ref)
-            session.call("VDI.destroy", vdi_ref)
-            destroyed += 1
-        except exceptions.XapiFailure as e:
-            if e.code != "HANDLE_INVALID":
-                raise
-    return destroyed
+    return sum(teardown.destroy_vdi(session, vdi_ref)
+               for vdi_ref in tagged_vdis(session, instance_uuid))
 
 
 def vdi_ref(session, vdi_uuid):

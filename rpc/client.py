@@ -8,16 +8,14 @@ Remote errors come back as the typed exceptions of :mod:`rpc.exceptions`;
 no answer in time is ``AgentUnavailable`` naming the host and method.
 """
 
-from rpc import exceptions
-from rpc import methods
-from rpc import transports
+from rpc import exceptions, methods, transports
 
 
 class AgentAPI:
     """Client of the agent serving hypervisor ``host`` (default ``[DEFAULT] host``).
 
     ``conf`` must have the project's options registered
-    (``nova_xen_split.conf.register_opts``); oslo.messaging's are added here.
+    (``nova_xen_split.xenhost.conf.register_opts``); oslo.messaging's are added here.
 
     Timeouts: ``[agent] long_rpc_timeout`` for the calls the method table
     marks long (image fetches, disk creation and copies), ``[agent]

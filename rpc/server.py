@@ -8,16 +8,14 @@ the endpoint sees it, runs at most ``[agent] rpc_workers`` calls at once
 back as typed errors.
 """
 
-from rpc import dispatch
-from rpc import methods
-from rpc import transports
+from rpc import dispatch, methods, transports
 
 
 class AgentServer:
     """Serves ``endpoint`` for hypervisor ``host`` (default ``[DEFAULT] host``).
 
     ``conf`` must have the project's options registered
-    (``nova_xen_split.conf.register_opts``); oslo.messaging's are added here.
+    (``nova_xen_split.xenhost.conf.register_opts``); oslo.messaging's are added here.
     Raises ``TypeError`` when ``endpoint`` lacks a declared method.
 
     ``version`` is the interface version this server announces and accepts

@@ -12,9 +12,8 @@ import abc
 import threading
 
 from agent import vdis
-from nova_xen_split import xapi
-from rpc import exceptions
-from rpc import methods
+from nova_xen_split.xenhost import xapi
+from rpc import exceptions, methods
 
 INTERFACE_VERSION = methods.VERSION
 GiB = 1024 ** 3

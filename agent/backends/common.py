@@ -4,10 +4,9 @@ import logging
 import os
 import tempfile
 
-from agent import images, vdis
+from agent import configdrive, images, vdis
 from agent.backends import base
-from nova_xen_split import configdrive
-from nova_xen_split import xapi
+from nova_xen_split.xenhost import xapi
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)

@@ -13,24 +13,17 @@ import logging
 import os
 import time
 
-from agent import attach
-from agent import images
-from agent import privileged
-from agent import readahead
-from agent import vdi_import
-from agent import vdis
+from agent import attach, images, privileged, readahead, vdi_import, vdis
 from agent.backends import base
-from agent.backends.common import (
-    CommonBackend, PARTITION_START, partition_type_for, round_up)
-from rpc import exceptions
-from rpc import methods
+from agent.backends.common import PARTITION_START, CommonBackend, partition_type_for, round_up
+from nova_xen_split.xenhost import marks
+from rpc import exceptions, methods
 
 LOG = logging.getLogger(__name__)
 
 MBR_GAP_SECTORS = 63  # Nova gave partition-less (ami) images this gap
 WRITE_PIECE_BYTES = 4 * base.MiB
 KERNEL_PLUGIN = "kernel.py"
-IMAGE_BYTES_KEY = "nxs-image-bytes"  # exact image size (the VDI is rounded up)
 
 
 class InGuestBackend(CommonBackend):
@@ -128,8 +121,9 @@ class InGuestBackend(CommonBackend):
                                          "image %s into %s" % (image_id, dev.device),
                                          self.conf.agent.progress_interval)
                 base.checkpoint("written")
-            vdis.set_other_config(self.ctx.session, vdi_ref, IMAGE_BYTES_KEY,
-                                  str(reader.size_bytes))
+            # The exact size: the VDI is rounded up to whole MiB.
+            marks.set_mark(self.ctx.session, "VDI", vdi_ref,
+                           *marks.image_bytes_mark(reader.size_bytes))
 
         try:
             ref = vdis.make(self.ctx, instance_uuid, purpose, size_bytes, fill)
@@ -144,8 +138,8 @@ class InGuestBackend(CommonBackend):
         vdi_ref = self.fetch_raw(instance_uuid, image_id, auth_token, kind)
         session = self.ctx.session
         try:
-            size_bytes = int(session.call("VDI.get_other_config", vdi_ref).get(
-                IMAGE_BYTES_KEY) or session.call("VDI.get_virtual_size", vdi_ref))
+            size_bytes = marks.image_bytes(session.call("VDI.get_other_config", vdi_ref)) \
+                or int(session.call("VDI.get_virtual_size", vdi_ref))
             with attach.attached(
                     session, self.ctx.dom0_ref, vdi_ref, self.ctx.tag,
                     self.dom0_wait_for_device, read_only=True, busy=self.ctx.busy,

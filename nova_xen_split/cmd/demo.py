@@ -19,11 +19,11 @@ import uuid as uuidlib
 
 from oslo_config import cfg
 
-from nova_xen_split import conf as nxs_conf
 from nova_xen_split import driver as nxs_driver
-from nova_xen_split import objects
-from nova_xen_split import vm_utils
+from nova_xen_split import objects, vm_utils
 from nova_xen_split.cmd import demo_env
+from nova_xen_split.xenhost import conf as nxs_conf
+from nova_xen_split.xenhost import marks
 from rpc import exceptions
 
 MODES = ("independent", "in_guest")
@@ -104,7 +104,8 @@ def _disk_table(session, vm_ref):
     for vbd_ref in session.call("VM.get_VBDs", vm_ref):
         vbd = session.call("VBD.get_record", vbd_ref)
         vdi = session.call("VDI.get_record", vbd["VDI"])
-        purpose = (vdi.get("other_config") or {}).get(vm_utils.VDI_PURPOSE_KEY, "?")
+        mark = marks.read_vdi(vdi.get("other_config"))
+        purpose = mark.purpose if mark else "?"
         rows.append((vbd["userdevice"], purpose, vbd["mode"], int(vdi["virtual_size"]),
                      int(vdi.get("physical_utilisation") or 0)))
     return sorted(rows)

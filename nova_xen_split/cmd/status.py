@@ -12,11 +12,10 @@ import sys
 from oslo_config import cfg
 from oslo_upgradecheck import upgradecheck
 
-from nova_xen_split import conf as nxs_conf
 from nova_xen_split import driver as nxs_driver
-from nova_xen_split import xapi
-from rpc import exceptions
-from rpc import methods
+from nova_xen_split.xenhost import conf as nxs_conf
+from nova_xen_split.xenhost import xapi
+from rpc import exceptions, methods
 
 Code = upgradecheck.Code
 Result = upgradecheck.Result

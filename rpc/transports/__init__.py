@@ -17,7 +17,7 @@ def register_opts(conf):
     """Register oslo.messaging's options on ``conf``.
 
     The project's own options (``[DEFAULT] host``, ``[agent] ...``) are the
-    caller's to register (``nova_xen_split.conf.register_opts``): ``rpc``
+    caller's to register (``nova_xen_split.xenhost.conf.register_opts``): ``rpc``
     imports nothing of the project's.
 
     oslo.messaging registers most of its options lazily, on the first

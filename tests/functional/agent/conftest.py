@@ -12,11 +12,10 @@ from oslo_config import cfg
 
 from agent import detect
 from agent import endpoint as agent_endpoint
-from agent import vdis
-from agent.backends import base
-from agent.backends import make_backend
-from nova_xen_split import conf as nxs_conf
+from agent.backends import base, make_backend
 from nova_xen_split.cmd.demo_env import file_digest, file_md5
+from nova_xen_split.xenhost import conf as nxs_conf
+from nova_xen_split.xenhost import marks
 from tests.imagerecord import send_image_record
 
 
@@ -194,9 +193,12 @@ class Harness:
                 if (rec.get("other_config") or {}).get("nxs-agent-vbd") == self.ctx.tag]
 
     def agent_vdis(self, state=None):
-        return [rec for rec in self.session.call("VDI.get_all_records").values()
-                if (rec.get("other_config") or {}).get(vdis.AGENT_KEY) == self.ctx.tag
-                and (state is None or rec["other_config"].get(vdis.STATE_KEY) == state)]
+        found = []
+        for rec in self.session.call("VDI.get_all_records").values():
+            mark = marks.read_vdi(rec.get("other_config"))
+            if mark and mark.agent == self.ctx.tag and state in (None, mark.state):
+                found.append(rec)
+        return found
 
     def vdi_uuids(self):
         return {rec["uuid"] for rec in self.session.call("VDI.get_all_records").values()}

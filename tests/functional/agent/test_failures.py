@@ -9,9 +9,9 @@ import uuid
 import pytest
 
 from agent.backends import base
-from rpc import dispatch
-from rpc import methods
 from nova_xen_split.cmd import demo_env
+from nova_xen_split.xenhost import marks
+from rpc import dispatch, methods
 from tests.functional.agent import disktools
 
 MiB = 1 << 20
@@ -142,7 +142,6 @@ def test_in_guest_resize_disk_failing_at_any_step_leaves_nothing(
 
 
 def test_cleanup_attached_vdis_removes_tagged_vbds_and_half_made_vdis(agent):
-    from agent import attach
     from agent import vdis
     session = agent.session
     sr = vdis.default_sr(session)
@@ -151,7 +150,7 @@ def test_cleanup_attached_vdis_removes_tagged_vbds_and_half_made_vdis(agent):
     vbd = session.call("VBD.create", {
         "VM": vm_ref, "VDI": half_made, "userdevice": "autodetect", "bootable": False,
         "mode": "RW", "type": "Disk", "unpluggable": True, "empty": False,
-        "other_config": {attach.VBD_TAG: agent.ctx.tag}, "qos_algorithm_type": "",
+        "other_config": marks.vbd_marks(agent.ctx.tag), "qos_algorithm_type": "",
         "qos_algorithm_params": {}})
     session.call("VBD.plug", vbd)
     foreign = vdis.create(session, sr, 8 * MiB, str(uuid.uuid4()), "root", "another-agent")

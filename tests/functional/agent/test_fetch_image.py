@@ -13,6 +13,7 @@ import pytest
 from agent import vdis
 from nova_xen_split import vm_utils
 from nova_xen_split.cmd import demo_env
+from nova_xen_split.xenhost import marks
 from rpc import exceptions
 from tests.functional.agent import disktools
 
@@ -169,8 +170,8 @@ def test_a_download_that_breaks_or_does_not_match_late_fails_and_leaves_nothing(
 
 def _pending_chains(agent):
     sr = vdis.default_sr(agent.session)
-    return {key: value for key, value in agent.session.call("SR.get_other_config", sr).items()
-            if key.startswith(vdis.PENDING_CHAIN_PREFIX)}
+    other = agent.session.call("SR.get_other_config", sr)
+    return {chain.key: other[chain.key] for chain in marks.pending_chains(other)}
 
 
 def test_a_vhd_fetch_leaves_no_pending_chain_entry_whether_it_works_or_fails(
@@ -223,13 +224,14 @@ def test_cleanup_settles_pending_chain_entries_of_this_agent_only(agent):
     session = agent.session
     sr = vdis.default_sr(session)
     entries = {
-        "young": "%s %s %d" % (agent.ctx.tag, uuid.uuid4(), time.time()),
-        "stale": "%s %s %d" % (agent.ctx.tag, uuid.uuid4(),
-                               time.time() - vdis.PENDING_CHAIN_STALE_SECONDS - 60),
-        "other agent's": "someone-else %s 0" % uuid.uuid4(),
+        "young": (agent.ctx.tag, time.time()),
+        "stale": (agent.ctx.tag, time.time() - vdis.PENDING_CHAIN_STALE_SECONDS - 60),
+        "other agent's": ("someone-else", 0),
     }
-    keys = {name: vdis.PENDING_CHAIN_PREFIX + str(uuid.uuid4()) for name in entries}
-    for name, value in entries.items():
+    keys = {}
+    for name, (owner, since) in entries.items():
+        keys[name], value = marks.pending_chain_mark(str(uuid.uuid4()), owner,
+                                                     str(uuid.uuid4()), since)
         session.call("SR.add_to_other_config", sr, keys[name], value)
     try:
         agent.endpoint.cleanup_attached_vdis()
@@ -260,10 +262,11 @@ def test_a_vhd_chain_landing_after_the_driver_gave_up_is_destroyed(
     image_id = _vhd_image(image_server, tmp_path, 8 * MiB)
     image_server.delay = 0.4  # about 3 s for the 8 MiB
     instance = str(uuid.uuid4())
-    other = vdis.PENDING_CHAIN_PREFIX + str(uuid.uuid4())  # another instance's fetch
+    # another instance's fetch
+    other, value = marks.pending_chain_mark(str(uuid.uuid4()), agent.ctx.tag,
+                                            str(uuid.uuid4()), time.time())
     sr = vdis.default_sr(agent.session)
-    agent.session.call("SR.add_to_other_config", sr, other,
-                       "%s %s %d" % (agent.ctx.tag, uuid.uuid4(), time.time()))
+    agent.session.call("SR.add_to_other_config", sr, other, value)
     before = agent.vdi_uuids()
     outcome = []
 
@@ -308,8 +311,8 @@ def test_cleanup_destroys_a_landed_chain_the_driver_abandoned_even_when_ready(
         instance_uuid=instance, image_id=_vhd_image(image_server, tmp_path, MiB),
         disk_format="vhd", auth_token=None)["vdis"]
     sr = vdis.default_sr(agent.session)
-    agent.session.call("SR.add_to_other_config", sr, vdis.PENDING_CHAIN_PREFIX + leaf["uuid"],
-                       "%s %s %d" % (agent.ctx.tag, instance, time.time()))
+    agent.session.call("SR.add_to_other_config", sr, *marks.pending_chain_mark(
+        leaf["uuid"], agent.ctx.tag, instance, time.time()))
     if abandoned:
         assert vm_utils.abandon_pending_chains(agent.session, instance) == 1
 

@@ -11,12 +11,11 @@ import uuid
 import pytest
 from oslo_config import cfg
 
-from agent import vdis
-from nova_xen_split import conf as nxs_conf
 from nova_xen_split.cmd import demo_env
+from nova_xen_split.xenhost import conf as nxs_conf
+from nova_xen_split.xenhost import marks
 from rpc import client as rpc_client
-from rpc import methods
-from rpc import transports
+from rpc import methods, transports
 
 AGENT = os.path.join(os.path.dirname(sys.executable), "nova-xen-split-agent")
 MiB = 1 << 20
@@ -159,10 +158,12 @@ def test_auto_detection_chooses_the_mode_logs_it_and_sigterm_exits_zero(
 
 def _tagged(session, host):
     vbds = [rec for rec in session.xenapi.VBD.get_all_records().values()
-            if rec["other_config"].get("nxs-agent-vbd") == host]
-    in_progress = [rec for rec in session.xenapi.VDI.get_all_records().values()
-                   if rec["other_config"].get(vdis.AGENT_KEY) == host
-                   and rec["other_config"].get(vdis.STATE_KEY) == vdis.IN_PROGRESS]
+            if marks.vbd_agent(rec["other_config"]) == host]
+    in_progress = []
+    for rec in session.xenapi.VDI.get_all_records().values():
+        mark = marks.read_vdi(rec["other_config"])
+        if mark and mark.agent == host and mark.state == marks.IN_PROGRESS:
+            in_progress.append(rec)
     return vbds, in_progress
 
 
@@ -229,8 +230,8 @@ def _sr_pending(session):
     """{entry key: value} of the pending-chain entries in every SR."""
     pending = {}
     for rec in session.xenapi.SR.get_all_records().values():
-        pending.update({key: value for key, value in rec["other_config"].items()
-                        if key.startswith(vdis.PENDING_CHAIN_PREFIX)})
+        pending.update({chain.key: rec["other_config"][chain.key]
+                        for chain in marks.pending_chains(rec["other_config"])})
     return pending
 
 
@@ -257,7 +258,7 @@ def test_sigkill_during_a_vhd_fetch_then_restart_destroys_the_chain_dom0_landed(
     while not image_server.requests and time.monotonic() < deadline:
         time.sleep(0.05)
     (key,) = _sr_pending(session)  # recorded before the plugin ran
-    leaf_uuid = key[len(vdis.PENDING_CHAIN_PREFIX):]
+    leaf_uuid = marks.read_pending_chain(key, _sr_pending(session)[key]).leaf_uuid
 
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait(30)

@@ -15,8 +15,7 @@ import os
 import shutil
 import subprocess
 
-
-from nova_xen_split import configdrive
+from agent import configdrive
 from tests.conftest import need
 
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from nova_xen_split import configdrive
+from agent import configdrive
 from tests.conftest import need
 
 UUID = "9c7f4f8e-2b1c-4a8e-8d53-7f9a0c6b5e42"

@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from agent import upload
-from nova_xen_split import configdrive, xapi
+from agent import configdrive, upload
+from nova_xen_split.xenhost import xapi
 from tests.conftest import need
 
 UUID = "3f0e5a7c-8d2b-4e61-9c4a-5b7d1e2f3a40"

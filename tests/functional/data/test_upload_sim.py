@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from agent import upload, vdi_import
-from nova_xen_split import xapi
+from nova_xen_split.xenhost import xapi
 from rpc import exceptions
 from tests.diskfiles import allocated_bytes, make_disk
 

@@ -16,11 +16,11 @@ import uuid as uuidlib
 import pytest
 from oslo_config import cfg
 
-from nova_xen_split import conf as nxs_conf
 from nova_xen_split import driver as nxs_driver
 from nova_xen_split import objects
-from nova_xen_split import vm_utils
 from nova_xen_split.cmd import demo_env
+from nova_xen_split.xenhost import conf as nxs_conf
+from nova_xen_split.xenhost import marks
 
 IMAGE_MB = 64
 GiB = 1024 ** 3
@@ -185,12 +185,12 @@ def leftovers(pair, instance_uuid, baseline):
     try:
         left = []
         for rec in s.xenapi.VM.get_all_records().values():
-            if rec["other_config"].get(vm_utils.NOVA_UUID_KEY) == instance_uuid:
+            if marks.vm_instance(rec["other_config"]) == instance_uuid:
                 left.append("VM %s" % rec["name_label"])
         for rec in s.xenapi.VDI.get_all_records().values():
-            if rec["other_config"].get(vm_utils.VDI_INSTANCE_KEY) == instance_uuid:
-                left.append("VDI %s (%s)" % (rec["uuid"],
-                                             rec["other_config"].get(vm_utils.VDI_PURPOSE_KEY)))
+            mark = marks.read_vdi(rec["other_config"])
+            if mark and mark.instance_uuid == instance_uuid:
+                left.append("VDI %s (%s)" % (rec["uuid"], mark.purpose))
     finally:
         s.xenapi.session.logout()
     now = pair.counts()

@@ -15,10 +15,8 @@ import uuid
 import pytest
 from oslo_config import cfg
 
-from nova_xen_split import conf as nxs_conf
-from rpc import client
-from rpc import server
-from rpc import transports
+from nova_xen_split.xenhost import conf as nxs_conf
+from rpc import client, server, transports
 from tests.conftest import RABBIT_URL, need, rabbit_available
 from tests.functional.rpc.endpoint import RecordingEndpoint
 

@@ -6,7 +6,7 @@ import uuid
 from oslo_config import cfg
 
 from agent import detect
-from nova_xen_split import conf as nxs_conf
+from nova_xen_split.xenhost import conf as nxs_conf
 
 
 def _conf(uuid_file, command):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nova_xen_split import configdrive
+from agent import configdrive
 from rpc import exceptions
 
 UUID = "6a8d2c57-0d1e-4c55-9a4e-2f4f1b1e9d01"

@@ -19,7 +19,7 @@ import pytest
 from oslo_config import cfg
 
 from agent import images
-from nova_xen_split import conf as nxs_conf
+from nova_xen_split.xenhost import conf as nxs_conf
 from rpc import exceptions
 
 TOKEN = "gAAAAAB-very-secret-token"

@@ -1,16 +1,11 @@
 """The flavor, injected-file and flat_injected checks a spawn makes before its first step."""
 
-from oslo_config import cfg
 import pytest
+from oslo_config import cfg
 
-from nova_xen_split import conf as nxs_conf
-from nova_xen_split import driver_errors
-from nova_xen_split import instance_metadata
-from nova_xen_split import netinfo
-from nova_xen_split import objects
-from nova_xen_split import spawn
-from rpc import client
-from rpc import exceptions
+from nova_xen_split import driver_errors, instance_metadata, netinfo, objects, spawn
+from nova_xen_split.xenhost import conf as nxs_conf
+from rpc import client, exceptions
 
 
 @pytest.mark.parametrize("fields", [

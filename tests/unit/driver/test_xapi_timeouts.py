@@ -13,7 +13,8 @@ import xmlrpc.server
 
 import pytest
 
-from nova_xen_split import vm_utils, xapi
+from nova_xen_split import vm_utils
+from nova_xen_split.xenhost import xapi
 from rpc import exceptions
 
 SLOW_SECONDS = 1.5

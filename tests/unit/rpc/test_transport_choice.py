@@ -3,7 +3,7 @@
 import pytest
 from oslo_config import cfg
 
-from nova_xen_split import conf as nxs_conf
+from nova_xen_split.xenhost import conf as nxs_conf
 from rpc import transports
 
 
