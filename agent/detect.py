@@ -11,6 +11,8 @@
 3. The mode: ``in_guest`` with a local VM, else ``independent``;
    ``[xenserver] independent_compute`` forces either.
 4. Refusals raise :class:`StartupRefused`: one line naming the option.
+   What the chosen backend cannot serve is refused by the service, from
+   the backend's own declaration (:func:`refuse_what_backend_lacks`).
 """
 
 import logging
@@ -18,8 +20,10 @@ import re
 import subprocess
 
 from agent.backends import base
+from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import xapi
 from rpc import exceptions
+from rpc import methods
 
 LOG = logging.getLogger(__name__)
 
@@ -140,6 +144,15 @@ def _local_vm_on_host(session, vm_uuid, host_ref):
     return vm_ref, None
 
 
+def refuse_what_backend_lacks(conf, backend):
+    """Raise :class:`StartupRefused` for the first option set in ``conf``
+    that needs a capability ``backend`` lacks."""
+    for option, capability in nxs_conf.options_refused(conf, backend.capabilities()):
+        raise StartupRefused(
+            option + " = true", "%s is not supported by the %s backend: %s" % (
+                methods.CAPABILITIES[capability], backend.mode, backend.LIMITATION))
+
+
 def detect(conf, session, sessions):
     """Everything the backend needs, as an :class:`AgentContext`.
 
@@ -168,16 +181,6 @@ def detect(conf, session, sessions):
             LOG.info("No local VM on the served host (%s): independent mode", why_not)
 
     if mode == INDEPENDENT:
-        if conf.xenserver.check_host:
-            raise StartupRefused(
-                "[xenserver] check_host = true",
-                "checking that the agent's VM is on the served host is not "
-                "supported in independent mode (there is no local VM)")
-        if conf.flat_injected:
-            raise StartupRefused(
-                "[DEFAULT] flat_injected = true",
-                "injecting network configuration into images is not supported "
-                "in independent mode (images cannot be mounted locally)")
         vm_ref = vm_uuid = None
 
     dom0_ref = control_domain(session, host_ref)

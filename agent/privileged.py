@@ -43,7 +43,6 @@ DISK_OR_PARTITION_RE = re.compile(r"^(xvd|sd|hd)[a-z]{1,2}([1-9][0-9]?)?$")
 GUEST_FS_TYPES = ("ext2", "ext3", "ext4", "xfs", "btrfs")
 PARTITION_TYPES = ("83", "82", "0c")
 FS_TYPES = ("ext3", "ext4", "vfat", "swap")
-LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{0,16}$")
 MAX_SECTOR = 1 << 40
 MAX_UID = (1 << 31) - 1
 # The interface's 64 files, with /etc/network/interfaces and /meta.js.
@@ -197,8 +196,8 @@ def mkfs(partition, fs_type, label):
     path = _partition("mkfs", partition)
     if fs_type not in FS_TYPES:
         raise _bad("mkfs", partition, "unknown fs type %r" % (fs_type,))
-    if not isinstance(label, str) or not LABEL_RE.match(label) or (
-            fs_type == "vfat" and len(label) > 11):
+    # The interface's own rule, checked again here: the daemon trusts no caller.
+    if not methods.fs_label_matches(fs_type, label):
         raise _bad("mkfs", partition, "label %r not allowed for %s" % (label, fs_type))
     if fs_type == "swap":
         argv = ["mkswap", "-L", label, path]
@@ -331,13 +330,13 @@ def inject_files(partition, files, authorized_key=None):
     path = _block_device("inject_files", partition, DISK_OR_PARTITION_RE)
     try:
         files = schema.GuestFiles(MAX_FILES, MAX_FILE_BYTES).check(files)
-    except schema._Reject as e:
+    except schema.Reject as e:
         raise _bad("inject_files", partition, "files%s %s" % (e.field_suffix, e.reason)) \
             from None
     try:
         if authorized_key is not None:
             authorized_key = methods.SSH_KEY_KIND.check(authorized_key)
-    except schema._Reject as e:
+    except schema.Reject as e:
         raise _bad("inject_files", partition, "authorized_key " + e.reason) from None
     if authorized_key is not None and any(
             schema.paths_overlap(name, methods.AUTHORIZED_KEYS_PATH) for name, _ in files):

@@ -1,9 +1,10 @@
 """``nova-xen-split-agent``: detect, check, clean up, serve.
 
-Startup (issue 5): find the local VM, log in to XAPI, choose the backend,
-refuse what the chosen mode cannot serve (one line on stderr naming the
-option, exit status 1, no traceback, never the password), clean up what a
-crash left, then serve the message interface until SIGTERM/SIGINT.
+Startup: find the local VM, log in to XAPI, choose the backend, refuse
+what that backend cannot serve (one line on stderr naming the option, exit
+status 1, no traceback, never the password), start what the backend needs
+beside it, clean up what a crash left, then serve the message interface
+until SIGTERM/SIGINT.
 """
 
 import signal
@@ -42,7 +43,7 @@ class AgentService:
         self.sessions = WorkerSessions(conf)
         self.backend = None
         self.server = None
-        self._privsep = False
+        self._backend_started = False
         self._stopped = threading.Event()
 
     def start(self):
@@ -52,10 +53,9 @@ class AgentService:
         self.sessions.adopt(session)
         ctx = detect.detect(conf, session, self.sessions)
         self.backend = make_backend(ctx)
-        if ctx.mode == detect.IN_GUEST:
-            from agent import privileged
-            privileged.start(conf)  # before any thread exists: it may fork
-            self._privsep = True
+        detect.refuse_what_backend_lacks(conf, self.backend)
+        self.backend.start()  # before any thread exists: it may fork
+        self._backend_started = True
         cleaned = self.backend.cleanup_attached_vdis()
         LOG.info("Startup cleanup: %(unplugged)d VBD(s) unplugged, %(destroyed)d "
                  "half-made VDI(s) destroyed", cleaned)
@@ -87,10 +87,9 @@ class AgentService:
         self.close()
 
     def close(self):
-        if self._privsep:
-            from agent import privileged
-            privileged.stop()
-            self._privsep = False
+        if self._backend_started:
+            self.backend.stop()
+            self._backend_started = False
         self.sessions.close()
 
 

@@ -18,6 +18,7 @@ import time
 
 from nova_xen_split import driver_errors, instance_metadata, netinfo, objects, vm_utils
 from nova_xen_split import spawn as spawn_mod
+from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks, xapi
 from rpc import exceptions, methods
 
@@ -119,11 +120,14 @@ class XenSplitDriver:
                         "([agent] startup_timeout); is nova-xen-split-agent "
                         "running for this host? Last error: %s" % (timeout, e)) from None
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        if info.get("mode") == "independent":
-            self._refuse_option("flat_injected", self._conf.flat_injected,
-                                "Injecting network configuration into the image")
-            self._refuse_option("[xenserver] check_host", self._conf.xenserver.check_host,
-                                "Checking that the compute VM is on the host")
+        # What the agent's backend cannot serve, from what it published.
+        for option, capability in nxs_conf.options_refused(self._conf,
+                                                           info.get("capabilities")):
+            raise exceptions.NotSupportedWithOption(
+                operation="%s (the agent runs in %s mode: %s)" % (
+                    methods.CAPABILITIES[capability], info.get("mode"),
+                    info.get("limitation") or "it does not publish this capability"),
+                option=option)
         self._agent_info = info
         self.session  # noqa: B018 -- log in now: XAPI trouble must stop startup too
         LOG.info("Agent for host %s runs in %s mode (VM %s, hypervisor host %s, "
@@ -149,13 +153,6 @@ class XenSplitDriver:
         finally:
             self._conf.set_override("rpc_timeout", previous, group="agent")
 
-    @staticmethod
-    def _refuse_option(option, value, operation):
-        if value:
-            raise exceptions.NotSupportedWithOption(
-                operation=operation + " (independent mode: no local VM on the host)",
-                option=option)
-
     # -- spawn ----------------------------------------------------------------
 
     def spawn(self, context, instance, image_meta, injected_files, admin_password,
@@ -166,39 +163,17 @@ class XenSplitDriver:
         VM, its VBDs and the instance's VDIs are removed, then the error is
         raised (an agent error unchanged).
         """
-        instance = objects.instance_from(instance)
-        image = objects.image_meta_from(image_meta)
-        flavor = instance.flavor
-        spawn_mod.check_flavor(flavor)
-        vifs = netinfo.parse(network_info)
-        user_data = instance_metadata.decode_user_data(instance)
-        files = instance_metadata.injected_files_list(injected_files)
-        existing = vm_utils.find_vm(self.session, instance.uuid)
-        if existing:
-            raise driver_errors.InstanceExists(instance_uuid=instance.uuid, vm=existing)
-        root_bytes = int(flavor.root_gb) * GiB
-        if image.size and root_bytes and int(image.size) > root_bytes:
-            raise driver_errors.FlavorDiskSmallerThanImage(
-                flavor_size=root_bytes, image_size=int(image.size))
-
-        configdrive = None
-        if spawn_mod.wants_configdrive(instance, image):
-            configdrive = spawn_mod.configdrive_request(
-                instance, files, user_data, vifs, admin_password)
-
-        preconfigure = None
-        if self._conf.flat_injected:
-            preconfigure = spawn_mod.preconfigure_request(self.agent, instance, vifs)
-
         job = spawn_mod.Spawn(self._conf, self.agent, self.session, self.on_step)
+        plan = job.plan(context, instance, image_meta, injected_files, admin_password,
+                        network_info)
         self.last_spawn_steps = job.steps
         try:
-            job.run(context, instance, image, vifs, configdrive, preconfigure)
+            job.run(plan)
         except BaseException as e:
             LOG.warning("Spawn of %s failed (%s: %s); removing what was made",
-                        instance.uuid, type(e).__name__, e)
+                        plan.instance.uuid, type(e).__name__, e)
             with job.step("cleanup", "after %s" % type(e).__name__):
-                job.undo(instance.uuid)
+                job.undo(plan.instance.uuid)
             raise
 
     # -- lifecycle --------------------------------------------------------------
@@ -219,15 +194,15 @@ class XenSplitDriver:
         """
         instance = objects.instance_from(instance)
         vm_ref = vm_utils.find_vm(self.session, instance.uuid)
-        vdi_uuids, kernel_files = [], []
+        vdi_uuids, boot_files = [], []
         if vm_ref is None:
             LOG.warning("Instance %s has no VM on this hypervisor", instance.uuid)
         else:
-            kernel_files = spawn_mod.kernel_files_of(self.session, vm_ref)
+            boot_files = spawn_mod.boot_files_of(self.session, vm_ref)
             vdi_uuids = vm_utils.destroy_vm(self.session, vm_ref)
         if destroy_disks:
             spawn_mod.destroy_disks(self.agent, self.session, instance.uuid, vdi_uuids,
-                                    kernel_files)
+                                    boot_files)
 
     def list_instances(self):
         """Names of the instances' VMs on this hypervisor."""
@@ -324,10 +299,11 @@ class XenSplitDriver:
         self._refuse_pool_change("Removing host %s from" % host)
 
     def _refuse_pool_change(self, action):
-        if self.agent_mode == "independent":
+        info = self._describe()
+        if not (info.get("capabilities") or {}).get("pool_join"):
             raise exceptions.UnsupportedInIndependentMode(
                 feature="%s a XenServer pool aggregate" % action,
-                option="[xenserver] independent_compute: the agent has no local VM "
-                "on the host, and a pool join moves the host's VMs")
+                option="%s, and a pool join moves the host's VMs" % (
+                    info.get("limitation") or "the agent does not publish pool_join"))
         raise NotImplementedError("Pool aggregates are not implemented in interface %s"
                                   % methods.VERSION)

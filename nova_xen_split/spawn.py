@@ -1,10 +1,15 @@
-"""One spawn: the disk steps through the agent, the VM through XAPI, and its undo.
+"""One spawn, top to bottom: its requests, its steps, its undo; and destroy.
 
-:class:`Spawn` records what it has made (VDI uuids, the VM) and each step
-with its timing, so the driver can show progress and, when a step fails,
-remove exactly what this spawn made. :func:`destroy_disks` is shared with
-the driver's ``destroy``: the agent's ``destroy_vdis`` first, then XAPI
-directly for whatever is left, so a dead agent cannot leak disks.
+1. :meth:`Spawn.plan` builds and checks every request of the spawn (flavor,
+   network, config drive, ``flat_injected``, the image against the flavor)
+   before anything is made: a bad one raises and nothing exists yet.
+2. :meth:`Spawn.run` makes the disks through the agent, then the VM, its
+   VBDs, and starts it, recording what it made and each step's timing.
+3. :meth:`Spawn.undo` removes exactly what this spawn made, through
+   :func:`destroy_disks`, which the driver's ``destroy`` uses too: the
+   agent's ``destroy_vdis`` first, then XAPI directly for whatever is left
+   (so a dead agent cannot leak disks), and dom0 boot files through the
+   agent (the driver touches no disk).
 """
 
 import collections
@@ -12,19 +17,20 @@ import contextlib
 import logging
 import time
 
-from nova_xen_split import driver_errors
-from nova_xen_split import instance_metadata
-from nova_xen_split import netinfo
-from nova_xen_split import vm_utils
+from nova_xen_split import driver_errors, instance_metadata, netinfo, objects, vm_utils
+from nova_xen_split.xenhost import marks
 from rpc import methods
 
 LOG = logging.getLogger(__name__)
 
 GiB = 1024 ** 3
-KERNEL_PLUGIN = "kernel.py"
 DESTROY_VDIS_BATCH = 64  # the interface's limit per destroy_vdis call
 
 SpawnStep = collections.namedtuple("SpawnStep", ["name", "seconds", "detail"])
+# What Spawn.plan builds: every request of the spawn, checked. ``configdrive``
+# and ``preconfigure`` are the agent calls' arguments, or None.
+SpawnPlan = collections.namedtuple(
+    "SpawnPlan", ["context", "instance", "image", "vifs", "configdrive", "preconfigure"])
 
 
 # What each flavor field may be: Nova's unit, least, most. The disk limits
@@ -60,6 +66,15 @@ def check_flavor(flavor):
             raise driver_errors.InvalidFlavor(
                 flavor=getattr(flavor, "name", None), field=name,
                 reason="is %d; it must be from %d to %d" % (value, least, most))
+
+
+def check_image_fits(flavor, image_bytes):
+    """Raise FlavorDiskSmallerThanImage when the image is larger than the
+    flavor's root disk (a root_gb of 0 takes the image's own size)."""
+    root_bytes = int(flavor.root_gb) * GiB
+    if image_bytes and root_bytes and int(image_bytes) > root_bytes:
+        raise driver_errors.FlavorDiskSmallerThanImage(
+            flavor_size=root_bytes, image_size=int(image_bytes))
 
 
 def wants_configdrive(instance, image):
@@ -120,7 +135,7 @@ def preconfigure_request(agent, instance, vifs):
 
 
 class Spawn:
-    """The steps of one spawn and what they made."""
+    """The requests, the steps and the undo of one spawn, and what it made."""
 
     def __init__(self, conf, agent, session, on_step=None):
         self._conf = conf
@@ -129,18 +144,39 @@ class Spawn:
         self.on_step = on_step
         self.steps = []
         self.vdi_uuids = []
-        self.kernel_files = []  # dom0 files of a split kernel, known before the VM
+        self.boot_files = []  # dom0 files of a split kernel, known before the VM
         self.vm_ref = None
 
-    def run(self, context, instance, image, vifs, configdrive, preconfigure=None):
-        """Make the disks, the VM and its VBDs; start it. Raises on the first failure.
+    def plan(self, context, instance, image_meta, injected_files, admin_password,
+             network_info):
+        """Build and check every request of the spawn; returns a :class:`SpawnPlan`.
 
-        ``vifs`` is the network information as :func:`netinfo.parse` returns
-        it; ``configdrive`` the checked ``generate_configdrive`` arguments
-        (:func:`configdrive_request`), or None for an instance without one;
-        ``preconfigure`` likewise (:func:`preconfigure_request`), or None
-        without ``flat_injected``.
+        Raises InvalidFlavor, InvalidNetworkInfo, InvalidRequest,
+        InstanceExists or FlavorDiskSmallerThanImage (when the image's
+        declared size is too big), and nothing is made.
         """
+        instance = objects.instance_from(instance)
+        image = objects.image_meta_from(image_meta)
+        check_flavor(instance.flavor)
+        vifs = netinfo.parse(network_info)
+        user_data = instance_metadata.decode_user_data(instance)
+        files = instance_metadata.injected_files_list(injected_files)
+        existing = vm_utils.find_vm(self.session, instance.uuid)
+        if existing:
+            raise driver_errors.InstanceExists(instance_uuid=instance.uuid, vm=existing)
+        check_image_fits(instance.flavor, image.size)
+        configdrive = preconfigure = None
+        if wants_configdrive(instance, image):
+            configdrive = configdrive_request(instance, files, user_data, vifs, admin_password)
+        if self._conf.flat_injected:
+            preconfigure = preconfigure_request(self.agent, instance, vifs)
+        return SpawnPlan(context, instance, image, vifs, configdrive, preconfigure)
+
+    def run(self, plan):
+        """Make the disks, the VM and its VBDs; start it. Raises on the first
+        failure, leaving what it made for :meth:`undo`."""
+        context, instance, image = plan.context, plan.instance, plan.image
+        configdrive, preconfigure = plan.configdrive, plan.preconfigure
         flavor = instance.flavor
         props = image.properties
         with self.step("fetch_image", image.disk_format) as detail:
@@ -156,16 +192,13 @@ class Spawn:
                 if vdi.get("uuid"):  # a kernel copied to dom0 keeps no VDI
                     self.vdi_uuids.append(vdi["uuid"])
                 if vdi.get("path"):
-                    self.kernel_files.append(vdi["path"])
+                    self.boot_files.append(vdi["path"])
                 vdis[vdi["type"]] = vdi
             root = vdis["root"]
             detail.append(_size(root["size_bytes"]))
 
-        root_bytes = int(flavor.root_gb) * GiB
-        if root_bytes and int(root["size_bytes"]) > root_bytes:
-            raise driver_errors.FlavorDiskSmallerThanImage(
-                flavor_size=root_bytes, image_size=int(root["size_bytes"]))
-        if root_bytes > int(root["size_bytes"]):
+        check_image_fits(flavor, root["size_bytes"])
+        if int(flavor.root_gb) * GiB > int(root["size_bytes"]):
             with self.step("auto_configure_disk", "root") as detail:
                 grown = self.agent.auto_configure_disk(
                     vdi_uuid=root["uuid"], new_gb=int(flavor.root_gb))
@@ -214,7 +247,7 @@ class Spawn:
         with self.step("VM.create", vm_utils.vm_mode_for(image)) as detail:
             self.vm_ref = vm_utils.create_vm(
                 session, instance, flavor, vm_utils.vm_mode_for(image))
-            self._set_kernel(session, self.vm_ref, vdis)
+            self._set_boot_files(session, self.vm_ref, vdis)
             detail.append("%d MiB, %s vCPU" % (flavor.memory_mb, flavor.vcpus))
         with self.step("VBD.create", "%d disks" % len(disks)):
             for _name, vdi, userdevice, bootable, read_only in disks:
@@ -224,13 +257,15 @@ class Spawn:
         with self.step("VM.start", instance.name):
             session.call("VM.start", self.vm_ref, False, False)
 
-    def _set_kernel(self, session, vm_ref, vdis):
-        """Boot a split-kernel image with the files the agent copied into dom0."""
+    def _set_boot_files(self, session, vm_ref, vdis):
+        """Boot a split-kernel image with the files the agent copied into
+        dom0, and mark them on the VM, which destroy reads them from."""
         for kind, field in (("kernel", "PV_kernel"), ("ramdisk", "PV_ramdisk")):
             path = (vdis.get(kind) or {}).get("path")
             if path:
                 session.call("VM.set_" + field, vm_ref, path)
-                session.call("VM.add_to_other_config", vm_ref, "nxs-%s-file" % kind, path)
+                session.call("VM.add_to_other_config", vm_ref,
+                             *marks.vm_boot_file_mark(kind, path))
 
     @contextlib.contextmanager
     def step(self, name, what=""):
@@ -247,18 +282,18 @@ class Spawn:
 
     def undo(self, instance_uuid):
         """Remove the VM, its VBDs and the instance's VDIs; never raises."""
-        kernel_files = list(self.kernel_files)
+        boot_files = list(self.boot_files)
         if self.vm_ref is not None:
             try:
-                kernel_files += [path for path in kernel_files_of(self.session, self.vm_ref)
-                                 if path not in kernel_files]
+                boot_files += [path for path in boot_files_of(self.session, self.vm_ref)
+                               if path not in boot_files]
                 vm_utils.destroy_vm(self.session, self.vm_ref)
             except Exception:  # noqa: BLE001 -- the undo goes on whatever failed
                 LOG.exception("Could not remove VM of %s", instance_uuid)
-        destroy_disks(self.agent, self.session, instance_uuid, self.vdi_uuids, kernel_files)
+        destroy_disks(self.agent, self.session, instance_uuid, self.vdi_uuids, boot_files)
 
 
-def destroy_disks(agent, session, instance_uuid, vdi_uuids, kernel_files=()):
+def destroy_disks(agent, session, instance_uuid, vdi_uuids, boot_files=()):
     """Agent's destroy_vdis first; then XAPI directly for anything left.
 
     Only the instance's own disks go: VDIs tagged with its uuid. Anything
@@ -288,17 +323,28 @@ def destroy_disks(agent, session, instance_uuid, vdi_uuids, kernel_files=()):
             LOG.info("Removed %d leftover VDI(s) of %s through XAPI", swept, instance_uuid)
     except Exception:  # noqa: BLE001 -- report it; the caller's error matters more
         LOG.exception("Could not sweep VDIs of %s", instance_uuid)
-    for path in kernel_files:
-        try:
-            session.call_plugin(KERNEL_PLUGIN, "remove_file", {"path": path})
-        except Exception:  # noqa: BLE001 -- as above
-            LOG.exception("Could not remove %s from dom0", path)
+    if boot_files:
+        _remove_boot_files(agent, instance_uuid, list(boot_files))
 
 
-def kernel_files_of(session, vm_ref):
+def _remove_boot_files(agent, instance_uuid, paths):
+    """dom0 boot files go through the agent (disk work); never raises."""
+    need = methods.METHODS["remove_boot_files"].since
+    if not agent.can_send_version(need):
+        LOG.warning("The agent speaks interface %s, older than %s: the boot files %s of "
+                    "%s stay in dom0", agent.agent_version, need, ", ".join(paths),
+                    instance_uuid)
+        return
+    try:
+        agent.remove_boot_files(paths=paths)
+    except Exception:  # noqa: BLE001 -- as above: the undo goes on
+        LOG.exception("Could not remove the boot files %s of %s from dom0",
+                      ", ".join(paths), instance_uuid)
+
+
+def boot_files_of(session, vm_ref):
     """Files in dom0 that a split-kernel VM boots from (removed with it)."""
-    other = session.call("VM.get_other_config", vm_ref) or {}
-    return [other[k] for k in ("nxs-kernel-file", "nxs-ramdisk-file") if other.get(k)]
+    return marks.vm_boot_files(session.call("VM.get_other_config", vm_ref))
 
 
 def _size(size_bytes):

@@ -126,6 +126,10 @@ class AgentAPI:
             vdi_uuid=vdi_uuid, network_config=network_config, files=files,
             ssh_key=ssh_key, metadata=metadata))
 
+    def remove_boot_files(self, paths):
+        """Remove kernel/ramdisk files the agent copied into dom0 (1.2)."""
+        return self._call("remove_boot_files", "1.2", dict(paths=list(paths)))
+
     def cleanup_attached_vdis(self):
         """Unplug and forget VBDs a crash left attached."""
         return self._call("cleanup_attached_vdis", "1.0", {})

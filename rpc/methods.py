@@ -15,23 +15,38 @@ not need what is new.
 
 History: 1.0 the first interface; 1.1 ``preconfigure_instance`` takes
 ``ssh_key`` and ``metadata`` (what Nova's ``flat_injected`` wrote besides
-the network configuration).
+the network configuration); 1.2 ``remove_boot_files`` (the driver no
+longer calls a dom0 plugin itself), and ``describe`` publishes the
+``check_host`` and ``pool_join`` capabilities.
 """
 
 import re
 
 from rpc import exceptions
 from rpc.schema import (
-    _MISSING, Arg, Bytes, Enum, GuestFiles, Int, JsonDict, List, Str, StrMap, Uuid, _Reject,
+    MISSING, Arg, Bytes, Enum, GuestFiles, Int, JsonDict, List, Reject, Str, StrMap, Uuid,
+    paths_overlap,
 )
 
-VERSION = "1.1"
+VERSION = "1.2"
 
-IMAGE_ID = r"^[A-Za-z0-9._-]{1,64}\Z"
+# An image id goes into a URL path: no "/", and no leading "." (so never
+# "." or "..").
+IMAGE_ID = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}\Z"
 # One HTTP header value (X-Auth-Token): printable ASCII, no space, no CR/LF.
 AUTH_TOKEN = r"^[\x21-\x7e]+\Z"
-# A label never starts with "-", which mkfs tools would read as an option.
-FS_LABEL = r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,15}\Z"
+# A filesystem label per filesystem, as mkfs, mkswap and the dom0 plugin
+# take it: never starting with "-" (mkfs would read an option), at most 16
+# characters, and for FAT at most 11 and no ".". FS_LABEL is the widest.
+FS_LABELS = {
+    "ext3": r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,15}\Z",
+    "ext4": r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,15}\Z",
+    "swap": r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,15}\Z",
+    "vfat": r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,10}\Z",
+}
+FS_LABEL = FS_LABELS["ext4"]
+# The smallest generated disk: room for the 1 MiB partition gap and a filesystem.
+MIN_DISK_MB = 4
 MIB = 1024 * 1024
 # One OpenSSH public key line (authorized_keys format): printable ASCII and
 # spaces, no line break, so it can only ever add itself to the file.
@@ -45,6 +60,39 @@ METADATA_PATH = "/meta.js"
 PRECONFIGURE_PLACES = (("network_config", NETWORK_CONFIG_PATH),
                        ("ssh_key", AUTHORIZED_KEYS_PATH),
                        ("metadata", METADATA_PATH))
+
+
+def _no_file_where_an_argument_goes(args):
+    """A rule of ``preconfigure_instance``: no file lies where one of the
+    other arguments sent is written."""
+    placed = [(arg, path) for arg, path in PRECONFIGURE_PLACES if args[arg] is not None]
+    for index, (name, _) in enumerate(args["files"] or ()):
+        for arg, path in placed:
+            if paths_overlap(name, path):
+                return "files[%d]" % index, "overlaps %s, where %s goes" % (path, arg)
+    return None
+
+
+# What a backend can serve: describe() publishes {name: bool} for each, and
+# the driver, nova-xen-split-status and the agent's own startup decide from
+# that, never from the mode's name. The text names the feature in refusals.
+CAPABILITIES = {
+    "fetch_vhd": "Booting from VHD images",
+    "fetch_raw": "Booting from raw images",
+    "fetch_kernel_ramdisk": "Booting from separate kernel/ramdisk images",
+    "auto_configure_disk": "Growing a root disk's partition and filesystem",
+    "generate_disk": "Making swap and ephemeral disks",
+    "generate_configdrive": "Making config drives",
+    "resize_down": "Resizing a disk down",
+    "preconfigure_instance": "Injecting network configuration, an SSH key and files "
+                             "into an image",
+    "check_host": "Checking that the agent's VM is resident on the served host",
+    "pool_join": "Joining a XenServer pool aggregate",
+}
+# A dom0 boot file (kernel or ramdisk) as the kernel plugin names it: an
+# absolute path, no component starting with ".".
+BOOT_FILE_PATH = r"^(/[A-Za-z0-9_][A-Za-z0-9_.-]*)+/(kernel|ramdisk)-[A-Za-z0-9_]{1,64}\Z"
+
 _VERSION_RE = re.compile(r"^[0-9]{1,4}\.[0-9]{1,4}\Z")
 
 # Injected files: [path inside the guest, contents] pairs.
@@ -61,8 +109,35 @@ def parse_version(version):
     return int(major), int(minor)
 
 
+def fs_label_matches(fs_type, label):
+    """Whether ``label`` is a label a ``fs_type`` filesystem takes."""
+    pattern = FS_LABELS.get(fs_type)
+    return pattern is not None and isinstance(label, str) and \
+        re.match(pattern, label) is not None
+
+
+class Rule:
+    """A rule across the arguments of one call: ``holds(args)`` is true for
+    a good call (its arguments already checked one by one); otherwise the
+    call is refused naming ``field``, with ``reason``.
+
+    A method's ``rules`` are callables ``rule(args)`` answering ``None`` or
+    the problem as ``(field, reason)``; a rule that must name the element
+    at fault (``files[2]``) is a plain function of that shape.
+    """
+
+    def __init__(self, field, holds, reason):
+        self.field = field
+        self.holds = holds
+        self.reason = reason
+
+    def __call__(self, args):
+        return None if self.holds(args) else (self.field, self.reason)
+
+
 class Method:
-    """One remote method: its name, the version that added it, its arguments.
+    """One remote method: its name, the version that added it, its arguments
+    and the rules across them.
 
     ``long`` calls use ``[agent] long_rpc_timeout`` on the client; ``control``
     calls are cheap and read-only, so the server answers them outside the
@@ -70,7 +145,8 @@ class Method:
     ``returns`` names the keys every result must carry.
     """
 
-    def __init__(self, name, since, args=(), returns=(), long=False, control=False):
+    def __init__(self, name, since, args=(), rules=(), returns=(), long=False,
+                 control=False):
         self.name = name
         self.since = since
         for arg in args:
@@ -79,6 +155,7 @@ class Method:
                 raise ValueError("%s.%s: since %s is not after its method's %s"
                                  % (name, arg.name, arg.since, since))
         self.args = {arg.name: arg for arg in args}
+        self.rules = tuple(rules)
         self.returns = tuple(returns)
         self.long = long
         self.control = control
@@ -100,6 +177,11 @@ METHODS = {m.name: m for m in (
         Arg("ramdisk_id", Str(pattern=IMAGE_ID), nullable=True),
         Arg("auth_token", Str(min_len=1, max_len=8192, pattern=AUTH_TOKEN), nullable=True,
             secret=True),
+    ), rules=(
+        Rule("kernel_id", lambda a: a["kernel_id"] is None or a["disk_format"] == "ami",
+             "separate kernel/ramdisk images go with disk_format ami"),
+        Rule("ramdisk_id", lambda a: a["ramdisk_id"] is None or a["disk_format"] == "ami",
+             "separate kernel/ramdisk images go with disk_format ami"),
     ), returns=("vdis",)),
     Method("auto_configure_disk", "1.0", long=True, args=(
         Arg("vdi_uuid", Uuid()),
@@ -111,6 +193,13 @@ METHODS = {m.name: m for m in (
         Arg("size_mb", Int(1, 67108864)),
         Arg("fs_type", Enum("ext3", "ext4", "vfat", "swap")),
         Arg("label", Str(pattern=FS_LABEL)),
+    ), rules=(
+        Rule("fs_type", lambda a: (a["kind"] == "swap") == (a["fs_type"] == "swap"),
+             "a swap disk takes fs_type swap, an ephemeral disk a filesystem"),
+        Rule("size_mb", lambda a: a["size_mb"] >= MIN_DISK_MB,
+             "at least %d MiB are needed for a partition and a filesystem" % MIN_DISK_MB),
+        Rule("label", lambda a: fs_label_matches(a["fs_type"], a["label"]),
+             "is not a label this fs_type takes (vfat: at most 11 characters, no '.')"),
     ), returns=("uuid", "size_bytes")),
     Method("generate_configdrive", "1.0", long=True, args=(
         Arg("instance_uuid", Uuid()),
@@ -120,6 +209,9 @@ METHODS = {m.name: m for m in (
         Arg("vendor_data", JsonDict(max_bytes=MIB), nullable=True),
         Arg("files", _FILES),
         Arg("admin_password", Str(max_len=1024), nullable=True, secret=True),
+    ), rules=(
+        Rule("metadata", lambda a: a["metadata"].get("uuid") == a["instance_uuid"],
+             "meta_data uuid must be the instance uuid"),
     ), returns=("uuid", "size_bytes")),
     Method("resize_disk", "1.0", long=True, args=(
         Arg("instance_uuid", Uuid()),
@@ -132,10 +224,22 @@ METHODS = {m.name: m for m in (
         Arg("files", _FILES, nullable=True),
         Arg("ssh_key", SSH_KEY_KIND, nullable=True, since="1.1"),
         Arg("metadata", StrMap(max_items=128, max_len=255), nullable=True, since="1.1"),
+    ), rules=(
+        _no_file_where_an_argument_goes,
     )),
     Method("cleanup_attached_vdis", "1.0", returns=("unplugged", "destroyed")),
+    Method("remove_boot_files", "1.2", args=(
+        Arg("paths", List(Str(max_len=1024, pattern=BOOT_FILE_PATH), min_items=1,
+                          max_items=2)),
+    ), rules=(
+        Rule("paths", lambda a: len(set(a["paths"])) == len(a["paths"]),
+             "names a file twice"),
+    ), returns=("removed",)),
     Method("destroy_vdis", "1.0", args=(
         Arg("vdi_uuids", List(Uuid(), min_items=1, max_items=64)),
+    ), rules=(
+        Rule("vdi_uuids", lambda a: len(set(a["vdi_uuids"])) == len(a["vdi_uuids"]),
+             "names a VDI twice"),
     ), returns=("destroyed",)),
 )}
 
@@ -175,7 +279,8 @@ def validate(method_name, args, version=None):
 
     Every declared argument is present in the result (omitted nullable ones
     as ``None``). Raises ``InvalidRequest(method, field, reason)`` on an
-    undeclared method, a missing, unknown, mistyped or out-of-range argument.
+    undeclared method, a missing, unknown, mistyped or out-of-range argument,
+    or a call breaking one of its method's rules across arguments.
     The reason never contains an argument's value. With ``version`` (the
     interface a server speaks), an argument added after it is refused, as
     that server's own table would not have it.
@@ -200,10 +305,15 @@ def validate(method_name, args, version=None):
     checked = {}
     for name, arg in method.args.items():
         try:
-            checked[name] = arg.check(args.get(name, _MISSING))
-        except _Reject as e:
+            checked[name] = arg.check(args.get(name, MISSING))
+        except Reject as e:
             raise exceptions.InvalidRequest(method=method.name, field=name + e.field_suffix,
                                             reason=e.reason) from None
+    for rule in method.rules:
+        problem = rule(checked)
+        if problem is not None:
+            raise exceptions.InvalidRequest(method=method.name, field=problem[0],
+                                            reason=problem[1])
     return checked
 
 

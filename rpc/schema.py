@@ -2,7 +2,7 @@
 
 Each kind is a small object that either accepts a value (possibly returning
 a normalised copy, e.g. a tuple turned into a list) or raises
-:class:`_Reject` with a reason. Reasons describe the rule that was broken,
+:class:`Reject` with a reason. Reasons describe the rule that was broken,
 never the value itself: a value may be a secret (``auth_token``,
 ``admin_password``) or a large payload, and reasons end up in logs and in
 error messages sent back to the caller.
@@ -14,10 +14,10 @@ import re
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
-_MISSING = object()
+MISSING = object()
 
 
-class _Reject(Exception):
+class Reject(Exception):
     """A value broke its kind's rule; ``reason`` says which rule."""
 
     def __init__(self, reason, field_suffix=""):
@@ -34,7 +34,7 @@ class Kind:
     """Base of every argument kind."""
 
     def check(self, value):
-        """Return the accepted value or raise :class:`_Reject`."""
+        """Return the accepted value or raise :class:`Reject`."""
         raise NotImplementedError
 
     def describe(self):
@@ -52,14 +52,14 @@ class Str(Kind):
 
     def check(self, value):
         if not isinstance(value, str):
-            raise _Reject("must be a string, got %s" % _type_name(value))
+            raise Reject("must be a string, got %s" % _type_name(value))
         if not self.min_len <= len(value) <= self.max_len:
-            raise _Reject("length must be %d..%d characters, got %d"
+            raise Reject("length must be %d..%d characters, got %d"
                           % (self.min_len, self.max_len, len(value)))
         if "\x00" in value:
-            raise _Reject("must not contain NUL characters")
+            raise Reject("must not contain NUL characters")
         if self.pattern is not None and not self.pattern.match(value):
-            raise _Reject("must match %s" % self.pattern.pattern)
+            raise Reject("must match %s" % self.pattern.pattern)
         return value
 
     def describe(self):
@@ -73,9 +73,9 @@ class Uuid(Kind):
 
     def check(self, value):
         if not isinstance(value, str):
-            raise _Reject("must be a uuid string, got %s" % _type_name(value))
+            raise Reject("must be a uuid string, got %s" % _type_name(value))
         if not UUID_RE.match(value):
-            raise _Reject("must be a canonical lowercase uuid")
+            raise Reject("must be a canonical lowercase uuid")
         return value
 
     def describe(self):
@@ -91,9 +91,9 @@ class Int(Kind):
 
     def check(self, value):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _Reject("must be an integer, got %s" % _type_name(value))
+            raise Reject("must be an integer, got %s" % _type_name(value))
         if not self.minimum <= value <= self.maximum:
-            raise _Reject("must be in %d..%d, got %d" % (self.minimum, self.maximum, value))
+            raise Reject("must be in %d..%d, got %d" % (self.minimum, self.maximum, value))
         return value
 
     def describe(self):
@@ -108,7 +108,7 @@ class Enum(Kind):
 
     def check(self, value):
         if not isinstance(value, str) or value not in self.choices:
-            raise _Reject("must be one of %s" % ", ".join(self.choices))
+            raise Reject("must be one of %s" % ", ".join(self.choices))
         return value
 
     def describe(self):
@@ -125,9 +125,9 @@ class Bytes(Kind):
         if isinstance(value, bytearray):
             value = bytes(value)
         if not isinstance(value, bytes):
-            raise _Reject("must be bytes, got %s" % _type_name(value))
+            raise Reject("must be bytes, got %s" % _type_name(value))
         if len(value) > self.max_bytes:
-            raise _Reject("must be at most %d bytes, got %d" % (self.max_bytes, len(value)))
+            raise Reject("must be at most %d bytes, got %d" % (self.max_bytes, len(value)))
         return value
 
     def describe(self):
@@ -136,17 +136,17 @@ class Bytes(Kind):
 
 def _json_compatible(value, depth=0):
     if depth > 32:
-        raise _Reject("nests deeper than 32 levels")
+        raise Reject("nests deeper than 32 levels")
     if value is None or isinstance(value, (str, bool)):
         return value
     if isinstance(value, int):
         if not -(1 << 63) <= value < 1 << 64:
-            raise _Reject("holds an integer outside 64 bits, which JSON readers cannot "
+            raise Reject("holds an integer outside 64 bits, which JSON readers cannot "
                           "all carry")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise _Reject("holds NaN or an infinity, which JSON cannot carry")
+            raise Reject("holds NaN or an infinity, which JSON cannot carry")
         return value
     if isinstance(value, (list, tuple)):
         return [_json_compatible(item, depth + 1) for item in value]
@@ -154,10 +154,10 @@ def _json_compatible(value, depth=0):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise _Reject("has a key that is not a string (%s)" % _type_name(key))
+                raise Reject("has a key that is not a string (%s)" % _type_name(key))
             out[key] = _json_compatible(item, depth + 1)
         return out
-    raise _Reject("holds a %s, which JSON cannot carry" % _type_name(value))
+    raise Reject("holds a %s, which JSON cannot carry" % _type_name(value))
 
 
 class JsonDict(Kind):
@@ -168,11 +168,11 @@ class JsonDict(Kind):
 
     def check(self, value):
         if not isinstance(value, dict):
-            raise _Reject("must be a dict, got %s" % _type_name(value))
+            raise Reject("must be a dict, got %s" % _type_name(value))
         value = _json_compatible(value)
         size = len(json.dumps(value, separators=(",", ":")).encode("utf-8"))
         if size > self.max_bytes:
-            raise _Reject("must be at most %d bytes as JSON, got %d" % (self.max_bytes, size))
+            raise Reject("must be at most %d bytes as JSON, got %d" % (self.max_bytes, size))
         return value
 
     def describe(self):
@@ -190,19 +190,19 @@ class StrMap(Kind):
 
     def check(self, value):
         if not isinstance(value, dict):
-            raise _Reject("must be a dict, got %s" % _type_name(value))
+            raise Reject("must be a dict, got %s" % _type_name(value))
         if len(value) > self.max_items:
-            raise _Reject("must have at most %d keys, got %d" % (self.max_items, len(value)))
+            raise Reject("must have at most %d keys, got %d" % (self.max_items, len(value)))
         out = {}
         for index, (key, item) in enumerate(sorted(value.items(), key=lambda kv: str(kv[0]))):
             try:
                 key = self.key.check(key)
-            except _Reject as e:
-                raise _Reject("key %d %s" % (index, e.reason)) from None
+            except Reject as e:
+                raise Reject("key %d %s" % (index, e.reason)) from None
             try:
                 out[key] = self.value.check(item)
-            except _Reject as e:
-                raise _Reject(e.reason, "[%s]" % json.dumps(key)[:40]) from None
+            except Reject as e:
+                raise Reject(e.reason, "[%s]" % json.dumps(key)[:40]) from None
         return out
 
     def describe(self):
@@ -220,16 +220,16 @@ class List(Kind):
 
     def check(self, value):
         if not isinstance(value, (list, tuple)):
-            raise _Reject("must be a list, got %s" % _type_name(value))
+            raise Reject("must be a list, got %s" % _type_name(value))
         if not self.min_items <= len(value) <= self.max_items:
-            raise _Reject("must have %d..%d items, got %d"
+            raise Reject("must have %d..%d items, got %d"
                           % (self.min_items, self.max_items, len(value)))
         out = []
         for index, item in enumerate(value):
             try:
                 out.append(self.item.check(item))
-            except _Reject as e:
-                raise _Reject(e.reason, "[%d]%s" % (index, e.field_suffix)) from None
+            except Reject as e:
+                raise Reject(e.reason, "[%d]%s" % (index, e.field_suffix)) from None
         return out
 
     def describe(self):
@@ -245,14 +245,14 @@ class Pair(Kind):
 
     def check(self, value):
         if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise _Reject("must be a [%s, %s] pair"
+            raise Reject("must be a [%s, %s] pair"
                           % (self.first.describe(), self.second.describe()))
         out = []
         for index, (kind, item) in enumerate(((self.first, value[0]), (self.second, value[1]))):
             try:
                 out.append(kind.check(item))
-            except _Reject as e:
-                raise _Reject(e.reason, "[%d]%s" % (index, e.field_suffix)) from None
+            except Reject as e:
+                raise Reject(e.reason, "[%d]%s" % (index, e.field_suffix)) from None
         return out
 
     def describe(self):
@@ -269,9 +269,9 @@ class GuestPath(Str):
     def check(self, value):
         value = super().check(value)
         if not value.startswith("/"):
-            raise _Reject("must be an absolute path (start with /)")
+            raise Reject("must be an absolute path (start with /)")
         if any(part in ("", ".", "..") for part in value[1:].split("/")):
-            raise _Reject("must name a file: no empty, '.' or '..' component and no "
+            raise Reject("must name a file: no empty, '.' or '..' component and no "
                           "trailing /")
         return value
 
@@ -298,14 +298,14 @@ class GuestFiles(List):
         index_of = {}
         for index, (path, _) in enumerate(files):
             if path in index_of:
-                raise _Reject("the same path as item %d" % index_of[path],
+                raise Reject("the same path as item %d" % index_of[path],
                               "[%d][0]" % index)
             index_of[path] = index
         for index, (path, _) in enumerate(files):
             parent = path.rsplit("/", 1)[0]
             while parent:
                 if parent in index_of:
-                    raise _Reject("lies under item %d's path, which is a file"
+                    raise Reject("lies under item %d's path, which is a file"
                                   % index_of[parent], "[%d][0]" % index)
                 parent = parent.rsplit("/", 1)[0]
         return files
@@ -334,16 +334,16 @@ class Arg:
         self.secret = secret
         self.since = since
 
-    def check(self, value=_MISSING):
+    def check(self, value=MISSING):
         """Return the accepted value (``None`` for an omitted nullable one)."""
-        if value is _MISSING:
+        if value is MISSING:
             if self.nullable:
                 return None
-            raise _Reject("is required")
+            raise Reject("is required")
         if value is None:
             if self.nullable:
                 return None
-            raise _Reject("must not be None")
+            raise Reject("must not be None")
         return self.kind.check(value)
 
     def describe(self):

@@ -100,18 +100,45 @@ class AgentContext:
 
 
 class Backend(metaclass=abc.ABCMeta):
-    """The disk verbs of the agent; rpc/methods.py declares their arguments."""
+    """The disk verbs of the agent; rpc/methods.py declares their arguments.
+
+    Each backend declares what it can serve (``CAN``, names of
+    :data:`rpc.methods.CAPABILITIES`) and, for the rest, why not
+    (``LIMITATION``, one line); :meth:`describe` publishes both, and the
+    agent's startup, the driver and ``nova-xen-split-status`` decide from
+    what was published. :meth:`start` and :meth:`stop` run what the backend
+    needs beside it (a privileged daemon, say).
+    """
 
     mode = None
+    CAN = frozenset()
+    LIMITATION = None
 
     def __init__(self, ctx):
         self.ctx = ctx
         self.conf = ctx.conf
 
+    def start(self):
+        """Start what the backend needs; called once, before any thread exists."""
+
+    def stop(self):
+        """Stop what :meth:`start` started."""
+
+    def capabilities(self):
+        """``{name: bool}`` for every capability of the interface."""
+        return {name: name in self.CAN for name in methods.CAPABILITIES}
+
+    def unsupported(self, capability, option):
+        """The error for a request this backend cannot serve."""
+        return exceptions.UnsupportedInIndependentMode(
+            feature=methods.CAPABILITIES[capability],
+            option="%s; %s" % (option, self.LIMITATION))
+
     # -- what is common to both -------------------------------------------
 
     def describe(self):
-        """Mode, own VM, served host, interface version, capabilities."""
+        """Mode, own VM, served host, interface version, capabilities and
+        the backend's limitation (why it lacks what it lacks)."""
         return {
             "mode": self.mode,
             "vm_uuid": self.ctx.vm_uuid,
@@ -119,6 +146,7 @@ class Backend(metaclass=abc.ABCMeta):
             "host": self.ctx.host_name,
             "version": INTERFACE_VERSION,
             "capabilities": self.capabilities(),
+            "limitation": self.LIMITATION,
         }
 
     def cleanup_attached_vdis(self):
@@ -170,10 +198,6 @@ class Backend(metaclass=abc.ABCMeta):
     # -- the verbs ------------------------------------------------------------
 
     @abc.abstractmethod
-    def capabilities(self):
-        """``{feature: bool}`` for describe()."""
-
-    @abc.abstractmethod
     def fetch_image(self, instance_uuid, image_id, disk_format, kernel_id,
                     ramdisk_id, auth_token):
         """Make the VDIs of an image; ``{"vdis": [...]}``.
@@ -197,6 +221,10 @@ class Backend(metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def resize_disk(self, instance_uuid, vdi_uuid, new_gb):
         """Copy a root disk to a new, smaller VDI (resize down)."""
+
+    @abc.abstractmethod
+    def remove_boot_files(self, paths):
+        """Remove kernel/ramdisk files this agent copied into dom0."""
 
     @abc.abstractmethod
     def preconfigure_instance(self, vdi_uuid, network_config, files, ssh_key, metadata):

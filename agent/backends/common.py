@@ -6,12 +6,13 @@ import tempfile
 
 from agent import configdrive, images, vdis
 from agent.backends import base
-from nova_xen_split.xenhost import xapi
+from nova_xen_split.xenhost import marks, xapi
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
 
 PARTITION_START = 2048  # sectors: 1 MiB aligned, as Nova made generated disks
+KERNEL_PLUGIN = "kernel.py"
 _PARTITION_TYPES = {"swap": "82", "vfat": "0c"}
 
 
@@ -62,6 +63,17 @@ class CommonBackend(base.Backend):
     def write_configdrive(self, vdi_ref, iso_path):
         """Put the built ISO into the new config-drive VDI."""
         raise NotImplementedError
+
+    def remove_boot_files(self, paths):
+        """Remove kernel/ramdisk files from dom0's boot directory through
+        the kernel plugin, which refuses any other file. A file already
+        gone is fine. Returns ``{"removed": n}``; raises XapiFailure."""
+        removed = 0
+        for path in paths:
+            done = self.ctx.session.call_plugin_json(KERNEL_PLUGIN, "remove_file",
+                                                     {"path": path})
+            removed += bool(done and done.get("removed"))
+        return {"removed": removed}
 
     def disk_purpose(self, kind, label):
         """Idempotency purpose of a generated disk: ``swap``, or the
@@ -140,7 +152,7 @@ class CommonBackend(base.Backend):
             session.call("SR.scan", sr_ref)
             root_ref = session.call("VDI.get_by_uuid", chain["root"])
             base.checkpoint("scanned")
-            vdis.tag(session, root_ref, instance_uuid, "root", self.ctx.tag, vdis.READY)
+            vdis.tag(session, root_ref, instance_uuid, "root", self.ctx.tag, marks.READY)
             # Checked after tagging: a driver that gives up from here on
             # finds the tagged leaf in its own sweep.
             if vdis.chain_abandoned(session, sr_ref, pending.leaf_uuid):

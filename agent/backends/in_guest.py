@@ -23,18 +23,19 @@ LOG = logging.getLogger(__name__)
 
 MBR_GAP_SECTORS = 63  # Nova gave partition-less (ami) images this gap
 WRITE_PIECE_BYTES = 4 * base.MiB
-KERNEL_PLUGIN = "kernel.py"
 
 
 class InGuestBackend(CommonBackend):
     mode = "in_guest"
+    # Every verb is served, and what needs a VM on the host is allowed. The
+    # disk tools run in the privileged daemon, started with the backend.
+    CAN = frozenset(methods.CAPABILITIES)
 
-    def capabilities(self):
-        """Every verb of interface 1.0 is served."""
-        return dict.fromkeys(
-            ("fetch_vhd", "fetch_raw", "fetch_kernel_ramdisk", "auto_configure_disk",
-             "generate_disk", "generate_configdrive", "resize_down",
-             "preconfigure_instance"), True)
+    def start(self):
+        privileged.start(self.conf)
+
+    def stop(self):
+        privileged.stop()
 
     # -- devices -------------------------------------------------------------
 
@@ -171,16 +172,15 @@ class InGuestBackend(CommonBackend):
         except BaseException:
             # The driver never learns the paths of files copied before the
             # failure, so they go now (the root VDI is tagged: its undo finds it).
-            for entry in result[1:]:
-                self._remove_boot_file_quietly(entry["path"])
+            copied = [entry["path"] for entry in result[1:]]
+            try:
+                if copied:
+                    self.remove_boot_files(copied)
+            except Exception:  # noqa: BLE001 -- never masks the fetch's own error
+                LOG.exception("Could not remove %s from dom0 after a failed fetch",
+                              ", ".join(copied))
             raise
         return {"vdis": result}
-
-    def _remove_boot_file_quietly(self, path):
-        try:
-            self.ctx.session.call_plugin_json(KERNEL_PLUGIN, "remove_file", {"path": path})
-        except Exception:  # noqa: BLE001 -- never masks the fetch's own error
-            LOG.exception("Could not remove %s from dom0 after a failed fetch", path)
 
     # -- disks -----------------------------------------------------------------
 

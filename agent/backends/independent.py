@@ -21,24 +21,15 @@ from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
 
-MODE_OPTION = "[xenserver] independent_compute / no local VM on the served host"
-
-
-def _unsupported(feature, option=MODE_OPTION):
-    return exceptions.UnsupportedInIndependentMode(feature=feature, option=option)
-
 
 class IndependentBackend(CommonBackend):
     mode = "independent"
-
-    def capabilities(self):
-        """What works without a local VM."""
-        caps = dict.fromkeys(
-            ("fetch_vhd", "fetch_raw", "auto_configure_disk", "generate_disk",
-             "generate_configdrive"), True)
-        caps.update(dict.fromkeys(
-            ("fetch_kernel_ramdisk", "resize_down", "preconfigure_instance"), False))
-        return caps
+    # What works without a local VM: whatever dom0's plugins and XAPI's
+    # HTTP import can do. Nothing needs starting beside the agent.
+    CAN = frozenset(("fetch_vhd", "fetch_raw", "auto_configure_disk", "generate_disk",
+                     "generate_configdrive"))
+    LIMITATION = ("the agent has no local VM on the served host ([xenserver] "
+                  "independent_compute), so nothing can be mounted or copied locally")
 
     def _plugin(self, fn, **args):
         return self.ctx.session.call_plugin_json(
@@ -60,15 +51,14 @@ class IndependentBackend(CommonBackend):
         partition-less (ami) disk images.
         """
         if disk_format in ("aki", "ari") or kernel_id or ramdisk_id:
-            raise _unsupported(
-                "Booting from separate kernel/ramdisk images",
-                "image properties disk_format=%s, kernel_id, ramdisk_id; "
-                "[xenserver] independent_compute" % disk_format)
+            raise self.unsupported(
+                "fetch_kernel_ramdisk",
+                "image properties disk_format=%s, kernel_id, ramdisk_id" % disk_format)
         if disk_format == "ami":
-            raise _unsupported(
-                "Partition-less (ami) disk images, which need a partition table "
+            raise exceptions.UnsupportedInIndependentMode(
+                feature="Partition-less (ami) disk images, which need a partition table "
                 "written around the data",
-                "image property disk_format=ami; [xenserver] independent_compute")
+                option="image property disk_format=ami; %s" % self.LIMITATION)
         if disk_format == "vhd":
             return {"vdis": [self.fetch_vhd(instance_uuid, image_id, auth_token)]}
         return {"vdis": [dict(self._fetch_raw(instance_uuid, image_id, auth_token),
@@ -152,11 +142,8 @@ class IndependentBackend(CommonBackend):
 
     def resize_disk(self, instance_uuid, vdi_uuid, new_gb):
         """Always UnsupportedInIndependentMode (needs a local copy)."""
-        raise _unsupported(
-            "Resizing a disk down (copying its filesystem into a smaller disk)")
+        raise self.unsupported("resize_down", "the flavor's root_gb")
 
     def preconfigure_instance(self, vdi_uuid, network_config, files, ssh_key, metadata):
         """Always UnsupportedInIndependentMode (needs a local mount)."""
-        raise _unsupported(
-            "Injecting network configuration or files into an image",
-            "[DEFAULT] flat_injected; [xenserver] independent_compute")
+        raise self.unsupported("preconfigure_instance", "[DEFAULT] flat_injected")

@@ -82,10 +82,12 @@ class Checks(upgradecheck.UpgradeCommands):
         description = self._describe()
         if description is None:
             return Result(Code.WARNING, "Mode unknown: the agent did not answer.")
-        if description["mode"] == "in_guest":
-            detail = "in_guest: the agent works through its VM %s" % description["vm_uuid"]
-        else:
-            detail = "independent: the agent has no local VM; disk work goes to dom0 plugins"
+        capabilities = description.get("capabilities") or {}
+        lacking = sorted(name for name in methods.CAPABILITIES if not capabilities.get(name))
+        detail = "%s (VM %s)" % (description["mode"], description["vm_uuid"] or "none")
+        if lacking:
+            detail += "; it cannot serve %s: %s" % (
+                ", ".join(lacking), description.get("limitation") or "no reason published")
         return Result(Code.SUCCESS, "Mode %s on hypervisor host %s." % (
             detail, description["host_uuid"]))
 
@@ -94,17 +96,15 @@ class Checks(upgradecheck.UpgradeCommands):
         if description is None:
             return Result(Code.WARNING, "Cannot tell which options the mode serves: the "
                           "agent did not answer.")
-        if description["mode"] != "independent":
-            return Result(Code.SUCCESS, "The in_guest mode serves every option.")
-        refused = [name for name, value in (
-            ("[DEFAULT] flat_injected", self.conf.flat_injected),
-            ("[xenserver] check_host", self.conf.xenserver.check_host)) if value]
+        refused = nxs_conf.options_refused(self.conf, description.get("capabilities"))
         if refused:
-            return Result(Code.FAILURE, "Independent mode cannot serve %s = True; set it to "
-                          "False (the driver refuses to start otherwise)." % ", ".join(refused))
-        return Result(Code.SUCCESS, "No option set that the independent mode cannot serve "
-                      "(pool aggregates, resize down and split kernel images are refused "
-                      "when asked for).")
+            return Result(Code.FAILURE, "The agent's %s mode cannot serve %s = True (%s); "
+                          "set it to False (the driver refuses to start otherwise)." % (
+                              description["mode"],
+                              ", ".join(option for option, _ in refused),
+                              "; ".join(methods.CAPABILITIES[cap] for _, cap in refused)))
+        return Result(Code.SUCCESS, "No option set that the agent's %s mode cannot serve."
+                      % description["mode"])
 
     _upgrade_checks = (
         ("XAPI reachable", _check_xapi),

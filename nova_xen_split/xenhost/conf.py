@@ -273,6 +273,29 @@ def check_values(conf):
             section[opt.dest]
 
 
+# Options that ask the agent's backend for a capability (the names of
+# rpc.methods.CAPABILITIES that describe() publishes): the agent refuses to
+# start, and the driver's init_host to take work, when one is set and the
+# backend the agent chose has not got the capability.
+OPTIONS_NEEDING = (
+    ("DEFAULT", "flat_injected", "preconfigure_instance"),
+    ("xenserver", "check_host", "check_host"),
+)
+
+
+def options_refused(conf, capabilities):
+    """``[(option, capability)]`` of the options set in ``conf`` that the
+    published ``capabilities`` ({name: bool}) cannot serve; ``option`` as
+    an operator writes it (``[DEFAULT] flat_injected``). A capability an
+    older agent does not publish counts as missing."""
+    refused = []
+    for group, name, capability in OPTIONS_NEEDING:
+        value = conf[name] if group == "DEFAULT" else conf[group][name]
+        if value and not (capabilities or {}).get(capability):
+            refused.append(("[%s] %s" % (group, name), capability))
+    return refused
+
+
 # The section of the agent's oslo.privsep context (agent/privileged.py).
 PRIVSEP_SECTION = "nxs_agent_privileged"
 

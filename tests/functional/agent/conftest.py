@@ -170,20 +170,14 @@ class Harness:
         self.ctx = detect.detect(conf, session, self.sessions)
         self.backend = make_backend(self.ctx)
         self.endpoint = agent_endpoint.AgentEndpoint(self.backend)
-        self._privsep = False
-        if self.ctx.mode == "in_guest":
-            from agent import privileged
-            privileged.start(conf)
-            self._privsep = True
+        self.backend.start()
 
     @property
     def session(self):
         return self.sessions.get()
 
     def close(self):
-        if self._privsep:
-            from agent import privileged
-            privileged.stop()
+        self.backend.stop()
         self.sessions.close()
 
     # -- what the simulator holds ------------------------------------------

@@ -34,6 +34,8 @@ VALID_ARGS = {
                                   metadata={"role": "web", "empty": ""}),
     "cleanup_attached_vdis": {},
     "destroy_vdis": dict(vdi_uuids=[VDI, INSTANCE]),
+    "remove_boot_files": dict(paths=["/boot/guest/kernel-a1b2c3",
+                                     "/boot/guest/ramdisk-d4e5f6"]),
 }
 
 
@@ -48,6 +50,8 @@ def expected_result(method, args, host="test-host", version=methods.VERSION):
         return {"unplugged": 0, "destroyed": 0}
     if method == "destroy_vdis":
         return {"destroyed": len(args["vdi_uuids"])}
+    if method == "remove_boot_files":
+        return {"removed": len(args["paths"])}
     if method == "preconfigure_instance":
         return {}
     uuid = args.get("instance_uuid") or args["vdi_uuid"]
