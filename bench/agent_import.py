@@ -75,7 +75,7 @@ from image_service import drop_page_cache_of, make_dense, make_sparse, start_ima
 from oslo_config import cfg  # noqa: E402
 
 from agent import images as agent_images  # noqa: E402
-from agent import readahead, upload
+from agent import readahead, upload  # noqa: E402
 from nova_xen_split.xenhost import conf as nxs_conf  # noqa: E402
 from nova_xen_split.xenhost import xapi  # noqa: E402
 from rpc import client as rpc_client  # noqa: E402

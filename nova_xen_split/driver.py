@@ -16,7 +16,7 @@ import json
 import logging
 import time
 
-from nova_xen_split import driver_errors, instance_metadata, netinfo, objects, vm_utils
+from nova_xen_split import driver_errors, objects, vm_utils
 from nova_xen_split import spawn as spawn_mod
 from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks, xapi

@@ -118,10 +118,10 @@ class Backend(metaclass=abc.ABCMeta):
         self.ctx = ctx
         self.conf = ctx.conf
 
-    def start(self):
+    def start(self):  # noqa: B027 -- a hook: most backends need nothing started
         """Start what the backend needs; called once, before any thread exists."""
 
-    def stop(self):
+    def stop(self):  # noqa: B027 -- likewise
         """Stop what :meth:`start` started."""
 
     def capabilities(self):

@@ -15,7 +15,8 @@ import time
 
 from agent import attach, images, privileged, readahead, vdi_import, vdis
 from agent.backends import base
-from agent.backends.common import PARTITION_START, CommonBackend, partition_type_for, round_up
+from agent.backends.common import (
+    KERNEL_PLUGIN, PARTITION_START, CommonBackend, partition_type_for, round_up)
 from nova_xen_split.xenhost import marks
 from rpc import exceptions, methods
 
