@@ -184,7 +184,7 @@ class Harness:
 
     def tagged_vbds(self):
         return [ref for ref, rec in self.session.call("VBD.get_all_records").items()
-                if (rec.get("other_config") or {}).get("nxs-agent-vbd") == self.ctx.tag]
+                if marks.vbd_agent(rec.get("other_config")) == self.ctx.tag]
 
     def agent_vdis(self, state=None):
         found = []

@@ -423,3 +423,39 @@ def test_in_guest_ami_whose_ramdisk_fails_leaves_no_kernel_file_in_dom0(
 
     assert not os.path.isdir(boot_dir) or os.listdir(boot_dir) == []
     assert in_guest_agent.tagged_vbds() == []
+
+
+@pytest.mark.parametrize("mode", ["in_guest", "independent"])
+def test_boot_files_are_removed_through_the_agent_in_either_mode(
+        mode, make_sim, loop_devices, image_server, make_agent, tmp_path):
+    """The driver touches no disk: dom0's kernel and ramdisk files go
+    through the agent (the kernel plugin), whichever mode it runs in."""
+    fetcher = make_agent(make_sim(compute_vm=True), "in_guest", image_server)
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(os.urandom(MiB))
+    [entry] = fetcher.endpoint.fetch_image(
+        instance_uuid=str(uuid.uuid4()), image_id=image_server.add(kernel),
+        disk_format="aki", auth_token=None)["vdis"]
+    agent = fetcher
+    if mode == "independent":  # an independent agent of the same host
+        agent = make_agent(fetcher.sim, "independent", image_server)
+
+    assert agent.endpoint.remove_boot_files(paths=[entry["path"]]) == {"removed": 1}
+    assert not os.path.exists(entry["path"])
+    assert agent.endpoint.remove_boot_files(paths=[entry["path"]]) == {"removed": 0}
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "/boot/guest/../kernel-x", "kernel-x",
+                                  "/boot/guest/vmlinuz"])
+def test_remove_boot_files_refuses_anything_but_a_boot_file(independent_agent, path):
+    with pytest.raises(exceptions.InvalidRequest, match="paths"):
+        independent_agent.endpoint.remove_boot_files(paths=[path])
+
+
+def test_remove_boot_files_refuses_a_boot_file_name_outside_dom0s_boot_dir(
+        independent_agent, tmp_path):
+    outside = tmp_path / "kernel-abc"
+    outside.write_bytes(b"not a kernel")
+    with pytest.raises(exceptions.XapiFailure, match="not a kernel or ramdisk file"):
+        independent_agent.endpoint.remove_boot_files(paths=[str(outside)])
+    assert outside.exists()

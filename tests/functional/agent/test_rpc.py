@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from nova_xen_split.xenhost import xapi
 from rpc import client as rpc_client
 from rpc import exceptions
 from rpc import server as rpc_server
@@ -79,3 +80,25 @@ def test_generate_disk_through_the_socket_makes_a_labelled_swap_disk(served):
     found = disktools.probe(disktools.vdi_file(agent.sim, made["uuid"]), 2048 * 512)
     assert (found["TYPE"], found["LABEL"]) == ("swap", "swap")
     assert api.describe()["mode"] == agent.ctx.mode
+
+
+def test_a_vfat_label_with_a_dot_is_refused_by_the_client_before_any_xapi_call(
+        served, monkeypatch):
+    """The table's rule for vfat labels (no '.') holds on the client: the
+    call is not sent, so no VDI is made, plugged or partitioned first; and
+    the agent refuses it the same way when a client sends it anyway."""
+    agent, api = served
+    xapi_calls = []
+    real_call = xapi.XapiSession.call
+    monkeypatch.setattr(xapi.XapiSession, "call", lambda self, method, *args: (
+        xapi_calls.append(method), real_call(self, method, *args))[1])
+    args = dict(instance_uuid=str(uuid.uuid4()), kind="ephemeral", size_mb=64,
+                fs_type="vfat", label="a.b")
+
+    with pytest.raises(exceptions.InvalidRequest) as by_client:
+        api.generate_disk(**args)
+    with pytest.raises(exceptions.InvalidRequest) as by_agent:
+        api._call("generate_disk", "1.0", args, check=False)  # sent unchecked
+
+    assert by_client.value.kwargs["field"] == by_agent.value.kwargs["field"] == "label"
+    assert xapi_calls == []

@@ -9,13 +9,14 @@ from nova_xen_split import driver_errors
 from nova_xen_split import objects
 from nova_xen_split import vm_utils
 from tests.functional.driver.conftest import GiB, leftovers, make_instance, spawn
+from nova_xen_split.xenhost import marks
 
 
 def _power_state(pair, instance):
     s = pair.session()
     try:
         vm_ref = next(ref for ref, rec in s.xenapi.VM.get_all_records().items()
-                      if rec["other_config"].get("nova_uuid") == instance.uuid)
+                      if marks.vm_instance(rec["other_config"]) == instance.uuid)
         return s.xenapi.VM.get_power_state(vm_ref)
     finally:
         s.xenapi.session.logout()
@@ -87,7 +88,7 @@ def test_resize_up_powers_off_and_names_the_root_disk(xapi_sim, make_pair):
         root = s.xenapi.VDI.get_record(s.xenapi.VDI.get_by_uuid(info["root"]))
     finally:
         s.xenapi.session.logout()
-    assert root["other_config"]["nxs-purpose"] == "root"
+    assert marks.read_vdi(root["other_config"]).purpose == "root"
     pair.driver.destroy(None, instance)
 
 
@@ -149,7 +150,7 @@ def test_destroy_leaves_a_volume_attached_to_the_vm_alone(xapi_sim, make_pair):
     try:
         x = s.xenapi
         vm = next(ref for ref, rec in x.VM.get_all_records().items()
-                  if rec["other_config"].get("nova_uuid") == instance.uuid)
+                  if marks.vm_instance(rec["other_config"]) == instance.uuid)
         volume = x.VDI.create({
             "name_label": "a volume", "name_description": "", "virtual_size": str(8 << 20),
             "SR": x.pool.get_default_SR(x.pool.get_all()[0]), "type": "user",

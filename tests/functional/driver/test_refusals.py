@@ -13,7 +13,7 @@ from nova_xen_split import driver as nxs_driver
 from nova_xen_split import driver_errors
 from nova_xen_split import objects
 from nova_xen_split import vm_utils
-from rpc import exceptions
+from rpc import exceptions, methods
 from rpc import server as rpc_server
 from tests.functional.driver.conftest import (full_flavor, image_meta, leftovers, load_conf,
                                               make_instance, spawn, wait_for_agent)
@@ -132,5 +132,58 @@ def test_an_agent_speaking_an_older_interface_is_refused_at_init_host(tmp_path, 
         assert "0.9" in str(err.value) and "1.0" in str(err.value)
     finally:
         driver.cleanup_host("old")
+        server.stop()
+        server.wait()
+
+
+class _PublishingAgent:
+    """An agent that publishes given capabilities under a given mode name.
+
+    The real backends always publish their own declaration; this stand-in
+    shows that the driver decides from what is published, not from the
+    mode's name.
+    """
+
+    def __init__(self, mode, capabilities):
+        self.mode = mode
+        self.capabilities = capabilities
+
+    def describe(self):
+        return {"mode": self.mode, "vm_uuid": None, "host_uuid": "h", "host": "pub",
+                "version": methods.VERSION, "capabilities": self.capabilities,
+                "limitation": "a limitation published by the agent"}
+
+    def __getattr__(self, name):
+        def refuse(**kwargs):
+            raise AssertionError("init_host must not ask %s" % name)
+        return refuse
+
+
+@pytest.mark.parametrize("mode,preconfigure,refused", [
+    ("independent", True, False),   # the name says independent, the agent can: served
+    ("in_guest", False, True),      # the name says in_guest, the agent cannot: refused
+])
+def test_init_host_decides_from_the_published_capabilities_not_the_mode_name(
+        tmp_path, xapi_sim, mode, preconfigure, refused):
+    capabilities = dict.fromkeys(methods.CAPABILITIES, True)
+    capabilities["preconfigure_instance"] = preconfigure
+    config = tmp_path / "nxs.conf"
+    config.write_text("[DEFAULT]\nhost = pub\nflat_injected = true\ntransport_url = unix://%s\n"
+                      "[xenserver]\nconnection_url = %s\nconnection_password = xapi-sim\n"
+                      % (tmp_path / "pub.sock", xapi_sim.url))
+    server = rpc_server.AgentServer(load_conf(str(config)),
+                                    _PublishingAgent(mode, capabilities), host="pub")
+    server.start()
+    driver = nxs_driver.XenSplitDriver(load_conf(str(config)))
+    try:
+        if refused:
+            with pytest.raises(exceptions.NotSupportedWithOption) as err:
+                driver.init_host("pub")
+            assert "[DEFAULT] flat_injected" in str(err.value)
+            assert "a limitation published by the agent" in str(err.value)
+        else:
+            assert driver.init_host("pub")["mode"] == mode
+    finally:
+        driver.cleanup_host("pub")
         server.stop()
         server.wait()

@@ -13,6 +13,7 @@ import pytest
 
 from rpc import exceptions
 from tests.functional.driver.conftest import leftovers, make_instance, spawn
+from nova_xen_split.xenhost import marks
 
 # (XAPI message, good calls before the failing one, the spawn step it breaks).
 # Counted from the start of the spawn: the agent makes VDIs in the order root,
@@ -118,7 +119,7 @@ def test_agent_killed_in_the_middle_of_a_disk_step_leaves_nothing(xapi_sim, make
             s = pair.session()
             try:
                 plugged = [r for r in s.xenapi.VBD.get_all_records().values()
-                           if r["currently_attached"] and "nxs-agent-vbd" in r["other_config"]]
+                           if r["currently_attached"] and marks.vbd_agent(r["other_config"])]
             finally:
                 s.xenapi.session.logout()
             if plugged:

@@ -15,6 +15,7 @@ from nova_xen_split import objects
 from nova_xen_split import vm_utils
 from tests.functional.driver.conftest import (GiB, MiB, USER_DATA, leftovers,
                                               make_instance, run, spawn, vdi_path)
+from nova_xen_split.xenhost import marks
 
 
 def _partition_loop(path, start_sector, sectors):
@@ -42,7 +43,7 @@ def _disks_by_userdevice(pair, instance_uuid):
     s = pair.session()
     try:
         vm_ref = next(ref for ref, rec in s.xenapi.VM.get_all_records().items()
-                      if rec["other_config"].get("nova_uuid") == instance_uuid)
+                      if marks.vm_instance(rec["other_config"]) == instance_uuid)
         vm = s.xenapi.VM.get_record(vm_ref)
         disks = {}
         for vbd_ref in vm["VBDs"]:
@@ -151,7 +152,7 @@ def test_two_hypervisors_on_one_broker_each_get_only_their_own_disks(
         assert pair.driver.list_instances() == [mine.name]
         assert leftovers(pair, other.uuid, pair.counts()) == []  # nothing of the other
         s = pair.session()
-        tagged = {rec["other_config"].get("nxs-instance-uuid")
+        tagged = {marks.vdi_instance(rec["other_config"])
                   for rec in s.xenapi.VDI.get_all_records().values()}
         s.xenapi.session.logout()
         assert mine.uuid in tagged and other.uuid not in tagged

@@ -22,6 +22,7 @@ from rpc import exceptions
 from tests.conftest import need
 from tests.functional.driver.conftest import (leftovers, make_instance, run,
                                               vdi_path)
+from nova_xen_split.xenhost import marks
 
 VIF = {"id": "5b2f1b0c-0d3a-4f3e-8c61-3b7d0f1a2b3c", "address": "fa:16:3e:11:22:33",
        "network": {"id": "n", "meta": {"mtu": 1450}, "subnets": [{
@@ -82,8 +83,8 @@ def _root_vdi(pair, instance_uuid):
     s = pair.session()
     try:
         for rec in s.xenapi.VDI.get_all_records().values():
-            if (rec["other_config"].get("nxs-instance-uuid") == instance_uuid
-                    and rec["other_config"].get("nxs-purpose") == "root"):
+            mark = marks.read_vdi(rec["other_config"])
+            if mark and (mark.instance_uuid, mark.purpose) == (instance_uuid, "root"):
                 return rec["uuid"]
     finally:
         s.xenapi.session.logout()

@@ -2,6 +2,7 @@
 
 from nova_xen_split import objects
 from nova_xen_split import vm_utils
+from nova_xen_split.xenhost import marks
 
 
 def test_dicts_become_nova_shaped_objects():
@@ -20,7 +21,8 @@ def test_vm_record_carries_nova_uuid_memory_and_vcpus_as_xapi_strings():
     instance = objects.Instance(flavor=objects.Flavor(memory_mb=1024, vcpus=4))
     record = vm_utils.vm_record(instance, instance.flavor, "hvm")
     assert record["name_label"] == instance.name
-    assert record["other_config"] == {"nova_uuid": instance.uuid}
+    assert record["other_config"] == marks.vm_marks(instance.uuid)
+    assert marks.vm_instance(record["other_config"]) == instance.uuid
     assert record["memory_static_max"] == record["memory_target"] == str(1024 * 1024 * 1024)
     assert record["VCPUs_max"] == record["VCPUs_at_startup"] == "4"
     assert record["HVM_boot_policy"] == "BIOS order" and record["PV_bootloader"] == ""
