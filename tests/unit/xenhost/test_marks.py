@@ -1,0 +1,93 @@
+"""The marks contract: writers and parsers agree, and the documented table
+in docs/interfaces.md is what the writers write."""
+
+import os
+import re
+
+import pytest
+
+from nova_xen_split.xenhost import marks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+INSTANCE = "3f1c2a4e-8b6d-4c1e-9f0a-1b2c3d4e5f60"
+LEAF = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+
+
+def _documented():
+    """``{(object, key)}`` of the marks table in docs/interfaces.md."""
+    with open(os.path.join(ROOT, "docs", "interfaces.md")) as f:
+        text = f.read()
+    section = text.split("## Marks in XAPI `other_config`", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (VM|VDI|VBD|SR) \| `([^`]+)` \|", section, re.M)
+    return set(rows)
+
+
+def _written():
+    pending_key, _ = marks.pending_chain_mark(LEAF, "hv-1", INSTANCE, 0)
+    written = {("VM", key) for key in marks.vm_marks(INSTANCE)}
+    written |= {("VM", marks.vm_boot_file_mark(kind, "/boot/guest/%s-x" % kind)[0])
+                for kind in marks.BOOT_FILE_KINDS}
+    written |= {("VDI", key) for key in marks.vdi_marks(INSTANCE, "root", "hv-1", marks.READY)}
+    written.add(("VDI", marks.image_bytes_mark(5)[0]))
+    written |= {("VBD", key) for key in marks.vbd_marks("hv-1")}
+    written.add(("SR", pending_key.replace(LEAF, "<leaf uuid>")))
+    return written
+
+
+def test_the_documented_table_is_what_the_writers_write():
+    assert _documented() == _written()
+
+
+def test_a_vdi_mark_reads_back_as_written():
+    other = marks.vdi_marks(INSTANCE, "swap", "hv-1", marks.IN_PROGRESS)
+    assert marks.read_vdi(other) == marks.VdiMark(INSTANCE, "swap", "hv-1", marks.IN_PROGRESS)
+    assert not marks.vdi_ready(other)
+    other.update([marks.vdi_state_mark(marks.READY)])
+    assert marks.vdi_ready(other) and marks.vdi_instance(other) == INSTANCE
+
+
+def test_a_vdi_without_an_instance_mark_is_nobodys():
+    assert marks.read_vdi({"owner": "tenant-B"}) is None
+    assert marks.vdi_instance(None) is None and not marks.vdi_ready({})
+
+
+def test_an_unknown_vdi_state_is_refused_by_the_writer():
+    with pytest.raises(ValueError):
+        marks.vdi_state_mark("done")
+
+
+def test_a_pending_chain_reads_back_and_is_marked_abandoned():
+    key, value = marks.pending_chain_mark(LEAF, "hv-1", INSTANCE, 1700000000)
+    chain = marks.read_pending_chain(key, value)
+    assert chain == marks.PendingChain(key, LEAF, "hv-1", INSTANCE, 1700000000, False)
+    abandoned = marks.read_pending_chain(*marks.abandoned_mark(chain))
+    assert abandoned == chain._replace(abandoned=True)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("other-key", "hv-1 %s 0" % INSTANCE),                        # not a pending chain
+    (marks.pending_chain_key(LEAF), "hv-1 %s" % INSTANCE),        # too few words
+    (marks.pending_chain_key(LEAF), "hv-1 %s 0 forgotten" % INSTANCE),
+])
+def test_other_entries_are_not_pending_chains(key, value):
+    assert marks.read_pending_chain(key, value) is None
+    assert marks.pending_chains({key: value}) == []
+
+
+def test_an_unreadable_time_reads_as_stale():
+    assert marks.read_pending_chain(
+        marks.pending_chain_key(LEAF), "hv-1 %s soon" % INSTANCE).since is None
+
+
+def test_boot_files_read_back_kernel_first():
+    other = dict([marks.vm_boot_file_mark("ramdisk", "/b/ramdisk-1"),
+                  marks.vm_boot_file_mark("kernel", "/b/kernel-1")])
+    assert marks.vm_boot_files(other) == ["/b/kernel-1", "/b/ramdisk-1"]
+    with pytest.raises(ValueError):
+        marks.vm_boot_file_mark("initrd", "/b/x")
+
+
+def test_image_bytes_read_back_and_garbage_reads_as_none():
+    assert marks.image_bytes(dict([marks.image_bytes_mark(123)])) == 123
+    assert marks.image_bytes({}) is None
