@@ -37,10 +37,11 @@ class AgentEndpoint:
             instance_uuid=instance_uuid, image_id=image_id, disk_format=disk_format,
             kernel_id=kernel_id, ramdisk_id=ramdisk_id, auth_token=auth_token)))
 
-    def auto_configure_disk(self, vdi_uuid, new_gb):
-        """Grow a disk, its only partition and its ext fs to ``new_gb``."""
+    def auto_configure_disk(self, vdi_uuid, new_gb, instance_uuid=None):
+        """Grow a disk of the instance, its only partition and its ext fs to ``new_gb``."""
         return self.backend.auto_configure_disk(**self._checked(
-            "auto_configure_disk", dict(vdi_uuid=vdi_uuid, new_gb=new_gb)))
+            "auto_configure_disk", dict(vdi_uuid=vdi_uuid, new_gb=new_gb,
+                                        instance_uuid=instance_uuid)))
 
     def generate_disk(self, instance_uuid, kind, size_mb, fs_type, label):
         """A new partitioned, formatted ephemeral or swap disk."""
@@ -63,12 +64,12 @@ class AgentEndpoint:
             instance_uuid=instance_uuid, vdi_uuid=vdi_uuid, new_gb=new_gb)))
 
     def preconfigure_instance(self, vdi_uuid, network_config=None, files=None, ssh_key=None,
-                              metadata=None):
+                              metadata=None, instance_uuid=None):
         """Write network configuration, an SSH key, metadata and files into an image."""
         return self.backend.preconfigure_instance(**self._checked(
             "preconfigure_instance", dict(
                 vdi_uuid=vdi_uuid, network_config=network_config, files=files,
-                ssh_key=ssh_key, metadata=metadata)))
+                ssh_key=ssh_key, metadata=metadata, instance_uuid=instance_uuid)))
 
     def remove_boot_files(self, paths):
         """Remove kernel/ramdisk files copied into dom0 for an instance."""

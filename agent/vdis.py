@@ -78,6 +78,28 @@ def ref_by_uuid(session, vdi_uuid, method, field="vdi_uuid"):
         raise
 
 
+def owned_ref(session, vdi_uuid, instance_uuid, agent_tag, method, field="vdi_uuid"):
+    """The ref of a ready VDI made for ``instance_uuid``; anything else (a VDI
+    of another instance or tenant, a volume, one still being made) is
+    refused with InvalidRequest naming it, before anything is read or
+    changed. Without ``instance_uuid`` (a caller older than interface 1.3)
+    the VDI must at least be one this agent made for an instance."""
+    ref = ref_by_uuid(session, vdi_uuid, method, field)
+    mark = marks.read_vdi(session.call("VDI.get_other_config", ref))
+    if instance_uuid is not None:
+        owned = mark is not None and mark.instance_uuid == instance_uuid
+        whose = "instance %s" % instance_uuid
+    else:
+        owned = mark is not None and mark.agent == agent_tag
+        whose = "an instance by this agent (%s)" % agent_tag
+    if not owned or mark.state != marks.READY:
+        raise exceptions.InvalidRequest(
+            method=method, field=field,
+            reason="VDI %s is not a %sdisk made for %s; refusing to touch it" % (
+                vdi_uuid, "" if not owned else "finished ", whose))
+    return ref
+
+
 def default_sr(session):
     """The pool's default SR, where new VDIs go."""
     pool = session.call("pool.get_all")[0]
@@ -108,13 +130,25 @@ def find_ready(session, instance_uuid, purpose):
     return None
 
 
-def tag(session, vdi_ref, instance_uuid, purpose, agent_tag, state):
+def tag(session, vdi_ref, instance_uuid, purpose, agent_tag, state, request=None):
     """Put the agent's marks on a VDI it did not create itself (SR.scan)."""
     marks.set_marks(session, "VDI", vdi_ref,
-                    marks.vdi_marks(instance_uuid, purpose, agent_tag, state))
+                    marks.vdi_marks(instance_uuid, purpose, agent_tag, state, request))
 
 
-def create(session, sr_ref, size_bytes, instance_uuid, purpose, agent_tag):
+def check_same_request(found, instance_uuid, purpose, request, method):
+    """Refuse to hand out the ready VDI ``found`` (``(ref, record)``) for a
+    request other than the one it was made for (a retry is the same
+    request; another size, format, image or content is not)."""
+    if marks.vdi_request(found[1].get("other_config")) != marks.request_mark(request)[1]:
+        raise exceptions.InvalidRequest(
+            method=method, field="instance_uuid",
+            reason="instance %s already has a %s disk (VDI %s) made by another "
+            "request (size, format, image or content differ); destroy it first"
+            % (instance_uuid, purpose, found[1]["uuid"]))
+
+
+def create(session, sr_ref, size_bytes, instance_uuid, purpose, agent_tag, request):
     """A new VDI in state in-progress; returns its ref."""
     record = {
         "name_label": "%s %s" % (instance_uuid, purpose),
@@ -128,7 +162,7 @@ def create(session, sr_ref, size_bytes, instance_uuid, purpose, agent_tag):
         "sm_config": {},
         "tags": [],
         "other_config": marks.vdi_marks(instance_uuid, purpose, agent_tag,
-                                        marks.IN_PROGRESS),
+                                        marks.IN_PROGRESS, request),
     }
     return session.call("VDI.create", record)
 
@@ -153,24 +187,29 @@ def result(session, vdi_ref):
     return {"uuid": rec["uuid"], "size_bytes": xapi.to_int(rec["virtual_size"])}
 
 
-def make(ctx, instance_uuid, purpose, size_bytes, fill, sr_ref=None):
+def make(ctx, method, instance_uuid, purpose, request, size_bytes, fill, sr_ref=None):
     """The VDI for (instance, purpose): the ready one, or a new one.
 
-    A new VDI is created in-progress, handed to ``fill(vdi_ref)``, and marked
-    ready only when fill returns; if anything fails it is destroyed (with
-    any VBD of ours on it) before the error propagates.
+    ``request`` is what defines the VDI's content (the call's arguments
+    without secrets): a ready VDI made from another request is refused
+    (:func:`check_same_request`). A new VDI is created in-progress, handed
+    to ``fill(vdi_ref)``, and marked ready only when fill returns; if
+    anything fails it is destroyed (with any VBD of ours on it) before the
+    error propagates.
     """
     session = ctx.session
     with ctx.busy.key(instance_uuid, purpose):
         found = find_ready(session, instance_uuid, purpose)
         if found:
+            check_same_request(found, instance_uuid, purpose, request, method)
             LOG.info("Reusing VDI %s for instance %s %s", found[1]["uuid"],
                      instance_uuid, purpose)
             return found[0]
         if callable(size_bytes):  # e.g. learnt by opening the image
             size_bytes = size_bytes()
         sr_ref = sr_ref or default_sr(session)
-        vdi_ref = create(session, sr_ref, size_bytes, instance_uuid, purpose, ctx.tag)
+        vdi_ref = create(session, sr_ref, size_bytes, instance_uuid, purpose, ctx.tag,
+                         request)
         ctx.busy.add(vdi_ref)
         try:
             fill(vdi_ref)

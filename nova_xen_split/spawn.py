@@ -201,7 +201,8 @@ class Spawn:
         if int(flavor.root_gb) * GiB > int(root["size_bytes"]):
             with self.step("auto_configure_disk", "root") as detail:
                 grown = self.agent.auto_configure_disk(
-                    vdi_uuid=root["uuid"], new_gb=int(flavor.root_gb))
+                    vdi_uuid=root["uuid"], new_gb=int(flavor.root_gb),
+                    instance_uuid=instance.uuid)
                 root = dict(root, **grown)
                 detail.append(_size(root["size_bytes"]))
         if preconfigure is not None:
@@ -210,7 +211,8 @@ class Spawn:
             what = [path for arg, path in methods.PRECONFIGURE_PLACES
                     if preconfigure[arg] is not None]
             with self.step("preconfigure_instance", ", ".join(what)) as detail:
-                done = self.agent.preconfigure_instance(vdi_uuid=root["uuid"], **preconfigure)
+                done = self.agent.preconfigure_instance(
+                    vdi_uuid=root["uuid"], instance_uuid=instance.uuid, **preconfigure)
                 if done.get("skipped"):
                     # Nova's rule: a non-Linux image boots without it.
                     LOG.warning("Nothing injected into the image of %s: %s",

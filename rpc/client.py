@@ -94,9 +94,16 @@ class AgentAPI:
             instance_uuid=instance_uuid, image_id=image_id, disk_format=disk_format,
             kernel_id=kernel_id, ramdisk_id=ramdisk_id, auth_token=auth_token))
 
-    def auto_configure_disk(self, vdi_uuid, new_gb):
-        """Grow the VDI's only partition and its filesystem to ``new_gb``."""
-        return self._call("auto_configure_disk", "1.0", dict(vdi_uuid=vdi_uuid, new_gb=new_gb))
+    def auto_configure_disk(self, vdi_uuid, new_gb, instance_uuid=None):
+        """Grow the VDI's only partition and its filesystem to ``new_gb``
+        (1.0; the instance whose VDI it is goes along to an agent of 1.3 on)."""
+        return self._call("auto_configure_disk", None, dict(
+            vdi_uuid=vdi_uuid, new_gb=new_gb, instance_uuid=self._if_served(instance_uuid)))
+
+    def _if_served(self, instance_uuid):
+        # Agents before 1.3 take no instance_uuid with a VDI; they are still
+        # served, and check the VDI as theirs.
+        return instance_uuid if self.can_send_version("1.3") else None
 
     def generate_disk(self, instance_uuid, kind, size_mb, fs_type, label):
         """Make a partitioned, formatted ephemeral or swap VDI."""
@@ -119,12 +126,13 @@ class AgentAPI:
             instance_uuid=instance_uuid, vdi_uuid=vdi_uuid, new_gb=new_gb))
 
     def preconfigure_instance(self, vdi_uuid, network_config=None, files=None,
-                              ssh_key=None, metadata=None):
+                              ssh_key=None, metadata=None, instance_uuid=None):
         """Write network configuration, the SSH key, the metadata and files
-        into the image (1.0; 1.1 when ``ssh_key`` or ``metadata`` is sent)."""
+        into the image (1.0; 1.1 when ``ssh_key`` or ``metadata`` is sent;
+        the instance goes along to an agent of 1.3 on)."""
         return self._call("preconfigure_instance", None, dict(
             vdi_uuid=vdi_uuid, network_config=network_config, files=files,
-            ssh_key=ssh_key, metadata=metadata))
+            ssh_key=ssh_key, metadata=metadata, instance_uuid=self._if_served(instance_uuid)))
 
     def remove_boot_files(self, paths):
         """Remove kernel/ramdisk files the agent copied into dom0 (1.2)."""

@@ -17,7 +17,9 @@ History: 1.0 the first interface; 1.1 ``preconfigure_instance`` takes
 ``ssh_key`` and ``metadata`` (what Nova's ``flat_injected`` wrote besides
 the network configuration); 1.2 ``remove_boot_files`` (the driver no
 longer calls a dom0 plugin itself), and ``describe`` publishes the
-``check_host`` and ``pool_join`` capabilities.
+``check_host`` and ``pool_join`` capabilities; 1.3 ``auto_configure_disk``
+and ``preconfigure_instance`` take the ``instance_uuid`` whose VDI they may
+touch (the agent refuses any other instance's).
 """
 
 import re
@@ -28,7 +30,7 @@ from rpc.schema import (
     paths_overlap,
 )
 
-VERSION = "1.2"
+VERSION = "1.3"
 
 # An image id goes into a URL path: no "/", and no leading "." (so never
 # "." or "..").
@@ -186,6 +188,7 @@ METHODS = {m.name: m for m in (
     Method("auto_configure_disk", "1.0", long=True, args=(
         Arg("vdi_uuid", Uuid()),
         Arg("new_gb", Int(1, 65536)),
+        Arg("instance_uuid", Uuid(), nullable=True, since="1.3"),
     ), returns=("uuid", "size_bytes")),
     Method("generate_disk", "1.0", long=True, args=(
         Arg("instance_uuid", Uuid()),
@@ -224,6 +227,7 @@ METHODS = {m.name: m for m in (
         Arg("files", _FILES, nullable=True),
         Arg("ssh_key", SSH_KEY_KIND, nullable=True, since="1.1"),
         Arg("metadata", StrMap(max_items=128, max_len=255), nullable=True, since="1.1"),
+        Arg("instance_uuid", Uuid(), nullable=True, since="1.3"),
     ), rules=(
         _no_file_where_an_argument_goes,
     )),

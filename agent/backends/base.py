@@ -178,8 +178,10 @@ class Backend(metaclass=abc.ABCMeta):
             vdis.destroy(session, ref, self.ctx.tag)
         return {"destroyed": len(refs)}
 
-    def vdi_ref(self, vdi_uuid, method, field="vdi_uuid"):
-        return vdis.ref_by_uuid(self.ctx.session, vdi_uuid, method, field)
+    def owned_vdi_ref(self, vdi_uuid, instance_uuid, method):
+        """The ref of a finished VDI of ``instance_uuid``; anything else is
+        refused before it is read or changed (:func:`vdis.owned_ref`)."""
+        return vdis.owned_ref(self.ctx.session, vdi_uuid, instance_uuid, self.ctx.tag, method)
 
     def ensure_size(self, method, vdi_ref, new_gb):
         """Grow the VDI to ``new_gb`` if smaller; refuse to shrink it."""
@@ -206,7 +208,7 @@ class Backend(metaclass=abc.ABCMeta):
         """
 
     @abc.abstractmethod
-    def auto_configure_disk(self, vdi_uuid, new_gb):
+    def auto_configure_disk(self, vdi_uuid, new_gb, instance_uuid=None):
         """Grow the VDI, its only partition and its ext3/4 fs to ``new_gb``."""
 
     @abc.abstractmethod
@@ -227,6 +229,7 @@ class Backend(metaclass=abc.ABCMeta):
         """Remove kernel/ramdisk files this agent copied into dom0."""
 
     @abc.abstractmethod
-    def preconfigure_instance(self, vdi_uuid, network_config, files, ssh_key, metadata):
+    def preconfigure_instance(self, vdi_uuid, network_config, files, ssh_key, metadata,
+                              instance_uuid=None):
         """Write network config, the SSH key, metadata and files into the
         image's filesystem (Nova's ``flat_injected``)."""

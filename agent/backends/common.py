@@ -16,6 +16,16 @@ KERNEL_PLUGIN = "kernel.py"
 _PARTITION_TYPES = {"swap": "82", "vfat": "0c"}
 
 
+def root_request(image_id, disk_format):
+    """What defines a root disk made from an image (its fingerprint)."""
+    return {"image_id": image_id, "disk_format": disk_format}
+
+
+def disk_request(kind, size_mb, fs_type, label):
+    """What defines a generated disk (its fingerprint)."""
+    return {"kind": kind, "size_mb": size_mb, "fs_type": fs_type, "label": label}
+
+
 def partition_type_for(fs_type):
     """msdos partition type for a filesystem: 82 swap, 0c vfat, else 83."""
     return _PARTITION_TYPES.get(fs_type, "83")
@@ -56,8 +66,11 @@ class CommonBackend(base.Backend):
                 base.checkpoint("built")
                 self.write_configdrive(vdi_ref, iso)
 
-            ref = vdis.make(self.ctx, instance_uuid, "configdrive",
-                            configdrive.CONFIGDRIVE_SIZE_BYTES, fill)
+            # The drive's content, secrets left out of its fingerprint.
+            request = dict(metadata=metadata, user_data=user_data, network_data=network_data,
+                           vendor_data=vendor_data, files=files)
+            ref = vdis.make(self.ctx, "generate_configdrive", instance_uuid, marks.CONFIGDRIVE,
+                            request, configdrive.CONFIGDRIVE_SIZE_BYTES, fill)
         return vdis.result(self.ctx.session, ref)
 
     def write_configdrive(self, vdi_ref, iso_path):
@@ -74,11 +87,6 @@ class CommonBackend(base.Backend):
                                                      {"path": path})
             removed += bool(done and done.get("removed"))
         return {"removed": removed}
-
-    def disk_purpose(self, kind, label):
-        """Idempotency purpose of a generated disk: ``swap``, or the
-        ephemeral disk's label (``ephemeral0``, ``ephemeral1``, ...)."""
-        return "swap" if kind == "swap" else label
 
     def dom0_wait_for_device(self, device):
         """Path of a device plugged into dom0, once dom0 sees it."""
@@ -103,9 +111,12 @@ class CommonBackend(base.Backend):
         ``[glance] api_servers`` entry is tried in turn.
         """
         session = self.ctx.session
-        with self.ctx.busy.key(instance_uuid, "root"):
-            found = vdis.find_ready(session, instance_uuid, "root")
+        request = root_request(image_id, "vhd")
+        with self.ctx.busy.key(instance_uuid, marks.ROOT):
+            found = vdis.find_ready(session, instance_uuid, marks.ROOT)
             if found:
+                vdis.check_same_request(found, instance_uuid, marks.ROOT, request,
+                                        "fetch_image")
                 return dict(vdis.result(session, found[0]), type="root")
             sr_ref = vdis.default_sr(session)
             sr_path = vdis.sr_path(session, sr_ref)
@@ -152,7 +163,8 @@ class CommonBackend(base.Backend):
             session.call("SR.scan", sr_ref)
             root_ref = session.call("VDI.get_by_uuid", chain["root"])
             base.checkpoint("scanned")
-            vdis.tag(session, root_ref, instance_uuid, "root", self.ctx.tag, marks.READY)
+            vdis.tag(session, root_ref, instance_uuid, marks.ROOT, self.ctx.tag, marks.READY,
+                     root_request(image_id, "vhd"))
             # Checked after tagging: a driver that gives up from here on
             # finds the tagged leaf in its own sweep.
             if vdis.chain_abandoned(session, sr_ref, pending.leaf_uuid):

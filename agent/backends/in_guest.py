@@ -16,7 +16,8 @@ import time
 from agent import attach, images, privileged, readahead, vdi_import, vdis
 from agent.backends import base
 from agent.backends.common import (
-    KERNEL_PLUGIN, PARTITION_START, CommonBackend, partition_type_for, round_up)
+    KERNEL_PLUGIN, PARTITION_START, CommonBackend, disk_request, partition_type_for,
+    root_request, round_up)
 from nova_xen_split.xenhost import marks
 from rpc import exceptions, methods
 
@@ -102,7 +103,8 @@ class InGuestBackend(CommonBackend):
 
     # -- fetch_image ---------------------------------------------------------
 
-    def fetch_raw(self, instance_uuid, image_id, auth_token, purpose, offset_sectors=0):
+    def fetch_raw(self, instance_uuid, image_id, disk_format, auth_token, purpose,
+                  offset_sectors=0):
         reader = None
 
         def size_bytes():
@@ -128,7 +130,8 @@ class InGuestBackend(CommonBackend):
                            *marks.image_bytes_mark(reader.size_bytes))
 
         try:
-            ref = vdis.make(self.ctx, instance_uuid, purpose, size_bytes, fill)
+            ref = vdis.make(self.ctx, "fetch_image", instance_uuid, purpose,
+                            root_request(image_id, disk_format), size_bytes, fill)
         finally:
             if reader is not None:
                 reader.close()
@@ -137,7 +140,8 @@ class InGuestBackend(CommonBackend):
     def fetch_boot_file(self, instance_uuid, image_id, auth_token, kind):
         """Kernel or ramdisk: into a scratch VDI, then copied by dom0 to its
         boot directory; the VDI is destroyed afterwards."""
-        vdi_ref = self.fetch_raw(instance_uuid, image_id, auth_token, kind)
+        vdi_ref = self.fetch_raw(instance_uuid, image_id, "aki" if kind == "kernel" else "ari",
+                                 auth_token, kind)
         session = self.ctx.session
         try:
             size_bytes = marks.image_bytes(session.call("VDI.get_other_config", vdi_ref)) \
@@ -163,7 +167,8 @@ class InGuestBackend(CommonBackend):
             kind = "kernel" if disk_format == "aki" else "ramdisk"
             return {"vdis": [self.fetch_boot_file(instance_uuid, image_id, auth_token, kind)]}
         offset = MBR_GAP_SECTORS if disk_format == "ami" else 0
-        root = self.fetch_raw(instance_uuid, image_id, auth_token, "root", offset)
+        root = self.fetch_raw(instance_uuid, image_id, disk_format, auth_token, marks.ROOT,
+                              offset)
         result = [dict(vdis.result(self.ctx.session, root), type="root")]
         try:
             for kind, boot_image in (("kernel", kernel_id), ("ramdisk", ramdisk_id)):
@@ -185,10 +190,10 @@ class InGuestBackend(CommonBackend):
 
     # -- disks -----------------------------------------------------------------
 
-    def auto_configure_disk(self, vdi_uuid, new_gb):
+    def auto_configure_disk(self, vdi_uuid, new_gb, instance_uuid=None):
         """Check the only partition and its ext fs, grow the VDI, then grow
         the partition and the filesystem to the end of the disk."""
-        vdi_ref = self.vdi_ref(vdi_uuid, "auto_configure_disk")
+        vdi_ref = self.owned_vdi_ref(vdi_uuid, instance_uuid, "auto_configure_disk")
         with self._attached(vdi_ref) as dev:
             self._single_ext_partition(dev.device)
         base.checkpoint("inspected")
@@ -225,8 +230,9 @@ class InGuestBackend(CommonBackend):
                 privileged.mkfs(part, fs_type, label)
                 base.checkpoint("formatted")
 
-        purpose = self.disk_purpose(kind, label)
-        ref = vdis.make(self.ctx, instance_uuid, purpose, size_mb * base.MiB, fill)
+        ref = vdis.make(self.ctx, "generate_disk", instance_uuid,
+                        marks.disk_purpose(kind, label),
+                        disk_request(kind, size_mb, fs_type, label), size_mb * base.MiB, fill)
         return vdis.result(self.ctx.session, ref)
 
     def write_configdrive(self, vdi_ref, iso_path):
@@ -242,7 +248,7 @@ class InGuestBackend(CommonBackend):
     def resize_disk(self, instance_uuid, vdi_uuid, new_gb):
         """Copy the root disk's only (ext) partition into a new, smaller VDI."""
         session = self.ctx.session
-        src_ref = self.vdi_ref(vdi_uuid, "resize_disk")
+        src_ref = self.owned_vdi_ref(vdi_uuid, instance_uuid, "resize_disk")
         new_bytes = new_gb * base.GiB
         self.check_shrink(src_ref, new_bytes)
 
@@ -265,11 +271,13 @@ class InGuestBackend(CommonBackend):
                 privileged.copy_shrunk_fs(src.device, src_part, dst.device, dst_part)
                 base.checkpoint("copied")
 
-        ref = vdis.make(self.ctx, instance_uuid, "resize", new_bytes, fill,
+        ref = vdis.make(self.ctx, "resize_disk", instance_uuid, marks.RESIZE,
+                        {"vdi_uuid": vdi_uuid, "new_gb": new_gb}, new_bytes, fill,
                         sr_ref=session.call("VDI.get_SR", src_ref))
         return vdis.result(session, ref)
 
-    def preconfigure_instance(self, vdi_uuid, network_config, files, ssh_key, metadata):
+    def preconfigure_instance(self, vdi_uuid, network_config, files, ssh_key, metadata,
+                              instance_uuid=None):
         """Mount partition 1 (or the whole disk when it has no partition
         table) and write what Nova's ``flat_injected`` wrote: the network
         configuration (``/etc/network/interfaces``), the SSH key (added to
@@ -282,7 +290,7 @@ class InGuestBackend(CommonBackend):
         says why under ``skipped``; a request naming files fails with
         ``DiskOperationFailed``, since the caller asked for them.
         """
-        vdi_ref = self.vdi_ref(vdi_uuid, "preconfigure_instance")
+        vdi_ref = self.owned_vdi_ref(vdi_uuid, instance_uuid, "preconfigure_instance")
         to_write = [(path, data) for path, data in (files or [])]
         if network_config is not None:
             to_write.append((methods.NETWORK_CONFIG_PATH, network_config.encode()))

@@ -15,8 +15,9 @@ from agent import images
 from agent import upload
 from agent import vdis
 from agent.backends import base
-from agent.backends.common import CommonBackend, PARTITION_START, partition_type_for
-from agent.backends.common import round_up
+from agent.backends.common import (
+    PARTITION_START, CommonBackend, disk_request, partition_type_for, root_request, round_up)
+from nova_xen_split.xenhost import marks
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ class IndependentBackend(CommonBackend):
             base.checkpoint("uploaded")
 
         try:
-            ref = vdis.make(self.ctx, instance_uuid, "root", size_bytes, fill)
+            ref = vdis.make(self.ctx, "fetch_image", instance_uuid, marks.ROOT,
+                            root_request(image_id, "raw"), size_bytes, fill)
         finally:
             if reader is not None:
                 reader.close()
@@ -95,10 +97,10 @@ class IndependentBackend(CommonBackend):
 
     # -- disks -------------------------------------------------------------------
 
-    def auto_configure_disk(self, vdi_uuid, new_gb):
+    def auto_configure_disk(self, vdi_uuid, new_gb, instance_uuid=None):
         """Check the partition table in dom0, grow the VDI, then let
         ``partition_utils.resize_partition_and_fs`` grow partition and fs."""
-        vdi_ref = self.vdi_ref(vdi_uuid, "auto_configure_disk")
+        vdi_ref = self.owned_vdi_ref(vdi_uuid, instance_uuid, "auto_configure_disk")
         with self._dom0_attached(vdi_ref) as dev:
             table = self._plugin("get_partitions", dev=dev.device)
         nums = [p["num"] for p in table.get("partitions", [])]
@@ -131,8 +133,9 @@ class IndependentBackend(CommonBackend):
                              fs_label=label, partition_wait_seconds=wait_seconds)
                 base.checkpoint("formatted")
 
-        purpose = self.disk_purpose(kind, label)
-        ref = vdis.make(self.ctx, instance_uuid, purpose, size_mb * base.MiB, fill)
+        ref = vdis.make(self.ctx, "generate_disk", instance_uuid,
+                        marks.disk_purpose(kind, label),
+                        disk_request(kind, size_mb, fs_type, label), size_mb * base.MiB, fill)
         return vdis.result(self.ctx.session, ref)
 
     def write_configdrive(self, vdi_ref, iso_path):
@@ -141,9 +144,14 @@ class IndependentBackend(CommonBackend):
         base.checkpoint("uploaded")
 
     def resize_disk(self, instance_uuid, vdi_uuid, new_gb):
-        """Always UnsupportedInIndependentMode (needs a local copy)."""
+        """Always UnsupportedInIndependentMode (needs a local copy), after
+        refusing a VDI that is not the instance's."""
+        self.owned_vdi_ref(vdi_uuid, instance_uuid, "resize_disk")
         raise self.unsupported("resize_down", "the flavor's root_gb")
 
-    def preconfigure_instance(self, vdi_uuid, network_config, files, ssh_key, metadata):
-        """Always UnsupportedInIndependentMode (needs a local mount)."""
+    def preconfigure_instance(self, vdi_uuid, network_config, files, ssh_key, metadata,
+                              instance_uuid=None):
+        """Always UnsupportedInIndependentMode (needs a local mount), after
+        refusing a VDI that is not the instance's."""
+        self.owned_vdi_ref(vdi_uuid, instance_uuid, "preconfigure_instance")
         raise self.unsupported("preconfigure_instance", "[DEFAULT] flat_injected")

@@ -15,7 +15,9 @@ VM        ``nova_uuid``                the instance uuid (Nova's own key)
 VM        ``nxs-kernel-file``          dom0 path of the instance's kernel
 VM        ``nxs-ramdisk-file``         dom0 path of the instance's ramdisk
 VDI       ``nxs-instance-uuid``        the instance the VDI was made for
-VDI       ``nxs-purpose``              ``root``, ``swap``, ``ephemeral0``, ...
+VDI       ``nxs-purpose``              ``root``, ``swap``, ``ephemeral:<label>``,
+                                       ``configdrive``, ``resize``, ``kernel``...
+VDI       ``nxs-request``              ``sha256:<hex>`` of the request it was made for
 VDI       ``nxs-agent``                ``[DEFAULT] host`` of the agent that made it
 VDI       ``nxs-state``                ``in-progress`` or ``ready``
 VDI       ``nxs-image-bytes``          exact image size (the VDI is rounded up)
@@ -25,17 +27,21 @@ SR        ``nxs-pending-chain-<leaf>`` ``<agent> <instance uuid> <unix time>``,
 ========  ===========================  ========================================
 
 A change of a key or of a value's format is a new version, read by both
-sides; adding a key keeps the version.
+sides; adding a key keeps the version. Version 2 namespaced ephemeral
+purposes (``ephemeral:<label>``, so a label cannot name another disk) and
+added ``nxs-request``.
 """
 
 import collections
+import hashlib
+import json
 import logging
 
 from rpc import exceptions
 
 LOG = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
 
 # -- VMs ------------------------------------------------------------------------
 
@@ -75,16 +81,48 @@ _VDI_PURPOSE = "nxs-purpose"
 _VDI_AGENT = "nxs-agent"
 _VDI_STATE = "nxs-state"
 _VDI_IMAGE_BYTES = "nxs-image-bytes"
+_VDI_REQUEST = "nxs-request"
 IN_PROGRESS = "in-progress"
 READY = "ready"
+# Purposes of VDIs the agent makes; an ephemeral disk's is its kind and label.
+ROOT, SWAP, CONFIGDRIVE, RESIZE = "root", "swap", "configdrive", "resize"
 
 VdiMark = collections.namedtuple("VdiMark", ["instance_uuid", "purpose", "agent", "state"])
 
 
-def vdi_marks(instance_uuid, purpose, agent, state):
-    """The ``other_config`` entries of a VDI the agent makes (or adopts)."""
-    return dict([(_VDI_INSTANCE, instance_uuid), (_VDI_PURPOSE, purpose),
-                 (_VDI_AGENT, agent), vdi_state_mark(state)])
+def disk_purpose(kind, label):
+    """The purpose of a generated disk: ``swap``, or ``ephemeral:<label>``."""
+    return SWAP if kind == "swap" else "%s:%s" % (kind, label)
+
+
+def vdi_marks(instance_uuid, purpose, agent, state, request=None):
+    """The ``other_config`` entries of a VDI the agent makes (or adopts);
+    ``request`` (a JSON-able dict) is what the VDI was made from."""
+    entries = [(_VDI_INSTANCE, instance_uuid), (_VDI_PURPOSE, purpose),
+               (_VDI_AGENT, agent), vdi_state_mark(state)]
+    if request is not None:
+        entries.append(request_mark(request))
+    return dict(entries)
+
+
+def _digestible(value):
+    if isinstance(value, (bytes, bytearray)):
+        return {"sha256": hashlib.sha256(value).hexdigest()}
+    raise TypeError("%s in a request" % type(value).__name__)
+
+
+def request_mark(request):
+    """``(key, value)`` fingerprinting the request a VDI is made for: the
+    SHA-256 of its canonical JSON (bytes by their own digest). A later
+    request for the same instance and purpose reuses the VDI only when its
+    fingerprint is the same. Never give it a secret."""
+    text = json.dumps(request, sort_keys=True, separators=(",", ":"), default=_digestible)
+    return _VDI_REQUEST, "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def vdi_request(other_config):
+    """The request fingerprint recorded on a VDI, or None."""
+    return (other_config or {}).get(_VDI_REQUEST)
 
 
 def read_vdi(other_config):

@@ -19,7 +19,7 @@ VALID_ARGS = {
     "describe": {},
     "fetch_image": dict(instance_uuid=INSTANCE, image_id="cirros-0.6.2", disk_format="vhd",
                         kernel_id=None, ramdisk_id=None, auth_token="gAAAA-secret-token"),
-    "auto_configure_disk": dict(vdi_uuid=VDI, new_gb=20),
+    "auto_configure_disk": dict(vdi_uuid=VDI, new_gb=20, instance_uuid=None),
     "generate_disk": dict(instance_uuid=INSTANCE, kind="ephemeral", size_mb=1024,
                           fs_type="ext4", label="ephemeral0"),
     "generate_configdrive": dict(
@@ -31,7 +31,8 @@ VALID_ARGS = {
     "preconfigure_instance": dict(vdi_uuid=VDI, network_config="auto eth0\n",
                                   files=[["/etc/hostname", b"vm1\n"]],
                                   ssh_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI k1@test",
-                                  metadata={"role": "web", "empty": ""}),
+                                  metadata={"role": "web", "empty": ""},
+                                  instance_uuid=None),
     "cleanup_attached_vdis": {},
     "destroy_vdis": dict(vdi_uuids=[VDI, INSTANCE]),
     "remove_boot_files": dict(paths=["/boot/guest/kernel-a1b2c3",

@@ -34,7 +34,7 @@ def test_valid_arguments_pass_unchanged(method):
 def test_omitted_nullable_arguments_are_filled_with_none():
     checked = methods.validate("preconfigure_instance", {"vdi_uuid": VDI})
     assert checked == {"vdi_uuid": VDI, "network_config": None, "files": None,
-                       "ssh_key": None, "metadata": None}
+                       "ssh_key": None, "metadata": None, "instance_uuid": None}
 
 
 def test_tuples_become_lists():
@@ -196,6 +196,14 @@ def test_a_call_is_pinned_at_the_newest_argument_it_sends():
     assert methods.pin("preconfigure_instance", dict(network_only, metadata={})) == "1.1"
     assert methods.pin("preconfigure_instance", VALID_ARGS["preconfigure_instance"]) == "1.1"
     assert methods.pin("destroy_vdis", VALID_ARGS["destroy_vdis"]) == "1.0"
+
+
+def test_a_call_naming_the_instance_of_its_vdi_is_pinned_at_1_3():
+    owned = dict(VALID_ARGS["auto_configure_disk"], instance_uuid=INSTANCE)
+    assert methods.pin("auto_configure_disk", VALID_ARGS["auto_configure_disk"]) == "1.0"
+    assert methods.pin("auto_configure_disk", owned) == "1.3"
+    assert methods.pin("preconfigure_instance", dict(
+        VALID_ARGS["preconfigure_instance"], instance_uuid=INSTANCE)) == "1.3"
 
 
 def test_an_argument_newer_than_the_checking_interface_is_refused():
