@@ -42,6 +42,11 @@ class AgentAPI:
             args = methods.validate(method, args)
         if version is None:
             version = methods.pin(method, args)
+        try:
+            methods.parse_version(version)
+        except ValueError as e:
+            raise exceptions.InvalidRequest(method=str(method)[:64], field="version",
+                                            reason=str(e)) from None
         if not self.can_send_version(version):
             raise exceptions.VersionTooOld(host=self.host, method=method,
                                            have=self.agent_version, need=version)

@@ -45,12 +45,14 @@ class Dispatcher:
         self.version = version
         self._slots = threading.BoundedSemaphore(workers)
 
-    def check(self, method_name, version, args):
-        """Validate a call; return ``(Method, checked_args)``.
+    def check_target(self, method_name, version):
+        """The declared method a call names at ``version``, by this server's
+        one strict version parser (both transports use it).
 
         Raises ``VersionTooOld`` when this server's interface cannot serve
         the pinned version (checked first: an older server does not know a
-        newer method), else ``InvalidRequest``.
+        newer method), else ``InvalidRequest`` (a malformed version, an
+        undeclared or private name).
         """
         if version is not None:
             try:
@@ -61,16 +63,26 @@ class Dispatcher:
             if not serves:
                 raise exceptions.VersionTooOld(host=self.host, method=str(method_name)[:64],
                                                have=self.version, need=version)
-        method = methods.lookup(method_name)
+        return methods.lookup(method_name)
+
+    def check(self, method_name, version, args):
+        """Validate a call; return ``(Method, checked_args)``; raises as
+        :meth:`check_target`, or ``InvalidRequest`` for its arguments."""
+        method = self.check_target(method_name, version)
         return method, methods.validate(method.name, args, self.version)
+
+    def refusal(self, error):
+        """The envelope of a refused call, logged as one WARNING line (no
+        traceback: any client may send one, and must not flood the log)."""
+        LOG.warning("Refused call: %s", error)
+        return {"error": error.to_wire()}
 
     def handle(self, method_name, version, args, caller_gone=None):
         """Check and run one call; return its envelope (never raises)."""
         try:
             method, checked = self.check(method_name, version, args)
         except exceptions.NovaXenSplitError as e:
-            LOG.warning("Refused call: %s", e)
-            return {"error": e.to_wire()}
+            return self.refusal(e)
         return self.run(method, checked, caller_gone)
 
     def run(self, method, checked, caller_gone=None):

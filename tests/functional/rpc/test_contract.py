@@ -355,3 +355,64 @@ def test_a_call_whose_caller_gave_up_while_it_waited_for_a_worker_is_not_run(
     assert waiting_api.destroy_vdis(vdi_uuids=[VDI]) == {"destroyed": 1}  # still served
     assert [name for name in endpoint.names_called() if name != "describe"] == [
         "generate_disk", "destroy_vdis"]  # the call that waited never ran
+
+
+def _sent_anyway(api, method, version):
+    """What the server answers to a call sent as it is, past every check of
+    the client's (a hand-made message on the broker, say)."""
+    reply = api._transport.call(method, version, {}, 10.0)
+    assert "error" in reply, reply
+    return exceptions.from_wire(reply["error"])
+
+
+# Versions oslo.messaging's own client still sends, which its server read
+# with int() and served.
+@pytest.mark.parametrize("version", ["\u0661.\u0661", "1.1\n", " 1.1", "1.1.0", "1.\u0662"])
+def test_a_malformed_version_is_refused_alike_on_both_transports_with_one_warning(
+        agent, caplog, version):
+    api, endpoint, _ = agent
+    caplog.set_level(logging.WARNING)
+
+    refused = _sent_anyway(api, "describe", version)
+
+    assert isinstance(refused, exceptions.InvalidRequest)
+    assert refused.kwargs["field"] == "version"
+    assert endpoint.calls == []
+    _assert_one_warning_and_no_traceback(caplog)
+
+
+@pytest.mark.parametrize("version", ["\u0661.\u0661", "1.1\n", "1.", "", "01.01x"])
+def test_the_client_refuses_a_malformed_version_before_sending(agent, version):
+    api, endpoint, _ = agent
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        api._call("describe", version, {}, check=False)
+    assert raised.value.kwargs["field"] == "version"
+    assert endpoint.calls == []
+
+
+@pytest.mark.parametrize("name", ["_dispatcher", "__init__", "target", "oslo_rpc_server_ping",
+                                  "snapshot_vdi"])
+def test_an_undeclared_or_private_name_is_refused_with_one_warning(agent, caplog, name):
+    api, endpoint, _ = agent
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        raise _sent_anyway(api, name, methods.VERSION)
+
+    assert raised.value.kwargs["field"] == "method"
+    assert endpoint.calls == []
+    _assert_one_warning_and_no_traceback(caplog)
+
+
+def test_an_unsupported_version_is_refused_with_one_warning(agent, caplog):
+    api, endpoint, _ = agent
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(exceptions.VersionTooOld):
+        api._call("describe", "%d.0" % (MAJOR + 1), {}, check=False)
+    _assert_one_warning_and_no_traceback(caplog)
+
+
+def _assert_one_warning_and_no_traceback(caplog):
+    ours = [r for r in caplog.records if r.levelno >= logging.WARNING
+            and r.name.startswith(("rpc", "oslo_messaging"))]
+    assert [r.levelname for r in ours] == ["WARNING"], [r.getMessage() for r in ours]
+    assert "Refused call" in ours[0].getMessage() and ours[0].exc_info is None
