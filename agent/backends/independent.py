@@ -144,14 +144,10 @@ class IndependentBackend(CommonBackend):
         base.checkpoint("uploaded")
 
     def resize_disk(self, instance_uuid, vdi_uuid, new_gb):
-        """Always UnsupportedInIndependentMode (needs a local copy), after
-        refusing a VDI that is not the instance's."""
-        self.owned_vdi_ref(vdi_uuid, instance_uuid, "resize_disk")
+        """Always UnsupportedInIndependentMode (needs a local copy)."""
         raise self.unsupported("resize_down", "the flavor's root_gb")
 
     def preconfigure_instance(self, vdi_uuid, network_config, files, ssh_key, metadata,
                               instance_uuid=None):
-        """Always UnsupportedInIndependentMode (needs a local mount), after
-        refusing a VDI that is not the instance's."""
-        self.owned_vdi_ref(vdi_uuid, instance_uuid, "preconfigure_instance")
+        """Always UnsupportedInIndependentMode (needs a local mount)."""
         raise self.unsupported("preconfigure_instance", "[DEFAULT] flat_injected")

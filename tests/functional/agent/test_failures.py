@@ -126,11 +126,11 @@ def test_a_failure_while_growing_leaves_no_vbd_and_the_data_intact(
 def test_in_guest_resize_disk_failing_at_any_step_leaves_nothing(
         make_sim, loop_devices, make_agent, tmp_path, monkeypatch):
     agent = make_agent(make_sim(compute_vm=True), "in_guest")
-    source = agent.endpoint.generate_disk(
-        instance_uuid=str(uuid.uuid4()), kind="ephemeral", size_mb=1100,
-        fs_type="ext4", label="root")
-    before = agent.vdi_uuids()
     instance = str(uuid.uuid4())
+    source = agent.endpoint.generate_disk(
+        instance_uuid=instance, kind="ephemeral", size_mb=1100, fs_type="ext4",
+        label="root")
+    before = agent.vdi_uuids()
 
     for step in ("attached", "partitioned", "copied"):
         _fail_at(monkeypatch, step)
@@ -145,7 +145,8 @@ def test_cleanup_attached_vdis_removes_tagged_vbds_and_half_made_vdis(agent):
     from agent import vdis
     session = agent.session
     sr = vdis.default_sr(session)
-    half_made = vdis.create(session, sr, 8 * MiB, str(uuid.uuid4()), "root", agent.ctx.tag)
+    half_made = vdis.create(session, sr, 8 * MiB, str(uuid.uuid4()), "root", agent.ctx.tag,
+                            {"image_id": "half-made"})
     vm_ref = agent.ctx.vm_ref or agent.ctx.dom0_ref
     vbd = session.call("VBD.create", {
         "VM": vm_ref, "VDI": half_made, "userdevice": "autodetect", "bootable": False,
@@ -153,7 +154,8 @@ def test_cleanup_attached_vdis_removes_tagged_vbds_and_half_made_vdis(agent):
         "other_config": marks.vbd_marks(agent.ctx.tag), "qos_algorithm_type": "",
         "qos_algorithm_params": {}})
     session.call("VBD.plug", vbd)
-    foreign = vdis.create(session, sr, 8 * MiB, str(uuid.uuid4()), "root", "another-agent")
+    foreign = vdis.create(session, sr, 8 * MiB, str(uuid.uuid4()), "root", "another-agent",
+                          {"image_id": "foreign"})
 
     cleaned = agent.endpoint.cleanup_attached_vdis()
 

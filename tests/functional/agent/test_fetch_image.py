@@ -87,17 +87,21 @@ def test_fetch_image_vhd_goes_through_the_dom0_plugin_and_sr_scan(agent, image_s
     demo_env.make_vhd_tarball(str(raw), str(tarball))
     instance = str(uuid.uuid4())
 
+    image_id = image_server.add(tarball)
     fetched = agent.endpoint.fetch_image(
-        instance_uuid=instance, image_id=image_server.add(tarball), disk_format="vhd",
-        auth_token=None)
+        instance_uuid=instance, image_id=image_id, disk_format="vhd", auth_token=None)
 
     [root] = fetched["vdis"]
     assert root["type"] == "root"
     assert _same_prefix(raw, disktools.vdi_file(agent.sim, root["uuid"]), 16 * MiB)
-    again = agent.endpoint.fetch_image(
-        instance_uuid=instance, image_id="anything-else", disk_format="vhd",
-        auth_token=None)
+    before = agent.vdi_uuids()
+    again = agent.endpoint.fetch_image(  # a retry: the same disk, nothing fetched
+        instance_uuid=instance, image_id=image_id, disk_format="vhd", auth_token=None)
     assert again["vdis"][0]["uuid"] == root["uuid"]
+    with pytest.raises(exceptions.InvalidRequest, match="made by another request"):
+        agent.endpoint.fetch_image(instance_uuid=instance, image_id="anything-else",
+                                   disk_format="vhd", auth_token=None)
+    assert agent.vdi_uuids() == before
 
 
 def test_fetch_image_of_an_unknown_image_fails_typed_and_leaves_no_vdi(agent, image_server):

@@ -26,9 +26,9 @@ def independent_agent(make_sim, loop_devices, image_server, make_agent):
     return make_agent(make_sim(compute_vm=False), "independent", image_server)
 
 
-def _ext4_disk(agent, tmp_path, size_mb, data):
+def _ext4_disk(agent, tmp_path, size_mb, data, instance_uuid=None):
     made = agent.endpoint.generate_disk(
-        instance_uuid=str(uuid.uuid4()), kind="ephemeral", size_mb=size_mb,
+        instance_uuid=instance_uuid or str(uuid.uuid4()), kind="ephemeral", size_mb=size_mb,
         fs_type="ext4", label="root")
     path = disktools.vdi_file(agent.sim, made["uuid"])
     disktools.ext_write(path, 2048 * 512, "/data.bin", data, tmp_path)
@@ -37,13 +37,14 @@ def _ext4_disk(agent, tmp_path, size_mb, data):
 
 def test_resize_disk_copies_the_filesystem_into_a_smaller_vdi(in_guest_agent, tmp_path):
     data = bytes(range(256)) * 4096
-    source = _ext4_disk(in_guest_agent, tmp_path, 1536, data)
+    instance = str(uuid.uuid4())
+    source = _ext4_disk(in_guest_agent, tmp_path, 1536, data, instance)
     source_path = disktools.vdi_file(in_guest_agent.sim, source["uuid"])
     with open(source_path, "r+b") as f:  # boot code the copy must keep
         f.write(b"\xeb\x63BOOTCODE")
 
     resized = in_guest_agent.endpoint.resize_disk(
-        instance_uuid=str(uuid.uuid4()), vdi_uuid=source["uuid"], new_gb=1)
+        instance_uuid=instance, vdi_uuid=source["uuid"], new_gb=1)
 
     assert resized["size_bytes"] == GiB and resized["uuid"] != source["uuid"]
     path = disktools.vdi_file(in_guest_agent.sim, resized["uuid"])
@@ -61,12 +62,13 @@ def test_resize_disk_copies_the_filesystem_into_a_smaller_vdi(in_guest_agent, tm
 
 
 def test_resize_disk_refuses_a_size_that_is_not_smaller(in_guest_agent, tmp_path):
-    source = _ext4_disk(in_guest_agent, tmp_path, 64, b"x")
+    instance = str(uuid.uuid4())
+    source = _ext4_disk(in_guest_agent, tmp_path, 64, b"x", instance)
     before = in_guest_agent.vdi_uuids()
 
     with pytest.raises(exceptions.InvalidRequest, match="not smaller"):
         in_guest_agent.endpoint.resize_disk(
-            instance_uuid=str(uuid.uuid4()), vdi_uuid=source["uuid"], new_gb=1)
+            instance_uuid=instance, vdi_uuid=source["uuid"], new_gb=1)
 
     assert in_guest_agent.vdi_uuids() == before
 

@@ -221,7 +221,8 @@ def test_concurrent_slow_and_fast_calls_all_get_their_own_answers(agent):
         instance = "00000000-0000-4000-8000-%012d" % n
         if n % 3 == 0:
             calls.append(("generate_disk", dict(VALID_ARGS["generate_disk"],
-                                                instance_uuid=instance, size_mb=n + 1)))
+                                                instance_uuid=instance,
+                                                size_mb=methods.MIN_DISK_MB + n)))
         elif n % 3 == 1:
             calls.append(("resize_disk", dict(instance_uuid=instance, vdi_uuid=VDI,
                                               new_gb=n)))

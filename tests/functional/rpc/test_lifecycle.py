@@ -122,7 +122,8 @@ def test_two_agents_on_one_broker_each_receive_only_their_own_calls(rabbit_url, 
         api_a, api_b = pair.api(host_a), pair.api(host_b)
 
         for n in range(5):
-            assert api_a.destroy_vdis(vdi_uuids=[VDI] * (n + 1)) == {"destroyed": n + 1}
+            vdi_uuids = ["%s%04d" % (VDI[:-4], i) for i in range(n + 1)]  # distinct
+            assert api_a.destroy_vdis(vdi_uuids=vdi_uuids) == {"destroyed": n + 1}
             assert api_b.describe()["host"] == host_b
 
         assert [n for n in endpoint_a.names_called() if n != "describe"] == ["destroy_vdis"] * 5
