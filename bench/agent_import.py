@@ -76,12 +76,12 @@ from oslo_config import cfg  # noqa: E402
 
 from agent import images as agent_images  # noqa: E402
 from agent import readahead, upload  # noqa: E402
+from nova_xen_split.cmd import demo_env  # noqa: E402
 from nova_xen_split.cmd.image_service import ImageService  # noqa: E402
 from nova_xen_split.xenhost import conf as nxs_conf  # noqa: E402
 from nova_xen_split.xenhost import xapi  # noqa: E402
 from rpc import client as rpc_client  # noqa: E402
 from rpc import transports  # noqa: E402
-from tests.conftest import SimProcess  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -233,7 +233,7 @@ def write_agent_config(work, sim, image_url):
                 "transport_url = unix://%s/agent.sock\n" % (work, work))
         f.write("[xenserver]\nconnection_url = %s\nconnection_password = %s\n"
                 "vm_uuid_file = %s/none\nxenstore_read_command = false\n"
-                % (sim.url, sim.password, work))
+                % (sim.url, demo_env.SIM_PASSWORD, work))
         f.write("[glance]\napi_servers = %s\nfile_url_mounts = %s:%s\n"
                 % (image_url, work, work))
         f.write("[agent]\nlong_rpc_timeout = 3600\nrpc_timeout = 60\n")
@@ -440,9 +440,10 @@ def main():
         # process's interpreter lock with the measurements (the floor's reads).
         image_url = service.start_process().url
 
-        sim = SimProcess(os.path.join(work, "sim"), compute_vm=False, extra_args=[
+        sim = demo_env.Simulator(os.path.join(work, "sim"), compute_vm=False, extra_args=[
             "--import-attach-seconds", str(args.sim_attach_seconds)]).start()
-        session = xapi.XapiSession(sim.url, "root", sim.password, timeout=3600).login()
+        session = xapi.XapiSession(sim.url, "root", demo_env.SIM_PASSWORD,
+                                   timeout=3600).login()
 
         config = write_agent_config(work, sim, image_url)
         log = open(os.path.join(work, "agent.log"), "w")

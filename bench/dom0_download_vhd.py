@@ -32,8 +32,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import XenAPI  # noqa: E402
+
+from nova_xen_split.cmd import demo_env  # noqa: E402
 from nova_xen_split.cmd.image_service import ImageService  # noqa: E402
-from tests.conftest import SimProcess  # noqa: E402
 
 BLOCK = 2 << 20
 TOKEN = "bench-token"
@@ -92,8 +94,9 @@ def main():
         tar_path = make_tarball(work, args.size_mib)
         tar_mb = os.path.getsize(tar_path) / 1e6
         server, endpoint = serve(tar_path)
-        sim = SimProcess(os.path.join(work, "sim")).start()
-        session = sim.session()
+        sim = demo_env.Simulator(os.path.join(work, "sim"), compute_vm=False).start()
+        session = XenAPI.Session(sim.url)
+        session.xenapi.login_with_password("root", demo_env.SIM_PASSWORD, "1.0", "bench")
         api = session.xenapi
         host = api.host.get_all()[0]
         sr = api.pool.get_default_SR(api.pool.get_all()[0])

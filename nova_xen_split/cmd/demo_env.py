@@ -176,20 +176,22 @@ class _Child:
 
 
 class Simulator(_Child):
-    """``xapi-sim`` on a state directory, with or without a compute VM."""
+    """``xapi-sim`` on a state directory, with or without a compute VM;
+    ``extra_args``: more of its command-line options."""
 
-    def __init__(self, state_dir, compute_vm):
+    def __init__(self, state_dir, compute_vm, extra_args=()):
         super().__init__(os.path.join(os.path.dirname(state_dir),
                                       os.path.basename(state_dir) + ".log"))
         self.state_dir = state_dir
         self.compute_vm = compute_vm
+        self.extra_args = list(extra_args)
         self.url = None
 
     def start(self, timeout=30):
         os.makedirs(self.state_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "dom0.simulator.server", "--state-dir", self.state_dir,
                "--port", "0", "--password", SIM_PASSWORD,
-               "--compute-vm" if self.compute_vm else "--no-compute-vm"]
+               "--compute-vm" if self.compute_vm else "--no-compute-vm"] + self.extra_args
         log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
                                      start_new_session=True)
