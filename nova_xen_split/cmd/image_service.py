@@ -12,8 +12,8 @@ the dom0 image plugin make:
   ``show_direct_url``) when asked, as Glance's filesystem store shows it;
 * ``GET /v2/images/<id>/file``: the image's bytes with ``Content-Length`` and,
   when the image has one, its MD5 as ``Content-MD5``. A file's holes go out
-  from a buffer of zeros and its data with ``sendfile``, so serving a large
-  sparse image costs neither page-cache nor Python copies.
+  from a buffer of zeros and its data with ``sendfile``: a sparse image's
+  holes are never read and its data never passes through Python.
 
 Ids that were not added are answered 404, as is anything but the two paths
 above (an id is letters, digits, ``.``, ``_`` and ``-``).
@@ -43,9 +43,13 @@ any time; the same settings can be given to :meth:`ImageService.add`:
     ids whose download is answered as HTTP/1.0 with no Content-Length.
 ``errors``
     an (HTTP status, reason) answered instead of the image.
+``formats``
+    the record's (``disk_format``, ``container_format``); raw and bare if
+    not given.
 
-For the whole service: ``token`` (a request that does not carry it as
-``X-Auth-Token`` is answered 401, but for a record, answered to anyone),
+For the whole service: ``token`` (a download, or any request but for a
+record, that does not carry it as ``X-Auth-Token`` is answered 401; records
+are shown to anyone),
 ``fail_status`` (every request answered with that status: a failing
 service) and ``delay`` (seconds slept per MiB sent: a slow service).
 
@@ -172,15 +176,20 @@ class ImageService:
     @property
     def downloads(self):
         """(image id, X-Auth-Token) of each download asked for a known image."""
-        return [(found[0], r.token) for r in list(self.requests)
-                for found in [r.image()] if found and found[1] and found[0] in self.images]
+        return self._asked(download=True)
 
     @property
     def record_requests(self):
         """The image id of each record asked for a known image."""
-        return [found[0] for r in list(self.requests)
-                for found in [r.image()] if found and not found[1]
-                and found[0] in self.images]
+        return [image_id for image_id, _token in self._asked(download=False)]
+
+    def _asked(self, download):
+        asked = []
+        for request in list(self.requests):
+            found = request.image()
+            if found and found[1] == download and found[0] in self.images:
+                asked.append((found[0], request.token))
+        return asked
 
     def digest(self, image_id, algorithm):
         """The hex digest of the image's bytes, kept while a file is unchanged."""
