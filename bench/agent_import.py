@@ -71,16 +71,17 @@ import uuid
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from image_service import drop_page_cache_of, make_dense, make_sparse, start_image_service  # noqa: E402  (bench/ is the script's directory)
+from inputs import drop_page_cache_of, make_dense, make_sparse  # noqa: E402  (bench/ is the script's directory)
 from oslo_config import cfg  # noqa: E402
 
 from agent import images as agent_images  # noqa: E402
 from agent import readahead, upload  # noqa: E402
+from nova_xen_split.cmd import demo_env  # noqa: E402
+from nova_xen_split.cmd.image_service import ImageService  # noqa: E402
 from nova_xen_split.xenhost import conf as nxs_conf  # noqa: E402
 from nova_xen_split.xenhost import xapi  # noqa: E402
 from rpc import client as rpc_client  # noqa: E402
 from rpc import transports  # noqa: E402
-from tests.conftest import SimProcess  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -232,7 +233,7 @@ def write_agent_config(work, sim, image_url):
                 "transport_url = unix://%s/agent.sock\n" % (work, work))
         f.write("[xenserver]\nconnection_url = %s\nconnection_password = %s\n"
                 "vm_uuid_file = %s/none\nxenstore_read_command = false\n"
-                % (sim.url, sim.password, work))
+                % (sim.url, demo_env.SIM_PASSWORD, work))
         f.write("[glance]\napi_servers = %s\nfile_url_mounts = %s:%s\n"
                 % (image_url, work, work))
         f.write("[agent]\nlong_rpc_timeout = 3600\nrpc_timeout = 60\n")
@@ -420,24 +421,29 @@ def main():
                         help="times every measurement runs (medians are shown)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="nxs-bench-", dir=args.work_dir)
-    sim = agent = service_pid = None
+    sim = agent = service = None
     try:
         dense, sparse = os.path.join(work, "dense.raw"), os.path.join(work, "sparse.raw")
         dense_bytes, sparse_bytes = args.dense_mib * MiB, args.sparse_mib * MiB
         make_dense(dense, dense_bytes)
         sparse_data = make_sparse(sparse, sparse_bytes, 0.05)
         images = {"dense": dense, "sparse": sparse}
-        served = dict(images)
+        # <name>: no checksum; <name>-file: the file as location; <name>-checked:
+        # its Content-MD5 and, unless --checksum md5, the record's multihash.
+        service = ImageService(send_md5=False)
         for name, path in images.items():
-            served[name + "-file"] = served[name + "-checked"] = path
-        service_pid, image_url = start_image_service(
-            served, located=("dense-file", "sparse-file"),
-            checksummed=("dense-checked", "sparse-checked"),
-            multihash=None if args.checksum == "md5" else args.checksum)
+            service.add(path, name)
+            service.add(path, name + "-file", location=True)
+            service.add(path, name + "-checked", content_md5=True,
+                        multihash=None if args.checksum == "md5" else args.checksum)
+        # Its own process, so that its sends do not take turns for this
+        # process's interpreter lock with the measurements (the floor's reads).
+        image_url = service.start_process().url
 
-        sim = SimProcess(os.path.join(work, "sim"), compute_vm=False, extra_args=[
+        sim = demo_env.Simulator(os.path.join(work, "sim"), compute_vm=False, extra_args=[
             "--import-attach-seconds", str(args.sim_attach_seconds)]).start()
-        session = xapi.XapiSession(sim.url, "root", sim.password, timeout=3600).login()
+        session = xapi.XapiSession(sim.url, "root", demo_env.SIM_PASSWORD,
+                                   timeout=3600).login()
 
         config = write_agent_config(work, sim, image_url)
         log = open(os.path.join(work, "agent.log"), "w")
@@ -479,9 +485,8 @@ def main():
                 os.killpg(agent.pid, signal.SIGKILL)
         if sim is not None:
             sim.stop()
-        if service_pid is not None:
-            os.kill(service_pid, signal.SIGTERM)
-            os.waitpid(service_pid, 0)
+        if service is not None:
+            service.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -21,20 +21,21 @@ Run as root (the simulator plugs loop devices):
 """
 
 import argparse
-import http.server
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from tests.conftest import SimProcess  # noqa: E402
+import XenAPI  # noqa: E402
+
+from nova_xen_split.cmd import demo_env  # noqa: E402
+from nova_xen_split.cmd.image_service import ImageService  # noqa: E402
 
 BLOCK = 2 << 20
 TOKEN = "bench-token"
@@ -60,24 +61,11 @@ def make_tarball(work, size_mib):
 
 
 def serve(tar_path):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.headers.get("X-Auth-Token") != TOKEN:
-                self.send_error(401)
-                return
-            size = os.path.getsize(tar_path)
-            self.send_response(200)
-            self.send_header("Content-Length", str(size))
-            self.end_headers()
-            with open(tar_path, "rb") as f:
-                os.sendfile(self.wfile.fileno(), f.fileno(), 0, size)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, "http://127.0.0.1:%d" % server.server_address[1]
+    """The image service (in a thread) with the tarball as image "bench",
+    the token checked and no checksum (the baseline checks none either)."""
+    service = ImageService(token=TOKEN, send_md5=False)
+    service.add(tar_path, "bench", disk_format="vhd", container_format="ovf")
+    return service.start(), service.url
 
 
 def baseline(endpoint, target_dir):
@@ -106,8 +94,9 @@ def main():
         tar_path = make_tarball(work, args.size_mib)
         tar_mb = os.path.getsize(tar_path) / 1e6
         server, endpoint = serve(tar_path)
-        sim = SimProcess(os.path.join(work, "sim")).start()
-        session = sim.session()
+        sim = demo_env.Simulator(os.path.join(work, "sim"), compute_vm=False).start()
+        session = XenAPI.Session(sim.url)
+        session.xenapi.login_with_password("root", demo_env.SIM_PASSWORD, "1.0", "bench")
         api = session.xenapi
         host = api.host.get_all()[0]
         sr = api.pool.get_default_SR(api.pool.get_all()[0])
@@ -138,8 +127,7 @@ def main():
         if sim is not None:
             sim.stop()
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,8 +1,8 @@
 """Wall time of a full spawn through the split, against the backend in-process.
 
 One run, everything on this machine, one ``xapi-sim`` without a compute VM
-(independent mode), the image served by a separate ``python -m http.server``
-process so that no configuration shares its CPU with the image service:
+(independent mode), the image served by the image service in a child process
+of its own so that no configuration shares its CPU with it:
 
 * the spawn: a 1 GiB raw image (msdos label, one ext4 partition, 20 % of the
   disk written with data), root grown to 2 GiB, 1 GiB ephemeral (ext4),
@@ -26,7 +26,6 @@ import argparse
 import concurrent.futures
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from agent.backends import make_backend  # noqa: E402
 from nova_xen_split import driver as nxs_driver  # noqa: E402
 from nova_xen_split import objects  # noqa: E402
 from nova_xen_split.cmd import demo_env  # noqa: E402
+from nova_xen_split.cmd.image_service import ImageService  # noqa: E402
 from nova_xen_split.xenhost import conf as nxs_conf  # noqa: E402
 
 MiB = 1 << 20
@@ -78,28 +78,6 @@ def make_image(path, data_fraction=0.2):
     shutil.rmtree(work)
     used = os.stat(path).st_blocks * 512
     return used
-
-
-def start_image_service(image_path, root):
-    """``python -m http.server`` serving ``/v2/images/<id>/file``, its own process."""
-    image_dir = os.path.join(root, "v2", "images", IMAGE_ID)
-    os.makedirs(image_dir)
-    os.link(image_path, os.path.join(image_dir, "file"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
-                             "127.0.0.1", "--directory", root],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, "http://127.0.0.1:%d" % port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("image service did not start")
 
 
 def load_conf(config_file):
@@ -219,15 +197,18 @@ def main():
     parser.add_argument("--no-rabbit", action="store_true")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="nxs-bench-spawn-", dir=args.work_dir)
-    sim = image_proc = None
+    sim = service = None
     setups = []
     try:
         image_path = os.path.join(work, "image.raw")
         used = make_image(image_path)
-        image_proc, image_url = start_image_service(image_path, os.path.join(work, "www"))
+        # No checksum: the spawns are timed, not the check (agent_import.py times it).
+        service = ImageService(send_md5=False)
+        service.add(image_path, IMAGE_ID)
+        image_url = service.start_process().url  # before any thread: it forks
         sim = demo_env.Simulator(os.path.join(work, "sim"), compute_vm=False).start()
         print("setup: xapi-sim (independent mode) at %s; image 1 GiB raw, %d MiB allocated "
-              "(%.0f %%), served by python -m http.server; spawn: root grow to 2 GiB, "
+              "(%.0f %%), served by a child process; spawn: root grow to 2 GiB, "
               "1 GiB ephemeral ext4, 512 MiB swap, config drive; %d rounds; %d cores"
               % (sim.url, used // MiB, 100.0 * used / GiB, args.rounds, os.cpu_count()))
         setups.append(Setup("in-process", sim, work, image_url, in_process=True))
@@ -273,9 +254,8 @@ def main():
             s.close()
         if sim is not None:
             sim.stop()
-        if image_proc is not None:
-            image_proc.terminate()
-            image_proc.wait(10)
+        if service is not None:
+            service.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -22,6 +22,7 @@ from oslo_config import cfg
 from nova_xen_split import driver as nxs_driver
 from nova_xen_split import objects, vm_utils
 from nova_xen_split.cmd import demo_env
+from nova_xen_split.cmd import image_service
 from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks
 from rpc import exceptions
@@ -282,13 +283,13 @@ def run(state_dir=None, transport_url=None, modes=MODES, printer=None):
     keep = state_dir is not None
     work_dir = os.path.abspath(state_dir) if keep else tempfile.mkdtemp(prefix="nxs-demo-")
     os.makedirs(work_dir, exist_ok=True)
-    images = demo_env.ImageService()
+    images = image_service.ImageService(hash_algo="sha512")  # Glance's default
     results = []
     try:
         image_path = os.path.join(work_dir, "demo-image.raw")
         image_size = demo_env.make_disk_image(image_path, IMAGE_MB)
         image_id = "demo-image-%s" % uuidlib.uuid4().hex[:8]
-        images.add(image_id, image_path)
+        images.add(image_path, image_id)
         images.start()
         printer.line("Image %s: raw, %s, msdos label, ext4 partition with /etc/motd, "
                      "served at %s; each download is checked against the SHA-512 "
@@ -302,7 +303,8 @@ def run(state_dir=None, transport_url=None, modes=MODES, printer=None):
         elif "in_guest" in modes:
             vhd_id = image_id + "-vhd"
             tar_size = demo_env.make_vhd_tarball(image_path, image_path + ".tar")
-            images.add(vhd_id, image_path + ".tar")
+            images.add(image_path + ".tar", vhd_id, disk_format="vhd",
+                       container_format="ovf")
             image_for["in_guest"] = (vhd_id, "vhd")
             printer.line("Image %s: the same disk as a VHD tarball (0.vhd, %s) for the "
                          "dom0 image plugin; booted in in_guest mode" % (

@@ -1,13 +1,11 @@
-"""The pieces ``nova-xen-split demo`` stands up: simulator, agent, image service.
+"""The pieces ``nova-xen-split demo`` stands up: simulator and agent (the image
+service is :mod:`nova_xen_split.cmd.image_service`).
 
 Each piece is a small class with ``start()``/``stop()`` that owns exactly
 what it made (a child process, a thread, files), so the demo can tear down
 in reverse order whatever happened.
 """
 
-import hashlib
-import http.server
-import json
 import os
 import re
 import shutil
@@ -141,99 +139,6 @@ def make_vhd_tarball(raw_path, tar_path):
     return os.path.getsize(tar_path)
 
 
-class _ImageHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):  # noqa: N802 -- BaseHTTPRequestHandler's naming
-        m = re.fullmatch(r"/v2/images/([A-Za-z0-9._-]+)(/file)?", self.path)
-        path = self.server.images.get(m.group(1)) if m else None
-        if path is None:
-            self.send_error(404)
-            return
-        if not m.group(2):
-            self._record(m.group(1), path)
-            return
-        self.server.requests.append(m.group(1))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(os.path.getsize(path)))
-        self.send_header("Content-MD5", self.server.checksums[m.group(1)])
-        self.end_headers()
-        with open(path, "rb") as f:
-            shutil.copyfileobj(f, self.wfile, MiB)
-
-    def _record(self, image_id, path):
-        """The image's record, with the multihash Glance computes (SHA-512)."""
-        body = json.dumps({"id": image_id, "status": "active",
-                           "size": os.path.getsize(path),
-                           "checksum": self.server.checksums[image_id],
-                           "os_hash_algo": "sha512",
-                           "os_hash_value": self.server.multihashes[image_id]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, fmt, *args):  # keep the demo's output readable
-        pass
-
-
-def file_digest(path, algorithm):
-    """The hex digest of a file's bytes with hashlib's ``algorithm``."""
-    digest = hashlib.new(algorithm, usedforsecurity=algorithm != "md5")
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(MiB), b""):
-            digest.update(piece)
-    return digest.hexdigest()
-
-
-def file_md5(path):
-    """The MD5 of a file as hex digits: the checksum Glance keeps for an
-    image and sends with its download as ``Content-MD5``."""
-    return file_digest(path, "md5")
-
-
-class ImageService:
-    """A loopback stand-in for Glance's ``GET /v2/images/<id>/file`` and
-    ``GET /v2/images/<id>``, with each image's checksums as Glance gives
-    them: MD5 with the download, the multihash in the record."""
-
-    def __init__(self):
-        self.images = {}
-        self.checksums = {}
-        self.multihashes = {}
-        self._server = None
-        self._thread = None
-
-    def add(self, image_id, path):
-        self.images[image_id] = path
-        self.checksums[image_id] = file_md5(path)
-        self.multihashes[image_id] = file_digest(path, "sha512")
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self._server.server_address[1]
-
-    def start(self):
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
-        self._server.daemon_threads = True
-        self._server.images = self.images
-        self._server.checksums = self.checksums
-        self._server.multihashes = self.multihashes
-        self._server.requests = []
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(10)
-            self._server = None
-
-
 def _console_script(name, module):
     """The venv's console script, else ``python -c`` on its entry point."""
     script = os.path.join(os.path.dirname(sys.executable), name)
@@ -271,20 +176,22 @@ class _Child:
 
 
 class Simulator(_Child):
-    """``xapi-sim`` on a state directory, with or without a compute VM."""
+    """``xapi-sim`` on a state directory, with or without a compute VM;
+    ``extra_args``: more of its command-line options."""
 
-    def __init__(self, state_dir, compute_vm):
+    def __init__(self, state_dir, compute_vm, extra_args=()):
         super().__init__(os.path.join(os.path.dirname(state_dir),
                                       os.path.basename(state_dir) + ".log"))
         self.state_dir = state_dir
         self.compute_vm = compute_vm
+        self.extra_args = list(extra_args)
         self.url = None
 
     def start(self, timeout=30):
         os.makedirs(self.state_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "dom0.simulator.server", "--state-dir", self.state_dir,
                "--port", "0", "--password", SIM_PASSWORD,
-               "--compute-vm" if self.compute_vm else "--no-compute-vm"]
+               "--compute-vm" if self.compute_vm else "--no-compute-vm"] + self.extra_args
         log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
                                      start_new_session=True)

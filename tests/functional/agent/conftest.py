@@ -1,10 +1,6 @@
 """Agents against a running ``xapi-sim``, and a loopback image service."""
 
-import http.server
 import os
-import socketserver
-import threading
-import time
 import uuid
 
 import pytest
@@ -13,119 +9,18 @@ from oslo_config import cfg
 from agent import detect
 from agent import endpoint as agent_endpoint
 from agent.backends import base, make_backend
-from nova_xen_split.cmd.demo_env import file_digest, file_md5
+from nova_xen_split.cmd.image_service import ImageService
 from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks
-from tests.imagerecord import send_image_record
-
-
-class _ImageHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        server = self.server
-        parts = self.path.split("/")
-        if len(parts) == 4 and parts[1:3] == ["v2", "images"]:
-            self._record(parts[3])
-            return
-        # /v2/images/<id>/file
-        if len(parts) != 5 or parts[1:3] != ["v2", "images"] or parts[4] != "file":
-            self.send_error(404)
-            return
-        path = server.images.get(parts[3])
-        if path is None:
-            self.send_error(404)
-            return
-        server.requests.append((parts[3], self.headers.get("X-Auth-Token")))
-        size = os.path.getsize(path)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(size))
-        md5 = server.content_md5.get(parts[3], "file")
-        if md5 == "file":
-            md5 = file_md5(path)
-        if md5 is not None:
-            self.send_header("Content-MD5", md5)    # the image's checksum, as Glance sends it
-        self.end_headers()
-        left = server.cut_after.get(parts[3], size)
-        if left < size:
-            self.close_connection = True  # the cut is a close, not a stall
-        with open(path, "rb") as f:
-            while left > 0:
-                piece = f.read(min(1 << 20, left))
-                if not piece:
-                    break
-                left -= len(piece)
-                try:
-                    self.wfile.write(piece)
-                except OSError:
-                    return
-                if server.delay:
-                    time.sleep(server.delay)
-
-    def _record(self, image_id):
-        """The image's record, with its file as location when ``show_locations``."""
-        server = self.server
-        path = server.images.get(image_id)
-        if path is None:
-            self.send_error(404)
-            return
-        server.record_requests.append(image_id)
-        multihash = server.multihash.get(image_id)
-        if isinstance(multihash, str):      # an algorithm: the file's true digest
-            multihash = (multihash, file_digest(path, multihash))
-        send_image_record(self, image_id, path, server.show_locations, multihash)
-
-    def log_message(self, *args):
-        pass
-
-
-class ImageServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    """``/v2/images/<id>/file`` from files on disk; ``delay`` seconds per MiB.
-
-    Downloads carry the file's MD5 as ``Content-MD5``, as Glance's do;
-    ``content_md5`` maps an image id to another value to send (None: none).
-    ``cut_after`` maps an image id to the number of bytes after which its
-    download is cut (the connection closes short of its Content-Length).
-
-    ``/v2/images/<id>`` is the image's record; with ``show_locations`` it
-    shows the file as a ``file://`` location, as Glance's filesystem store does.
-    ``multihash`` maps an image id to the record's (``os_hash_algo``,
-    ``os_hash_value``), or to an algorithm alone for the file's true digest;
-    other records have none, as images uploaded before Glance's Rocky.
-    """
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _ImageHandler)
-        self.images = {}
-        self.requests = []
-        self.record_requests = []
-        self.show_locations = False
-        self.delay = 0.0
-        self.content_md5 = {}
-        self.cut_after = {}
-        self.multihash = {}
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.server_address[1]
-
-    def add(self, path, image_id=None):
-        image_id = image_id or uuid.uuid4().hex
-        self.images[image_id] = str(path)
-        return image_id
 
 
 @pytest.fixture
 def image_server():
-    server = ImageServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    """The image service: downloads carry the file's MD5 as Glance's do;
+    records have no multihash (as images uploaded before Glance's Rocky)
+    and no location unless ``show_locations``."""
+    with ImageService().start() as server:
+        yield server
 
 
 def agent_conf(sim, mode, tmp_path, image_server=None, overrides=None):

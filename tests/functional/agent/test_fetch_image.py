@@ -50,7 +50,7 @@ def test_fetch_image_raw_streams_the_image_into_a_new_root_vdi(agent, image_serv
     assert root["type"] == "root"
     assert root["size_bytes"] == 24 * MiB
     assert _same_prefix(image, disktools.vdi_file(agent.sim, root["uuid"]), 24 * MiB)
-    assert image_server.requests[-1] == (image_id, "tok-123")
+    assert image_server.downloads[-1] == (image_id, "tok-123")
     assert agent.tagged_vbds() == []
 
 
@@ -75,7 +75,7 @@ def test_fetch_image_raw_reads_a_shared_store_file_and_skips_its_holes(
     assert _same_prefix(image, vdi_file, 64 * MiB)
     # Read from the file: the record was asked for, the data never downloaded.
     assert image_server.record_requests == [image_id]
-    assert image_server.requests == []
+    assert image_server.downloads == []
     # Holes stayed holes: a few 64 KiB grains of data (and the partition table).
     assert os.stat(vdi_file).st_blocks * 512 <= 2 * MiB
     assert agent.tagged_vbds() == []
@@ -285,9 +285,9 @@ def test_a_vhd_chain_landing_after_the_driver_gave_up_is_destroyed(
     fetching.start()
     try:
         deadline = time.monotonic() + 30
-        while not image_server.requests and time.monotonic() < deadline:
+        while not image_server.downloads and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert image_server.requests, "dom0 never started the download"
+        assert image_server.downloads, "dom0 never started the download"
         assert vm_utils.sweep_instance_vdis(agent.session, instance) == 0  # nothing to see
         marked = _pending_chains(agent)
     finally:

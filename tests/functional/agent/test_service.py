@@ -255,7 +255,7 @@ def test_sigkill_during_a_vhd_fetch_then_restart_destroys_the_chain_dom0_landed(
     agent.wait_serving()
     fetch, errors = _fetch_in_background(agent, image_id, "vhd")
     deadline = time.monotonic() + 30
-    while not image_server.requests and time.monotonic() < deadline:
+    while not image_server.downloads and time.monotonic() < deadline:
         time.sleep(0.05)
     (key,) = _sr_pending(session)  # recorded before the plugin ran
     leaf_uuid = marks.read_pending_chain(key, _sr_pending(session)[key]).leaf_uuid

@@ -19,6 +19,7 @@ from oslo_config import cfg
 from nova_xen_split import driver as nxs_driver
 from nova_xen_split import objects
 from nova_xen_split.cmd import demo_env
+from nova_xen_split.cmd.image_service import ImageService
 from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks
 
@@ -77,9 +78,9 @@ def demo_vhd_tarball(demo_image):
 
 @pytest.fixture
 def image_service(demo_image, demo_vhd_tarball):
-    service = demo_env.ImageService()
-    service.add("test-image", demo_image)
-    service.add("test-image-vhd", demo_vhd_tarball)
+    service = ImageService(hash_algo="sha512")
+    service.add(demo_image, "test-image")
+    service.add(demo_vhd_tarball, "test-image-vhd", disk_format="vhd", container_format="ovf")
     service.start()
     yield service
     service.stop()

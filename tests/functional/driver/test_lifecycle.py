@@ -114,8 +114,8 @@ def test_in_guest_split_kernel_image_boots_from_dom0_files_removed_on_destroy(
     kernel.write_bytes(b"\x7fKERNEL" * 4096)
     ramdisk = tmp_path / "initrd"
     ramdisk.write_bytes(b"RAMDISK!" * 2048)
-    image_service.add("test-kernel", str(kernel))
-    image_service.add("test-ramdisk", str(ramdisk))
+    image_service.add(str(kernel), "test-kernel")
+    image_service.add(str(ramdisk), "test-ramdisk")
     pair = make_pair(xapi_sim_compute)
     baseline = pair.counts()
     instance = make_instance(objects.Flavor(root_gb=0), config_drive="")

@@ -134,7 +134,7 @@ def test_in_guest_flat_injected_boots_a_non_linux_image_untouched(
         xapi_sim_compute, make_pair, image_service, tmp_path):
     image = tmp_path / "vfat.raw"
     run(["mkfs.vfat", "-C", "-n", "WINDOWS", str(image), str(32 * 1024)])
-    image_service.add("vfat-image", str(image))
+    image_service.add(str(image), "vfat-image")
     pair = make_pair(xapi_sim_compute, driver_overrides={("DEFAULT", "flat_injected"): True})
     steps = []
     pair.driver.on_step = steps.append

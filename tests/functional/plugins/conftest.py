@@ -8,17 +8,16 @@ backend uses the plugins.
 
 import gzip
 import hashlib
-import http.server
 import io
 import json
 import os
 import subprocess
 import tarfile
-import threading
 
 import pytest
 import XenAPI
 
+from nova_xen_split.cmd.image_service import ImageService
 from tests.functional.plugins import vhdchain
 from tests.functional.simulator import vhdtestlib
 
@@ -124,64 +123,15 @@ def tool(*cmd, ok=(0,), input_text=None):
     return proc.stdout
 
 
-class ImageService:
-    """A loopback image service: ``GET /v2/images/<id>/file`` with X-Auth-Token."""
-
-    def __init__(self, token):
-        self.token = token
-        self.images = {}      # image id → bytes of the tarball
-        self.requests = []    # (path, token header)
-        self.cut_short = set()  # image ids whose body stops halfway
-        self.content_md5 = {}   # image id → Content-MD5 sent instead of the body's (None: none)
-        service = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                service.requests.append((self.path, self.headers.get("X-Auth-Token")))
-                if self.headers.get("X-Auth-Token") != service.token:
-                    self.send_error(401)
-                    return
-                parts = self.path.split("/")
-                if len(parts) == 5 and parts[3] == "echo-token":
-                    # A careless service that repeats the token in its reason.
-                    self.send_error(403, "token %s is not allowed" % service.token)
-                    return
-                body = service.images.get(parts[3]) if len(parts) == 5 else None
-                if body is None or parts[:3] != ["", "v2", "images"] or parts[4] != "file":
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
-                md5 = service.content_md5.get(parts[3], hashlib.md5(body).hexdigest())
-                if md5 is not None:
-                    self.send_header("Content-MD5", md5)   # as Glance sends the checksum
-                self.end_headers()
-                if parts[3] in service.cut_short:  # the connection drops midway
-                    self.wfile.write(body[:len(body) // 2])
-                    self.close_connection = True
-                    return
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = "http://127.0.0.1:%d" % self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
 @pytest.fixture
 def image_service():
-    service = ImageService(token="tok-" + os.urandom(12).hex())
-    yield service
-    service.close()
+    """Downloads need the token; their Content-MD5 is the body's. The image
+    "echo-token" is refused by a careless service that repeats the token in
+    its reason."""
+    token = "tok-" + os.urandom(12).hex()
+    with ImageService(token=token).start() as service:
+        service.add(b"", "echo-token", error=(403, "token %s is not allowed" % token))
+        yield service
 
 
 def source_disk(seed):
@@ -210,7 +160,7 @@ def tarball(members, compress=False):
 
 
 def download_args(dom0, service, image_id, **overrides):
-    args = {"image_id": image_id, "endpoint": service.endpoint,
+    args = {"image_id": image_id, "endpoint": service.url,
             "auth_token": service.token, "sr_path": dom0.sr_path}
     args.update(overrides)
     return args

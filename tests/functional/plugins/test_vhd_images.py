@@ -46,7 +46,8 @@ def test_a_single_image_vhd_lands_in_the_sr_with_the_source_content(
     assert result["chain"] == [result["root"]]
     assert result["checksum_verified"] is True
     assert result["checksum"] == "md5"
-    assert image_service.requests == [("/v2/images/img-1/file", image_service.token)]
+    assert [(r.path, r.token) for r in image_service.requests] == [
+        ("/v2/images/img-1/file", image_service.token)]
     assert sorted(os.listdir(dom0.sr_path)) == [result["root"] + ".vhd"]
     dom0.api.SR.scan(dom0.sr)
     vdi = dom0.api.VDI.get_by_uuid(result["root"])

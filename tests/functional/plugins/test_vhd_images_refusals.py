@@ -159,7 +159,7 @@ def test_a_truncated_tarball_is_refused(dom0, image_service, chain_files):
 
 def test_a_connection_cut_midway_is_a_clean_failure(dom0, image_service, chain_files):
     image_service.images["cut"] = tarball([("image.vhd", chain_files["1.vhd"])])
-    image_service.cut_short.add("cut")
+    image_service.cut_after["cut"] = len(image_service.images["cut"]) // 2
     _refused(dom0, image_service, "cut", "ImageFetchFailed",
              "the image service sent")
 

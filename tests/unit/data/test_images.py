@@ -1,24 +1,22 @@
 """Downloading images from a real HTTP server on loopback.
 
-The image service is an ``http.server`` in a thread that serves a few
-behaviours Glance shows: the image, 404, 401, 5xx, a missing Content-Length
-and a body cut short.
+The image service (``nova_xen_split.cmd.image_service``) runs in a thread
+and is set to show a few behaviours Glance shows: the image, 404, 401, 5xx,
+a missing Content-Length and a body cut short.
 """
 
 import base64
 import hashlib
-import http.server
-import json
 import logging
 import os
 import socket
-import sys
 import threading
 
 import pytest
 from oslo_config import cfg
 
 from agent import images
+from nova_xen_split.cmd.image_service import ImageService
 from nova_xen_split.xenhost import conf as nxs_conf
 from rpc import exceptions
 
@@ -27,95 +25,29 @@ IMAGE = os.urandom(3 * 1024 * 1024 + 17)
 IMAGE_MD5 = hashlib.md5(IMAGE).hexdigest()     # Glance sends the checksum as hex
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        server = self.server
-        server.requests.append((self.path, dict(self.headers)))
-        behaviour = server.behaviour
-        if self.path == "/v2/images/img-1" and server.record is not None:
-            body = server.record if isinstance(server.record, bytes) else \
-                json.dumps(server.record).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        elif behaviour == "ok":
-            if self.path != "/v2/images/img-1/file" or self.headers["X-Auth-Token"] != TOKEN:
-                return self._status(404)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(IMAGE)))
-            if server.content_md5 is not None:
-                self.send_header("Content-MD5", server.content_md5)
-            self.end_headers()
-            self.wfile.write(IMAGE)
-        elif behaviour == "empty":
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.send_header("Content-MD5", server.content_md5)
-            self.end_headers()
-        elif behaviour == "no-length":
-            self.protocol_version = "HTTP/1.0"
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(IMAGE)
-            self.close_connection = True
-        elif behaviour == "short":
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(IMAGE)))
-            if server.content_md5 is not None:
-                self.send_header("Content-MD5", server.content_md5)
-            self.end_headers()
-            self.wfile.write(IMAGE[:1000])
-            self.wfile.flush()
-            self.close_connection = True
-        else:
-            self._status(int(behaviour))
-
-    def _status(self, code):
-        body = b"error " + str(code).encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        # A client that hangs up early (a refused answer, a closed reader)
-        # is part of the tests; anything else is reported as usual.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
 @pytest.fixture
 def image_server():
-    """Factory: ``image_server(behaviour)`` → base URL of a started server."""
-    servers = []
+    """Factory: ``image_server(behaviour, record, content_md5)`` → (service,
+    base URL) of a started image service holding IMAGE as img-1, whose
+    downloads need TOKEN. ``behaviour``: ``ok``; ``empty`` (img-1 has no
+    bytes); ``no-length`` (no Content-Length, nor Content-MD5); ``short``
+    (the body stops after 1000 bytes); or an HTTP status answered to every
+    request. ``record``: img-1's record (None: 404)."""
+    services = []
 
     def start(behaviour="ok", record=None, content_md5=IMAGE_MD5):
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.behaviour = behaviour
-        server.record = record
-        server.content_md5 = content_md5
-        server.requests = []
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return server, "http://127.0.0.1:%d" % server.server_address[1]
+        service = ImageService(
+            token=TOKEN, fail_status=int(behaviour) if behaviour.isdigit() else None)
+        service.add(b"" if behaviour == "empty" else IMAGE, "img-1", record=record,
+                    content_md5=None if behaviour == "no-length" else content_md5,
+                    unsized=behaviour == "no-length",
+                    cut_after=1000 if behaviour == "short" else None)
+        services.append(service.start())
+        return service, service.url
 
     yield start
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    for service in services:
+        service.stop()
 
 
 def make_conf(servers, num_retries=0, mounts=None, verify_checksum=True):
@@ -232,13 +164,14 @@ def test_a_download_is_checked_against_its_records_multihash(image_server, caplo
     # The download's Content-MD5 is wrong: only the multihash is checked.
     server, url = image_server(record=multihash_record(algorithm.lower()),
                                content_md5=hashlib.md5(b"other").hexdigest())
-    server.record["os_hash_algo"] = algorithm   # Glance's names are lower-case; any case is read
+    # Glance's names are lower-case; any case is read
+    server.records["img-1"]["os_hash_algo"] = algorithm
 
     with caplog.at_level(logging.INFO, logger="agent.images"):
         with images.open_image(make_conf([url]), "img-1", TOKEN) as reader:
             assert read_in_pieces(reader) == IMAGE
 
-    assert "%s %s to check" % (algorithm.upper(), server.record["os_hash_value"]) \
+    assert "%s %s to check" % (algorithm.upper(), server.records["img-1"]["os_hash_value"]) \
         in caplog.text
     # Asked once the download had answered, with the token, as glanceclient does.
     assert [path for path, _ in server.requests] == ["/v2/images/img-1/file",
@@ -267,7 +200,7 @@ def test_a_download_not_matching_its_multihash_raises_though_its_md5_matches(
 def test_an_algorithm_this_host_lacks_leaves_the_md5_check(image_server, caplog):
     server, url = image_server(record=multihash_record("sha512", "ab" * 64),
                                content_md5=hashlib.md5(b"other").hexdigest())
-    server.record["os_hash_algo"] = "whirlpool9"
+    server.records["img-1"]["os_hash_algo"] = "whirlpool9"
 
     with caplog.at_level(logging.WARNING, logger="agent.images"):
         with images.open_image(make_conf([url]), "img-1", TOKEN) as reader:
