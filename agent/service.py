@@ -7,6 +7,7 @@ beside it, clean up what a crash left, then serve the message interface
 until SIGTERM/SIGINT.
 """
 
+import os
 import signal
 import sys
 import threading
@@ -99,33 +100,66 @@ def _refuse(message, status=EXIT_REFUSED):
     return status
 
 
+DESCRIPTION = (
+    "The companion agent of nova-xen-split: one per hypervisor, beside the "
+    "compute driver, it does every disk-touching step the driver asks for over "
+    "the message interface. It reads the same configuration file as the "
+    "driver: run it as %s --config-file /etc/nova-xen-split/nova-xen-split.conf "
+    "(etc/nova-xen-split.conf.sample lists every option)." % PROG)
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGINT arrived before the agent was serving."""
+
+
+def _default_signals_in_child():
+    # A child forked by the agent (the privsep daemon) must not run the
+    # agent's handlers: it stops as its own parent tells it to.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def main(argv=None):
     conf = cfg.CONF
     nxs_conf.register_opts(conf)
     logging.register_options(conf)
     try:
         conf(sys.argv[1:] if argv is None else argv, project="nova-xen-split",
-             prog=PROG)
+             prog=PROG, description=DESCRIPTION)
         nxs_conf.check_values(conf)
     except cfg.Error as e:
         return _refuse(str(e).splitlines()[0], EXIT_BAD_CONFIG)
     logging.setup(conf, "nova-xen-split")
     service = AgentService(conf)
+
+    def on_signal(signum, frame):
+        if service.server is None:  # still starting: stop right where it is
+            raise _Stopped(signal.Signals(signum).name)
+        service.stop()
+
+    # From the start, so a signal during startup stops the agent cleanly too.
+    os.register_at_fork(after_in_child=_default_signals_in_child)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     refusal = None
     try:
         service.start()
+    except _Stopped as e:
+        service.close()
+        LOG.info("Stopped by %s during startup", e)
+        return 0
     except detect.StartupRefused as e:
         refusal = str(e)
     except (cfg.Error, exceptions.NovaXenSplitError) as e:
         refusal = str(e).splitlines()[0] if str(e) else type(e).__name__
     if refusal is not None:
-        # Logged outside the except block: oslo.log would append the
-        # exception to the line, and the line must stay one line.
         service.close()
-        LOG.error("Refusing to start: %s", refusal)
+        if conf.log_file or conf.use_syslog or conf.use_journal:
+            # Logged outside the except block: oslo.log would append the
+            # exception to the line. Without a log file, oslo.log writes to
+            # stderr, where the line below already says it once.
+            LOG.error("Refusing to start: %s", refusal)
         return _refuse(refusal)
-    signal.signal(signal.SIGTERM, lambda *_: service.stop())
-    signal.signal(signal.SIGINT, lambda *_: service.stop())
     service.wait()
     return 0
 

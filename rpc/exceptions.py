@@ -111,6 +111,15 @@ class CallExpired(NovaXenSplitError):
     msg_fmt = "%(method)s: its caller gave up (%(why)s), so %(outcome)s"
 
 
+class TransportUnusable(AgentUnavailable):
+    """The configured transport cannot be used: a URL oslo.messaging cannot
+    load, or a broker that refuses or does not answer. The agent cannot be
+    reached either, so it is an AgentUnavailable (a caller that waits for
+    the agent keeps waiting, within its bound)."""
+
+    msg_fmt = "%(option)s: %(reason)s"
+
+
 class RemoteError(NovaXenSplitError):
     """An unexpected exception in the agent, reduced to its type and message."""
 
@@ -131,6 +140,7 @@ REGISTRY = {
         ImageFetchFailed,
         DiskOperationFailed,
         CallExpired,
+        TransportUnusable,
         RemoteError,
     )
 }

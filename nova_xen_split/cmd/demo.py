@@ -25,7 +25,7 @@ from nova_xen_split.cmd import demo_env
 from nova_xen_split.cmd import image_service
 from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks
-from rpc import exceptions
+from rpc import exceptions, transports
 
 MODES = ("independent", "in_guest")
 IMAGE_MB = 64
@@ -90,6 +90,9 @@ def _wait_for_agent(driver, agent, host, timeout=60):
     driver._conf.set_override("startup_timeout", 1.0, group="agent")
     while True:
         if agent.exited():
+            if agent.proc.returncode in (1, 2):  # a refusal: its one line says why
+                raise demo_env.DemoError("the agent refused to start: %s" % (
+                    agent.output_tail(1).strip() or "(no reason printed)"))
             raise demo_env.DemoError("the agent exited during startup (code %s):\n%s" % (
                 agent.proc.returncode, agent.output_tail()))
         try:
@@ -193,7 +196,7 @@ def run_mode(mode, work_dir, images, image_id, disk_format, image_size, printer,
             result.steps = list(driver.last_spawn_steps)
         result.error = "%s: %s" % (type(e).__name__, e)
         printer.line("  [%-11s] FAILED: %s" % (mode, result.error))
-        if agent is not None and agent.proc is not None:
+        if agent is not None and agent.proc is not None and "refused" not in result.error:
             printer.line("  [%-11s] agent log (last lines):\n%s" % (mode, agent.output_tail()))
     finally:
         if driver is not None:
@@ -260,7 +263,8 @@ def run(state_dir=None, transport_url=None, modes=MODES, printer=None):
     printer = printer or Printer()
     started = time.monotonic()
     printer.line("nova-xen-split demo: driver in this process, agent as its own process, "
-                 "transport %s" % (transport_url or "local Unix socket"))
+                 "transport %s" % (transports.redacted_url(transport_url) if transport_url
+                                   else "local Unix socket"))
     missing = demo_env.missing_tools(demo_env.IMAGE_TOOLS)
     if missing:
         printer.line("Cannot build the demo image: missing %s. Install with: %s" % (

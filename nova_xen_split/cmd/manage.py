@@ -6,6 +6,7 @@ boots one instance in each agent mode on ``xapi-sim`` and tears it down.
 
 import argparse
 import logging
+import signal
 import sys
 import warnings
 
@@ -38,10 +39,26 @@ def main(argv=None):
     warnings.filterwarnings("ignore", message=r"(?s)\s*Eventlet is deprecated")
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "demo":
+    if args.command != "demo":
+        return 2
+    # SIGTERM unwinds like Ctrl-C, so the demo's clean-up runs either way:
+    # its xapi-sim and agent are stopped and its temporary directory goes.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
         return demo.run(state_dir=args.state_dir, transport_url=args.transport_url,
                         modes=tuple(args.mode or demo.MODES))
-    return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("nova-xen-split demo: interrupted; everything it started is "
+                         "stopped\n")
+        return 130
+
+
+def _interrupt(signum, frame):
+    # Once: a second signal must not cut the clean-up short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -133,12 +133,23 @@ def _config_args_first(argv):
     return front + rest
 
 
+PROG = "nova-xen-split-status"
+EXIT_FAILURE = 2  # upgradecheck's own code for a failed check
+
+
 def main(argv=None):
     conf = cfg.ConfigOpts()
     nxs_conf.register_opts(conf)
     argv = _config_args_first(sys.argv[1:] if argv is None else argv)
-    return upgradecheck.main(conf, project="nova-xen-split", upgrade_command=Checks(conf),
-                             argv=argv, default_config_files=None)
+    try:
+        return upgradecheck.main(conf, project="nova-xen-split",
+                                 upgrade_command=Checks(conf), argv=argv,
+                                 default_config_files=None)
+    except cfg.Error as e:  # a missing or unreadable config file, a bad value
+        sys.stderr.write("%s: %s\n" % (PROG, (str(e).splitlines() or [""])[0]))
+    except KeyboardInterrupt:
+        sys.stderr.write("%s: interrupted\n" % PROG)
+    return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -48,6 +48,21 @@ def register_opts(conf):
     conf.set_default("transport_url", None)
 
 
+def redacted_url(url):
+    """A transport URL fit for messages: every ``user:password@`` of its
+    hosts as ``user:***@``."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "the transport URL"
+    hosts = []
+    for host in parsed.netloc.split(","):
+        credentials, at, address = host.rpartition("@")
+        user = credentials.partition(":")[0]
+        hosts.append("%s:***@%s" % (user, address) if at else address)
+    return urllib.parse.urlunsplit(parsed._replace(netloc=",".join(hosts)))
+
+
 def socket_path(conf):
     """The Unix socket to use, or ``None`` when the URL is not ``unix:``."""
     url = conf.transport_url

@@ -22,7 +22,7 @@ from oslo_log import log as logging
 
 from rpc import exceptions
 from rpc import methods
-from rpc.transports import TOPIC
+from rpc.transports import TOPIC, redacted_url
 
 LOG = logging.getLogger(__name__)
 
@@ -38,6 +38,48 @@ _PROBE_SECONDS = (0.2, 0.5, 1.0)
 # is gone is reported after a few seconds (oslo.messaging's
 # rabbit_retry_interval and rabbit_retry_backoff space the attempts).
 SEND_RETRIES = 3
+# How long a client or a server waits for the broker to take a connection and
+# a login before it says the broker cannot be used: oslo.messaging alone
+# would retry for ever, and a command would hang with nothing said.
+BROKER_CONNECT_SECONDS = 10.0
+OPTION = "[DEFAULT] transport_url"
+
+
+def _transport(conf, url):
+    """oslo.messaging's RPC transport for ``url``; a URL it cannot load is
+    :class:`TransportUnusable` naming the option (never the password)."""
+    try:
+        return oslo_messaging.get_rpc_transport(conf, url=url)
+    except (oslo_messaging.InvalidTransportURL, oslo_messaging.DriverLoadFailure) as e:
+        raise exceptions.TransportUnusable(
+            option=OPTION, reason="%s cannot be used: %s" % (
+                redacted_url(url), (str(e).splitlines() or [type(e).__name__])[0])) from None
+
+
+def check_broker(conf, url, timeout=BROKER_CONNECT_SECONDS):
+    """Raise :class:`TransportUnusable` unless a broker of ``url`` takes a
+    connection and a login within ``timeout`` seconds."""
+    import kombu
+
+    parsed = oslo_messaging.TransportURL.parse(conf, url)
+    problems = []
+    for host in parsed.hosts or []:
+        connection = kombu.Connection(
+            hostname=host.hostname or "localhost", port=host.port or 5672,
+            userid=host.username or "guest", password=host.password or "guest",
+            virtual_host=parsed.virtual_host or "/", connect_timeout=timeout,
+            ssl=conf.oslo_messaging_rabbit.ssl or False)
+        try:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+            return
+        except Exception as e:  # noqa: BLE001 -- every way of failing means the same here
+            problems.append("%s:%s %s" % (host.hostname, host.port or 5672,
+                                          (str(e).splitlines() or [type(e).__name__])[0]))
+        finally:
+            connection.release()
+    raise exceptions.TransportUnusable(
+        option=OPTION, reason="no broker of %s took a connection and login within %.0f s (%s)"
+        % (redacted_url(url), timeout, "; ".join(problems) or "no host in the URL"))
 
 
 class BytesSerializer(oslo_messaging.NoOpSerializer):
@@ -193,7 +235,8 @@ class RabbitServer:
 
     def __init__(self, conf, url, host, dispatcher, workers):
         self.host = host
-        self.transport = oslo_messaging.get_rpc_transport(conf, url=url)
+        self._conf, self._url = conf, url
+        self.transport = _transport(conf, url)
         target = oslo_messaging.Target(topic=TOPIC, server=host, version=dispatcher.version)
         self._server = rpc_server.RPCServer(
             self.transport, target,
@@ -206,7 +249,9 @@ class RabbitServer:
         self._threads = 2 * workers + 4
 
     def start(self):
-        """Declare the queues and start consuming."""
+        """Declare the queues and start consuming; raises TransportUnusable
+        when no broker takes a connection in time."""
+        check_broker(self._conf, self._url)
         self._server.start(override_pool_size=self._threads)
         LOG.info("Agent listening on topic %s, server %s", TOPIC, self.host)
 
@@ -225,7 +270,8 @@ class RabbitClient:
 
     def __init__(self, conf, url, host):
         self.host = host
-        self.transport = oslo_messaging.get_rpc_transport(conf, url=url)
+        self._conf, self._url = conf, url
+        self.transport = _transport(conf, url)
         target = oslo_messaging.Target(topic=TOPIC, server=host)
         self._client = oslo_messaging.get_rpc_client(self.transport, target,
                                                      serializer=BytesSerializer())
@@ -280,6 +326,10 @@ class RabbitClient:
         return cctxt
 
     def _wait_for_agent(self, method, timeout, deadline):
+        # A broker that is away would hold the first call in oslo.messaging's
+        # reconnection for ever: ask it first, within the call's time.
+        check_broker(self._conf, self._url,
+                     min(BROKER_CONNECT_SECONDS, max(deadline - time.monotonic(), 0.1)))
         for attempt in range(1 << 30):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
