@@ -16,6 +16,10 @@ VALUE_NOT_SUPPORTED = "VALUE_NOT_SUPPORTED"
 MAP_DUPLICATE_KEY = "MAP_DUPLICATE_KEY"
 OPERATION_NOT_ALLOWED = "OPERATION_NOT_ALLOWED"
 INTERNAL_ERROR = "INTERNAL_ERROR"
+# Not a code of datamodel_errors.ml: the first element of the failure XAPI's
+# dispatcher answers for an Async. call of a message without an asynchronous
+# mode (gen_api.ml, response_of_fault).
+FAULT = "Fault"
 VM_BAD_POWER_STATE = "VM_BAD_POWER_STATE"
 VDI_IN_USE = "VDI_IN_USE"
 VDI_READONLY = "VDI_READONLY"

@@ -38,11 +38,19 @@ def _lookup(name):
 
 
 def _check_count(message, params):
-    """XAPI counts every parameter, the session included."""
-    required = message.arity - message.optional
-    if not required <= len(params) <= message.arity:
-        raise errors.XapiError(
-            errors.MESSAGE_PARAMETER_COUNT_MISMATCH, message.name, message.arity, len(params))
+    """XAPI's count check (gen_server.ml, ``operation``).
+
+    The session is not counted, neither in what is expected nor in what was
+    given (``List.length __params - 1``, so a session message given nothing
+    reports -1). A message without default parameters takes exactly its
+    count; one with defaults takes at least the parameters without, and
+    ignores any beyond its own (``default_args``).
+    """
+    given = len(params) - (1 if message.needs_session else 0)
+    if given == message.required or (message.optional and given > message.required):
+        return
+    raise errors.XapiError(errors.MESSAGE_PARAMETER_COUNT_MISMATCH, message.name,
+                           message.required, given)
 
 
 def check_session(host, session_ref):
@@ -62,15 +70,36 @@ def _run(host, message, params):
 
 
 def call(host, name, params):
-    """Run XAPI message ``name``; returns its value or raises XapiError."""
+    """Run XAPI message ``name``; returns its value or raises XapiError.
+
+    The steps and their order are those of the dispatcher xen-api generates
+    (``ocaml/idl/ocaml_backend/gen_server.ml``: ``gen_module`` and
+    ``operation``; ``ocaml/xapi/server_helpers.ml``: ``do_dispatch``).
+    """
     is_async = name.startswith("Async.")
+    # server_helpers.ml, sync_ty_and_maybe_remove_prefix: every error below
+    # names the message without its Async. prefix.
     inner = name[len("Async."):] if is_async else name
     message = _lookup(inner)
-    if message is None or (is_async and not message.async_ok):
-        raise errors.XapiError(errors.MESSAGE_METHOD_UNKNOWN, name)
+    if message is None:
+        # gen_server.ml, gen_module: a name it does not know, called with
+        # parameters, is tried as a XAPI extension, its first parameter
+        # checked as a session first; xapi_extensions.ml, find_extension:
+        # then MESSAGE_METHOD_UNKNOWN.
+        if params:
+            check_session(host, params[0])
+        raise errors.XapiError(errors.MESSAGE_METHOD_UNKNOWN, inner)
     _check_count(message, params)
+    params = params[:message.arity]
+    if message.unmarshal is not None:
+        message.unmarshal(params)
     if message.needs_session:
         check_session(host, params[0])
+    if is_async and not message.async_ok:
+        # server_helpers.ml, do_dispatch: API.response_of_fault, which is a
+        # failure whose description starts with "Fault".
+        raise errors.XapiError(errors.FAULT,
+                               "No async mode for this operation (rpc: %s)" % inner)
     faults.check(inner)  # tests only: armed failures (dom0/simulator/faults.py)
     if is_async:
         return start_async(host, message, params)

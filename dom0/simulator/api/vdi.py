@@ -166,8 +166,10 @@ def sparse_copy(src_path, dst_path, size, dst_size=None):
                 done += n
 
 
+# datamodel.ml, VDI.copy: only vdi lacks a default (sr, base_vdi, into_vdi: null).
 @message("VDI.copy", locked=False, async_ok=True)
-def copy(host, session, vdi_ref, sr_ref, base_vdi=model.NULL_REF, into_vdi=model.NULL_REF):
+def copy(host, session, vdi_ref, sr_ref=model.NULL_REF, base_vdi=model.NULL_REF,
+         into_vdi=model.NULL_REF):
     with host.store.lock:
         source = host.store.get("VDI", vdi_ref)
         host.store.get("SR", sr_ref)

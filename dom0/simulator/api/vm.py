@@ -57,8 +57,9 @@ def create(host, session, record):
     return host.store.add("VM", vm)
 
 
+# datamodel_vm.ml, start: vm, start_paused and force, none with a default.
 @message("VM.start", async_ok=True)
-def start(host, session, vm_ref, start_paused=False, force=False):
+def start(host, session, vm_ref, start_paused, force):
     record = host.store.get("VM", vm_ref)
     if record["is_a_template"]:
         raise errors.XapiError("VM_IS_TEMPLATE", vm_ref, "start")
