@@ -11,6 +11,7 @@ import os
 from dom0.simulator import blockdev
 from dom0.simulator import errors
 from dom0.simulator import model
+from dom0.simulator.api import unmarshal
 from dom0.simulator.api.registry import message
 
 MAX_USERDEVICE = 255
@@ -52,10 +53,8 @@ def _pick_userdevice(host, vm_ref, requested):
     return requested
 
 
-@message("VBD.create", async_ok=True)
+@message("VBD.create", async_ok=True, unmarshal=unmarshal.constructor("VBD"))
 def create(host, session, record):
-    if not isinstance(record, dict):
-        raise errors.XapiError(errors.FIELD_TYPE_ERROR, "args")
     vm_ref = record.get("VM")
     host.store.get("VM", vm_ref)
     empty = bool(record.get("empty", False))

@@ -13,6 +13,7 @@ import os
 
 from dom0.simulator import errors
 from dom0.simulator import model
+from dom0.simulator.api import unmarshal
 from dom0.simulator.api.registry import message
 
 LOG = logging.getLogger(__name__)
@@ -50,10 +51,8 @@ def _map_field(record, field):
     return dict(value)
 
 
-@message("VDI.create", async_ok=True)
+@message("VDI.create", async_ok=True, unmarshal=unmarshal.constructor("VDI"))
 def create(host, session, record):
-    if not isinstance(record, dict):
-        raise errors.XapiError(errors.FIELD_TYPE_ERROR, "args")
     sr_ref = record.get("SR")
     host.store.get("SR", sr_ref)
     size = parse_size(record.get("virtual_size"))

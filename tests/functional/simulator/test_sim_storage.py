@@ -26,6 +26,39 @@ def test_vdi_create_makes_a_sparse_file_of_the_virtual_size(sim, xapi, sr_ref):
     assert not os.path.exists(path)
 
 
+def test_vdi_create_needs_the_fields_without_a_default(xapi, sr_ref):
+    # datamodel.ml, VDI.t: SR, virtual_size, type, sharable, read_only and
+    # other_config have no default; gen_server.ml (from_ctor_record) and
+    # server_helpers.ml (my_assoc) fail on the first one missing.
+    minimal = {"SR": sr_ref, "virtual_size": str(MiB), "type": "user", "sharable": False,
+               "read_only": False, "other_config": {}}
+    for field in minimal:
+        partial = {k: v for k, v in minimal.items() if k != field}
+        assert failure(xapi.VDI.create, partial) == [
+            "INTERNAL_ERROR", 'Server_helpers.Dispatcher_FieldNotFound("%s")' % field]
+    vdi = xapi.VDI.create(minimal)  # name_*, sm_config, xenstore_data, tags: defaults
+    record = xapi.VDI.get_record(vdi)
+    assert record["name_label"] == "" and record["sm_config"] == {} and record["tags"] == []
+    xapi.VDI.destroy(vdi)
+
+
+def test_vbd_create_needs_the_fields_without_a_default(xapi, sr_ref, dom0_ref):
+    # datamodel.ml, VBD.t and qos: device, unpluggable and currently_attached
+    # have defaults; the other constructor fields do not.
+    vdi = new_vdi(xapi, sr_ref, MiB)
+    minimal = {"VM": dom0_ref, "VDI": vdi, "userdevice": "autodetect", "bootable": False,
+               "mode": "RW", "type": "Disk", "empty": False, "other_config": {},
+               "qos_algorithm_type": "", "qos_algorithm_params": {}}
+    for field in minimal:
+        partial = {k: v for k, v in minimal.items() if k != field}
+        assert failure(xapi.VBD.create, partial) == [
+            "INTERNAL_ERROR", 'Server_helpers.Dispatcher_FieldNotFound("%s")' % field]
+    vbd = xapi.VBD.create(minimal)
+    assert xapi.VBD.get_unpluggable(vbd) is True
+    xapi.VBD.destroy(vbd)
+    xapi.VDI.destroy(vdi)
+
+
 def test_vdi_create_refuses_a_size_that_is_not_a_number(xapi, sr_ref):
     assert failure(new_vdi, xapi, sr_ref, "big") == ["FIELD_TYPE_ERROR", "virtual_size"]
 

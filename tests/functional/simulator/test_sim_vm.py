@@ -1,6 +1,7 @@
 """VM life cycle and the compute VM."""
 
 import os
+import xmlrpc.client
 
 from tests.functional.simulator.simhelpers import failure, new_vbd, new_vdi, new_vm
 
@@ -19,9 +20,45 @@ def test_vm_create_keeps_nova_fields_and_starts_halted(xapi):
     xapi.VM.destroy(vm)
 
 
-def test_vm_create_requires_a_name_label(xapi):
+def test_vm_create_names_the_first_missing_field_as_xapi_does(xapi):
+    # gen_server.ml, operation (from_ctor_record) and server_helpers.ml,
+    # my_assoc: a field without a default (datamodel_vm.ml) missing from
+    # the record is INTERNAL_ERROR Dispatcher_FieldNotFound; the first one
+    # in declaration order is named.
     assert failure(xapi.VM.create, {"memory_static_max": "1"}) == [
-        "FIELD_TYPE_ERROR", "name_label"]
+        "INTERNAL_ERROR", 'Server_helpers.Dispatcher_FieldNotFound("user_version")']
+    record = xapi.VM.get_record(new_vm(xapi))
+    for field in ("actions_after_crash", "recommendations", "HVM_boot_params"):
+        partial = {k: v for k, v in record.items() if k != field}
+        assert failure(xapi.VM.create, partial) == [
+            "INTERNAL_ERROR", 'Server_helpers.Dispatcher_FieldNotFound("%s")' % field]
+
+
+def test_vm_create_without_the_fields_that_have_defaults(xapi):
+    # datamodel_common.ml, names: name_label/name_description default to "";
+    # datamodel_vm.ml gives ha_*, tags, xenstore_data ... defaults too.
+    full = xapi.VM.get_record(new_vm(xapi))
+    required = ("user_version", "is_a_template", "affinity", "memory_static_max",
+                "memory_dynamic_max", "memory_dynamic_min", "memory_static_min",
+                "VCPUs_params", "VCPUs_max", "VCPUs_at_startup", "actions_after_shutdown",
+                "actions_after_reboot", "actions_after_crash", "PV_bootloader", "PV_kernel",
+                "PV_ramdisk", "PV_args", "PV_bootloader_args", "PV_legacy_args",
+                "HVM_boot_policy", "HVM_boot_params", "platform", "PCI_bus", "other_config",
+                "recommendations")
+    vm = xapi.VM.create({k: full[k] for k in required})
+    assert xapi.VM.get_name_label(vm) == ""
+    xapi.VM.destroy(vm)
+
+
+def test_a_constructor_record_is_unmarshalled_before_the_session_is_checked(sim):
+    # gen_server.ml, operation: unmarshall_code comes before session_check_exp.
+    proxy = xmlrpc.client.ServerProxy(sim.url, allow_none=True)
+    answer = proxy.VM.create("OpaqueRef:no-such-session", {})
+    assert answer["ErrorDescription"] == [
+        "INTERNAL_ERROR", 'Server_helpers.Dispatcher_FieldNotFound("user_version")']
+    # ... and a record that is not a struct fails its match (from_ctor_record).
+    answer = proxy.VM.create("OpaqueRef:no-such-session", "a string")
+    assert answer["ErrorDescription"] == ["INTERNAL_ERROR", 'Failure("bad __structure")']
 
 
 def test_start_and_shutdowns_move_power_state_and_residence(xapi, host_ref):
