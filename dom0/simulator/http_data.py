@@ -115,7 +115,7 @@ def _check(host, handler, query, importing):
             raise Refused(404, [errors.HANDLE_INVALID, "VDI", str(vdi_ref)])
         vdi = host.store.get("VDI", vdi_ref)
         path, size = host.vdi_path(vdi), int(vdi["virtual_size"])
-    return session, task_ref, fmt, chunked, path, size
+    return session, task_ref, fmt, chunked, vdi_ref, path, size
 
 
 def _refuse(host, handler, query, refusal):
@@ -127,7 +127,8 @@ def _refuse(host, handler, query, refusal):
     _respond(handler, refusal.status)
 
 
-def _run_task(host, task_ref, what, work):
+def _run_task(host, task_ref, what, work, result=None):
+    """Run ``work``; the task ends with ``result`` (XML-RPC text) or the error."""
     from dom0.simulator import dataio
 
     try:
@@ -143,13 +144,14 @@ def _run_task(host, task_ref, what, work):
         LOG.exception("%s failed", what)
         dispatch.finish_task(host, task_ref, error=[errors.INTERNAL_ERROR, str(e)])
     else:
-        dispatch.finish_task(host, task_ref)
+        dispatch.finish_task(host, task_ref, result=result)
 
 
 def handle_import(host, handler):
     query = _query(handler)
     try:
-        session, task_ref, fmt, chunked, path, size = _check(host, handler, query, True)
+        session, task_ref, fmt, chunked, vdi_ref, path, size = _check(
+            host, handler, query, True)
     except Refused as refusal:
         return _refuse(host, handler, query, refusal)
     task_ref = task_ref or dispatch.new_task(host, session, "VDI.import")
@@ -170,13 +172,16 @@ def handle_import(host, handler):
             else:
                 dataio.import_raw(body, content_length, path, size, chunked)
 
-    _run_task(host, task_ref, "import of %s" % fmt, work)
+    # import_raw_vdi.ml, localhost_handler: TaskHelper.complete with
+    # API.rpc_of_ref_VDI vdi: the import's task result is the VDI's ref.
+    _run_task(host, task_ref, "import of %s" % fmt, work,
+              result=dispatch.task_value_text(vdi_ref))
 
 
 def handle_export(host, handler):
     query = _query(handler)
     try:
-        session, task_ref, fmt, _, path, size = _check(host, handler, query, False)
+        session, task_ref, fmt, _, _, path, size = _check(host, handler, query, False)
     except Refused as refusal:
         return _refuse(host, handler, query, refusal)
     from dom0.simulator import dataio

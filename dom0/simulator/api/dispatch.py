@@ -3,16 +3,14 @@
 ``Async.<Class>.<verb>`` runs the message in a thread under a new task and
 returns the task at once. As XAPI does, the task's ``result`` on success is
 the return value as XML-RPC ``<value>`` text (``<value>OpaqueRef:…</value>``
-for a ref, empty for a message that returns nothing); a failure puts the
-error description in ``error_info``.
+for a ref, ``<value></value>`` for a message that returns nothing); a
+failure puts the error description in ``error_info``.
 """
 
 import datetime
 import logging
-import re
 import threading
 import xmlrpc.client
-from xml.sax.saxutils import escape
 
 from dom0.simulator import errors
 from dom0.simulator import faults
@@ -21,8 +19,6 @@ from dom0.simulator.api import generic
 from dom0.simulator.api.registry import MESSAGES, Message
 
 LOG = logging.getLogger(__name__)
-
-_PARAM_RE = re.compile(r"<param>\s*(<value>.*</value>)\s*</param>", re.S)
 
 
 def _lookup(name):
@@ -107,14 +103,61 @@ def call(host, name, params):
     return "" if result is None else result
 
 
+def _xml_text(text):
+    # rpclib's Xmlrpc.encode: the four markup characters become entities and
+    # control characters other than tab, LF and CR are dropped.
+    out = []
+    for char in text:
+        if char in _ENTITIES:
+            out.append(_ENTITIES[char])
+        elif char >= " " or char in "\t\n\r":
+            out.append(char)
+    return "".join(out)
+
+
+_ENTITIES = {">": "&gt;", "<": "&lt;", "&": "&amp;", '"': "&quot;"}
+
+
+def _rpc_xml(value, out):
+    """One value as rpclib's Xmlrpc.to_string writes it (ocaml-rpc xmlrpc.ml,
+    add_value): no whitespace, strings without a <string> tag, int64 bare."""
+    if value is None:
+        out.append("<value><nil/></value>")
+    elif isinstance(value, bool):
+        out.append("<value><boolean>%d</boolean></value>" % value)
+    elif isinstance(value, int):
+        out.append("<value>%d</value>" % value)
+    elif isinstance(value, float):
+        out.append("<value><double>%.16g</double></value>" % value)
+    elif isinstance(value, xmlrpc.client.DateTime):
+        out.append("<value><dateTime.iso8601>%s</dateTime.iso8601></value>" % value.value)
+    elif isinstance(value, (list, tuple)):
+        out.append("<value><array><data>")
+        for item in value:
+            _rpc_xml(item, out)
+        out.append("</data></array></value>")
+    elif isinstance(value, dict):
+        out.append("<value><struct>")
+        for name, item in value.items():
+            out.append("<member><name>%s</name>" % _xml_text(str(name)))
+            _rpc_xml(item, out)
+            out.append("</member>")
+        out.append("</struct></value>")
+    else:
+        out.append("<value>%s</value>" % _xml_text(str(value)))
+
+
 def task_value_text(value):
-    """A return value as XAPI stores it in ``task.result``."""
-    if value is None or value == "":
-        return ""
-    if isinstance(value, str):
-        return "<value>%s</value>" % escape(value)
-    text = xmlrpc.client.dumps((value,), allow_none=True)
-    return _PARAM_RE.search(text).group(1)
+    """A return value as XAPI stores it in ``task.result``.
+
+    taskHelper.ml, complete and set_result_on_task: the message's result
+    marshaller's value, written by Xmlrpc.to_string. A message returning
+    nothing has the marshaller ``fun _ -> Rpc.String ""`` (gen_server.ml,
+    operation), so its result is ``<value></value>``, not empty.
+    """
+    out = []
+    _rpc_xml("" if value is None else value, out)
+    return "".join(out)
 
 
 # Like XAPI's garbage collector, forget finished tasks nobody destroyed after

@@ -112,6 +112,25 @@ def test_unknown_path_is_404(sim, session):
     assert _put(sim, {"session_id": session._session}, route="/import").status == 404
 
 
+def test_import_task_result_is_the_vdi_ref_and_export_has_none(sim, session, xapi, vdi):
+    # import_raw_vdi.ml, localhost_handler: TaskHelper.complete with
+    # API.rpc_of_ref_VDI vdi; export_raw_vdi.ml completes its task with no
+    # result (xapi_http.ml, with_context; taskHelper.ml, complete None).
+    response = _put(sim, {"session_id": session._session, "vdi": vdi, "format": "raw"},
+                    body=b"abc")
+    task = response.getheader("task-id")
+    assert wait_task(xapi, task) == "success"
+    assert xapi.task.get_result(task) == "<value>%s</value>" % vdi
+    conn = _connection(sim)
+    conn.request("GET", _path("/export_raw_vdi", session_id=session._session, vdi=vdi))
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    task = response.getheader("task-id")
+    assert wait_task(xapi, task) == "success"
+    assert xapi.task.get_result(task) == ""
+
+
 def test_import_answers_200_with_the_task_before_reading_the_body(sim, session, xapi, vdi):
     task = xapi.task.create("import", "")
     body = b"\x5a" * MiB

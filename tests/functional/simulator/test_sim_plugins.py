@@ -91,6 +91,18 @@ def test_async_call_plugin_puts_the_string_in_the_task_result(xapi, host_ref):
     xapi.task.destroy(task)
 
 
+def test_async_result_text_is_escaped_as_rpclib_writes_it(xapi, host_ref):
+    # taskHelper.ml, set_result_on_task: Xmlrpc.to_string (ocaml-rpc
+    # xmlrpc.ml, encode): < > & and " become entities, no <string> tag.
+    task = xapi.Async.host.call_plugin(host_ref, PLUGIN, "echo", {"a": "<&>"})
+    assert wait_task(xapi, task) == "success"
+    text = xapi.host.call_plugin(host_ref, PLUGIN, "echo", {"a": "<&>"})
+    escaped = (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+               .replace('"', "&quot;"))
+    assert xapi.task.get_result(task) == "<value>%s</value>" % escaped
+    xapi.task.destroy(task)
+
+
 def test_sfdisk_through_a_plugin_makes_a_partition_blkid_sees(sim, xapi, host_ref, sr_ref,
                                                               dom0_ref):
     vdi = new_vdi(xapi, sr_ref, 32 * MiB)
