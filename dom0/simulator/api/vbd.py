@@ -167,6 +167,11 @@ def plug(host, session, vbd_ref):
 
 def _unplug(host, vbd_ref, force):
     vbd = host.store.get("VBD", vbd_ref)
+    # xapi_vbd_helpers.ml, valid_operations: a VBD with unpluggable=false
+    # refuses unplug and unplug_force, an error set before the power-state
+    # and attachment ones, so it is the one reported.
+    if not vbd["unpluggable"]:
+        raise errors.XapiError(errors.VBD_NOT_UNPLUGGABLE, vbd_ref)
     vm = host.store.get("VM", vbd["VM"])
     if vm["power_state"] != "Running":
         raise errors.XapiError(errors.VM_BAD_POWER_STATE, vbd["VM"], "running",

@@ -204,6 +204,24 @@ def test_vbd_create_with_a_number_and_a_taken_number(xapi, sr_ref, dom0_ref):
     xapi.VDI.destroy(vdi)
 
 
+def test_a_vbd_that_is_not_unpluggable_refuses_unplug(xapi, sr_ref, dom0_ref):
+    # xapi_vbd_helpers.ml, valid_operations: unpluggable=false sets
+    # VBD_NOT_UNPLUGGABLE [vbd] on unplug and unplug_force, before the
+    # power-state and already-detached errors.
+    vdi = new_vdi(xapi, sr_ref, MiB)
+    vbd = new_vbd(xapi, dom0_ref, vdi)
+    xapi.VBD.set_unpluggable(vbd, False)
+    assert failure(xapi.VBD.unplug, vbd) == ["VBD_NOT_UNPLUGGABLE", vbd]  # even unplugged
+    xapi.VBD.plug(vbd)
+    assert failure(xapi.VBD.unplug, vbd) == ["VBD_NOT_UNPLUGGABLE", vbd]
+    assert failure(xapi.VBD.unplug_force, vbd) == ["VBD_NOT_UNPLUGGABLE", vbd]
+    assert xapi.VBD.get_currently_attached(vbd) is True
+    xapi.VBD.set_unpluggable(vbd, True)
+    xapi.VBD.unplug(vbd)
+    xapi.VBD.destroy(vbd)
+    xapi.VDI.destroy(vdi)
+
+
 def test_empty_cd_vbd_has_no_vdi(xapi):
     vm = new_vm(xapi)
     vbd = new_vbd(xapi, vm, "OpaqueRef:NULL", userdevice="3", mode="RO", vbd_type="CD",
