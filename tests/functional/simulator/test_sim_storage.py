@@ -138,7 +138,9 @@ def test_vbd_plug_into_dom0_makes_a_loop_device_named_by_get_device(
     assert xapi.VBD.get_currently_attached(vbd) is False
     xapi.VBD.plug(vbd)
     device = xapi.VBD.get_device(vbd)
-    assert device == "xvdb"  # autodetect: lowest free userdevice from 1
+    # xapi_vm_helpers.ml, allowed_VBD_devices: dom0's autodetect is the
+    # lowest free disk number from 0.
+    assert device == "xvda"
     link = os.path.join(sim.vm_dev_dir(xapi.VM.get_uuid(dom0_ref)), device)
     target = os.readlink(link)
     assert target.startswith("/dev/loop")
@@ -168,7 +170,7 @@ def test_two_plugged_vdis_are_two_block_devices_with_their_own_data(
         xapi.VBD.plug(vbd)
     dev_dir = sim.vm_dev_dir(xapi.VM.get_uuid(dom0_ref))
     devices = [xapi.VBD.get_device(vbd) for vbd in vbds]
-    assert devices == ["xvdb", "xvdc"]
+    assert devices == ["xvda", "xvdb"]
     targets = [os.path.realpath(os.path.join(dev_dir, d)) for d in devices]
     assert targets[0] != targets[1]
     for n, target in enumerate(targets):
@@ -191,6 +193,26 @@ def test_read_only_vbd_is_a_read_only_device(sim, xapi, sr_ref, dom0_ref):
     assert open("/sys/block/%s/ro" % name).read().strip() == "1"
     xapi.VBD.unplug(vbd)
     xapi.VBD.destroy(vbd)
+    xapi.VDI.destroy(vdi)
+
+
+def test_autodetect_takes_the_lowest_free_number_from_zero(xapi, sr_ref, dom0_ref):
+    # xapi_vbd.ml, create: "autodetect" resolves to the first of
+    # xapi_vm_helpers.ml allowed_VBD_devices (0..255 for the control domain,
+    # 0..254 for a guest) not used by the VM's VBDs (all_used_VBD_devices).
+    vdi = new_vdi(xapi, sr_ref, MiB)
+    taken = new_vbd(xapi, dom0_ref, vdi, userdevice="0")
+    first = new_vbd(xapi, dom0_ref, vdi)
+    assert xapi.VBD.get_userdevice(first) == "1"
+    xapi.VBD.destroy(taken)
+    second = new_vbd(xapi, dom0_ref, vdi)
+    assert xapi.VBD.get_userdevice(second) == "0"
+    vm = new_vm(xapi)
+    guest = new_vbd(xapi, vm, vdi)
+    assert xapi.VBD.get_userdevice(guest) == "0"
+    xapi.VM.destroy(vm)
+    for vbd in (first, second):
+        xapi.VBD.destroy(vbd)
     xapi.VDI.destroy(vdi)
 
 

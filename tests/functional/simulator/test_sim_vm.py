@@ -156,6 +156,10 @@ def test_compute_vm_is_a_running_guest_that_knows_its_uuid(xapi_sim_compute):
     sr = xapi.pool.get_default_SR(xapi.pool.get_all()[0])
     vdi = new_vdi(xapi, sr, MiB)
     vbd = new_vbd(xapi, vm, vdi)
+    # It stands for a guest booted from its own disk 0, so autodetect gives 1
+    # (xapi_vm_helpers.ml, allowed_VBD_devices skips used numbers).
+    assert xapi.VBD.get_userdevice(vbd) == "1"
+    assert failure(new_vbd, xapi, vm, vdi, "0") == ["DEVICE_ALREADY_EXISTS", "0"]
     xapi.VBD.plug(vbd)
     link = os.path.join(xapi_sim_compute.vm_dev_dir(uuid), xapi.VBD.get_device(vbd))
     assert os.readlink(link).startswith("/dev/loop")
