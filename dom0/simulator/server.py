@@ -84,14 +84,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _route(self, routes):
+        # http_svr.ml, handle_one: the handler registered at the longest
+        # prefix of the path (Radix_tree.longest_prefix); where none is, the
+        # default callback answers 403. A GET XAPI does not handle falls to
+        # its web server at "/", which over plain HTTP answers 403 too
+        # (fileserver.ml, send_file; xapi_globs.ml, website_https_only).
         path = urllib.parse.urlsplit(self.path).path
-        handler = routes.get(path)
-        if handler is None:
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        handler(self.host, self)
+        for route in sorted(routes, key=len, reverse=True):
+            if path.startswith(route):
+                return routes[route](self.host, self)
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
 
     def do_PUT(self):
         self._route({"/import_raw_vdi": http_data.handle_import})
