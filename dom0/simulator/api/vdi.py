@@ -37,9 +37,12 @@ def parse_size(value, field="virtual_size"):
     return size
 
 
-def assert_not_attached(host, vdi_ref, operation):
+def assert_not_attached(host, vdi_ref, operation, rw_only=False):
+    """VDI_IN_USE [vdi, operation] while a VBD of the VDI is plugged
+    (``rw_only``: plugged read-write), as xapi_vdi.ml, check_operation_error."""
     for vbd_ref in host.store.find("VBD", VDI=vdi_ref):
-        if host.store.get("VBD", vbd_ref)["currently_attached"]:
+        vbd = host.store.get("VBD", vbd_ref)
+        if vbd["currently_attached"] and not (rw_only and vbd["mode"] == "RO"):
             raise errors.XapiError(errors.VDI_IN_USE, vdi_ref, operation)
 
 
@@ -171,24 +174,37 @@ def copy(host, session, vdi_ref, sr_ref=model.NULL_REF, base_vdi=model.NULL_REF,
          into_vdi=model.NULL_REF):
     with host.store.lock:
         source = host.store.get("VDI", vdi_ref)
-        host.store.get("SR", sr_ref)
-        assert_not_attached(host, vdi_ref, "copy")
+        # xapi_vdi.ml, check_operation_error: copy is one of the operations
+        # a read-only attachment allows; only a VBD plugged RW blocks it.
+        assert_not_attached(host, vdi_ref, "copy", rw_only=True)
+        # xapi_vdi.ml, copy: assert_managed first.
+        if not source["managed"]:
+            raise errors.XapiError(errors.VDI_NOT_MANAGED, vdi_ref)
         size = int(source["virtual_size"])
         src_path = host.vdi_path(source)
-        if into_vdi != model.NULL_REF:
+        # xapi_vdi.ml, copy: into_vdi is used when it is a valid ref,
+        # otherwise a new VDI is made in sr.
+        if host.store.exists("VDI", into_vdi):
             target = host.store.get("VDI", into_vdi)
             assert_not_attached(host, into_vdi, "copy")
+            if target["read_only"]:
+                raise errors.XapiError(errors.VDI_READONLY, into_vdi)
             if int(target["virtual_size"]) < size:
-                raise errors.XapiError(errors.VALUE_NOT_SUPPORTED, "into_vdi", into_vdi,
-                                       "the destination is smaller than the source")
+                raise errors.XapiError(errors.VDI_TOO_SMALL, into_vdi, size)
             dst_path, record = host.vdi_path(target), None
             dst_size = int(target["virtual_size"])
         else:
+            host.store.get("SR", sr_ref)
+            # xapi_vdi.ml, copy: the new VDI takes the source's names, type,
+            # sharable, other_config, xenstore_data and tags; it is always
+            # read-write (CA-64962) and its sm_config starts empty.
             record = model.VDI.new_record(
                 name_label=source["name_label"], name_description=source["name_description"],
                 SR=sr_ref, virtual_size=str(size), type=source["type"],
-                sharable=source["sharable"], read_only=source["read_only"],
-                other_config=dict(source["other_config"]))
+                sharable=source["sharable"], read_only=False,
+                other_config=dict(source["other_config"]),
+                xenstore_data=dict(source["xenstore_data"]), tags=list(source["tags"]),
+                on_boot=source["on_boot"], allow_caching=source["allow_caching"])
             record["location"] = record["uuid"]
             dst_path, dst_size = host.vdi_path(record), size
     partial = dst_path + ".partial" if record else dst_path

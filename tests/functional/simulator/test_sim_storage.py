@@ -100,6 +100,48 @@ def test_copy_keeps_data_and_holes(sim, xapi, sr_ref):
     xapi.VDI.destroy(vdi)
 
 
+def test_copy_of_a_vdi_attached_read_only_is_allowed(sim, xapi, sr_ref, dom0_ref):
+    # xapi_vdi.ml, check_operation_error: copy may run with read-only
+    # attachments (operation_can_be_performed_with_ro_attach); a VBD plugged
+    # read-write makes it VDI_IN_USE.
+    vdi = new_vdi(xapi, sr_ref, 4 * MiB)
+    with open(vdi_path(sim, xapi, vdi), "r+b") as f:
+        f.write(b"attached")
+    ro = new_vbd(xapi, dom0_ref, vdi, mode="RO")
+    xapi.VBD.plug(ro)
+    copy = xapi.VDI.copy(vdi, sr_ref)
+    with open(vdi_path(sim, xapi, copy), "rb") as f:
+        assert f.read(8) == b"attached"
+    xapi.VBD.unplug(ro)
+    xapi.VBD.destroy(ro)
+    rw = new_vbd(xapi, dom0_ref, vdi)
+    xapi.VBD.plug(rw)
+    assert failure(xapi.VDI.copy, vdi, sr_ref) == ["VDI_IN_USE", vdi, "copy"]
+    xapi.VBD.unplug(rw)
+    xapi.VBD.destroy(rw)
+    for ref in (copy, vdi):
+        xapi.VDI.destroy(ref)
+
+
+def test_copy_of_a_read_only_vdi_is_read_write_and_into_checks_the_target(xapi, sr_ref):
+    # xapi_vdi.ml, copy: the new VDI is always read-write (CA-64962) with an
+    # empty sm_config; into_vdi must not be read-only (VDI_READONLY) nor
+    # smaller than the source (VDI_TOO_SMALL [dst, source size]).
+    vdi = new_vdi(xapi, sr_ref, 4 * MiB, read_only=True, sm_config={"k": "v"}, tags=["t"])
+    copy = xapi.VDI.copy(vdi, sr_ref)
+    record = xapi.VDI.get_record(copy)
+    assert record["read_only"] is False and record["sm_config"] == {}
+    assert record["tags"] == ["t"]
+    small = new_vdi(xapi, sr_ref, MiB)
+    assert failure(xapi.VDI.copy, vdi, sr_ref, "OpaqueRef:NULL", small) == [
+        "VDI_TOO_SMALL", small, str(4 * MiB)]
+    locked = new_vdi(xapi, sr_ref, 8 * MiB, read_only=True)
+    assert failure(xapi.VDI.copy, vdi, sr_ref, "OpaqueRef:NULL", locked) == [
+        "VDI_READONLY", locked]
+    for ref in (copy, small, locked, vdi):
+        xapi.VDI.destroy(ref)
+
+
 def test_async_copy_task_result_is_the_new_vdi_as_xmlrpc_value(sim, xapi, sr_ref):
     vdi = new_vdi(xapi, sr_ref, 4 * MiB)
     task = xapi.Async.VDI.copy(vdi, sr_ref)
