@@ -13,6 +13,7 @@ import os
 
 from dom0.simulator import errors
 from dom0.simulator import model
+from dom0.simulator import private
 from dom0.simulator.api import unmarshal
 from dom0.simulator.api.registry import message
 
@@ -76,7 +77,7 @@ def create(host, session, record):
         tags=[str(t) for t in record.get("tags", [])])
     vdi["location"] = vdi["uuid"]
     path = host.vdi_path(vdi)
-    with open(path, "xb") as f:
+    with private.create(path) as f:
         f.truncate(size)
     return host.store.add("VDI", vdi)
 
@@ -210,7 +211,7 @@ def copy(host, session, vdi_ref, sr_ref=model.NULL_REF, base_vdi=model.NULL_REF,
     partial = dst_path + ".partial" if record else dst_path
     try:
         if record:
-            open(partial, "xb").close()
+            private.create(partial).close()
         sparse_copy(src_path, partial, size, dst_size)
     except OSError as e:
         if record and os.path.exists(partial):
