@@ -20,6 +20,7 @@ from dom0.simulator.api.registry import message
 LOG = logging.getLogger(__name__)
 
 COPY_CHUNK_BYTES = 64 << 20
+MAX_VHD_SIZE = 2040 << 30  # libs/sm/vhdutil.py in xapi-project/sm
 
 
 def parse_size(value, field="virtual_size"):
@@ -76,10 +77,40 @@ def create(host, session, record):
         xenstore_data=_map_field(record, "xenstore_data"),
         tags=[str(t) for t in record.get("tags", [])])
     vdi["location"] = vdi["uuid"]
-    path = host.vdi_path(vdi)
-    with private.create(path) as f:
-        f.truncate(size)
+    if vdi["sm_config"].get("type") != "raw" and size > MAX_VHD_SIZE:
+        # SM's FileSR makes a VHD unless sm_config:type=raw, and refuses a
+        # size past vhdutil.MAX_VHD_SIZE (libs/sm/drivers/FileSR.py,
+        # FileVDI.create; libs/sm/vhdutil.py, validate_and_round_vhd_size).
+        raise errors.sm_failure(errors.SR_BACKEND_FAILURE_VDI_SIZE, "VDI Invalid size",
+                                "VDI size must be between 1 MB and %d MB" % (MAX_VHD_SIZE >> 20))
+    _create_file(host.vdi_path(vdi), size)
     return host.store.add("VDI", vdi)
+
+
+def _create_file(path, size):
+    """The VDI's sparse file of ``size`` bytes; nothing is left when that fails.
+
+    The file stands for the VHD SM's FileSR makes with vhd-util, whose
+    failure is VDICreate (SR_BACKEND_FAILURE_78 "VDI Creation failed
+    [opterr=error <errno>]", FileSR.py, FileVDI.create). A size the file
+    system cannot hold (EFBIG) fails the truncate after the file exists:
+    the file is removed before the error goes back.
+    """
+    try:
+        f = private.create(path)
+    except OSError as e:
+        raise _create_failure(e) from None
+    try:
+        with f:
+            f.truncate(size)
+    except OSError as e:
+        os.unlink(path)
+        raise _create_failure(e) from None
+
+
+def _create_failure(e):
+    return errors.sm_failure(errors.SR_BACKEND_FAILURE_VDI_CREATE, "VDI Creation failed",
+                             "error %d" % (e.errno or 0))
 
 
 def remove_vdi(host, vdi_ref):
