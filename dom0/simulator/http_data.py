@@ -159,8 +159,10 @@ def _check(host, handler, query, importing):
         raise Refused(404, [errors.INTERNAL_ERROR,
                             "xapi-sim does not simulate format %s" % fmt])
     with host.store.lock:
-        if not host.store.exists("VDI", vdi_ref):  # destroyed meanwhile
-            raise Refused(500, None)
+        if not host.store.exists("VDI", vdi_ref):
+            # Destroyed since it was resolved: XAPI's database lookup fails
+            # inside the task's context (exnHelper.ml: HANDLE_INVALID).
+            raise Refused(500, [errors.HANDLE_INVALID, "VDI", vdi_ref])
         vdi = host.store.get("VDI", vdi_ref)
         path, size = host.vdi_path(vdi), int(vdi["virtual_size"])
     return session, task_ref, fmt, chunked, vdi_ref, path, size
