@@ -14,6 +14,8 @@ import os
 import subprocess
 import threading
 
+from dom0.simulator import private
+
 LOG = logging.getLogger(__name__)
 
 RECORD_FILE = "loop-devices.json"
@@ -98,10 +100,7 @@ class LoopDevices:
             return {}
 
     def _write_record(self):
-        tmp = self.record_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.attached, f)
-        os.replace(tmp, self.record_path)
+        private.replace_text(self.record_path, json.dumps(self.attached))
 
     def _ours(self, dev):
         path = backing_file(dev)

@@ -18,6 +18,7 @@ import threading
 
 from dom0.simulator import errors
 from dom0.simulator import model
+from dom0.simulator import private
 
 LOG = logging.getLogger(__name__)
 
@@ -56,12 +57,10 @@ class Store:
         with self.lock:
             if not self.dirty:
                 return
-            tmp = "%s.tmp.%d" % (self.path, threading.get_ident())
             persistent = {name: table for name, table in self.tables.items()
                           if name not in TRANSIENT}
-            with open(tmp, "w") as f:
-                json.dump(persistent, f, separators=(",", ":"))
-            os.replace(tmp, self.path)
+            # 0600: the sessions in it are live logins as root.
+            private.replace_text(self.path, json.dumps(persistent, separators=(",", ":")))
             self.dirty = False
 
     # -- records ------------------------------------------------------------

@@ -17,6 +17,7 @@ from dom0.simulator import db
 from dom0.simulator import errors
 from dom0.simulator import model
 from dom0.simulator import plugins
+from dom0.simulator import private
 from dom0.simulator import udev
 
 LOG = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class SimulatedHost:
 
     def open(self):
         """Load or create the database, clean what a previous run left, start."""
-        os.makedirs(self.state_dir, exist_ok=True)
+        # 0700 even when it existed: the database holds live root sessions.
+        private.make_dir(self.state_dir)
         with self.store.lock:
             if not self.store.load():
                 self._create_objects()
@@ -197,7 +199,7 @@ class SimulatedHost:
             existing = self.store.add("VM", record)
             path = os.path.join(self.vm_dir(record["uuid"]), "sys", "hypervisor", "uuid")
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as f:
+            with private.create(path, "w") as f:
                 f.write(record["uuid"] + "\n")
         self.compute_vm_ref = existing
         self.store.update("VM", existing, power_state="Running", resident_on=self.host_ref)

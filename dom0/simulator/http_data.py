@@ -1,11 +1,12 @@
 """XAPI's HTTP data handlers: ``PUT /import_raw_vdi``, ``GET /export_raw_vdi``.
 
 The checks run in the order of xen-api's ``import_raw_vdi.ml``: credentials
-(401), format (404; the task fails with ``INTERNAL_ERROR ['Unknown format
-x']``), an HTTP ``Transfer-Encoding`` (403), ``chunked`` with a non-raw format
-(400), then the VDI (404 for a ref that does not exist). Then, like XAPI, the
-handler answers ``200`` with a ``task-id`` header *before* it reads the body;
-the outcome is the task's. The bytes are moved by :mod:`dataio`.
+(401), the VDI, by ref or uuid (500 when it names none), format (404; the
+task fails with ``INTERNAL_ERROR ['Unknown format x']``), ``chunked`` with a
+non-raw format (404, ``Cannot handle chunked VHD``), then an HTTP
+``Transfer-Encoding`` (404, ``Cannot handle encoding: x``). Then, like XAPI,
+the handler answers ``200`` with a ``task-id`` header *before* it reads the
+body; the outcome is the task's. The bytes are moved by :mod:`dataio`.
 """
 
 import logging
@@ -17,6 +18,8 @@ from dom0.simulator.api import dispatch
 
 LOG = logging.getLogger(__name__)
 
+# Formats XAPI knows (importexport.ml, Format) and those the simulator moves.
+KNOWN_FORMATS = ("raw", "vhd", "tar", "qcow2")
 FORMATS = ("raw", "vhd")
 
 
@@ -90,32 +93,79 @@ def _respond(handler, status, headers=()):
     handler.close_connection = True
 
 
+def _vdi_of_query(host, query, importing):
+    """The VDI a request names by ref or by uuid (importexport.ml, vdi_of_req).
+
+    XAPI resolves it before anything else: a name that is neither a ref nor
+    a VDI's uuid makes get_by_uuid raise out of the handler, which the HTTP
+    server answers 500 (http_svr.ml, handle_one), the request's task left
+    as it was. A missing ``vdi`` is a 400 and VDI_MISSING for an import
+    (import_raw_vdi.ml, import) and a 500 for an export (export_raw_vdi.ml,
+    handler: "Missing vdi query parameter").
+    """
+    name = query.get("vdi")
+    if name is None:
+        if not importing:
+            raise Refused(500, None)
+        if "sr_id" in query or "sr_uuid" in query:
+            # XAPI would make a VDI in that SR for a raw import; not simulated.
+            raise Refused(400, [errors.INTERNAL_ERROR,
+                                "xapi-sim does not simulate imports into an SR"])
+        raise Refused(400, [errors.VDI_MISSING])
+    if host.store.exists("VDI", name):
+        return name
+    try:
+        return host.store.by_uuid("VDI", name)
+    except errors.XapiError:
+        raise Refused(500, None) from None
+
+
+def _format(query):
+    """importexport.ml, Format.of_req: raw by default, names in any case."""
+    given = query.get("format", "raw")
+    name = given.lower()
+    if name not in KNOWN_FORMATS:
+        return given, None
+    return given, name
+
+
 def _check(host, handler, query, importing):
-    """Validate a data request; returns (task_ref or None, fmt, chunked, path, size)."""
+    """Validate a data request, in the order of XAPI's handlers
+    (import_raw_vdi.ml: handler, import, localhost_handler; export_raw_vdi.ml:
+    handler, localhost_handler).
+
+    Returns (session, task_ref or None, fmt, chunked, vdi_ref, path, size).
+    """
     session = query.get("session_id")
     if not session or not host.store.exists("session", session):
-        raise Refused(401, None)
+        raise Refused(401, None)  # xapi_http.ml, assert_credentials_ok
+    with host.store.lock:
+        vdi_ref = _vdi_of_query(host, query, importing)
     task_ref = query.get("task_id")
     if task_ref is not None and not host.store.exists("task", task_ref):
         raise Refused(404, None)
-    fmt = query.get("format", "raw")
-    if fmt not in FORMATS:
-        raise Refused(404, [errors.INTERNAL_ERROR, "Unknown format %s" % fmt])
+    given, fmt = _format(query)
+    if fmt is None:
+        raise Refused(404, [errors.INTERNAL_ERROR, "Unknown format %s" % given])
     chunked = "chunked" in query
     if importing:
-        if handler.headers.get("Transfer-Encoding"):
-            raise Refused(403, [errors.INTERNAL_ERROR, "import code cannot handle encoding: %s"
-                                % handler.headers.get("Transfer-Encoding")])
         if chunked and fmt != "raw":
-            raise Refused(400, [errors.INTERNAL_ERROR,
-                                "unable to import a .vhd using chunked encoding"])
-    vdi_ref = query.get("vdi")
+            raise Refused(404, [errors.INTERNAL_ERROR, "Cannot handle chunked VHD"])
+        encoding = handler.headers.get("Transfer-Encoding")
+        if encoding is not None:
+            # 404 since XAPI 7.1; older versions answered 403.
+            raise Refused(404, [errors.INTERNAL_ERROR, "Cannot handle encoding: %s" % encoding])
+    if fmt not in FORMATS:
+        raise Refused(404, [errors.INTERNAL_ERROR,
+                            "xapi-sim does not simulate format %s" % fmt])
     with host.store.lock:
         if not host.store.exists("VDI", vdi_ref):
-            raise Refused(404, [errors.HANDLE_INVALID, "VDI", str(vdi_ref)])
+            # Destroyed since it was resolved: XAPI's database lookup fails
+            # inside the task's context (exnHelper.ml: HANDLE_INVALID).
+            raise Refused(500, [errors.HANDLE_INVALID, "VDI", vdi_ref])
         vdi = host.store.get("VDI", vdi_ref)
         path, size = host.vdi_path(vdi), int(vdi["virtual_size"])
-    return session, task_ref, fmt, chunked, path, size
+    return session, task_ref, fmt, chunked, vdi_ref, path, size
 
 
 def _refuse(host, handler, query, refusal):
@@ -127,7 +177,8 @@ def _refuse(host, handler, query, refusal):
     _respond(handler, refusal.status)
 
 
-def _run_task(host, task_ref, what, work):
+def _run_task(host, task_ref, what, work, result=None):
+    """Run ``work``; the task ends with ``result`` (XML-RPC text) or the error."""
     from dom0.simulator import dataio
 
     try:
@@ -143,13 +194,14 @@ def _run_task(host, task_ref, what, work):
         LOG.exception("%s failed", what)
         dispatch.finish_task(host, task_ref, error=[errors.INTERNAL_ERROR, str(e)])
     else:
-        dispatch.finish_task(host, task_ref)
+        dispatch.finish_task(host, task_ref, result=result)
 
 
 def handle_import(host, handler):
     query = _query(handler)
     try:
-        session, task_ref, fmt, chunked, path, size = _check(host, handler, query, True)
+        session, task_ref, fmt, chunked, vdi_ref, path, size = _check(
+            host, handler, query, True)
     except Refused as refusal:
         return _refuse(host, handler, query, refusal)
     task_ref = task_ref or dispatch.new_task(host, session, "VDI.import")
@@ -170,13 +222,16 @@ def handle_import(host, handler):
             else:
                 dataio.import_raw(body, content_length, path, size, chunked)
 
-    _run_task(host, task_ref, "import of %s" % fmt, work)
+    # import_raw_vdi.ml, localhost_handler: TaskHelper.complete with
+    # API.rpc_of_ref_VDI vdi: the import's task result is the VDI's ref.
+    _run_task(host, task_ref, "import of %s" % fmt, work,
+              result=dispatch.task_value_text(vdi_ref))
 
 
 def handle_export(host, handler):
     query = _query(handler)
     try:
-        session, task_ref, fmt, _, path, size = _check(host, handler, query, False)
+        session, task_ref, fmt, _, _, path, size = _check(host, handler, query, False)
     except Refused as refusal:
         return _refuse(host, handler, query, refusal)
     from dom0.simulator import dataio

@@ -27,10 +27,16 @@ def now_text():
 
 
 class ClassSpec:
-    """One XAPI class: field defaults, writable fields, map fields, derived fields."""
+    """One XAPI class: field defaults, writable fields, map fields, derived fields.
 
-    def __init__(self, name, fields, writable=(), maps=(), datetimes=(), derived=()):
+    ``ctor_required``: the fields its constructor's record must hold, in the
+    order XAPI looks them up (see :data:`VM_CTOR_REQUIRED`).
+    """
+
+    def __init__(self, name, fields, writable=(), maps=(), datetimes=(), derived=(),
+                 ctor_required=()):
         self.name = name
+        self.ctor_required = tuple(ctor_required)
         self.fields = fields
         self.writable = set(writable) | {"name_label", "name_description"} & set(fields)
         self.maps = set(maps)
@@ -45,6 +51,28 @@ class ClassSpec:
 
 
 _NAME = {"name_label": "", "name_description": ""}
+
+# What a constructor's record (VM.create, VDI.create, VBD.create) must hold.
+# A constructor reads every StaticRO and RW field of its class from the
+# record (gen_client.ml, ctor_fields), in declaration order; a field with a
+# default value may be left out, one without makes the dispatcher fail
+# with Dispatcher_FieldNotFound (gen_server.ml, operation, from_ctor_record;
+# server_helpers.ml, my_assoc). name_label and name_description always have
+# a default ("": datamodel_common.ml, names). The lists follow the
+# declarations in ocaml/idl/datamodel_vm.ml (t, and its namespaces memory,
+# VCPUs, actions, PV, HVM) and ocaml/idl/datamodel.ml (VDI.t, VBD.t, qos).
+VM_CTOR_REQUIRED = (
+    "user_version", "is_a_template", "affinity",
+    "memory_static_max", "memory_dynamic_max", "memory_dynamic_min", "memory_static_min",
+    "VCPUs_params", "VCPUs_max", "VCPUs_at_startup",
+    "actions_after_shutdown", "actions_after_reboot", "actions_after_crash",
+    "PV_bootloader", "PV_kernel", "PV_ramdisk", "PV_args", "PV_bootloader_args",
+    "PV_legacy_args", "HVM_boot_policy", "HVM_boot_params",
+    "platform", "PCI_bus", "other_config", "recommendations",
+)
+VDI_CTOR_REQUIRED = ("SR", "virtual_size", "type", "sharable", "read_only", "other_config")
+VBD_CTOR_REQUIRED = ("VM", "VDI", "userdevice", "bootable", "mode", "type", "empty",
+                     "other_config", "qos_algorithm_type", "qos_algorithm_params")
 
 SESSION = ClassSpec("session", {
     "uuid": "", "this_host": NULL_REF, "this_user": NULL_REF, "last_active": "",
@@ -98,7 +126,7 @@ VM = ClassSpec("VM", dict(_NAME, **{
     "recommendations", "xenstore_data", "tags", "blocked_operations", "VCPUs_params",
     "domain_type",
 ], maps=["other_config", "platform", "xenstore_data", "VCPUs_params", "HVM_boot_params",
-         "blocked_operations"], derived=["VBDs"])
+         "blocked_operations"], derived=["VBDs"], ctor_required=VM_CTOR_REQUIRED)
 
 SR = ClassSpec("SR", dict(_NAME, **{
     "uuid": "", "allowed_operations": [], "current_operations": {},
@@ -126,7 +154,7 @@ VDI = ClassSpec("VDI", dict(_NAME, **{
 }), writable=["other_config", "sm_config", "xenstore_data", "tags", "sharable", "read_only",
               "allow_caching", "on_boot"],
     maps=["other_config", "sm_config", "xenstore_data"], datetimes=["snapshot_time"],
-    derived=["VBDs", "physical_utilisation"])
+    derived=["VBDs", "physical_utilisation"], ctor_required=VDI_CTOR_REQUIRED)
 
 VBD = ClassSpec("VBD", {
     "uuid": "", "allowed_operations": [], "current_operations": {}, "VM": NULL_REF,
@@ -137,7 +165,7 @@ VBD = ClassSpec("VBD", {
     "qos_algorithm_params": {}, "qos_supported_algorithms": [], "metrics": NULL_REF,
 }, writable=["userdevice", "bootable", "mode", "type", "unpluggable", "other_config",
              "qos_algorithm_type", "qos_algorithm_params"],
-    maps=["other_config", "qos_algorithm_params"])
+    maps=["other_config", "qos_algorithm_params"], ctor_required=VBD_CTOR_REQUIRED)
 
 TASK = ClassSpec("task", dict(_NAME, **{
     "uuid": "", "allowed_operations": [], "current_operations": {}, "created": "",

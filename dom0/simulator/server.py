@@ -9,8 +9,10 @@ SIGTERM/SIGINT unplug every device, detach our loop devices and exit 0.
 import argparse
 import http.server
 import logging
+import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -84,14 +86,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _route(self, routes):
+        # http_svr.ml, handle_one: the handler registered at the longest
+        # prefix of the path (Radix_tree.longest_prefix); where none is, the
+        # default callback answers 403. A GET XAPI does not handle falls to
+        # its web server at "/", which over plain HTTP answers 403 too
+        # (fileserver.ml, send_file; xapi_globs.ml, website_https_only).
         path = urllib.parse.urlsplit(self.path).path
-        handler = routes.get(path)
-        if handler is None:
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        handler(self.host, self)
+        for route in sorted(routes, key=len, reverse=True):
+            if path.startswith(route):
+                return routes[route](self.host, self)
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
 
     def do_PUT(self):
         self._route({"/import_raw_vdi": http_data.handle_import})
@@ -117,8 +125,12 @@ def parse_args(argv):
                         help="where the database, VDI files and VM device dirs live")
     parser.add_argument("--address", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
-    parser.add_argument("--password", default=DEFAULT_PASSWORD,
-                        help="password of user root (default: %(default)s)")
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument("--password-file", metavar="FILE",
+                        help="read the password of user root from FILE (its first line); "
+                        "preferred to --password, whose value any local user sees in ps")
+    secret.add_argument("--password", default=None,
+                        help="password of user root (default: %s)" % DEFAULT_PASSWORD)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--compute-vm", dest="compute_vm", action="store_true",
                        help="present a running guest standing for the compute VM")
@@ -140,7 +152,25 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if not 0 <= args.import_attach_seconds <= 60:
         parser.error("--import-attach-seconds must be between 0 and 60")
+    if args.password_file is not None:
+        try:
+            args.password, args.password_file_shared = read_password_file(args.password_file)
+        except (OSError, ValueError) as e:
+            parser.error("--password-file: %s" % e)
+    elif args.password is None:
+        args.password = DEFAULT_PASSWORD
     return args
+
+
+def read_password_file(path):
+    """(The password in ``path``: its first line without the line end,
+    whether users other than its owner may read the file)."""
+    with open(path, encoding="utf-8") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        password = f.readline().rstrip("\r\n")
+    if not password:
+        raise ValueError("%s: no password on its first line" % path)
+    return password, bool(mode & (stat.S_IRGRP | stat.S_IROTH))
 
 
 def main(argv=None):
@@ -148,6 +178,8 @@ def main(argv=None):
     logging.basicConfig(
         stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "password_file_shared", False):
+        LOG.warning("%s can be read by users other than its owner", args.password_file)
     sim_host = host_mod.SimulatedHost(
         args.state_dir, args.password, compute_vm=args.compute_vm,
         plugin_dir=args.plugin_dir, plugin_timeout=args.plugin_timeout,

@@ -18,6 +18,7 @@ import os
 import sys
 from array import array
 
+from dom0.simulator import private
 from dom0.simulator import sparsefile
 from dom0.simulator.vhdformat import (
     BAT_FREE, DISK_DIFFERENCING, DISK_FIXED, FOOTER_COOKIE, FOOTER_SIZE,
@@ -357,7 +358,7 @@ def materialize_chain(vhd_path, raw_path):
         leaf = chain[0]
         size = leaf.virtual_size
         grid = leaf.header.block_size if leaf.header else sparsefile.ZERO_GRAIN * 32
-        fd = os.open(raw_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = private.open_fd(raw_path, os.O_WRONLY | os.O_TRUNC)
         try:
             os.ftruncate(fd, size)
             writer = sparsefile.SparseWriter(fd, size)

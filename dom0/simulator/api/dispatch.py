@@ -3,16 +3,14 @@
 ``Async.<Class>.<verb>`` runs the message in a thread under a new task and
 returns the task at once. As XAPI does, the task's ``result`` on success is
 the return value as XML-RPC ``<value>`` text (``<value>OpaqueRef:…</value>``
-for a ref, empty for a message that returns nothing); a failure puts the
-error description in ``error_info``.
+for a ref, ``<value></value>`` for a message that returns nothing); a
+failure puts the error description in ``error_info``.
 """
 
 import datetime
 import logging
-import re
 import threading
 import xmlrpc.client
-from xml.sax.saxutils import escape
 
 from dom0.simulator import errors
 from dom0.simulator import faults
@@ -21,8 +19,6 @@ from dom0.simulator.api import generic
 from dom0.simulator.api.registry import MESSAGES, Message
 
 LOG = logging.getLogger(__name__)
-
-_PARAM_RE = re.compile(r"<param>\s*(<value>.*</value>)\s*</param>", re.S)
 
 
 def _lookup(name):
@@ -38,11 +34,19 @@ def _lookup(name):
 
 
 def _check_count(message, params):
-    """XAPI counts every parameter, the session included."""
-    required = message.arity - message.optional
-    if not required <= len(params) <= message.arity:
-        raise errors.XapiError(
-            errors.MESSAGE_PARAMETER_COUNT_MISMATCH, message.name, message.arity, len(params))
+    """XAPI's count check (gen_server.ml, ``operation``).
+
+    The session is not counted, neither in what is expected nor in what was
+    given (``List.length __params - 1``, so a session message given nothing
+    reports -1). A message without default parameters takes exactly its
+    count; one with defaults takes at least the parameters without, and
+    ignores any beyond its own (``default_args``).
+    """
+    given = len(params) - (1 if message.needs_session else 0)
+    if given == message.required or (message.optional and given > message.required):
+        return
+    raise errors.XapiError(errors.MESSAGE_PARAMETER_COUNT_MISMATCH, message.name,
+                           message.required, given)
 
 
 def check_session(host, session_ref):
@@ -62,15 +66,36 @@ def _run(host, message, params):
 
 
 def call(host, name, params):
-    """Run XAPI message ``name``; returns its value or raises XapiError."""
+    """Run XAPI message ``name``; returns its value or raises XapiError.
+
+    The steps and their order are those of the dispatcher xen-api generates
+    (``ocaml/idl/ocaml_backend/gen_server.ml``: ``gen_module`` and
+    ``operation``; ``ocaml/xapi/server_helpers.ml``: ``do_dispatch``).
+    """
     is_async = name.startswith("Async.")
+    # server_helpers.ml, sync_ty_and_maybe_remove_prefix: every error below
+    # names the message without its Async. prefix.
     inner = name[len("Async."):] if is_async else name
     message = _lookup(inner)
-    if message is None or (is_async and not message.async_ok):
-        raise errors.XapiError(errors.MESSAGE_METHOD_UNKNOWN, name)
+    if message is None:
+        # gen_server.ml, gen_module: a name it does not know, called with
+        # parameters, is tried as a XAPI extension, its first parameter
+        # checked as a session first; xapi_extensions.ml, find_extension:
+        # then MESSAGE_METHOD_UNKNOWN.
+        if params:
+            check_session(host, params[0])
+        raise errors.XapiError(errors.MESSAGE_METHOD_UNKNOWN, inner)
     _check_count(message, params)
+    params = params[:message.arity]
+    if message.unmarshal is not None:
+        message.unmarshal(params)
     if message.needs_session:
         check_session(host, params[0])
+    if is_async and not message.async_ok:
+        # server_helpers.ml, do_dispatch: API.response_of_fault, which is a
+        # failure whose description starts with "Fault".
+        raise errors.XapiError(errors.FAULT,
+                               "No async mode for this operation (rpc: %s)" % inner)
     faults.check(inner)  # tests only: armed failures (dom0/simulator/faults.py)
     if is_async:
         return start_async(host, message, params)
@@ -78,14 +103,61 @@ def call(host, name, params):
     return "" if result is None else result
 
 
+def _xml_text(text):
+    # rpclib's Xmlrpc.encode: the four markup characters become entities and
+    # control characters other than tab, LF and CR are dropped.
+    out = []
+    for char in text:
+        if char in _ENTITIES:
+            out.append(_ENTITIES[char])
+        elif char >= " " or char in "\t\n\r":
+            out.append(char)
+    return "".join(out)
+
+
+_ENTITIES = {">": "&gt;", "<": "&lt;", "&": "&amp;", '"': "&quot;"}
+
+
+def _rpc_xml(value, out):
+    """One value as rpclib's Xmlrpc.to_string writes it (ocaml-rpc xmlrpc.ml,
+    add_value): no whitespace, strings without a <string> tag, int64 bare."""
+    if value is None:
+        out.append("<value><nil/></value>")
+    elif isinstance(value, bool):
+        out.append("<value><boolean>%d</boolean></value>" % value)
+    elif isinstance(value, int):
+        out.append("<value>%d</value>" % value)
+    elif isinstance(value, float):
+        out.append("<value><double>%.16g</double></value>" % value)
+    elif isinstance(value, xmlrpc.client.DateTime):
+        out.append("<value><dateTime.iso8601>%s</dateTime.iso8601></value>" % value.value)
+    elif isinstance(value, (list, tuple)):
+        out.append("<value><array><data>")
+        for item in value:
+            _rpc_xml(item, out)
+        out.append("</data></array></value>")
+    elif isinstance(value, dict):
+        out.append("<value><struct>")
+        for name, item in value.items():
+            out.append("<member><name>%s</name>" % _xml_text(str(name)))
+            _rpc_xml(item, out)
+            out.append("</member>")
+        out.append("</struct></value>")
+    else:
+        out.append("<value>%s</value>" % _xml_text(str(value)))
+
+
 def task_value_text(value):
-    """A return value as XAPI stores it in ``task.result``."""
-    if value is None or value == "":
-        return ""
-    if isinstance(value, str):
-        return "<value>%s</value>" % escape(value)
-    text = xmlrpc.client.dumps((value,), allow_none=True)
-    return _PARAM_RE.search(text).group(1)
+    """A return value as XAPI stores it in ``task.result``.
+
+    taskHelper.ml, complete and set_result_on_task: the message's result
+    marshaller's value, written by Xmlrpc.to_string. A message returning
+    nothing has the marshaller ``fun _ -> Rpc.String ""`` (gen_server.ml,
+    operation), so its result is ``<value></value>``, not empty.
+    """
+    out = []
+    _rpc_xml("" if value is None else value, out)
+    return "".join(out)
 
 
 # Like XAPI's garbage collector, forget finished tasks nobody destroyed after

@@ -5,6 +5,7 @@ import hmac
 from dom0.simulator import errors
 from dom0.simulator import model
 from dom0.simulator.api import dispatch
+from dom0.simulator.api import unmarshal
 from dom0.simulator.api.registry import message
 
 USERNAME = "root"
@@ -35,7 +36,18 @@ def logout(host, session):
     host.store.remove("session", session)
 
 
-@message("host.call_plugin", locked=False, async_ok=True)
+def _unmarshal_call_plugin(params):
+    # gen_server.ml, operation: host, plugin and fn are unmarshalled with
+    # rpclib's string_of_rpc, args as a (string -> string) map
+    # (ppx_deriving_rpc), before the session check; a wrong value fails as
+    # an OCaml Failure, which the caller gets as INTERNAL_ERROR.
+    _, host_ref, plugin, fn, args = params
+    for value in (host_ref, plugin, fn):
+        unmarshal.check_string(value)
+    unmarshal.check_string_map(args)
+
+
+@message("host.call_plugin", locked=False, async_ok=True, unmarshal=_unmarshal_call_plugin)
 def call_plugin(host, session, host_ref, plugin, fn, args):
     with host.store.lock:
         host.store.get("host", host_ref)

@@ -11,6 +11,7 @@ import os
 from dom0.simulator import blockdev
 from dom0.simulator import errors
 from dom0.simulator import model
+from dom0.simulator.api import unmarshal
 from dom0.simulator.api.registry import message
 
 MAX_USERDEVICE = 255
@@ -31,31 +32,57 @@ def device_name(userdevice):
     return "xvd" + letters
 
 
+def _device_number(name):
+    """The disk number a userdevice or device names ('1', 'xvdb'), or None."""
+    name = str(name)
+    if name.isdigit():
+        return int(name)
+    if name.startswith("xvd") and name[3:].isalpha() and name[3:].islower():
+        n = 0
+        for letter in name[3:]:
+            n = n * 26 + ord(letter) - ord("a") + 1
+        return n - 1
+    return None
+
+
 def _used_userdevices(host, vm_ref):
-    return {host.store.get("VBD", ref)["userdevice"] for ref in host.store.find("VBD", VM=vm_ref)}
+    """Disk numbers taken in a VM: its VBDs' userdevice and device fields
+    (xapi_vm_helpers.ml, all_used_VBD_devices)."""
+    used = set()
+    for ref in host.store.find("VBD", VM=vm_ref):
+        vbd = host.store.get("VBD", ref)
+        used.update(n for n in map(_device_number, (vbd["userdevice"], vbd["device"]))
+                    if n is not None)
+    if vm_ref == host.compute_vm_ref:
+        # The compute VM stands for a guest booted from its own disk, VBD 0
+        # on a real host; the simulator does not model that disk.
+        used.add(0)
+    return used
 
 
 def _pick_userdevice(host, vm_ref, requested):
     used = _used_userdevices(host, vm_ref)
     if requested == "autodetect":
-        # Slot 0 is a guest's boot disk, and dom0's own disk on a real host.
-        for n in range(1, MAX_USERDEVICE + 1):
-            if str(n) not in used:
+        # xapi_vbd.ml, create, and xapi_vm_helpers.ml, allowed_VBD_devices:
+        # the lowest free disk number from 0, up to 255 for the control
+        # domain and 254 for a guest; none free is INVALID_DEVICE.
+        is_dom0 = host.store.get("VM", vm_ref)["is_control_domain"]
+        last = MAX_USERDEVICE if is_dom0 else MAX_USERDEVICE - 1
+        for n in range(0, last + 1):
+            if n not in used:
                 return str(n)
-        raise errors.XapiError(errors.DEVICE_ALREADY_EXISTS, requested)
+        raise errors.XapiError(errors.INVALID_DEVICE, requested)
     if not (isinstance(requested, str) and requested.isdigit()
             and int(requested) <= MAX_USERDEVICE):
         raise errors.XapiError(errors.INVALID_DEVICE, requested)
     requested = str(int(requested))
-    if requested in used:
+    if int(requested) in used:
         raise errors.XapiError(errors.DEVICE_ALREADY_EXISTS, requested)
     return requested
 
 
-@message("VBD.create", async_ok=True)
+@message("VBD.create", async_ok=True, unmarshal=unmarshal.constructor("VBD"))
 def create(host, session, record):
-    if not isinstance(record, dict):
-        raise errors.XapiError(errors.FIELD_TYPE_ERROR, "args")
     vm_ref = record.get("VM")
     host.store.get("VM", vm_ref)
     empty = bool(record.get("empty", False))
@@ -168,6 +195,11 @@ def plug(host, session, vbd_ref):
 
 def _unplug(host, vbd_ref, force):
     vbd = host.store.get("VBD", vbd_ref)
+    # xapi_vbd_helpers.ml, valid_operations: a VBD with unpluggable=false
+    # refuses unplug and unplug_force, an error set before the power-state
+    # and attachment ones, so it is the one reported.
+    if not vbd["unpluggable"]:
+        raise errors.XapiError(errors.VBD_NOT_UNPLUGGABLE, vbd_ref)
     vm = host.store.get("VM", vbd["VM"])
     if vm["power_state"] != "Running":
         raise errors.XapiError(errors.VM_BAD_POWER_STATE, vbd["VM"], "running",

@@ -13,11 +13,14 @@ import os
 
 from dom0.simulator import errors
 from dom0.simulator import model
+from dom0.simulator import private
+from dom0.simulator.api import unmarshal
 from dom0.simulator.api.registry import message
 
 LOG = logging.getLogger(__name__)
 
 COPY_CHUNK_BYTES = 64 << 20
+MAX_VHD_SIZE = 2040 << 30  # libs/sm/vhdutil.py in xapi-project/sm
 
 
 def parse_size(value, field="virtual_size"):
@@ -36,9 +39,12 @@ def parse_size(value, field="virtual_size"):
     return size
 
 
-def assert_not_attached(host, vdi_ref, operation):
+def assert_not_attached(host, vdi_ref, operation, rw_only=False):
+    """VDI_IN_USE [vdi, operation] while a VBD of the VDI is plugged
+    (``rw_only``: plugged read-write), as xapi_vdi.ml, check_operation_error."""
     for vbd_ref in host.store.find("VBD", VDI=vdi_ref):
-        if host.store.get("VBD", vbd_ref)["currently_attached"]:
+        vbd = host.store.get("VBD", vbd_ref)
+        if vbd["currently_attached"] and not (rw_only and vbd["mode"] == "RO"):
             raise errors.XapiError(errors.VDI_IN_USE, vdi_ref, operation)
 
 
@@ -50,10 +56,8 @@ def _map_field(record, field):
     return dict(value)
 
 
-@message("VDI.create", async_ok=True)
+@message("VDI.create", async_ok=True, unmarshal=unmarshal.constructor("VDI"))
 def create(host, session, record):
-    if not isinstance(record, dict):
-        raise errors.XapiError(errors.FIELD_TYPE_ERROR, "args")
     sr_ref = record.get("SR")
     host.store.get("SR", sr_ref)
     size = parse_size(record.get("virtual_size"))
@@ -73,10 +77,40 @@ def create(host, session, record):
         xenstore_data=_map_field(record, "xenstore_data"),
         tags=[str(t) for t in record.get("tags", [])])
     vdi["location"] = vdi["uuid"]
-    path = host.vdi_path(vdi)
-    with open(path, "xb") as f:
-        f.truncate(size)
+    if vdi["sm_config"].get("type") != "raw" and size > MAX_VHD_SIZE:
+        # SM's FileSR makes a VHD unless sm_config:type=raw, and refuses a
+        # size past vhdutil.MAX_VHD_SIZE (libs/sm/drivers/FileSR.py,
+        # FileVDI.create; libs/sm/vhdutil.py, validate_and_round_vhd_size).
+        raise errors.sm_failure(errors.SR_BACKEND_FAILURE_VDI_SIZE, "VDI Invalid size",
+                                "VDI size must be between 1 MB and %d MB" % (MAX_VHD_SIZE >> 20))
+    _create_file(host.vdi_path(vdi), size)
     return host.store.add("VDI", vdi)
+
+
+def _create_file(path, size):
+    """The VDI's sparse file of ``size`` bytes; nothing is left when that fails.
+
+    The file stands for the VHD SM's FileSR makes with vhd-util, whose
+    failure is VDICreate (SR_BACKEND_FAILURE_78 "VDI Creation failed
+    [opterr=error <errno>]", FileSR.py, FileVDI.create). A size the file
+    system cannot hold (EFBIG) fails the truncate after the file exists:
+    the file is removed before the error goes back.
+    """
+    try:
+        f = private.create(path)
+    except OSError as e:
+        raise _create_failure(e) from None
+    try:
+        with f:
+            f.truncate(size)
+    except OSError as e:
+        os.unlink(path)
+        raise _create_failure(e) from None
+
+
+def _create_failure(e):
+    return errors.sm_failure(errors.SR_BACKEND_FAILURE_VDI_CREATE, "VDI Creation failed",
+                             "error %d" % (e.errno or 0))
 
 
 def remove_vdi(host, vdi_ref):
@@ -166,34 +200,49 @@ def sparse_copy(src_path, dst_path, size, dst_size=None):
                 done += n
 
 
+# datamodel.ml, VDI.copy: only vdi lacks a default (sr, base_vdi, into_vdi: null).
 @message("VDI.copy", locked=False, async_ok=True)
-def copy(host, session, vdi_ref, sr_ref, base_vdi=model.NULL_REF, into_vdi=model.NULL_REF):
+def copy(host, session, vdi_ref, sr_ref=model.NULL_REF, base_vdi=model.NULL_REF,
+         into_vdi=model.NULL_REF):
     with host.store.lock:
         source = host.store.get("VDI", vdi_ref)
-        host.store.get("SR", sr_ref)
-        assert_not_attached(host, vdi_ref, "copy")
+        # xapi_vdi.ml, check_operation_error: copy is one of the operations
+        # a read-only attachment allows; only a VBD plugged RW blocks it.
+        assert_not_attached(host, vdi_ref, "copy", rw_only=True)
+        # xapi_vdi.ml, copy: assert_managed first.
+        if not source["managed"]:
+            raise errors.XapiError(errors.VDI_NOT_MANAGED, vdi_ref)
         size = int(source["virtual_size"])
         src_path = host.vdi_path(source)
-        if into_vdi != model.NULL_REF:
+        # xapi_vdi.ml, copy: into_vdi is used when it is a valid ref,
+        # otherwise a new VDI is made in sr.
+        if host.store.exists("VDI", into_vdi):
             target = host.store.get("VDI", into_vdi)
             assert_not_attached(host, into_vdi, "copy")
+            if target["read_only"]:
+                raise errors.XapiError(errors.VDI_READONLY, into_vdi)
             if int(target["virtual_size"]) < size:
-                raise errors.XapiError(errors.VALUE_NOT_SUPPORTED, "into_vdi", into_vdi,
-                                       "the destination is smaller than the source")
+                raise errors.XapiError(errors.VDI_TOO_SMALL, into_vdi, size)
             dst_path, record = host.vdi_path(target), None
             dst_size = int(target["virtual_size"])
         else:
+            host.store.get("SR", sr_ref)
+            # xapi_vdi.ml, copy: the new VDI takes the source's names, type,
+            # sharable, other_config, xenstore_data and tags; it is always
+            # read-write (CA-64962) and its sm_config starts empty.
             record = model.VDI.new_record(
                 name_label=source["name_label"], name_description=source["name_description"],
                 SR=sr_ref, virtual_size=str(size), type=source["type"],
-                sharable=source["sharable"], read_only=source["read_only"],
-                other_config=dict(source["other_config"]))
+                sharable=source["sharable"], read_only=False,
+                other_config=dict(source["other_config"]),
+                xenstore_data=dict(source["xenstore_data"]), tags=list(source["tags"]),
+                on_boot=source["on_boot"], allow_caching=source["allow_caching"])
             record["location"] = record["uuid"]
             dst_path, dst_size = host.vdi_path(record), size
     partial = dst_path + ".partial" if record else dst_path
     try:
         if record:
-            open(partial, "xb").close()
+            private.create(partial).close()
         sparse_copy(src_path, partial, size, dst_size)
     except OSError as e:
         if record and os.path.exists(partial):

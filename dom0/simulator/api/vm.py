@@ -11,6 +11,7 @@ import copy
 from dom0.simulator import errors
 from dom0.simulator import model
 from dom0.simulator.api import vbd as vbd_api
+from dom0.simulator.api import unmarshal
 from dom0.simulator.api.registry import message
 
 # Fields a caller may not set through VM.create: XAPI owns them.
@@ -36,11 +37,10 @@ def _assert_not_control_domain(host, vm_ref, op):
             errors.OPERATION_NOT_ALLOWED, "%s is not allowed on the control domain" % op)
 
 
-@message("VM.create", async_ok=True)
+@message("VM.create", async_ok=True, unmarshal=unmarshal.constructor("VM"))
 def create(host, session, record):
-    if not isinstance(record, dict):
-        raise errors.XapiError(errors.FIELD_TYPE_ERROR, "args")
-    if not isinstance(record.get("name_label"), str):
+    # name_label has a default, "" (datamodel_common.ml, names).
+    if not isinstance(record.get("name_label", ""), str):
         raise errors.XapiError(errors.FIELD_TYPE_ERROR, "name_label")
     values = {k: copy.deepcopy(v) for k, v in record.items() if k not in _OWNED_BY_XAPI}
     for field, default in model.VM.fields.items():
@@ -57,8 +57,9 @@ def create(host, session, record):
     return host.store.add("VM", vm)
 
 
+# datamodel_vm.ml, start: vm, start_paused and force, none with a default.
 @message("VM.start", async_ok=True)
-def start(host, session, vm_ref, start_paused=False, force=False):
+def start(host, session, vm_ref, start_paused, force):
     record = host.store.get("VM", vm_ref)
     if record["is_a_template"]:
         raise errors.XapiError("VM_IS_TEMPLATE", vm_ref, "start")

@@ -53,10 +53,61 @@ def test_unknown_message_is_message_method_unknown(sim, session):
     assert answer["ErrorDescription"] == ["MESSAGE_METHOD_UNKNOWN", "VM.fly"]
 
 
+def test_unknown_message_checks_the_session_first_and_drops_async(sim, session):
+    # gen_server.ml, gen_module: an unknown name with parameters is tried as
+    # an extension (session checked, then xapi_extensions.ml find_extension:
+    # MESSAGE_METHOD_UNKNOWN), named without its Async. prefix.
+    answer = raw_call(sim, "VM.fly", "OpaqueRef:no-such-session")
+    assert answer["ErrorDescription"] == ["SESSION_INVALID", "OpaqueRef:no-such-session"]
+    answer = raw_call(sim, "Async.VM.fly", session._session)
+    assert answer["ErrorDescription"] == ["MESSAGE_METHOD_UNKNOWN", "VM.fly"]
+
+
 def test_wrong_parameter_count_names_the_message_and_counts(sim, session):
+    # gen_server.ml, operation: parameter_count_mismatch_failure counts the
+    # parameters without defaults, the session left out on both sides.
     answer = raw_call(sim, "VDI.get_record", session._session)
     assert answer["ErrorDescription"] == ["MESSAGE_PARAMETER_COUNT_MISMATCH",
-                                          "VDI.get_record", "2", "1"]
+                                          "VDI.get_record", "1", "0"]
+    answer = raw_call(sim, "VDI.get_record", session._session, "OpaqueRef:a", "extra")
+    assert answer["ErrorDescription"] == ["MESSAGE_PARAMETER_COUNT_MISMATCH",
+                                          "VDI.get_record", "1", "2"]
+    answer = raw_call(sim, "VM.start", session._session, "OpaqueRef:a")
+    assert answer["ErrorDescription"] == ["MESSAGE_PARAMETER_COUNT_MISMATCH",
+                                          "VM.start", "3", "1"]
+
+
+def test_count_of_a_message_without_a_session_counts_every_parameter(sim):
+    # gen_server.ml, operation: "- 1" only when the message takes a session;
+    # login_with_password's version and originator have defaults.
+    answer = raw_call(sim, "session.login_with_password", "root")
+    assert answer["ErrorDescription"] == ["MESSAGE_PARAMETER_COUNT_MISMATCH",
+                                          "session.login_with_password", "2", "1"]
+
+
+def test_parameters_past_the_defaulted_ones_are_ignored(sim):
+    # gen_server.ml, operation: a message with default parameters matches
+    # "session :: ... :: default_args" and reads only the defaults it has.
+    answer = raw_call(sim, "session.login_with_password", "root", sim.password, "1.0",
+                      "tests", "one too many")
+    assert answer["Status"] == "Success"
+    raw_call(sim, "session.logout", answer["Value"])
+
+
+def test_async_of_a_message_without_an_async_mode_is_a_fault(sim, session, xapi, sr_ref):
+    # server_helpers.ml, do_dispatch: API.response_of_fault ["Fault"; text]
+    # after the session check; field accessors have no Async. form
+    # (gen_client.ml, has_async).
+    vdi = new_vdi(xapi, sr_ref, MiB)
+    answer = raw_call(sim, "Async.VDI.get_uuid", session._session, vdi)
+    assert answer == {"Status": "Failure", "ErrorDescription": [
+        "Fault", "No async mode for this operation (rpc: VDI.get_uuid)"]}
+    answer = raw_call(sim, "Async.VDI.get_uuid", "OpaqueRef:no-such-session", vdi)
+    assert answer["ErrorDescription"][0] == "SESSION_INVALID"
+    answer = raw_call(sim, "Async.task.create", session._session, "a", "b")
+    assert answer["ErrorDescription"] == [
+        "Fault", "No async mode for this operation (rpc: task.create)"]
+    xapi.VDI.destroy(vdi)
 
 
 def test_a_ref_that_does_not_exist_is_handle_invalid(xapi):

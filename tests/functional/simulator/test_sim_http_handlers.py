@@ -82,34 +82,118 @@ def test_bad_session_is_401(sim, vdi):
     assert _put(sim, {"session_id": "OpaqueRef:bad", "vdi": vdi, "format": "raw"}).status == 401
 
 
+def _task_error(xapi, task):
+    assert xapi.task.get_status(task) == "failure"
+    info = xapi.task.get_error_info(task)
+    xapi.task.destroy(task)
+    return info
+
+
 def test_unknown_format_is_404_and_fails_the_given_task(sim, session, xapi, vdi):
+    # import_raw_vdi.ml, localhost_handler: `Unknown x -> 404, INTERNAL_ERROR.
     task = xapi.task.create("import", "")
-    response = _put(sim, {"session_id": session._session, "vdi": vdi, "format": "qcow2",
+    response = _put(sim, {"session_id": session._session, "vdi": vdi, "format": "zip",
                           "task_id": task})
     assert response.status == 404
-    assert xapi.task.get_status(task) == "failure"
-    assert xapi.task.get_error_info(task) == ["INTERNAL_ERROR", "Unknown format qcow2"]
+    assert _task_error(xapi, task) == ["INTERNAL_ERROR", "Unknown format zip"]
+
+
+def test_format_names_are_read_in_any_case(sim, session, xapi, vdi):
+    # importexport.ml, Format.of_string lowercases the name.
+    response = _put(sim, {"session_id": session._session, "vdi": vdi, "format": "RAW"},
+                    body=b"abc")
+    assert response.status == 200
+    assert wait_task(xapi, response.getheader("task-id")) == "success"
+
+
+def test_http_transfer_encoding_is_404_and_fails_the_task(sim, session, xapi, vdi):
+    # import_raw_vdi.ml, localhost_handler: any Transfer-Encoding is refused
+    # with 404 (XAPI >= 7.1; 403 before) and INTERNAL_ERROR
+    # ["Cannot handle encoding: x"].
+    task = xapi.task.create("import", "")
+    response = _put(sim, {"session_id": session._session, "vdi": vdi, "format": "raw",
+                          "task_id": task}, headers={"Transfer-Encoding": "chunked"})
+    assert response.status == 404
+    assert _task_error(xapi, task) == ["INTERNAL_ERROR", "Cannot handle encoding: chunked"]
+
+
+def test_chunked_framing_with_vhd_is_404_before_the_encoding_check(sim, session, xapi, vdi):
+    # import_raw_vdi.ml, localhost_handler: a non-raw format with chunked is
+    # matched before the Transfer-Encoding header is looked at.
+    task = xapi.task.create("import", "")
+    query = {"session_id": session._session, "vdi": vdi, "format": "vhd", "chunked": "",
+             "task_id": task}
+    response = _put(sim, query, headers={"Transfer-Encoding": "chunked"})
+    assert response.status == 404
+    assert _task_error(xapi, task) == ["INTERNAL_ERROR", "Cannot handle chunked VHD"]
+
+
+def test_unknown_vdi_is_500_and_leaves_the_task_alone(sim, session, xapi):
+    # importexport.ml, vdi_of_req: not a ref, so get_by_uuid, which raises
+    # out of the handler; http_svr.ml, handle_one answers 500. The task of
+    # the request was never reached.
+    task = xapi.task.create("import", "")
+    for name in ("OpaqueRef:gone", "6b1c7e4e-0000-4000-8000-000000000000"):
+        query = {"session_id": session._session, "vdi": name, "format": "raw",
+                 "task_id": task}
+        assert _put(sim, query).status == 500
+    assert xapi.task.get_status(task) == "pending"
     xapi.task.destroy(task)
 
 
-def test_http_transfer_encoding_is_403(sim, session, vdi):
+def test_missing_vdi_is_400_and_vdi_missing(sim, session, xapi):
+    # import_raw_vdi.ml, import: no VDI and no SR -> fail_task_in_request
+    # with VDI_MISSING, answered 400.
+    task = xapi.task.create("import", "")
+    response = _put(sim, {"session_id": session._session, "format": "raw", "task_id": task})
+    assert response.status == 400
+    assert _task_error(xapi, task) == ["VDI_MISSING"]
+
+
+def test_a_vdi_may_be_named_by_its_uuid(sim, session, xapi, vdi):
+    # importexport.ml, vdi_of_req: a name that is not a ref is a VDI uuid,
+    # for imports and exports alike.
+    uuid = xapi.VDI.get_uuid(vdi)
+    response = _put(sim, {"session_id": session._session, "vdi": uuid, "format": "raw"},
+                    body=b"by uuid")
+    task = response.getheader("task-id")
+    assert response.status == 200 and wait_task(xapi, task) == "success"
+    assert xapi.task.get_result(task) == "<value>%s</value>" % vdi
+    conn = _connection(sim)
+    conn.request("GET", _path("/export_raw_vdi", session_id=session._session, vdi=uuid))
+    response = conn.getresponse()
+    assert response.status == 200 and response.read(7) == b"by uuid"
+    conn.close()
+
+
+def test_unknown_paths_are_403(sim, session):
+    # http_svr.ml: no handler for the path -> default_callback, 403; an
+    # unknown GET reaches XAPI's web server, which refuses plain HTTP with
+    # 403 (fileserver.ml, send_file; xapi_globs.ml, website_https_only).
+    assert _put(sim, {"session_id": session._session}, route="/no_such_handler").status == 403
+    conn = _connection(sim)
+    conn.request("GET", "/no_such_handler")
+    assert conn.getresponse().status == 403
+    conn.close()
+
+
+def test_import_task_result_is_the_vdi_ref_and_export_has_none(sim, session, xapi, vdi):
+    # import_raw_vdi.ml, localhost_handler: TaskHelper.complete with
+    # API.rpc_of_ref_VDI vdi; export_raw_vdi.ml completes its task with no
+    # result (xapi_http.ml, with_context; taskHelper.ml, complete None).
     response = _put(sim, {"session_id": session._session, "vdi": vdi, "format": "raw"},
-                    headers={"Transfer-Encoding": "chunked"})
-    assert response.status == 403
-
-
-def test_chunked_framing_with_vhd_is_400(sim, session, vdi):
-    query = {"session_id": session._session, "vdi": vdi, "format": "vhd", "chunked": ""}
-    assert _put(sim, query).status == 400
-
-
-def test_unknown_vdi_is_404(sim, session):
-    query = {"session_id": session._session, "vdi": "OpaqueRef:gone", "format": "raw"}
-    assert _put(sim, query).status == 404
-
-
-def test_unknown_path_is_404(sim, session):
-    assert _put(sim, {"session_id": session._session}, route="/import").status == 404
+                    body=b"abc")
+    task = response.getheader("task-id")
+    assert wait_task(xapi, task) == "success"
+    assert xapi.task.get_result(task) == "<value>%s</value>" % vdi
+    conn = _connection(sim)
+    conn.request("GET", _path("/export_raw_vdi", session_id=session._session, vdi=vdi))
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    task = response.getheader("task-id")
+    assert wait_task(xapi, task) == "success"
+    assert xapi.task.get_result(task) == ""
 
 
 def test_import_answers_200_with_the_task_before_reading_the_body(sim, session, xapi, vdi):

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import xmlrpc.client
 
 import pytest
 
@@ -66,15 +67,39 @@ def test_xmlrpc_fault_and_non_string_results_are_plugin_failures(xapi, host_ref)
     assert details[:2] == ["XENAPI_PLUGIN_FAILURE", "unexpected XMLRPC result"]
 
 
-def test_plugin_args_must_be_a_string_map(xapi, host_ref):
+def test_a_non_string_plugin_argument_is_an_internal_error(sim, xapi, host_ref):
+    # gen_server.ml, operation: args is unmarshalled as a string map; rpclib's
+    # string_of_rpc (rpc.ml) fails with Failure, which exnHelper.ml,
+    # error_of_exn, turns into INTERNAL_ERROR [Printexc.to_string e].
     assert failure(xapi.host.call_plugin, host_ref, PLUGIN, "echo", {"n": 1}) == [
-        "FIELD_TYPE_ERROR", "args"]
+        "INTERNAL_ERROR", 'Failure("Expected string, got \'I(1)\'")']
+    assert failure(xapi.host.call_plugin, host_ref, PLUGIN, "echo", {"on": True}) == [
+        "INTERNAL_ERROR", 'Failure("Expected string, got \'B(true)\'")']
+    assert failure(xapi.host.call_plugin, host_ref, PLUGIN, "echo", ["n"]) == [
+        "INTERNAL_ERROR", 'Failure("Expecting Rpc.Dict, but found \'[S(n)]\'")']
+    # Unmarshalled before the session is looked at, as the dispatcher does.
+    proxy = xmlrpc.client.ServerProxy(sim.url, allow_none=True)
+    answer = proxy.host.call_plugin("OpaqueRef:no-such-session", host_ref, PLUGIN, 7, {})
+    assert answer["ErrorDescription"] == [
+        "INTERNAL_ERROR", 'Failure("Expected string, got \'I(7)\'")']
 
 
 def test_async_call_plugin_puts_the_string_in_the_task_result(xapi, host_ref):
     task = xapi.Async.host.call_plugin(host_ref, PLUGIN, "sleep", {"seconds": "0.2"})
     assert wait_task(xapi, task) == "success"
     assert xapi.task.get_result(task) == "<value>slept</value>"
+    xapi.task.destroy(task)
+
+
+def test_async_result_text_is_escaped_as_rpclib_writes_it(xapi, host_ref):
+    # taskHelper.ml, set_result_on_task: Xmlrpc.to_string (ocaml-rpc
+    # xmlrpc.ml, encode): < > & and " become entities, no <string> tag.
+    task = xapi.Async.host.call_plugin(host_ref, PLUGIN, "echo", {"a": "<&>"})
+    assert wait_task(xapi, task) == "success"
+    text = xapi.host.call_plugin(host_ref, PLUGIN, "echo", {"a": "<&>"})
+    escaped = (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+               .replace('"', "&quot;"))
+    assert xapi.task.get_result(task) == "<value>%s</value>" % escaped
     xapi.task.destroy(task)
 
 

@@ -26,6 +26,39 @@ def test_vdi_create_makes_a_sparse_file_of_the_virtual_size(sim, xapi, sr_ref):
     assert not os.path.exists(path)
 
 
+def test_vdi_create_needs_the_fields_without_a_default(xapi, sr_ref):
+    # datamodel.ml, VDI.t: SR, virtual_size, type, sharable, read_only and
+    # other_config have no default; gen_server.ml (from_ctor_record) and
+    # server_helpers.ml (my_assoc) fail on the first one missing.
+    minimal = {"SR": sr_ref, "virtual_size": str(MiB), "type": "user", "sharable": False,
+               "read_only": False, "other_config": {}}
+    for field in minimal:
+        partial = {k: v for k, v in minimal.items() if k != field}
+        assert failure(xapi.VDI.create, partial) == [
+            "INTERNAL_ERROR", 'Server_helpers.Dispatcher_FieldNotFound("%s")' % field]
+    vdi = xapi.VDI.create(minimal)  # name_*, sm_config, xenstore_data, tags: defaults
+    record = xapi.VDI.get_record(vdi)
+    assert record["name_label"] == "" and record["sm_config"] == {} and record["tags"] == []
+    xapi.VDI.destroy(vdi)
+
+
+def test_vbd_create_needs_the_fields_without_a_default(xapi, sr_ref, dom0_ref):
+    # datamodel.ml, VBD.t and qos: device, unpluggable and currently_attached
+    # have defaults; the other constructor fields do not.
+    vdi = new_vdi(xapi, sr_ref, MiB)
+    minimal = {"VM": dom0_ref, "VDI": vdi, "userdevice": "autodetect", "bootable": False,
+               "mode": "RW", "type": "Disk", "empty": False, "other_config": {},
+               "qos_algorithm_type": "", "qos_algorithm_params": {}}
+    for field in minimal:
+        partial = {k: v for k, v in minimal.items() if k != field}
+        assert failure(xapi.VBD.create, partial) == [
+            "INTERNAL_ERROR", 'Server_helpers.Dispatcher_FieldNotFound("%s")' % field]
+    vbd = xapi.VBD.create(minimal)
+    assert xapi.VBD.get_unpluggable(vbd) is True
+    xapi.VBD.destroy(vbd)
+    xapi.VDI.destroy(vdi)
+
+
 def test_vdi_create_refuses_a_size_that_is_not_a_number(xapi, sr_ref):
     assert failure(new_vdi, xapi, sr_ref, "big") == ["FIELD_TYPE_ERROR", "virtual_size"]
 
@@ -67,6 +100,48 @@ def test_copy_keeps_data_and_holes(sim, xapi, sr_ref):
     xapi.VDI.destroy(vdi)
 
 
+def test_copy_of_a_vdi_attached_read_only_is_allowed(sim, xapi, sr_ref, dom0_ref):
+    # xapi_vdi.ml, check_operation_error: copy may run with read-only
+    # attachments (operation_can_be_performed_with_ro_attach); a VBD plugged
+    # read-write makes it VDI_IN_USE.
+    vdi = new_vdi(xapi, sr_ref, 4 * MiB)
+    with open(vdi_path(sim, xapi, vdi), "r+b") as f:
+        f.write(b"attached")
+    ro = new_vbd(xapi, dom0_ref, vdi, mode="RO")
+    xapi.VBD.plug(ro)
+    copy = xapi.VDI.copy(vdi, sr_ref)
+    with open(vdi_path(sim, xapi, copy), "rb") as f:
+        assert f.read(8) == b"attached"
+    xapi.VBD.unplug(ro)
+    xapi.VBD.destroy(ro)
+    rw = new_vbd(xapi, dom0_ref, vdi)
+    xapi.VBD.plug(rw)
+    assert failure(xapi.VDI.copy, vdi, sr_ref) == ["VDI_IN_USE", vdi, "copy"]
+    xapi.VBD.unplug(rw)
+    xapi.VBD.destroy(rw)
+    for ref in (copy, vdi):
+        xapi.VDI.destroy(ref)
+
+
+def test_copy_of_a_read_only_vdi_is_read_write_and_into_checks_the_target(xapi, sr_ref):
+    # xapi_vdi.ml, copy: the new VDI is always read-write (CA-64962) with an
+    # empty sm_config; into_vdi must not be read-only (VDI_READONLY) nor
+    # smaller than the source (VDI_TOO_SMALL [dst, source size]).
+    vdi = new_vdi(xapi, sr_ref, 4 * MiB, read_only=True, sm_config={"k": "v"}, tags=["t"])
+    copy = xapi.VDI.copy(vdi, sr_ref)
+    record = xapi.VDI.get_record(copy)
+    assert record["read_only"] is False and record["sm_config"] == {}
+    assert record["tags"] == ["t"]
+    small = new_vdi(xapi, sr_ref, MiB)
+    assert failure(xapi.VDI.copy, vdi, sr_ref, "OpaqueRef:NULL", small) == [
+        "VDI_TOO_SMALL", small, str(4 * MiB)]
+    locked = new_vdi(xapi, sr_ref, 8 * MiB, read_only=True)
+    assert failure(xapi.VDI.copy, vdi, sr_ref, "OpaqueRef:NULL", locked) == [
+        "VDI_READONLY", locked]
+    for ref in (copy, small, locked, vdi):
+        xapi.VDI.destroy(ref)
+
+
 def test_async_copy_task_result_is_the_new_vdi_as_xmlrpc_value(sim, xapi, sr_ref):
     vdi = new_vdi(xapi, sr_ref, 4 * MiB)
     task = xapi.Async.VDI.copy(vdi, sr_ref)
@@ -105,7 +180,9 @@ def test_vbd_plug_into_dom0_makes_a_loop_device_named_by_get_device(
     assert xapi.VBD.get_currently_attached(vbd) is False
     xapi.VBD.plug(vbd)
     device = xapi.VBD.get_device(vbd)
-    assert device == "xvdb"  # autodetect: lowest free userdevice from 1
+    # xapi_vm_helpers.ml, allowed_VBD_devices: dom0's autodetect is the
+    # lowest free disk number from 0.
+    assert device == "xvda"
     link = os.path.join(sim.vm_dev_dir(xapi.VM.get_uuid(dom0_ref)), device)
     target = os.readlink(link)
     assert target.startswith("/dev/loop")
@@ -135,7 +212,7 @@ def test_two_plugged_vdis_are_two_block_devices_with_their_own_data(
         xapi.VBD.plug(vbd)
     dev_dir = sim.vm_dev_dir(xapi.VM.get_uuid(dom0_ref))
     devices = [xapi.VBD.get_device(vbd) for vbd in vbds]
-    assert devices == ["xvdb", "xvdc"]
+    assert devices == ["xvda", "xvdb"]
     targets = [os.path.realpath(os.path.join(dev_dir, d)) for d in devices]
     assert targets[0] != targets[1]
     for n, target in enumerate(targets):
@@ -161,12 +238,50 @@ def test_read_only_vbd_is_a_read_only_device(sim, xapi, sr_ref, dom0_ref):
     xapi.VDI.destroy(vdi)
 
 
+def test_autodetect_takes_the_lowest_free_number_from_zero(xapi, sr_ref, dom0_ref):
+    # xapi_vbd.ml, create: "autodetect" resolves to the first of
+    # xapi_vm_helpers.ml allowed_VBD_devices (0..255 for the control domain,
+    # 0..254 for a guest) not used by the VM's VBDs (all_used_VBD_devices).
+    vdi = new_vdi(xapi, sr_ref, MiB)
+    taken = new_vbd(xapi, dom0_ref, vdi, userdevice="0")
+    first = new_vbd(xapi, dom0_ref, vdi)
+    assert xapi.VBD.get_userdevice(first) == "1"
+    xapi.VBD.destroy(taken)
+    second = new_vbd(xapi, dom0_ref, vdi)
+    assert xapi.VBD.get_userdevice(second) == "0"
+    vm = new_vm(xapi)
+    guest = new_vbd(xapi, vm, vdi)
+    assert xapi.VBD.get_userdevice(guest) == "0"
+    xapi.VM.destroy(vm)
+    for vbd in (first, second):
+        xapi.VBD.destroy(vbd)
+    xapi.VDI.destroy(vdi)
+
+
 def test_vbd_create_with_a_number_and_a_taken_number(xapi, sr_ref, dom0_ref):
     vdi = new_vdi(xapi, sr_ref, MiB)
     vbd = new_vbd(xapi, dom0_ref, vdi, userdevice="5")
     assert xapi.VBD.get_userdevice(vbd) == "5"
     assert failure(new_vbd, xapi, dom0_ref, vdi, "5") == ["DEVICE_ALREADY_EXISTS", "5"]
     assert failure(new_vbd, xapi, dom0_ref, vdi, "sideways") == ["INVALID_DEVICE", "sideways"]
+    xapi.VBD.destroy(vbd)
+    xapi.VDI.destroy(vdi)
+
+
+def test_a_vbd_that_is_not_unpluggable_refuses_unplug(xapi, sr_ref, dom0_ref):
+    # xapi_vbd_helpers.ml, valid_operations: unpluggable=false sets
+    # VBD_NOT_UNPLUGGABLE [vbd] on unplug and unplug_force, before the
+    # power-state and already-detached errors.
+    vdi = new_vdi(xapi, sr_ref, MiB)
+    vbd = new_vbd(xapi, dom0_ref, vdi)
+    xapi.VBD.set_unpluggable(vbd, False)
+    assert failure(xapi.VBD.unplug, vbd) == ["VBD_NOT_UNPLUGGABLE", vbd]  # even unplugged
+    xapi.VBD.plug(vbd)
+    assert failure(xapi.VBD.unplug, vbd) == ["VBD_NOT_UNPLUGGABLE", vbd]
+    assert failure(xapi.VBD.unplug_force, vbd) == ["VBD_NOT_UNPLUGGABLE", vbd]
+    assert xapi.VBD.get_currently_attached(vbd) is True
+    xapi.VBD.set_unpluggable(vbd, True)
+    xapi.VBD.unplug(vbd)
     xapi.VBD.destroy(vbd)
     xapi.VDI.destroy(vdi)
 

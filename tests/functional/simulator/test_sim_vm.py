@@ -1,6 +1,7 @@
 """VM life cycle and the compute VM."""
 
 import os
+import xmlrpc.client
 
 from tests.functional.simulator.simhelpers import failure, new_vbd, new_vdi, new_vm
 
@@ -19,9 +20,45 @@ def test_vm_create_keeps_nova_fields_and_starts_halted(xapi):
     xapi.VM.destroy(vm)
 
 
-def test_vm_create_requires_a_name_label(xapi):
+def test_vm_create_names_the_first_missing_field_as_xapi_does(xapi):
+    # gen_server.ml, operation (from_ctor_record) and server_helpers.ml,
+    # my_assoc: a field without a default (datamodel_vm.ml) missing from
+    # the record is INTERNAL_ERROR Dispatcher_FieldNotFound; the first one
+    # in declaration order is named.
     assert failure(xapi.VM.create, {"memory_static_max": "1"}) == [
-        "FIELD_TYPE_ERROR", "name_label"]
+        "INTERNAL_ERROR", 'Server_helpers.Dispatcher_FieldNotFound("user_version")']
+    record = xapi.VM.get_record(new_vm(xapi))
+    for field in ("actions_after_crash", "recommendations", "HVM_boot_params"):
+        partial = {k: v for k, v in record.items() if k != field}
+        assert failure(xapi.VM.create, partial) == [
+            "INTERNAL_ERROR", 'Server_helpers.Dispatcher_FieldNotFound("%s")' % field]
+
+
+def test_vm_create_without_the_fields_that_have_defaults(xapi):
+    # datamodel_common.ml, names: name_label/name_description default to "";
+    # datamodel_vm.ml gives ha_*, tags, xenstore_data ... defaults too.
+    full = xapi.VM.get_record(new_vm(xapi))
+    required = ("user_version", "is_a_template", "affinity", "memory_static_max",
+                "memory_dynamic_max", "memory_dynamic_min", "memory_static_min",
+                "VCPUs_params", "VCPUs_max", "VCPUs_at_startup", "actions_after_shutdown",
+                "actions_after_reboot", "actions_after_crash", "PV_bootloader", "PV_kernel",
+                "PV_ramdisk", "PV_args", "PV_bootloader_args", "PV_legacy_args",
+                "HVM_boot_policy", "HVM_boot_params", "platform", "PCI_bus", "other_config",
+                "recommendations")
+    vm = xapi.VM.create({k: full[k] for k in required})
+    assert xapi.VM.get_name_label(vm) == ""
+    xapi.VM.destroy(vm)
+
+
+def test_a_constructor_record_is_unmarshalled_before_the_session_is_checked(sim):
+    # gen_server.ml, operation: unmarshall_code comes before session_check_exp.
+    proxy = xmlrpc.client.ServerProxy(sim.url, allow_none=True)
+    answer = proxy.VM.create("OpaqueRef:no-such-session", {})
+    assert answer["ErrorDescription"] == [
+        "INTERNAL_ERROR", 'Server_helpers.Dispatcher_FieldNotFound("user_version")']
+    # ... and a record that is not a struct fails its match (from_ctor_record).
+    answer = proxy.VM.create("OpaqueRef:no-such-session", "a string")
+    assert answer["ErrorDescription"] == ["INTERNAL_ERROR", 'Failure("bad __structure")']
 
 
 def test_start_and_shutdowns_move_power_state_and_residence(xapi, host_ref):
@@ -89,12 +126,15 @@ def test_other_config_of_a_vm_can_be_extended(xapi, dom0_ref):
     xapi.VM.destroy(vm)
 
 
-def test_async_vm_start_returns_a_task_that_succeeds_with_an_empty_result(xapi):
+def test_async_vm_start_returns_a_task_whose_result_is_an_empty_value(xapi):
+    # gen_server.ml, operation: a message without a result is marshalled
+    # as Rpc.String "", which taskHelper.ml (set_result_on_task) stores with
+    # Xmlrpc.to_string: <value></value>.
     from tests.functional.simulator.simhelpers import wait_task
     vm = new_vm(xapi)
     task = xapi.Async.VM.start(vm, False, False)
     assert wait_task(xapi, task) == "success"
-    assert xapi.task.get_result(task) == ""
+    assert xapi.task.get_result(task) == "<value></value>"
     assert xapi.VM.get_power_state(vm) == "Running"
     xapi.task.destroy(task)
     xapi.VM.hard_shutdown(vm)
@@ -116,6 +156,10 @@ def test_compute_vm_is_a_running_guest_that_knows_its_uuid(xapi_sim_compute):
     sr = xapi.pool.get_default_SR(xapi.pool.get_all()[0])
     vdi = new_vdi(xapi, sr, MiB)
     vbd = new_vbd(xapi, vm, vdi)
+    # It stands for a guest booted from its own disk 0, so autodetect gives 1
+    # (xapi_vm_helpers.ml, allowed_VBD_devices skips used numbers).
+    assert xapi.VBD.get_userdevice(vbd) == "1"
+    assert failure(new_vbd, xapi, vm, vdi, "0") == ["DEVICE_ALREADY_EXISTS", "0"]
     xapi.VBD.plug(vbd)
     link = os.path.join(xapi_sim_compute.vm_dev_dir(uuid), xapi.VBD.get_device(vbd))
     assert os.readlink(link).startswith("/dev/loop")
