@@ -40,7 +40,7 @@ def new_vm(xapi, name="guest"):
         "PV_bootloader_args": "", "PV_legacy_args": "", "HVM_boot_policy": "",
         "HVM_boot_params": {}, "platform": {}, "PCI_bus": "",
         "recommendations": "", "affinity": "OpaqueRef:NULL", "other_config": {
-            "nova_uuid": "00000000-0000-0000-0000-000000000001"},
+            "instance": "00000000-0000-0000-0000-000000000001"},
         "xenstore_data": {}, "ha_always_run": False, "ha_restart_priority": "",
         "tags": [], "blocked_operations": {}, "protection_policy": "OpaqueRef:NULL",
         "is_snapshot_from_vmpp": False, "appliance": "OpaqueRef:NULL",

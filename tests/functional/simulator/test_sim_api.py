@@ -146,11 +146,11 @@ def test_control_domain_is_dom0_running_on_the_host(xapi, host_ref, dom0_ref):
 
 def test_map_accessors_add_read_remove_and_refuse_duplicates(xapi, sr_ref):
     vdi = new_vdi(xapi, sr_ref, MiB)
-    xapi.VDI.add_to_other_config(vdi, "nxs-purpose", "root")
-    assert xapi.VDI.get_other_config(vdi) == {"nxs-purpose": "root"}
-    assert failure(xapi.VDI.add_to_other_config, vdi, "nxs-purpose", "swap") == [
-        "MAP_DUPLICATE_KEY", "VDI", "other_config", vdi, "nxs-purpose"]
-    xapi.VDI.remove_from_other_config(vdi, "nxs-purpose")
+    xapi.VDI.add_to_other_config(vdi, "purpose", "root")
+    assert xapi.VDI.get_other_config(vdi) == {"purpose": "root"}
+    assert failure(xapi.VDI.add_to_other_config, vdi, "purpose", "swap") == [
+        "MAP_DUPLICATE_KEY", "VDI", "other_config", vdi, "purpose"]
+    xapi.VDI.remove_from_other_config(vdi, "purpose")
     assert xapi.VDI.get_other_config(vdi) == {}
     xapi.VDI.destroy(vdi)
 

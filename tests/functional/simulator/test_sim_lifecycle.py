@@ -27,7 +27,7 @@ def test_restart_keeps_vdis_vms_and_their_data(loop_devices, make_sim):
     sim = make_sim()
     xapi = sim.session().xenapi
     sr = xapi.pool.get_default_SR(xapi.pool.get_all()[0])
-    vdi = new_vdi(xapi, sr, 8 * MiB, name="kept", other_config={"nxs-state": "ready"})
+    vdi = new_vdi(xapi, sr, 8 * MiB, name="kept", other_config={"state": "ready"})
     with open(vdi_path(sim, xapi, vdi), "r+b") as f:
         f.seek(MiB)
         f.write(b"persistent bytes")
@@ -37,7 +37,7 @@ def test_restart_keeps_vdis_vms_and_their_data(loop_devices, make_sim):
     xapi = sim.session().xenapi
     vdi = xapi.VDI.get_by_uuid(vdi_uuid)
     assert xapi.VDI.get_name_label(vdi) == "kept"
-    assert xapi.VDI.get_other_config(vdi) == {"nxs-state": "ready"}
+    assert xapi.VDI.get_other_config(vdi) == {"state": "ready"}
     assert xapi.VM.get_name_label(xapi.VM.get_by_uuid(vm_uuid)) == "kept-vm"
     with open(vdi_path(sim, xapi, vdi), "rb") as f:
         f.seek(MiB)

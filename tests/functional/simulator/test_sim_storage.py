@@ -12,12 +12,12 @@ MiB = 1 << 20
 
 
 def test_vdi_create_makes_a_sparse_file_of_the_virtual_size(sim, xapi, sr_ref):
-    vdi = new_vdi(xapi, sr_ref, 64 * MiB, other_config={"nxs-purpose": "root"},
+    vdi = new_vdi(xapi, sr_ref, 64 * MiB, other_config={"purpose": "root"},
                   sm_config={"k": "v"})
     record = xapi.VDI.get_record(vdi)
     assert record["virtual_size"] == str(64 * MiB)  # int64 travels as a string
     assert record["physical_utilisation"] == "0"
-    assert record["other_config"] == {"nxs-purpose": "root"}
+    assert record["other_config"] == {"purpose": "root"}
     assert xapi.VDI.get_sm_config(vdi) == {"k": "v"}
     assert record["SR"] == sr_ref and vdi in xapi.SR.get_VDIs(sr_ref)
     path = vdi_path(sim, xapi, vdi)
@@ -84,7 +84,7 @@ def test_resize_grows_and_refuses_to_shrink(sim, xapi, sr_ref):
 
 
 def test_copy_keeps_data_and_holes(sim, xapi, sr_ref):
-    vdi = new_vdi(xapi, sr_ref, 32 * MiB, other_config={"nxs-purpose": "root"})
+    vdi = new_vdi(xapi, sr_ref, 32 * MiB, other_config={"purpose": "root"})
     with open(vdi_path(sim, xapi, vdi), "r+b") as f:
         f.write(b"head" * 1024)
         f.seek(20 * MiB)
@@ -95,7 +95,7 @@ def test_copy_keeps_data_and_holes(sim, xapi, sr_ref):
     assert open(src, "rb").read() == open(dst, "rb").read()
     assert allocated_bytes(dst) <= allocated_bytes(src) < MiB
     assert xapi.VDI.get_virtual_size(copy) == str(32 * MiB)
-    assert xapi.VDI.get_other_config(copy) == {"nxs-purpose": "root"}
+    assert xapi.VDI.get_other_config(copy) == {"purpose": "root"}
     xapi.VDI.destroy(copy)
     xapi.VDI.destroy(vdi)
 

@@ -14,7 +14,7 @@ def test_vm_create_keeps_nova_fields_and_starts_halted(xapi):
     assert record["power_state"] == "Halted"
     assert record["resident_on"] == "OpaqueRef:NULL"
     assert record["memory_static_max"] == str(512 * MiB)
-    assert record["other_config"]["nova_uuid"] == "00000000-0000-0000-0000-000000000001"
+    assert record["other_config"]["instance"] == "00000000-0000-0000-0000-000000000001"
     assert record["is_control_domain"] is False
     assert xapi.VM.get_by_uuid(record["uuid"]) == vm
     xapi.VM.destroy(vm)
@@ -121,8 +121,8 @@ def test_destroying_a_vm_destroys_its_vbds_but_not_its_vdis(xapi, sr_ref):
 
 def test_other_config_of_a_vm_can_be_extended(xapi, dom0_ref):
     vm = new_vm(xapi)
-    xapi.VM.add_to_other_config(vm, "nxs-agent", "host-1")
-    assert xapi.VM.get_other_config(vm)["nxs-agent"] == "host-1"
+    xapi.VM.add_to_other_config(vm, "owner", "host-1")
+    assert xapi.VM.get_other_config(vm)["owner"] == "host-1"
     xapi.VM.destroy(vm)
 
 
