@@ -65,6 +65,9 @@ class AgentService:
             self.server = rpc_server.AgentServer(
                 conf, agent_endpoint.AgentEndpoint(self.backend), host=conf.host)
             self.server.start()
+        except exceptions.TransportUnusable as e:  # it names its option already
+            self.server = None
+            raise detect.StartupRefused(e.kwargs["option"], e.kwargs["reason"]) from None
         except Exception as e:  # noqa: BLE001 -- whatever stops serving is a refusal
             self.server = None
             reason = (str(e).splitlines() or [""])[0] or type(e).__name__
@@ -108,8 +111,10 @@ DESCRIPTION = (
     "(etc/nova-xen-split.conf.sample lists every option)." % PROG)
 
 
-class _Stopped(Exception):
-    """SIGTERM or SIGINT arrived before the agent was serving."""
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT arrived before the agent was serving. A
+    BaseException, like KeyboardInterrupt: no handler of an ordinary error
+    on the way may take it for a failure to report."""
 
 
 def _default_signals_in_child():

@@ -78,13 +78,20 @@ def refusal(config_path):
     # The transport cannot be served: refused once the rest has checked out.
     ({"agent__socket_group": "no-such-group-xyz"}, "socket_group"),
     ({"DEFAULT__transport_url": "bogus://somewhere/"}, "transport_url"),
+    # Brokers that are not there, or refuse: one line within the bound, not
+    # oslo.messaging's reconnection for ever nor its tracebacks.
+    ({"DEFAULT__transport_url": "rabbit://guest:Wr0ng-Passw0rd@127.0.0.1:1/"},
+     "transport_url"),
+    ({"DEFAULT__transport_url": "127.0.0.1:5672"}, "transport_url"),
 ])
 def test_refusals_print_one_line_naming_the_option_and_exit_non_zero(
         xapi_sim, tmp_path, options, option_named):
     config, _host = write_config(tmp_path, xapi_sim, "independent", **options)
 
+    started = time.monotonic()
     status, stderr, stdout = refusal(config)
 
+    assert time.monotonic() - started < 60
     assert status != 0
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
@@ -93,6 +100,22 @@ def test_refusals_print_one_line_naming_the_option_and_exit_non_zero(
     assert "Wr0ng-Passw0rd" not in stderr + stdout
     assert "S3cretPW" not in stderr + stdout
     assert xapi_sim.password not in stderr + stdout
+
+
+def test_a_broker_refusing_the_login_is_one_line_naming_the_url_not_the_password(
+        xapi_sim, tmp_path, rabbit_url):
+    config, _host = write_config(
+        tmp_path, xapi_sim, "independent",
+        DEFAULT__transport_url="rabbit://guest:Wr0ng-Passw0rd@127.0.0.1:5672/")
+
+    started = time.monotonic()
+    status, stderr, stdout = refusal(config)
+
+    assert time.monotonic() - started < 60 and status != 0
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "[DEFAULT] transport_url" in lines[0], stderr
+    assert "guest:***@127.0.0.1:5672" in lines[0]
+    assert "Wr0ng-Passw0rd" not in stderr + stdout and "Traceback" not in stderr + stdout
 
 
 class RunningAgent:
@@ -154,6 +177,31 @@ def test_auto_detection_chooses_the_mode_logs_it_and_sigterm_exits_zero(
     log = agent.output()
     assert "in %s mode: VM %s" % (mode, sim.compute_vm_uuid or "none") in log
     assert "Serving interface %s" % methods.VERSION in log
+
+
+@pytest.mark.parametrize("when", ["while it detects its mode", "as it starts serving"])
+def test_sigterm_during_startup_stops_the_agent_cleanly(make_sim, tmp_path, when):
+    """The handler is there from the agent's first step: a SIGTERM while it
+    logs in, detects or starts serving ends it with status 0, no traceback
+    and nothing left (before this, the window until it served killed it
+    outright, exit -15)."""
+    sim = make_sim(compute_vm=False)
+    config, host = write_config(tmp_path, sim, "independent")
+    agent = RunningAgent(config, host, tmp_path)
+    marker = "independent mode" if when.startswith("while") else "Startup cleanup"
+    deadline = time.monotonic() + 60
+    while marker not in agent.output() and time.monotonic() < deadline:
+        assert agent.proc.poll() is None, agent.output()
+        time.sleep(0.005)
+    agent.proc.send_signal(signal.SIGTERM)
+    try:
+        status = agent.proc.wait(60)
+    finally:
+        agent.stop()
+
+    assert status == 0, agent.output()
+    assert "Traceback" not in agent.output()
+    assert _tagged(sim.session(), host) == ([], [])
 
 
 def _tagged(session, host):

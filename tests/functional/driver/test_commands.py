@@ -2,11 +2,15 @@
 
 import glob
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
-from rpc import methods
-from rpc import server
+import pytest
+
+from rpc import methods, server, transports
 from tests.functional.rpc.conftest import make_conf
 from tests.functional.rpc.endpoint import RecordingEndpoint
 
@@ -41,8 +45,60 @@ def test_demo_runs_over_rabbitmq(loop_devices, rabbit_url):
     proc = _run([os.path.join(BIN, "nova-xen-split"), "demo", "--mode", "independent",
                  "--transport-url", rabbit_url], timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "transport %s" % rabbit_url in proc.stdout
+    assert "transport %s" % transports.redacted_url(rabbit_url) in proc.stdout
+    assert "guest:guest" not in proc.stdout + proc.stderr  # the password stays hidden
     assert "ok: booted, destroyed, nothing left behind" in proc.stdout
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            return "\nState:\tZ" not in f.read()  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_demo_stopped_by_a_signal_stops_what_it_started_and_says_so(loop_devices, signum):
+    before = _demo_dirs()
+    demo = subprocess.Popen([os.path.join(BIN, "nova-xen-split"), "demo", "--mode",
+                             "independent"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    agent_pid = None
+    try:
+        for line in demo.stdout:
+            found = re.search(r"agent pid (\d+)", line)
+            if found:
+                agent_pid = int(found.group(1))
+                break
+        assert agent_pid is not None, demo.stderr.read()
+        demo.send_signal(signum)
+        out, err = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+
+    assert demo.returncode == 130
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "nova-xen-split demo: interrupted; everything it started is stopped"], err
+    assert not _alive(agent_pid)
+    assert _demo_dirs() == before
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert "nxs-demo-" not in loops
+
+
+def test_demo_with_an_unreachable_broker_fails_in_one_line_within_a_minute(loop_devices):
+    started = time.monotonic()
+    proc = _run([os.path.join(BIN, "nova-xen-split"), "demo", "--mode", "independent",
+                 "--transport-url", "rabbit://guest:S3cret@127.0.0.1:1/"], timeout=120)
+
+    assert time.monotonic() - started < 60
+    assert proc.returncode != 0
+    failed = [line for line in proc.stdout.splitlines() if "] FAILED: " in line]
+    assert len(failed) == 1 and "[DEFAULT] transport_url" in failed[0], proc.stdout
+    assert "S3cret" not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def _status(config_file):
@@ -99,6 +155,29 @@ def test_status_check_fails_when_xapi_and_the_agent_are_unreachable(tmp_path):
     assert proc.returncode == 2
     assert "XAPI at http://127.0.0.1:9 refused or did not answer" in proc.stdout
     assert "did not answer" in proc.stdout
+
+
+def test_status_with_a_missing_config_file_says_so_in_one_line(tmp_path):
+    proc = _status(str(tmp_path / "nope.conf"))
+    assert proc.returncode == 2
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [
+        "nova-xen-split-status: Failed to find some config files: %s"
+        % (tmp_path / "nope.conf")], proc.stderr
+
+
+def test_status_with_an_unreachable_broker_fails_within_a_minute(tmp_path, xapi_sim):
+    config = tmp_path / "broker.conf"
+    config.write_text("[DEFAULT]\nhost = nowhere\ntransport_url = rabbit://guest:S3cret@"
+                      "127.0.0.1:1/\n[xenserver]\nconnection_url = %s\n"
+                      "connection_password = %s\n" % (xapi_sim.url, xapi_sim.password))
+    started = time.monotonic()
+    proc = _status(str(config))
+
+    assert time.monotonic() - started < 60
+    assert proc.returncode == 2
+    text = re.sub(r"[\s|]+", " ", proc.stdout)  # the table wraps its lines
+    assert "[DEFAULT] transport_url" in text and "S3cret" not in text
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_demo_without_loop_devices_says_what_is_missing_and_runs_what_it_can(
