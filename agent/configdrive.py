@@ -101,28 +101,37 @@ def openstack_tree(metadata, user_data=None, network_data=None, vendor_data=None
     if admin_password is not None:
         meta["admin_pass"] = admin_password
     vendor = vendor_data or {}
+    # Every version directory holds the same documents (but for the keys a
+    # version predates): each is encoded once and the tree shares it, so a
+    # drive of ten versions does not hold ten copies of a large document.
+    user_data = bytes(user_data) if user_data is not None else None
+    vendor_json = _json_bytes(vendor)
+    vendor2_json = _json_bytes({"static": vendor})
+    network_json = _json_bytes(network_data if network_data is not None
+                               else _EMPTY_NETWORK_DATA)
+    meta_json = {}  # the keys a version has -> its meta_data.json
     for version in OPENSTACK_VERSIONS + ("latest",):
         base = "openstack/%s/" % version
-        versioned = {k: v for k, v in meta.items()
-                     if k not in _KEY_SINCE or _since(version, _KEY_SINCE[k])}
-        tree[base + "meta_data.json"] = _json_bytes(versioned)
+        keys = tuple(k for k in meta if k not in _KEY_SINCE or _since(version, _KEY_SINCE[k]))
+        if keys not in meta_json:
+            meta_json[keys] = _json_bytes({k: meta[k] for k in keys})
+        tree[base + "meta_data.json"] = meta_json[keys]
         if user_data is not None:
-            tree[base + "user_data"] = bytes(user_data)
+            tree[base + "user_data"] = user_data
         if _since(version, _FILE_SINCE["vendor_data.json"]):
-            tree[base + "vendor_data.json"] = _json_bytes(vendor)
+            tree[base + "vendor_data.json"] = vendor_json
         if _since(version, _FILE_SINCE["network_data.json"]):
-            tree[base + "network_data.json"] = _json_bytes(
-                network_data if network_data is not None else _EMPTY_NETWORK_DATA)
+            tree[base + "network_data.json"] = network_json
         if _since(version, _FILE_SINCE["vendor_data2.json"]):
-            tree[base + "vendor_data2.json"] = _json_bytes({"static": vendor})
+            tree[base + "vendor_data2.json"] = vendor2_json
     for number, (_, data) in enumerate(contents):
         tree["openstack/content/%04d" % number] = data
 
-    ec2 = _ec2_metadata(metadata)
+    ec2_json = _json_bytes(_ec2_metadata(metadata))
     for version in EC2_VERSIONS + ("latest",):
-        tree["ec2/%s/meta-data.json" % version] = _json_bytes(ec2)
+        tree["ec2/%s/meta-data.json" % version] = ec2_json
         if user_data is not None:
-            tree["ec2/%s/user-data" % version] = bytes(user_data)
+            tree["ec2/%s/user-data" % version] = user_data
     return tree
 
 

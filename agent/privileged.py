@@ -48,6 +48,8 @@ MAX_UID = (1 << 31) - 1
 # The interface's 64 files, with /etc/network/interfaces and /meta.js.
 MAX_FILES = 64 + 2
 MAX_FILE_BYTES = 1 << 20
+# The interface's files (1 MiB together), the network config and metadata.
+MAX_TOTAL_BYTES = 3 << 20
 SHORT_TIMEOUT = 120
 LONG_TIMEOUT = 3600
 
@@ -329,7 +331,7 @@ def inject_files(partition, files, authorized_key=None):
     """
     path = _block_device("inject_files", partition, DISK_OR_PARTITION_RE)
     try:
-        files = schema.GuestFiles(MAX_FILES, MAX_FILE_BYTES).check(files)
+        files = schema.GuestFiles(MAX_FILES, MAX_FILE_BYTES, MAX_TOTAL_BYTES).check(files)
     except schema.Reject as e:
         raise _bad("inject_files", partition, "files%s %s" % (e.field_suffix, e.reason)) \
             from None

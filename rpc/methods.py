@@ -97,8 +97,14 @@ BOOT_FILE_PATH = r"^(/[A-Za-z0-9_][A-Za-z0-9_.-]*)+/(kernel|ramdisk)-[A-Za-z0-9_
 
 _VERSION_RE = re.compile(r"^[0-9]{1,4}\.[0-9]{1,4}\Z")
 
-# Injected files: [path inside the guest, contents] pairs.
-_FILES = GuestFiles(max_items=64, max_bytes=MIB)
+# Injected files: [path inside the guest, contents] pairs. Nova's own
+# quotas allow 5 files of 10 KiB by default; 64 files and 1 MiB in all leave
+# operators room while bounding what one request makes the agent hold.
+_FILES = GuestFiles(max_items=64, max_bytes=MIB, max_total_bytes=MIB)
+# What the largest request may carry, with its encoding: the config drive's
+# files (1 MiB), user data (64 KiB) and three JSON documents of 1 MiB. A
+# frame of the local socket is refused above it before it is read.
+MAX_REQUEST_BYTES = 8 * MIB
 
 
 def parse_version(version):

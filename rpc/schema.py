@@ -288,13 +288,19 @@ def paths_overlap(path, other):
 class GuestFiles(List):
     """Files to write into a guest: ``[path, contents]`` pairs with distinct
     paths, none of them under another (a path cannot be a file and a
-    directory at once), so every file can be written or none."""
+    directory at once), so every file can be written or none; their
+    contents at most ``max_total_bytes`` together."""
 
-    def __init__(self, max_items, max_bytes):
+    def __init__(self, max_items, max_bytes, max_total_bytes):
         super().__init__(Pair(GuestPath(), Bytes(max_bytes=max_bytes)), max_items=max_items)
+        self.max_total_bytes = max_total_bytes
 
     def check(self, value):
         files = super().check(value)
+        total = sum(len(contents) for _, contents in files)
+        if total > self.max_total_bytes:
+            raise Reject("must hold at most %d bytes together, got %d"
+                         % (self.max_total_bytes, total))
         index_of = {}
         for index, (path, _) in enumerate(files):
             if path in index_of:

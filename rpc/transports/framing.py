@@ -15,7 +15,9 @@ import struct
 
 import msgpack
 
-MAX_FRAME_BYTES = 16 * 1024 * 1024
+from rpc import methods
+
+MAX_FRAME_BYTES = methods.MAX_REQUEST_BYTES
 _HEADER = struct.Struct("!I")
 
 

@@ -322,8 +322,12 @@ def test_a_request_too_big_for_one_frame_is_an_invalid_request_not_a_dead_agent(
     api = unix.api(host)
     files = [["/f%d" % n, bytes(1 << 20)] for n in range(20)]   # each within the schema
 
-    with pytest.raises(exceptions.InvalidRequest) as caught:
+    with pytest.raises(exceptions.InvalidRequest) as by_schema:
         api.generate_configdrive(**dict(VALID_ARGS["generate_configdrive"], files=files))
+    assert by_schema.value.kwargs["field"] == "files"  # 20 MiB together: refused first
+    with pytest.raises(exceptions.InvalidRequest) as caught:
+        api._call("generate_configdrive", "1.0", dict(
+            VALID_ARGS["generate_configdrive"], files=files), check=False)
 
     assert caught.value.kwargs["field"] == "args"
     assert "exceeds the %d byte limit" % framing.MAX_FRAME_BYTES in str(caught.value)

@@ -272,3 +272,14 @@ def test_a_rabbit_call_context_tells_whether_its_caller_gave_up():
     assert rabbit._caller_gone({rabbit.DEADLINE_KEY: now - margin / 2})() is None  # skew
     late = rabbit._caller_gone({rabbit.DEADLINE_KEY: now - margin - 30})()
     assert late.startswith("its timeout passed ") and late.endswith("s ago")
+
+
+def test_injected_files_are_bounded_together_not_only_one_by_one():
+    one_mib_each = [["/f%d" % n, bytes(1 << 19)] for n in range(3)]   # 1.5 MiB in all
+    with pytest.raises(exceptions.InvalidRequest) as raised:
+        methods.validate("generate_configdrive", dict(VALID_ARGS["generate_configdrive"],
+                                                      files=one_mib_each))
+    assert raised.value.kwargs["field"] == "files"
+    assert "together" in raised.value.kwargs["reason"]
+    methods.validate("generate_configdrive", dict(VALID_ARGS["generate_configdrive"],
+                                                  files=one_mib_each[:2]))  # 1 MiB: fine
