@@ -46,13 +46,15 @@ BAD_REQUESTS = [
     ("auto_configure_disk", dict(new_gb=2), "vdi_uuid"),
     ("destroy_vdis", dict(), "vdi_uuids"),
     ("fetch_image", dict(image_id="../../etc/passwd", disk_format="raw"), "image_id"),
+    ("fetch_image", dict(image_id="..", disk_format="raw"), "image_id"),
+    ("fetch_image", dict(image_id=".", disk_format="vhd"), "image_id"),
     ("fetch_image", dict(image_id="img", disk_format="qcow2"), "disk_format"),
 ]
 
 
 @pytest.mark.parametrize("method,args,field", BAD_REQUESTS)
 def test_a_bad_request_gets_invalid_request_naming_the_field_and_changes_nothing(
-        served, method, args, field):
+        served, image_server, method, args, field):
     agent, api = served
     args = dict(args)
     if method in ("generate_disk", "fetch_image"):
@@ -69,6 +71,7 @@ def test_a_bad_request_gets_invalid_request_naming_the_field_and_changes_nothing
     assert field in str(caught.value)
     assert agent.vdi_uuids() == before
     assert agent.tagged_vbds() == []
+    assert image_server.requests == []  # nothing reached the image service
 
 
 def test_generate_disk_through_the_socket_makes_a_labelled_swap_disk(served):
