@@ -120,7 +120,10 @@ def make_server(sim_host, address, port):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="xapi-sim", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="xapi-sim", description="An XAPI host for development and tests: the official "
+        "XenAPI SDK talks to it over real HTTP. It prints 'xapi-sim listening on "
+        "http://ADDRESS:PORT' when ready; SIGTERM or SIGINT unplugs every device and exits 0.")
     parser.add_argument("--state-dir", required=True,
                         help="where the database, VDI files and VM device dirs live")
     parser.add_argument("--address", default="127.0.0.1", help="address to listen on")

@@ -44,3 +44,16 @@ def test_sample_config_is_up_to_date(tmp_path):
     committed = _read("etc", "nova-xen-split.conf.sample")
     assert out.read_text() == committed, (
         "etc/nova-xen-split.conf.sample is stale: run tox -e genconfig")
+
+
+def test_xapi_sim_help_shows_no_markup():
+    out = subprocess.run([sys.executable, "-m", "dom0.simulator.server", "--help"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60).stdout
+    assert "``" not in out and "XAPI host" in out
+
+
+def test_the_agent_help_says_what_it_is_and_that_it_needs_its_config_file():
+    out = subprocess.run([sys.executable, "-m", "agent.service", "--help"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60).stdout
+    assert "companion agent of nova-xen-split" in " ".join(out.split())
+    assert "--config-file" in out
