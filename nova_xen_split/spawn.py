@@ -257,7 +257,7 @@ class Spawn:
                                     vm_utils.vdi_ref(session, vdi["uuid"]),
                                     userdevice, bootable=bootable, read_only=read_only)
         with self.step("VM.start", instance.name):
-            session.call("VM.start", self.vm_ref, False, False)
+            vm_utils.start(session, self.vm_ref)
 
     def _set_boot_files(self, session, vm_ref, vdis):
         """Boot a split-kernel image with the files the agent copied into

@@ -140,6 +140,17 @@ def power_state(session, vm_ref):
     return POWER_STATE.get(str(session.call("VM.get_power_state", vm_ref)).lower(), NOSTATE)
 
 
+def start(session, vm_ref):
+    """Start the VM (not paused, not forced) and wait for its task.
+
+    A start on a real host can take long (the bootloader, the domain
+    build): waiting on the task, bounded by the session's call timeout,
+    gives XAPI's own outcome, where a cut-off synchronous call would leave
+    it unknown.
+    """
+    session.call_async("VM.start", vm_ref, False, False)
+
+
 def hard_shutdown(session, vm_ref):
     """Stop the VM now; an already halted VM is fine."""
     if power_state(session, vm_ref) == SHUTDOWN:

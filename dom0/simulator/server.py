@@ -25,7 +25,7 @@ from dom0.simulator import host as host_mod
 from dom0.simulator import http_data
 from dom0.simulator.api import dispatch
 # Importing the message modules registers their messages.
-from dom0.simulator.api import sr, session_host, vbd, vdi, vm  # noqa: F401
+from dom0.simulator.api import event, sr, session_host, vbd, vdi, vm  # noqa: F401
 
 LOG = logging.getLogger("xapi-sim")
 

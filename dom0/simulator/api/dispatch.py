@@ -199,6 +199,7 @@ def finish_task(host, task_ref, result=None, error=None):
         else:
             record.update(status="failure", error_info=[str(e) for e in error], progress=1.0)
         record["finished"] = model.now_text()
+        host.store.modified("task", task_ref)
 
 
 def start_async(host, message, params):

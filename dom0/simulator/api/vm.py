@@ -72,7 +72,7 @@ def start(host, session, vm_ref, start_paused, force):
         vbd = host.store.get("VBD", vbd_ref)
         vbd["currently_attached"] = True
         vbd["device"] = vbd["device"] or vbd_api.device_name(vbd["userdevice"])
-    host.store.touch()
+        host.store.touch("VBD", vbd_ref)
 
 
 def _shutdown(host, vm_ref, op, force):
