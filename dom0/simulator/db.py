@@ -6,9 +6,10 @@ own database lock does. Every mutating call ends with :meth:`Store.commit`,
 which rewrites ``db.json`` atomically (a temporary file renamed over the old
 one), so a crash at any point leaves either the old or the new state.
 
-Tasks live in memory only: XAPI does not persist them across a restart
-either, and an import makes and ends one per PUT, so writing the database
-for each of those would put a file rewrite on every upload's path.
+Tasks and sessions live in memory only: XAPI does not persist them across
+a restart either, and an import makes and ends one task per PUT, so
+writing the database for each of those would put a file rewrite on every
+upload's path.
 
 Every change is numbered, as XAPI's database numbers them with its
 generation count (``ocaml/database/db_cache_types.ml``, ``Stat``: each row
@@ -33,7 +34,7 @@ LOG = logging.getLogger(__name__)
 DB_FILE = "db.json"
 # Classes whose records are never written to db.json (XAPI's non-persistent
 # tables); changing only these leaves the file alone.
-TRANSIENT = frozenset({"task"})
+TRANSIENT = frozenset({"task", "session"})
 # How many deletions event.from can still report; XAPI's garbage collector
 # forgets deleted rows too.
 KEPT_DELETIONS = 10000
@@ -64,8 +65,6 @@ class Store:
         for name in model.CLASSES:
             if name not in TRANSIENT:
                 self.tables[name] = saved.get(name, {})
-        for session in self.tables["session"].values():
-            session["tasks"] = []  # no task outlives a restart
         with self.lock:
             generation = self._next_generation()
             for name, table in self.tables.items():
@@ -79,7 +78,7 @@ class Store:
                 return
             persistent = {name: table for name, table in self.tables.items()
                           if name not in TRANSIENT}
-            # 0600: the sessions in it are live logins as root.
+            # 0600: it describes every VM and disk of the host.
             private.replace_text(self.path, json.dumps(persistent, separators=(",", ":")))
             self.dirty = False
 

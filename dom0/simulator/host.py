@@ -18,6 +18,7 @@ from dom0.simulator import errors
 from dom0.simulator import model
 from dom0.simulator import plugins
 from dom0.simulator import private
+from dom0.simulator import sessions
 from dom0.simulator import udev
 
 LOG = logging.getLogger(__name__)
@@ -58,13 +59,15 @@ class VdiWriters:
 class SimulatedHost:
     def __init__(self, state_dir, password, compute_vm=False, plugin_dir=None,
                  plugin_timeout=600, loop_devices=True, partition_devices=True,
-                 import_attach_seconds=0.0):
+                 import_attach_seconds=0.0, session_idle_seconds=None):
         self.state_dir = os.path.abspath(state_dir)
         # What each import waits before reading its body (see http_data).
         self.import_attach_seconds = import_attach_seconds
         self.password = password
         self.want_compute_vm = compute_vm
         self.store = db.Store(self.state_dir)
+        self.sessions = sessions.Sessions(
+            self.store, session_idle_seconds or sessions.DEFAULT_IDLE_SECONDS)
         self.loops = blockdev.LoopDevices(
             self.state_dir, loop_devices and blockdev.loop_devices_available())
         self.udev = udev.PartitionWatcher(partition_devices)
@@ -103,7 +106,7 @@ class SimulatedHost:
 
     def open(self):
         """Load or create the database, clean what a previous run left, start."""
-        # 0700 even when it existed: the database holds live root sessions.
+        # 0700 even when it existed: it holds every VDI's bytes.
         private.make_dir(self.state_dir)
         with self.store.lock:
             if not self.store.load():

@@ -151,8 +151,13 @@ def parse_args(argv):
                         help="seconds each PUT /import_raw_vdi waits after its 200 "
                         "before it reads the body, as real XAPI plugs the VDI into "
                         "dom0 and starts vhd-tool for every import (default: none)")
+    parser.add_argument("--session-idle-seconds", type=float, default=24 * 3600.0,
+                        help="seconds after which a session nobody uses expires, as "
+                        "XAPI's inactive_session_timeout (default: 86400, a day)")
     parser.add_argument("--verbose", action="store_true", help="log every call")
     args = parser.parse_args(argv)
+    if not args.session_idle_seconds > 0:
+        parser.error("--session-idle-seconds must be positive")
     if not 0 <= args.import_attach_seconds <= 60:
         parser.error("--import-attach-seconds must be between 0 and 60")
     if args.password_file is not None:
@@ -188,7 +193,8 @@ def main(argv=None):
         plugin_dir=args.plugin_dir, plugin_timeout=args.plugin_timeout,
         loop_devices=not args.no_loop_devices,
         partition_devices=not args.no_partition_devices,
-        import_attach_seconds=args.import_attach_seconds)
+        import_attach_seconds=args.import_attach_seconds,
+        session_idle_seconds=args.session_idle_seconds)
     sim_host.open()
     server = make_server(sim_host, args.address, args.port)
     stop = threading.Event()

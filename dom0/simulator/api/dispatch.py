@@ -50,7 +50,7 @@ def _check_count(message, params):
 
 
 def check_session(host, session_ref):
-    if not host.store.exists("session", session_ref):
+    if not host.sessions.valid(session_ref):
         raise errors.XapiError(errors.SESSION_INVALID, session_ref)
     return session_ref
 
