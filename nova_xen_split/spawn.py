@@ -265,6 +265,8 @@ class Spawn:
         for kind, field in (("kernel", "PV_kernel"), ("ramdisk", "PV_ramdisk")):
             path = (vdis.get(kind) or {}).get("path")
             if path:
+                # A kernel from dom0 boots directly: no bootloader reads the disk.
+                session.call("VM.set_PV_bootloader", vm_ref, "")
                 session.call("VM.set_" + field, vm_ref, path)
                 session.call("VM.add_to_other_config", vm_ref,
                              *marks.vm_boot_file_mark(kind, path))

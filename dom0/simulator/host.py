@@ -92,6 +92,11 @@ class SimulatedHost:
         sr_uuid = self.store.get("SR", vdi_record["SR"])["uuid"]
         return os.path.join(self.sr_root, sr_uuid, "%s.raw" % vdi_record["uuid"])
 
+    @property
+    def boot_root(self):
+        """dom0's /boot: guest kernels may be booted from under it."""
+        return os.path.join(self.state_dir, "boot")
+
     def vm_dir(self, vm_uuid):
         return os.path.join(self.state_dir, "vms", vm_uuid)
 
@@ -119,7 +124,7 @@ class SimulatedHost:
         self.loops.cleanup()
         dom0_uuid = self.store.get("VM", self.dom0_ref)["uuid"]
         os.makedirs(self.vm_dev_dir(dom0_uuid), exist_ok=True)
-        boot_dir = os.path.join(self.state_dir, "boot", "guest")
+        boot_dir = os.path.join(self.boot_root, "guest")
         os.makedirs(boot_dir, exist_ok=True)
         self.plugins = plugins.PluginRunner(self._plugin_dir, self._plugin_timeout, {
             "NXS_DOM0_DEV_DIR": self.vm_dev_dir(dom0_uuid),
