@@ -21,6 +21,8 @@ def derived_field(host, cls, ref, record, field):
     if cls == "VDI" and field == "VBDs":
         return store.find("VBD", VDI=ref)
     if cls == "VDI" and field == "physical_utilisation":
+        if host.sr_thick:  # stored by the storage layer (storage.py)
+            return record["physical_utilisation"]
         try:
             return str(os.stat(host.vdi_path(record)).st_blocks * 512)
         except OSError:
