@@ -5,9 +5,12 @@ VHD files into: the agent imports a VHD image with ``PUT
 /import_raw_vdi?format=vhd`` instead, in both modes.
 """
 
+import tarfile
+
 import pytest
 
 from nova_xen_split import objects
+from rpc import exceptions
 from tests.functional.driver.conftest import (
     IMAGE_MB, MiB, leftovers, make_instance, spawn)
 from nova_xen_split.xenhost import marks
@@ -63,4 +66,31 @@ def test_spawn_boots_and_destroy_leaves_nothing_on_both_sr_types(
     assert int(disks["0"]["virtual_size"]) >= 1024 * MiB  # grown to the flavor's root
 
     pair.driver.destroy(None, instance)
+    assert leftovers(pair, instance.uuid, baseline) == []
+
+
+def test_a_vhd_chain_on_an_lvm_sr_is_refused_and_leaves_nothing(
+        loop_devices, make_sim, make_pair, image_service, tmp_path):
+    # Glance's XenServer layout: 0.vhd the leaf, 1.vhd its parent.
+    from tests.functional.plugins import vhdchain
+    size = 4 * MiB
+    base, child = bytes(size), b"\x01" * MiB + bytes(size - MiB)
+    (tmp_path / "base.raw").write_bytes(base)
+    vhdchain.make_base(str(tmp_path / "base.raw"), str(tmp_path / "1.vhd"))
+    vhdchain.make_child(base, child, str(tmp_path / "1.vhd"), "1.vhd", str(tmp_path / "0.vhd"))
+    with tarfile.open(tmp_path / "chain.tar", "w") as tar:
+        for name in ("0.vhd", "1.vhd"):
+            tar.add(tmp_path / name, arcname=name)
+    image_service.add(str(tmp_path / "chain.tar"), "chain", disk_format="vhd",
+                      container_format="ovf")
+    pair = make_pair(make_sim(extra_args=["--sr-type", "lvm"]))
+    baseline = pair.counts()
+    instance = make_instance(image_ref="chain", config_drive="")
+    meta = objects.ImageMeta(id="chain", disk_format="vhd", container_format="ovf",
+                             size=size)
+
+    with pytest.raises(exceptions.ImageFetchFailed) as refused:
+        spawn(pair, instance, meta=meta)
+
+    assert "differencing VHD" in str(refused.value)
     assert leftovers(pair, instance.uuid, baseline) == []
