@@ -81,6 +81,11 @@ class AgentEndpoint:
         self._checked("cleanup_attached_vdis", {})
         return self.backend.cleanup_attached_vdis()
 
+    def get_console_log(self, instance_uuid, max_bytes):
+        """The tail of a running instance's console log, read in dom0."""
+        return self.backend.get_console_log(**self._checked("get_console_log", dict(
+            instance_uuid=instance_uuid, max_bytes=max_bytes)))
+
     def destroy_vdis(self, vdi_uuids):
         """Destroy VDIs (unplugging this agent's VBDs of them first)."""
         return self.backend.destroy_vdis(**self._checked(

@@ -289,6 +289,13 @@ class XenSplitDriver:
         self.power_off(instance, timeout, retry_interval)
         return json.dumps({"root": root_uuid, "dest": dest})
 
+    def get_console_output(self, context, instance):
+        """The tail of the running instance's console log (bytes), read in
+        dom0 by the agent. Raises ConsoleLogUnavailable, or VersionTooOld
+        with an agent older than interface 1.4."""
+        uuid = objects.instance_from(instance).uuid
+        return self.agent.get_console_log(instance_uuid=uuid)["log"]
+
     # -- networking -------------------------------------------------------------
 
     def plug_vifs(self, instance, network_info):

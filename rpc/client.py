@@ -147,6 +147,12 @@ class AgentAPI:
         """Unplug and forget VBDs a crash left attached."""
         return self._call("cleanup_attached_vdis", "1.0", {})
 
+    def get_console_log(self, instance_uuid, max_bytes=methods.MAX_CONSOLE_BYTES):
+        """The tail of a running instance's console log: ``{"log": bytes,
+        "truncated": bool}`` (1.4); ``ConsoleLogUnavailable`` when it has none."""
+        return self._call("get_console_log", "1.4", dict(
+            instance_uuid=instance_uuid, max_bytes=max_bytes))
+
     def destroy_vdis(self, vdi_uuids):
         """Destroy the VDIs the driver no longer needs."""
         return self._call("destroy_vdis", "1.0", dict(vdi_uuids=list(vdi_uuids)))

@@ -120,6 +120,12 @@ class TransportUnusable(AgentUnavailable):
     msg_fmt = "%(option)s: %(reason)s"
 
 
+class ConsoleLogUnavailable(NovaXenSplitError):
+    """An instance's console log cannot be read (not running, no log)."""
+
+    msg_fmt = "No console log of instance %(instance_uuid)s: %(reason)s"
+
+
 class RemoteError(NovaXenSplitError):
     """An unexpected exception in the agent, reduced to its type and message."""
 
@@ -141,6 +147,7 @@ REGISTRY = {
         DiskOperationFailed,
         CallExpired,
         TransportUnusable,
+        ConsoleLogUnavailable,
         RemoteError,
     )
 }

@@ -19,7 +19,9 @@ the network configuration); 1.2 ``remove_boot_files`` (the driver no
 longer calls a dom0 plugin itself), and ``describe`` publishes the
 ``check_host`` and ``pool_join`` capabilities; 1.3 ``auto_configure_disk``
 and ``preconfigure_instance`` take the ``instance_uuid`` whose VDI they may
-touch (the agent refuses any other instance's).
+touch (the agent refuses any other instance's); 1.4 ``get_console_log``
+(the tail of a running instance's console log, read in dom0: Nova's
+``get_console_output``).
 """
 
 import re
@@ -30,7 +32,7 @@ from rpc.schema import (
     paths_overlap,
 )
 
-VERSION = "1.3"
+VERSION = "1.4"
 
 # An image id goes into a URL path: no "/", and no leading "." (so never
 # "." or "..").
@@ -91,6 +93,8 @@ CAPABILITIES = {
     "check_host": "Checking that the agent's VM is resident on the served host",
     "pool_join": "Joining a XenServer pool aggregate",
 }
+# The most of a console log one call returns (what the dom0 plugin allows).
+MAX_CONSOLE_BYTES = MIB
 # A dom0 boot file (kernel or ramdisk) as the kernel plugin names it: an
 # absolute path, no component starting with ".".
 BOOT_FILE_PATH = r"^(/[A-Za-z0-9_][A-Za-z0-9_.-]*)+/(kernel|ramdisk)-[A-Za-z0-9_]{1,64}\Z"
@@ -245,6 +249,10 @@ METHODS = {m.name: m for m in (
         Rule("paths", lambda a: len(set(a["paths"])) == len(a["paths"]),
              "names a file twice"),
     ), returns=("removed",)),
+    Method("get_console_log", "1.4", args=(
+        Arg("instance_uuid", Uuid()),
+        Arg("max_bytes", Int(1, MAX_CONSOLE_BYTES)),
+    ), returns=("log", "truncated")),
     Method("destroy_vdis", "1.0", args=(
         Arg("vdi_uuids", List(Uuid(), min_items=1, max_items=64)),
     ), rules=(

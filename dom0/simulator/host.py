@@ -97,6 +97,19 @@ class SimulatedHost:
     def vm_dev_dir(self, vm_uuid):
         return os.path.join(self.vm_dir(vm_uuid), "dev")
 
+    @property
+    def console_dir(self):
+        """Where xenconsoled would log guest consoles (dom0's /var/log/xen/guest)."""
+        return os.path.join(self.state_dir, "console")
+
+    def log_console(self, domid, text):
+        """Append ``text`` to domain ``domid``'s console log, as a guest's
+        console output would arrive there."""
+        path = os.path.join(self.console_dir, "console.%s" % domid)
+        fd = private.open_fd(path, os.O_WRONLY | os.O_APPEND)
+        with os.fdopen(fd, "a") as f:
+            f.write(text)
+
     def has_block_devices(self, vm_ref):
         """Only dom0 and the compute VM get real devices; guests are bookkeeping."""
         return vm_ref in (self.dom0_ref, self.compute_vm_ref)
@@ -121,10 +134,12 @@ class SimulatedHost:
         os.makedirs(self.vm_dev_dir(dom0_uuid), exist_ok=True)
         boot_dir = os.path.join(self.state_dir, "boot", "guest")
         os.makedirs(boot_dir, exist_ok=True)
+        os.makedirs(self.console_dir, exist_ok=True)
         self.plugins = plugins.PluginRunner(self._plugin_dir, self._plugin_timeout, {
             "NXS_DOM0_DEV_DIR": self.vm_dev_dir(dom0_uuid),
             "NXS_DOM0_SR_ROOT": self.sr_root,
             "NXS_DOM0_BOOT_DIR": boot_dir,
+            "NXS_DOM0_CONSOLE_DIR": self.console_dir,
         })
         self.udev.start()
 

@@ -26,6 +26,7 @@ from nova.virt import hardware
 from nova_xen_split import driver as core_driver
 from nova_xen_split import driver_errors, host_stats, objects
 from nova_xen_split.virt import conf as virt_conf
+from rpc import exceptions as rpc_exceptions
 
 CONF = nova.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -186,6 +187,19 @@ class XenSplitDriver(nova_driver.ComputeDriver):
             self._core.reboot(context, instance, network_info, reboot_type,
                               block_device_info)
 
+    def get_console_output(self, context, instance):
+        """The tail of the console log: Nova's ConsoleNotAvailable when the
+        instance has none (not running, no log in dom0)."""
+        with _nova_errors(instance):
+            try:
+                return self._core.get_console_output(context, instance)
+            except rpc_exceptions.ConsoleLogUnavailable as e:
+                LOG.info("%s", e)
+                raise exception.ConsoleNotAvailable() from None
+            except rpc_exceptions.VersionTooOld as e:
+                raise exception.ConsoleLogOutputException(instance_id=instance.uuid,
+                                                          reason=str(e)) from None
+
     # -- volumes: not served ------------------------------------------------------------
 
     def attach_volume(self, context, connection_info, instance, mountpoint, disk_bus=None,
@@ -223,6 +237,7 @@ def _nova_errors(instance):
         yield
     except driver_errors.InstanceNotFound:
         raise exception.InstanceNotFound(instance_id=instance.uuid) from None
+
 
 
 def _refuse_volumes(instance, block_device_info):

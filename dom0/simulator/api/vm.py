@@ -75,6 +75,17 @@ def start(host, session, vm_ref, start_paused, force):
         vbd["device"] = vbd["device"] or vbd_api.device_name(vbd["userdevice"])
     vif_api.set_attached(host, vm_ref, True)
     host.store.touch()
+    _boot_messages(host, vm_ref, "started")
+
+
+def _boot_messages(host, vm_ref, how):
+    """What a guest's console shows as it boots: the simulator has no guest
+    to run, so its domain's log gets a few lines naming the VM."""
+    record = host.store.get("VM", vm_ref)
+    host.log_console(record["domid"], "xapi-sim: domain %s %s for VM %s (%s)\n"
+                     "Booting from the %s disk...\nlogin: \n" % (
+                         record["domid"], how, record["uuid"], record["name_label"],
+                         "PV" if record["PV_bootloader"] else "HVM"))
 
 
 def _shutdown(host, vm_ref, op, force):
@@ -120,6 +131,7 @@ def _reboot(host, vm_ref, op):
     assert_power(host, vm_ref, "Running")
     domids = [int(v["domid"]) for v in host.store.table("VM").values()]
     host.store.update("VM", vm_ref, domid=str(max(domids) + 1))
+    _boot_messages(host, vm_ref, "rebooted")
 
 
 @message("VM.clean_reboot", async_ok=True)

@@ -171,3 +171,24 @@ def test_destroy_leaves_a_volume_attached_to_the_vm_alone(xapi_sim, make_pair):
     finally:
         s.xenapi.session.logout()
     assert pair.counts() == baseline
+
+
+def test_the_console_log_is_the_running_domains_and_a_halted_vm_has_none(xapi_sim, make_pair):
+    from rpc import exceptions
+
+    pair = make_pair(xapi_sim)
+    instance = make_instance(objects.Flavor(root_gb=0), config_drive="")
+    spawn(pair, instance)
+    driver = pair.driver
+    first = driver.get_console_output(None, instance)
+    driver.reboot(None, instance, [], "HARD")
+    second = driver.get_console_output(None, instance)
+    assert b"started for VM" in first and b"rebooted for VM" in second
+    assert b"rebooted" not in first  # another domain, another log
+    driver.power_off(instance)
+    with pytest.raises(exceptions.ConsoleLogUnavailable, match="no running VM"):
+        driver.get_console_output(None, instance)
+    stranger = make_instance()
+    with pytest.raises(exceptions.ConsoleLogUnavailable, match=stranger.uuid):
+        driver.get_console_output(None, stranger)
+    driver.destroy(None, instance)

@@ -52,6 +52,16 @@ class ServerLifecycle:
         self.assertEqual([], self._guest_vms())
 
 
+    def test_the_console_log_comes_from_dom0_through_the_agent(self):
+        server = self._boot(self._flavor("nxs.tiny"))
+        (vm,) = self._guest_vms()
+        output = self.api.post_server_action(
+            server["id"], {"os-getConsoleOutput": {"length": 20}})["output"]
+        self.assertIn("domain %s started for VM %s" % (vm["domid"], vm["uuid"]), output)
+        self.assertTrue(output.rstrip().endswith("login:"))
+        self._delete_server(server)
+
+
 class IndependentLocalSocket(ServerLifecycle, base.XenSplitTestCase):
     COMPUTE_VM, TRANSPORT = False, "unix"
 

@@ -37,6 +37,7 @@ VALID_ARGS = {
     "destroy_vdis": dict(vdi_uuids=[VDI, INSTANCE]),
     "remove_boot_files": dict(paths=["/boot/guest/kernel-a1b2c3",
                                      "/boot/guest/ramdisk-d4e5f6"]),
+    "get_console_log": dict(instance_uuid=INSTANCE, max_bytes=65536),
 }
 
 
@@ -55,6 +56,8 @@ def expected_result(method, args, host="test-host", version=methods.VERSION):
         return {"removed": len(args["paths"])}
     if method == "preconfigure_instance":
         return {}
+    if method == "get_console_log":
+        return {"log": ALL_BYTES + b"login: ", "truncated": False}
     uuid = args.get("instance_uuid") or args["vdi_uuid"]
     size = args.get("new_gb", 0) << 30 or args.get("size_mb", 64) << 20
     result = {"uuid": uuid, "size_bytes": size}
