@@ -12,11 +12,10 @@ before the error is raised, and an error of the agent surfaces unchanged.
 """
 
 import collections
-import json
 import logging
 import time
 
-from nova_xen_split import driver_errors, netinfo, objects, vifs, vm_utils
+from nova_xen_split import driver_errors, netinfo, objects, resize, vifs, vm_utils
 from nova_xen_split import spawn as spawn_mod
 from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks, xapi
@@ -252,42 +251,29 @@ class XenSplitDriver:
             vm_utils.hard_shutdown(session, vm_ref)
             session.call("VM.start", vm_ref, False, False)
 
+    # -- resize on this host (nova_xen_split.resize) -----------------------------
+
     def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,
                                    block_device_info=None, timeout=0, retry_interval=0):
-        """Power off for a resize; resize down copies the root to a smaller VDI.
+        """Shut down and keep the VM as the resize's original; a resize down
+        the agent cannot serve is refused first, with nothing changed."""
+        return resize.migrate_disk_and_power_off(self, instance, flavor, timeout,
+                                                 retry_interval)
 
-        The copy is the agent's ``resize_disk``; its error (e.g.
-        ``UnsupportedInIndependentMode``) surfaces unchanged, after the VM is
-        powered on again as it was. Returns the disk info as JSON.
-        """
-        instance = objects.instance_from(instance)
-        new_flavor = objects.flavor_from(flavor)
-        spawn_mod.check_flavor(new_flavor)
-        vm_ref = self._vm_ref(instance)
-        session = self.session
-        root_uuid = None
-        for vbd_ref, vdi_uuid in vm_utils.vm_disks(session, vm_ref):
-            if session.call("VBD.get_userdevice", vbd_ref) == vm_utils.USERDEVICE_ROOT:
-                root_uuid = vdi_uuid
-        was_running = vm_utils.power_state(session, vm_ref) == vm_utils.RUNNING
-        if int(new_flavor.root_gb) < int(instance.flavor.root_gb):
-            if int(new_flavor.root_gb) <= 0:
-                raise exceptions.InvalidRequest(
-                    method="migrate_disk_and_power_off", field="flavor.root_gb",
-                    reason="cannot resize a root disk down to 0 GB")
-            self.power_off(instance, timeout, retry_interval)
-            try:
-                resized = self.agent.resize_disk(
-                    instance_uuid=instance.uuid, vdi_uuid=root_uuid,
-                    new_gb=int(new_flavor.root_gb))
-            except BaseException:
-                if was_running:
-                    session.call("VM.start", vm_ref, False, False)
-                raise
-            return json.dumps({"root": resized["uuid"], "size_bytes": resized["size_bytes"],
-                               "dest": dest})
-        self.power_off(instance, timeout, retry_interval)
-        return json.dumps({"root": root_uuid, "dest": dest})
+    def finish_migration(self, context, migration, instance, disk_info, network_info,
+                         image_meta, resize_instance, allocations, block_device_info=None,
+                         power_on=True):
+        """Boot the instance, with its new flavor, from copies of the kept disks."""
+        resize.finish_migration(self, instance, network_info, power_on)
+
+    def confirm_migration(self, context, migration, instance, network_info):
+        """Remove the kept original VM and its disks."""
+        resize.confirm_migration(self, instance)
+
+    def finish_revert_migration(self, context, instance, network_info, migration,
+                                block_device_info=None, power_on=True):
+        """Make the kept original the instance's VM again."""
+        resize.finish_revert_migration(self, instance, power_on)
 
     def get_console_output(self, context, instance):
         """The tail of the running instance's console log (bytes), read in

@@ -200,6 +200,40 @@ class XenSplitDriver(nova_driver.ComputeDriver):
                 raise exception.ConsoleLogOutputException(instance_id=instance.uuid,
                                                           reason=str(e)) from None
 
+    # -- resize on this host ---------------------------------------------------------
+
+    def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,
+                                   block_device_info=None, timeout=0, retry_interval=0):
+        """Keep the VM as the resize's original. A resize down the agent
+        cannot serve is Nova's InstanceFaultRollback: the server stays as it
+        was, running, with the reason as its fault."""
+        with _nova_errors(instance):
+            try:
+                return self._core.migrate_disk_and_power_off(
+                    context, instance, dest, flavor, network_info, block_device_info,
+                    timeout, retry_interval)
+            except (rpc_exceptions.UnsupportedInIndependentMode,
+                    rpc_exceptions.InvalidRequest, driver_errors.InvalidFlavor) as e:
+                raise exception.InstanceFaultRollback(
+                    inner_exception=exception.ResizeError(reason=str(e))) from None
+
+    def finish_migration(self, context, migration, instance, disk_info, network_info,
+                         image_meta, resize_instance, allocations, block_device_info=None,
+                         power_on=True, share_info=None):
+        with _nova_errors(instance):
+            self._core.finish_migration(context, migration, instance, disk_info,
+                                        network_info, image_meta, resize_instance,
+                                        allocations, block_device_info, power_on)
+
+    def confirm_migration(self, context, migration, instance, network_info):
+        self._core.confirm_migration(context, migration, instance, network_info)
+
+    def finish_revert_migration(self, context, instance, network_info, migration,
+                                block_device_info=None, power_on=True, share_info=None):
+        with _nova_errors(instance):
+            self._core.finish_revert_migration(context, instance, network_info, migration,
+                                               block_device_info, power_on)
+
     # -- volumes: not served ------------------------------------------------------------
 
     def attach_volume(self, context, connection_info, instance, mountpoint, disk_bus=None,

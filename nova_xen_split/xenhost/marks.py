@@ -14,6 +14,8 @@ object    key                          value
 VM        ``nova_uuid``                the instance uuid (Nova's own key)
 VM        ``nxs-kernel-file``          dom0 path of the instance's kernel
 VM        ``nxs-ramdisk-file``         dom0 path of the instance's ramdisk
+VM        ``nxs-resize-of``            the instance whose original VM a resize
+                                       keeps (halted) until confirm or revert
 VDI       ``nxs-instance-uuid``        the instance the VDI was made for
 VDI       ``nxs-purpose``              ``root``, ``swap``, ``ephemeral:<label>``,
                                        ``configdrive``, ``resize``, ``kernel``...
@@ -21,6 +23,8 @@ VDI       ``nxs-request``              ``sha256:<hex>`` of the request it was ma
 VDI       ``nxs-agent``                ``[DEFAULT] host`` of the agent that made it
 VDI       ``nxs-state``                ``in-progress`` or ``ready``
 VDI       ``nxs-image-bytes``          exact image size (the VDI is rounded up)
+VDI       ``nxs-parked-for``           the instance whose kept original VM has the
+                                       disk (instead of ``nxs-instance-uuid``)
 VBD       ``nxs-agent-vbd``            ``[DEFAULT] host`` of the agent that plugged it
 VIF       ``nicira-iface-id``          the Neutron port (Open vSwitch's iface-id)
 SR        ``nxs-pending-chain-<leaf>`` ``<agent> <instance uuid> <unix time>``,
@@ -73,6 +77,56 @@ def vm_boot_files(other_config):
     other = other_config or {}
     return [other[_VM_BOOT_FILE % kind] for kind in BOOT_FILE_KINDS
             if other.get(_VM_BOOT_FILE % kind)]
+
+
+# -- the original of a resize ---------------------------------------------------
+
+# A resize on one host keeps the instance's original VM and disks, halted,
+# until Nova confirms (they go) or reverts (they are the instance's again).
+# While kept, the VM has no instance mark and its disks none either, so
+# nothing that looks for the instance's VM or disks (a destroy, the sweep,
+# the agent) can take them for the new ones.
+_VM_PARKED = "nxs-resize-of"
+_VDI_PARKED = "nxs-parked-for"
+
+
+def vm_parked(other_config):
+    """``other_config`` of an instance VM kept as the original of a resize."""
+    config = dict(other_config or {})
+    instance_uuid = config.pop(_VM_INSTANCE)
+    config[_VM_PARKED] = instance_uuid
+    return config
+
+
+def vm_unparked(other_config):
+    """``other_config`` of a kept original that is the instance's VM again."""
+    config = dict(other_config or {})
+    config[_VM_INSTANCE] = config.pop(_VM_PARKED)
+    return config
+
+
+def vm_parked_for(other_config):
+    """The instance whose resize keeps this VM as its original, or None."""
+    return (other_config or {}).get(_VM_PARKED) or None
+
+
+def vdi_parked(other_config):
+    """``other_config`` of an instance's disk while its VM is kept."""
+    config = dict(other_config or {})
+    config[_VDI_PARKED] = config.pop(_VDI_INSTANCE)
+    return config
+
+
+def vdi_unparked(other_config):
+    """``other_config`` of a kept disk that is the instance's again."""
+    config = dict(other_config or {})
+    config[_VDI_INSTANCE] = config.pop(_VDI_PARKED)
+    return config
+
+
+def vdi_parked_for(other_config):
+    """The instance whose kept original VM has this disk, or None."""
+    return (other_config or {}).get(_VDI_PARKED) or None
 
 
 # -- VIFs -----------------------------------------------------------------------

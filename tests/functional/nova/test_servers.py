@@ -62,7 +62,87 @@ class ServerLifecycle:
         self._delete_server(server)
 
 
-class IndependentLocalSocket(ServerLifecycle, base.XenSplitTestCase):
+    def test_resize_with_confirm_and_with_revert(self):
+        server = self._boot(self._flavor("nxs.tiny"))
+        (original,) = self._guest_vms()
+        bigger = self._flavor("nxs.bigger", memory_mb=512, vcpus=2, disk=2)
+        server = self._resize(server, bigger)
+        vms = {vm["uuid"]: vm for vm in self._guest_vms()}
+        self.assertEqual("Halted", vms.pop(original["uuid"])["power_state"])
+        (resized,) = vms.values()
+        self.assertEqual(("Running", "2", str(512 * 1024 * 1024)), (
+            resized["power_state"], resized["VCPUs_max"], resized["memory_static_max"]))
+        self.assertEqual(2 * GiB, self._root_bytes(resized))
+        self.api.post_server_action(server["id"], {"confirmResize": None})
+        server = self._wait(server, "ACTIVE")
+        self._wait_for_migration_status(server, ["confirmed"])
+        self.assertEqual([resized["uuid"]], [vm["uuid"] for vm in self._guest_vms()])
+
+        even_bigger = self._flavor("nxs.biggest", memory_mb=768, vcpus=2, disk=3)
+        server = self._resize(server, even_bigger)
+        self.api.post_server_action(server["id"], {"revertResize": None})
+        server = self._wait(server, "ACTIVE")
+        self._wait_for_migration_status(server, ["reverted"])
+        self.notifier.wait_for_versioned_notifications("instance.resize_revert.end",
+                                                       timeout=60)
+        (reverted,) = self._guest_vms()
+        self.assertEqual((resized["uuid"], "Running"),
+                         (reverted["uuid"], reverted["power_state"]))
+        self.assertEqual(2 * GiB, self._root_bytes(reverted))
+        self.assertEqual("nxs.bigger", server["flavor"]["original_name"])
+        before_delete = self._left_on_the_simulator()
+        self.assertEqual(1, before_delete["VM"])
+        self._delete_server(server)
+        self.assertEqual([], self._guest_vms())
+
+    def _resize(self, server, flavor_id):
+        self.api.post_server_action(server["id"], {"resize": {"flavorRef": flavor_id}})
+        self.notifier.wait_for_versioned_notifications("instance.resize.end", timeout=60)
+        return self._wait(server, "VERIFY_RESIZE")
+
+    def _root_bytes(self, vm):
+        xapi = self._xapi()
+        for vbd in vm["VBDs"]:
+            if xapi.VBD.get_userdevice(vbd) == "0":
+                return int(xapi.VDI.get_virtual_size(xapi.VBD.get_VDI(vbd)))
+        return None
+
+
+class ResizeDown:
+    """Resize down: it depends on the agent's mode, not on the transport."""
+
+    def test_resize_down_where_the_mode_can_and_a_fault_where_it_cannot(self):
+        # Nova never shrinks a root below the flavor the server was booted
+        # with (its image_min_disk): grow it first, then shrink it back.
+        server = self._boot(self._flavor("nxs.one", disk=1))
+        server = self._resize(server, self._flavor("nxs.three", disk=3))
+        self.api.post_server_action(server["id"], {"confirmResize": None})
+        server = self._wait(server, "ACTIVE")
+        self._wait_for_migration_status(server, ["confirmed"])
+        (original,) = self._guest_vms()
+        smaller = self._flavor("nxs.two", disk=2)
+        if self.COMPUTE_VM:
+            # in_guest: the agent copies the root's filesystem into a smaller disk.
+            server = self._resize(server, smaller)
+            resized = next(vm for vm in self._guest_vms() if vm["uuid"] != original["uuid"])
+            self.assertEqual(2 * GiB, self._root_bytes(resized))
+            self.api.post_server_action(server["id"], {"confirmResize": None})
+            server = self._wait(server, "ACTIVE")
+            self._wait_for_migration_status(server, ["confirmed"])
+        else:
+            self.api.post_server_action(server["id"], {"resize": {"flavorRef": smaller}})
+            event = self._wait_for_action_fail_completion(
+                server, "resize", "compute_resize_instance")
+            self.assertIn("independent mode", event["details"])
+            server = self._wait(server, "ACTIVE")
+            self.assertEqual("nxs.three", server["flavor"]["original_name"])
+            (vm,) = self._guest_vms()
+            self.assertEqual((original["uuid"], "Running"), (vm["uuid"], vm["power_state"]))
+        self._delete_server(server)
+        self.assertEqual([], self._guest_vms())
+
+
+class IndependentLocalSocket(ServerLifecycle, ResizeDown, base.XenSplitTestCase):
     COMPUTE_VM, TRANSPORT = False, "unix"
 
 
@@ -70,7 +150,7 @@ class IndependentRabbit(ServerLifecycle, base.XenSplitTestCase):
     COMPUTE_VM, TRANSPORT = False, "rabbit"
 
 
-class InGuestLocalSocket(ServerLifecycle, base.XenSplitTestCase):
+class InGuestLocalSocket(ServerLifecycle, ResizeDown, base.XenSplitTestCase):
     COMPUTE_VM, TRANSPORT = True, "unix"
 
 

@@ -32,6 +32,9 @@ def _written():
     written.add(("VDI", marks.image_bytes_mark(5)[0]))
     written |= {("VBD", key) for key in marks.vbd_marks("hv-1")}
     written |= {("VIF", key) for key in marks.vif_marks("port-1")}
+    written |= {("VM", key) for key in marks.vm_parked(marks.vm_marks(INSTANCE))}
+    written |= {("VDI", key) for key in marks.vdi_parked(
+        marks.vdi_marks(INSTANCE, "root", "hv-1", marks.READY))}
     written.add(("SR", pending_key.replace(LEAF, "<leaf uuid>")))
     return written
 
@@ -98,3 +101,16 @@ def test_a_vif_mark_reads_back_and_a_vif_without_a_port_has_none():
     assert marks.vif_port(marks.vif_marks("port-1")) == "port-1"
     assert marks.vif_marks(None) == {}
     assert marks.vif_port({}) is None
+
+
+def test_a_parked_vm_and_disk_are_no_longer_the_instances_and_come_back_as_they_were():
+    vm_config = dict(marks.vm_marks(INSTANCE), other="kept")
+    parked = marks.vm_parked(vm_config)
+    assert marks.vm_instance(parked) is None
+    assert marks.vm_parked_for(parked) == INSTANCE
+    assert marks.vm_unparked(parked) == vm_config
+    vdi_config = marks.vdi_marks(INSTANCE, "root", "hv-1", marks.READY)
+    parked = marks.vdi_parked(vdi_config)
+    assert marks.vdi_instance(parked) is None and marks.read_vdi(parked) is None
+    assert marks.vdi_parked_for(parked) == INSTANCE
+    assert marks.vdi_unparked(parked) == vdi_config
