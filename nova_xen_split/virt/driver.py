@@ -249,8 +249,11 @@ class XenSplitDriver(nova_driver.ComputeDriver):
             reason="nova-xen-split does not attach volumes")
 
     def get_volume_connector(self, instance):
+        """Asked first when Nova attaches a volume: refused there, before
+        Cinder exports anything."""
         raise exception.VolumeAttachFailed(
-            volume_id="(any)", reason="nova-xen-split does not attach volumes")
+            volume_id="of instance %s" % instance.uuid,
+            reason="nova-xen-split does not attach volumes")
 
     # -- helpers --------------------------------------------------------------------
 
