@@ -16,7 +16,7 @@ import json
 import logging
 import time
 
-from nova_xen_split import driver_errors, objects, vm_utils
+from nova_xen_split import driver_errors, netinfo, objects, vifs, vm_utils
 from nova_xen_split import spawn as spawn_mod
 from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks, xapi
@@ -288,6 +288,26 @@ class XenSplitDriver:
                                "dest": dest})
         self.power_off(instance, timeout, retry_interval)
         return json.dumps({"root": root_uuid, "dest": dest})
+
+    # -- networking -------------------------------------------------------------
+
+    def plug_vifs(self, instance, network_info):
+        """Give the instance's VM the VIFs of ``network_info`` it lacks
+        (plugged at once when it runs). Raises InvalidNetworkInfo or
+        NetworkNotFound before any VIF is made."""
+        parsed = netinfo.parse(network_info)
+        networks = vifs.networks_for(self.session, parsed,
+                                     self._conf.xenserver.ovs_integration_bridge)
+        vm_ref = self._vm_ref(instance)
+        running = vm_utils.power_state(self.session, vm_ref) == vm_utils.RUNNING
+        vifs.plug(self.session, vm_ref, parsed, networks, running)
+
+    def unplug_vifs(self, instance, network_info):
+        """Remove the VM's VIFs of ``network_info``; an instance without a VM
+        has none to remove."""
+        vm_ref = vm_utils.find_vm(self.session, objects.instance_from(instance).uuid)
+        if vm_ref is not None:
+            vifs.unplug(self.session, vm_ref, netinfo.parse(network_info))
 
     # -- aggregates -------------------------------------------------------------
 

@@ -7,6 +7,7 @@ a failure: CI must exercise the real thing.
 
 import contextlib
 import glob
+import importlib.util
 import os
 import re
 import signal
@@ -15,7 +16,20 @@ import subprocess
 import sys
 import time
 
-import pytest
+# Nova's functional tests (tests/functional/nova) run Nova 34 in its native
+# threading mode. Nova enforces that mode by forbidding eventlet, and refuses
+# to start if eventlet was imported before (oslo.messaging's futurist imports
+# it whenever it is installed). So the mode is chosen here, before any test
+# module is imported, for the whole run. The agent and the simulator run as
+# child processes and are not concerned; tests that need eventlet run it in
+# a child process.
+os.environ.setdefault("OS_NOVA_DISABLE_EVENTLET_PATCHING", "1")
+if importlib.util.find_spec("nova") is not None and "eventlet" not in sys.modules:
+    import nova.monkey_patch
+
+    nova.monkey_patch.patch()
+
+import pytest  # noqa: E402
 
 REQUIRE_REAL = os.environ.get("NXS_REQUIRE_REAL") == "1"
 RABBIT_HOST, RABBIT_PORT = "127.0.0.1", 5672

@@ -58,7 +58,9 @@ class VdiWriters:
 class SimulatedHost:
     def __init__(self, state_dir, password, compute_vm=False, plugin_dir=None,
                  plugin_timeout=600, loop_devices=True, partition_devices=True,
-                 import_attach_seconds=0.0):
+                 import_attach_seconds=0.0, host_cpus=4, host_memory_mb=16384):
+        self.host_cpus = host_cpus
+        self.host_memory_mb = host_memory_mb
         self.state_dir = os.path.abspath(state_dir)
         # What each import waits before reading its body (see http_data).
         self.import_attach_seconds = import_attach_seconds
@@ -109,6 +111,7 @@ class SimulatedHost:
             if not self.store.load():
                 self._create_objects()
             self._find_objects()
+            self._set_up_hardware()
             self._set_up_compute_vm()
             self._forget_attachments()
             self.store.touch()
@@ -167,6 +170,45 @@ class SimulatedHost:
         self.sr_ref = pool["default_SR"]
         self.dom0_ref = store.get("host", self.host_ref)["control_domain"]
         os.makedirs(self.sr_dir(self.sr_ref), exist_ok=True)
+
+    def _set_up_hardware(self):
+        """The host's CPUs, its memory and its networks, as configured.
+
+        A state directory made before these existed gets them; the CPU count
+        and memory follow the command line of every start, as a host's
+        hardware would after a change.
+        """
+        store = self.store
+        cpus = sorted(store.find("host_cpu", host=self.host_ref),
+                      key=lambda ref: int(store.get("host_cpu", ref)["number"]))
+        for ref in cpus[self.host_cpus:]:
+            store.remove("host_cpu", ref)
+        for number in range(len(cpus), self.host_cpus):
+            store.add("host_cpu", model.HOST_CPU.new_record(host=self.host_ref,
+                                                             number=str(number)))
+        host = store.get("host", self.host_ref)
+        total = str(self.host_memory_mb * 1024 * 1024)
+        if store.exists("host_metrics", host["metrics"]):
+            store.update("host_metrics", host["metrics"], memory_total=total,
+                         last_updated=model.now_text())
+        else:
+            metrics = store.add("host_metrics", model.HOST_METRICS.new_record(
+                memory_total=total, last_updated=model.now_text()))
+            store.update("host", self.host_ref, metrics=metrics)
+        # A fresh XenServer's networks: the management bridge of eth0, and
+        # the Open vSwitch integration bridge an operator makes for Neutron.
+        for bridge, label in (("xenbr0", "Pool-wide network associated with eth0"),
+                              ("br-int", "br-int")):
+            if not store.find("network", bridge=bridge):
+                store.add("network", model.NETWORK.new_record(
+                    name_label=label, bridge=bridge,
+                    other_config={"automatic": "false"} if bridge == "br-int" else {}))
+
+    def memory_free(self, metrics):
+        """Bytes of memory not held by a VM resident on the host."""
+        held = sum(int(vm["memory_static_max"]) for vm in self.store.table("VM").values()
+                   if vm["resident_on"] == self.host_ref)
+        return max(int(metrics["memory_total"]) - held, 0)
 
     def _identity_files(self):
         vms = os.path.join(self.state_dir, "vms")

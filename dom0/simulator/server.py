@@ -25,7 +25,7 @@ from dom0.simulator import host as host_mod
 from dom0.simulator import http_data
 from dom0.simulator.api import dispatch
 # Importing the message modules registers their messages.
-from dom0.simulator.api import sr, session_host, vbd, vdi, vm  # noqa: F401
+from dom0.simulator.api import sr, session_host, vbd, vdi, vif, vm  # noqa: F401
 
 LOG = logging.getLogger("xapi-sim")
 
@@ -151,8 +151,17 @@ def parse_args(argv):
                         help="seconds each PUT /import_raw_vdi waits after its 200 "
                         "before it reads the body, as real XAPI plugs the VDI into "
                         "dom0 and starts vhd-tool for every import (default: none)")
+    parser.add_argument("--host-cpus", type=int, default=4,
+                        help="physical CPUs the host reports (host_cpu records; default 4)")
+    parser.add_argument("--host-memory-mb", type=int, default=16384,
+                        help="memory the host reports (host_metrics.memory_total; "
+                        "default 16384, of which the control domain holds 4096)")
     parser.add_argument("--verbose", action="store_true", help="log every call")
     args = parser.parse_args(argv)
+    if not 1 <= args.host_cpus <= 512:
+        parser.error("--host-cpus must be between 1 and 512")
+    if not 4096 < args.host_memory_mb <= 16 * 1024 * 1024:
+        parser.error("--host-memory-mb must be more than the control domain's 4096")
     if not 0 <= args.import_attach_seconds <= 60:
         parser.error("--import-attach-seconds must be between 0 and 60")
     if args.password_file is not None:
@@ -188,7 +197,8 @@ def main(argv=None):
         plugin_dir=args.plugin_dir, plugin_timeout=args.plugin_timeout,
         loop_devices=not args.no_loop_devices,
         partition_devices=not args.no_partition_devices,
-        import_attach_seconds=args.import_attach_seconds)
+        import_attach_seconds=args.import_attach_seconds,
+        host_cpus=args.host_cpus, host_memory_mb=args.host_memory_mb)
     sim_host.open()
     server = make_server(sim_host, args.address, args.port)
     stop = threading.Event()

@@ -120,6 +120,14 @@ XENSERVER_OPTS = [
         "one second apart.",
     ),
     cfg.StrOpt(
+        "ovs_integration_bridge",
+        default="br-int",
+        help="Bridge (or name) of the XAPI network a VIF joins when its network "
+        "information names no bridge: the Open vSwitch integration bridge "
+        "Neutron's agent manages (the old XenAPI driver's option of the same "
+        "name). Driver only.",
+    ),
+    cfg.StrOpt(
         "image_plugin",
         default="vhd_images.py",
         help="Name of the dom0 plugin that fetches VHD image chains.",

@@ -22,6 +22,7 @@ VDI       ``nxs-agent``                ``[DEFAULT] host`` of the agent that made
 VDI       ``nxs-state``                ``in-progress`` or ``ready``
 VDI       ``nxs-image-bytes``          exact image size (the VDI is rounded up)
 VBD       ``nxs-agent-vbd``            ``[DEFAULT] host`` of the agent that plugged it
+VIF       ``nicira-iface-id``          the Neutron port (Open vSwitch's iface-id)
 SR        ``nxs-pending-chain-<leaf>`` ``<agent> <instance uuid> <unix time>``,
                                        then `` abandoned`` once the driver gave up
 ========  ===========================  ========================================
@@ -72,6 +73,25 @@ def vm_boot_files(other_config):
     other = other_config or {}
     return [other[_VM_BOOT_FILE % kind] for kind in BOOT_FILE_KINDS
             if other.get(_VM_BOOT_FILE % kind)]
+
+
+# -- VIFs -----------------------------------------------------------------------
+
+# Not ours but Open vSwitch's: XenServer's vif script copies this key of a
+# VIF's other_config into the OVS port's external_ids:iface-id, which is how
+# Neutron's agent finds its port (the old driver's Open vSwitch VIF driver
+# wrote the same).
+_VIF_IFACE_ID = "nicira-iface-id"
+
+
+def vif_marks(port_id):
+    """The ``other_config`` of a new VIF for Neutron port ``port_id`` (or none)."""
+    return {_VIF_IFACE_ID: port_id} if port_id else {}
+
+
+def vif_port(other_config):
+    """The Neutron port a VIF was made for, or None."""
+    return (other_config or {}).get(_VIF_IFACE_ID) or None
 
 
 # -- VDIs -----------------------------------------------------------------------

@@ -28,12 +28,30 @@ def derived_field(host, cls, ref, record, field):
             return str(os.stat(host.vdi_path(record)).st_blocks * 512)
         except OSError:
             return "0"
+    if cls == "SR" and field in ("physical_size", "physical_utilisation"):
+        # A file SR is the whole filesystem it lives on (sm's FileSR.py,
+        # _update: statvfs of the mount point).
+        fs = os.statvfs(host.sr_dir(ref))
+        if field == "physical_size":
+            return str(fs.f_blocks * fs.f_frsize)
+        return str((fs.f_blocks - fs.f_bfree) * fs.f_frsize)
+    if cls == "SR" and field == "virtual_allocation":
+        return str(sum(int(store.get("VDI", vdi)["virtual_size"])
+                       for vdi in store.find("VDI", SR=ref)))
     if cls == "SR" and field == "VDIs":
         return store.find("VDI", SR=ref)
     if cls in ("SR", "host") and field == "PBDs":
         return store.find("PBD", **{"SR" if cls == "SR" else "host": ref})
     if cls == "host" and field == "resident_VMs":
         return store.find("VM", resident_on=ref)
+    if cls == "host" and field == "host_CPUs":
+        return store.find("host_cpu", host=ref)
+    if cls == "VM" and field == "VIFs":
+        return store.find("VIF", VM=ref)
+    if cls == "network" and field == "VIFs":
+        return store.find("VIF", network=ref)
+    if cls == "host_metrics" and field == "memory_free":
+        return str(host.memory_free(record))
     raise KeyError(field)
 
 

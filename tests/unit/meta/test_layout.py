@@ -118,7 +118,8 @@ def test_benchmarks_do_not_import_the_tests():
 def _mark_literals():
     """The key strings marks.py defines (its private ``_VM_*``, ``_VDI_*``...)."""
     keys = {value for name, value in vars(marks).items()
-            if name.startswith(("_VM_", "_VDI_", "_VBD_", "_PENDING")) and isinstance(value, str)}
+            if name.startswith(("_VM_", "_VDI_", "_VBD_", "_VIF_", "_PENDING"))
+            and isinstance(value, str)}
     keys |= {marks._VM_BOOT_FILE % kind for kind in marks.BOOT_FILE_KINDS}
     return keys
 

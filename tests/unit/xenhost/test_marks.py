@@ -19,7 +19,7 @@ def _documented():
     with open(os.path.join(ROOT, "docs", "interfaces.md")) as f:
         text = f.read()
     section = text.split("## Marks in XAPI `other_config`", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| (VM|VDI|VBD|SR) \| `([^`]+)` \|", section, re.M)
+    rows = re.findall(r"^\| (VM|VDI|VBD|VIF|SR) \| `([^`]+)` \|", section, re.M)
     return set(rows)
 
 
@@ -31,6 +31,7 @@ def _written():
     written |= {("VDI", key) for key in marks.vdi_marks(INSTANCE, "root", "hv-1", marks.READY)}
     written.add(("VDI", marks.image_bytes_mark(5)[0]))
     written |= {("VBD", key) for key in marks.vbd_marks("hv-1")}
+    written |= {("VIF", key) for key in marks.vif_marks("port-1")}
     written.add(("SR", pending_key.replace(LEAF, "<leaf uuid>")))
     return written
 
@@ -91,3 +92,9 @@ def test_boot_files_read_back_kernel_first():
 def test_image_bytes_read_back_and_garbage_reads_as_none():
     assert marks.image_bytes(dict([marks.image_bytes_mark(123)])) == 123
     assert marks.image_bytes({}) is None
+
+
+def test_a_vif_mark_reads_back_and_a_vif_without_a_port_has_none():
+    assert marks.vif_port(marks.vif_marks("port-1")) == "port-1"
+    assert marks.vif_marks(None) == {}
+    assert marks.vif_port({}) is None
