@@ -20,6 +20,9 @@ def derived_field(host, cls, ref, record, field):
         return store.find("VBD", VM=ref)
     if cls == "VDI" and field == "VBDs":
         return store.find("VBD", VDI=ref)
+    if cls == "VDI" and field == "snapshots":
+        # datamodel.ml, relations: VDI.snapshots is the other end of snapshot_of.
+        return store.find("VDI", snapshot_of=ref)
     if cls == "VDI" and field == "physical_utilisation":
         try:
             # A clone's shared blocks are its parent's (extents.py).
