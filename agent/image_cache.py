@@ -323,18 +323,19 @@ class ImageCache:
         clone_ref = session.call("VDI.clone", cache_ref, {})
         self.ctx.busy.add(clone_ref)
         try:
-            # The instance mark first: from then on no fetch takes the clone
-            # for a cache VDI (XAPI's clone copies other_config).
-            marks.set_marks(session, "VDI", clone_ref, marks.vdi_marks(
-                instance_uuid, marks.ROOT, self.ctx.tag, marks.IN_PROGRESS, request))
+            # XAPI's clone copies other_config: the cache keys go and the
+            # instance's marks come in one write, so no fetch ever takes the
+            # clone for a cache VDI. The clone is whole once made: ready.
+            other = dict(session.call("VDI.get_other_config", clone_ref))
             for key in marks.CACHE_KEYS:
-                with contextlib.suppress(exceptions.XapiFailure):
-                    session.call("VDI.remove_from_other_config", clone_ref, key)
-            marks.set_mark(session, "VDI", clone_ref, *marks.cloned_from_mark(cache_uuid))
+                other.pop(key, None)
+            other.update(marks.vdi_marks(instance_uuid, marks.ROOT, self.ctx.tag,
+                                         marks.READY, request))
+            other.update([marks.cloned_from_mark(cache_uuid)])
             session.call("VDI.set_name_label", clone_ref, "%s %s" % (instance_uuid,
                                                                      marks.ROOT))
             base.checkpoint("cloned")
-            vdis.mark_ready(session, clone_ref)
+            session.call("VDI.set_other_config", clone_ref, other)
             vdis.refuse_if_caller_gone("root of instance %s" % instance_uuid)
         except BaseException:
             vdis.destroy_quietly(session, clone_ref, self.ctx.tag)
