@@ -81,6 +81,16 @@ class AgentEndpoint:
         self._checked("cleanup_attached_vdis", {})
         return self.backend.cleanup_attached_vdis()
 
+    def cache_image(self, image_id, auth_token=None):
+        """Make sure the image has a ready cache VDI (Nova's cache_image)."""
+        return self.backend.cache_image(**self._checked("cache_image", dict(
+            image_id=image_id, auth_token=auth_token)))
+
+    def manage_image_cache(self, min_age_seconds):
+        """Remove cache VDIs no instance uses, unused for ``min_age_seconds``."""
+        return self.backend.manage_image_cache(**self._checked(
+            "manage_image_cache", dict(min_age_seconds=min_age_seconds)))
+
     def destroy_vdis(self, vdi_uuids):
         """Destroy VDIs (unplugging this agent's VBDs of them first)."""
         return self.backend.destroy_vdis(**self._checked(

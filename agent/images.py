@@ -371,6 +371,25 @@ def expected_checksum(conf, image_id, auth_token, timeout=DEFAULT_TIMEOUT):
     return _record_checksum(record, image_id)
 
 
+def image_record(conf, image_id, auth_token, timeout=DEFAULT_TIMEOUT):
+    """The image's record (a dict: its fields and custom properties, as
+    Glance v2 shows them) from the first endpoint that answers. Asked with
+    the caller's token, it also proves the caller may read the image.
+    Raises ImageFetchFailed."""
+    return _first_record(conf, _servers(conf, image_id), image_id, auth_token, timeout)
+
+
+def record_checksum(record, image_id):
+    """What an image record says its bytes hash to: its multihash, else its
+    MD5 ``checksum``, as a :class:`Checksum`; None when it has neither.
+    Raises ImageFetchFailed for a malformed multihash."""
+    checksum = _record_checksum(record, image_id)
+    md5 = record.get("checksum")
+    if checksum is None and isinstance(md5, str) and _HEX_MD5.fullmatch(md5.strip()):
+        checksum = Checksum("md5", md5.strip().lower(), "checksum")
+    return checksum
+
+
 # The hashlib names Glance's ``hashing_algorithm`` takes (sha512, sha3_256,
 # blake2b, ...).
 _ALGORITHM_NAME = re.compile(r"[a-z0-9_]{1,32}")

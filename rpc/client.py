@@ -147,6 +147,16 @@ class AgentAPI:
         """Unplug and forget VBDs a crash left attached."""
         return self._call("cleanup_attached_vdis", "1.0", {})
 
+    def cache_image(self, image_id, auth_token=None):
+        """Fill the image's cache VDI unless it has one; ``{uuid, fetched}``."""
+        return self._call("cache_image", "1.6", dict(image_id=image_id,
+                                                     auth_token=auth_token))
+
+    def manage_image_cache(self, min_age_seconds):
+        """Remove unused cache VDIs; ``{removed, kept_in_use, kept_recent}``."""
+        return self._call("manage_image_cache", "1.6",
+                          dict(min_age_seconds=min_age_seconds))
+
     def destroy_vdis(self, vdi_uuids):
         """Destroy the VDIs the driver no longer needs."""
         return self._call("destroy_vdis", "1.0", dict(vdi_uuids=list(vdi_uuids)))

@@ -19,7 +19,9 @@ the network configuration); 1.2 ``remove_boot_files`` (the driver no
 longer calls a dom0 plugin itself), and ``describe`` publishes the
 ``check_host`` and ``pool_join`` capabilities; 1.3 ``auto_configure_disk``
 and ``preconfigure_instance`` take the ``instance_uuid`` whose VDI they may
-touch (the agent refuses any other instance's).
+touch (the agent refuses any other instance's); 1.6 ``cache_image`` and
+``manage_image_cache`` (Nova's image cache hooks: one cache VDI per image,
+cloned for each root).
 """
 
 import re
@@ -30,7 +32,7 @@ from rpc.schema import (
     paths_overlap,
 )
 
-VERSION = "1.3"
+VERSION = "1.6"
 
 # An image id goes into a URL path: no "/", and no leading "." (so never
 # "." or "..").
@@ -245,6 +247,14 @@ METHODS = {m.name: m for m in (
         Rule("paths", lambda a: len(set(a["paths"])) == len(a["paths"]),
              "names a file twice"),
     ), returns=("removed",)),
+    Method("cache_image", "1.6", long=True, args=(
+        Arg("image_id", Str(pattern=IMAGE_ID)),
+        Arg("auth_token", Str(min_len=1, max_len=8192, pattern=AUTH_TOKEN), nullable=True,
+            secret=True),
+    ), returns=("uuid", "fetched")),
+    Method("manage_image_cache", "1.6", long=True, args=(
+        Arg("min_age_seconds", Int(0, 10 * 365 * 86400)),
+    ), returns=("removed", "kept_in_use", "kept_recent")),
     Method("destroy_vdis", "1.0", args=(
         Arg("vdi_uuids", List(Uuid(), min_items=1, max_items=64)),
     ), rules=(

@@ -113,18 +113,7 @@ class InGuestBackend(CommonBackend):
             return round_up(reader.size_bytes + offset_sectors * 512, base.MiB)
 
         def fill(vdi_ref):
-            with self._attached(vdi_ref) as dev:
-                base.checkpoint("attached")
-                if offset_sectors:
-                    # A partition-less filesystem image: give it a partition.
-                    end = offset_sectors + round_up(reader.size_bytes, 512) // 512 - 1
-                    privileged.make_partition(dev.device, offset_sectors, end, "83", False)
-                with self._writable(dev.device) as f:
-                    f.seek(offset_sectors * 512)
-                    _copy_skipping_zeros(reader, f, reader.size_bytes,
-                                         "image %s into %s" % (image_id, dev.device),
-                                         self.conf.agent.progress_interval)
-                base.checkpoint("written")
+            self.write_raw(vdi_ref, reader, offset_sectors)
             # The exact size: the VDI is rounded up to whole MiB.
             marks.set_mark(self.ctx.session, "VDI", vdi_ref,
                            *marks.image_bytes_mark(reader.size_bytes))
@@ -136,6 +125,22 @@ class InGuestBackend(CommonBackend):
             if reader is not None:
                 reader.close()
         return ref
+
+    def write_raw(self, vdi_ref, reader, offset_sectors=0):
+        """Plug the new VDI here and copy the image into it, all-zero blocks
+        skipped; ``offset_sectors`` leaves room for a partition table."""
+        with self._attached(vdi_ref) as dev:
+            base.checkpoint("attached")
+            if offset_sectors:
+                # A partition-less filesystem image: give it a partition.
+                end = offset_sectors + round_up(reader.size_bytes, 512) // 512 - 1
+                privileged.make_partition(dev.device, offset_sectors, end, "83", False)
+            with self._writable(dev.device) as f:
+                f.seek(offset_sectors * 512)
+                _copy_skipping_zeros(reader, f, reader.size_bytes,
+                                     "image %s into %s" % (reader.image_id, dev.device),
+                                     self.conf.agent.progress_interval)
+            base.checkpoint("written")
 
     def fetch_boot_file(self, instance_uuid, image_id, auth_token, kind):
         """Kernel or ramdisk: into a scratch VDI, then copied by dom0 to its
@@ -161,6 +166,10 @@ class InGuestBackend(CommonBackend):
                     ramdisk_id, auth_token):
         """VHD via the dom0 image plugin; raw/ami streamed into a local device;
         aki/ari and kernel_id/ramdisk_id copied to dom0's boot directory."""
+        cached = self.fetch_cached_root(instance_uuid, image_id, disk_format, kernel_id,
+                                        ramdisk_id, auth_token)
+        if cached is not None:
+            return cached
         if disk_format == "vhd":
             return {"vdis": [self.fetch_vhd(instance_uuid, image_id, auth_token)]}
         if disk_format in ("aki", "ari"):

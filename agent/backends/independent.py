@@ -60,6 +60,10 @@ class IndependentBackend(CommonBackend):
                 feature="Partition-less (ami) disk images, which need a partition table "
                 "written around the data",
                 option="image property disk_format=ami; %s" % self.LIMITATION)
+        cached = self.fetch_cached_root(instance_uuid, image_id, disk_format, kernel_id,
+                                        ramdisk_id, auth_token)
+        if cached is not None:
+            return cached
         if disk_format == "vhd":
             return {"vdis": [self.fetch_vhd(instance_uuid, image_id, auth_token)]}
         return {"vdis": [dict(self._fetch_raw(instance_uuid, image_id, auth_token),
@@ -75,17 +79,7 @@ class IndependentBackend(CommonBackend):
 
         def fill(vdi_ref):
             base.checkpoint("created")
-            if isinstance(reader, images.LocalImageFile):
-                # A file: its holes are skipped unread, its data sent with sendfile.
-                # The file sent is the one checked (opened with O_NOFOLLOW,
-                # its size matched), not whatever its path names by now.
-                upload.upload_file(self.ctx.session, vdi_ref, reader.path, fmt="chunked",
-                                   progress_interval=self.conf.agent.progress_interval,
-                                   opened=reader.file)
-            else:
-                upload.upload_stream(self.ctx.session, vdi_ref, reader, reader.size_bytes,
-                                     progress_interval=self.conf.agent.progress_interval)
-            base.checkpoint("uploaded")
+            self.write_raw(vdi_ref, reader)
 
         try:
             ref = vdis.make(self.ctx, "fetch_image", instance_uuid, marks.ROOT,
@@ -94,6 +88,20 @@ class IndependentBackend(CommonBackend):
             if reader is not None:
                 reader.close()
         return vdis.result(self.ctx.session, ref)
+
+    def write_raw(self, vdi_ref, reader, offset_sectors=0):
+        """Upload a raw image with ``PUT /import_raw_vdi`` (sparse framing)."""
+        if isinstance(reader, images.LocalImageFile):
+            # A file: its holes are skipped unread, its data sent with sendfile.
+            # The file sent is the one checked (opened with O_NOFOLLOW,
+            # its size matched), not whatever its path names by now.
+            upload.upload_file(self.ctx.session, vdi_ref, reader.path, fmt="chunked",
+                               progress_interval=self.conf.agent.progress_interval,
+                               opened=reader.file)
+        else:
+            upload.upload_stream(self.ctx.session, vdi_ref, reader, reader.size_bytes,
+                                 progress_interval=self.conf.agent.progress_interval)
+        base.checkpoint("uploaded")
 
     # -- disks -------------------------------------------------------------------
 

@@ -225,8 +225,9 @@ class Simulator(_Child):
 
 
 def write_config(path, sim, host, glance_url, work_dir, transport_url=None,
-                 vm_uuid=None):
-    """The config file that the agent and the driver share, as deployed."""
+                 vm_uuid=None, cache_images=None):
+    """The config file that the agent and the driver share, as deployed;
+    ``cache_images`` sets ``[xenserver] cache_images`` (unset: its default)."""
     if vm_uuid:
         vm_dir = os.path.join(sim.state_dir, "vms", vm_uuid)
         vm_uuid_file = os.path.join(vm_dir, "sys", "hypervisor", "uuid")
@@ -255,6 +256,10 @@ def write_config(path, sim, host, glance_url, work_dir, transport_url=None,
         # No xenstore here: the uuid file alone says whether a local VM exists.
         "xenstore_read_command = false",
         "device_dir = %s" % device_dir,
+    ]
+    if cache_images is not None:
+        lines.append("cache_images = %s" % cache_images)
+    lines += [
         "",
         "[glance]",
         "api_servers = %s" % glance_url,

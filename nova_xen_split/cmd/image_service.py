@@ -46,6 +46,9 @@ any time; the same settings can be given to :meth:`ImageService.add`:
 ``formats``
     the record's (``disk_format``, ``container_format``); raw and bare if
     not given.
+``properties``
+    custom properties shown in the record, as Glance v2 shows them (top-level
+    fields, string values), e.g. ``{"cache_in_nova": "true"}``.
 
 For the whole service: ``token`` (a download, or any request but for a
 record, that does not carry it as ``X-Auth-Token`` is answered 401; records
@@ -127,6 +130,7 @@ class ImageService:
         self.fail_status = fail_status
         self.images = {}        # image id → path or bytes
         self.formats = {}       # image id → (disk_format, container_format)
+        self.properties = {}    # image id → {name: value}
         self.content_md5 = {}
         self.multihash = {}
         self.located = set()
@@ -146,7 +150,7 @@ class ImageService:
 
     def add(self, source, image_id=None, *, content_md5=_UNSET, multihash=_UNSET,
             location=False, record=_UNSET, cut_after=None, unsized=False, error=None,
-            disk_format="raw", container_format="bare"):
+            disk_format="raw", container_format="bare", properties=None):
         """Serve ``source`` (a path or bytes) as ``image_id`` (a new uuid if
         None); returns the id. The keywords given set the image's entry in the
         dict of the same name (``location``: ``located``). The checksums the
@@ -166,6 +170,8 @@ class ImageService:
             self.cut_after[image_id] = cut_after
         if error is not None:
             self.errors[image_id] = error
+        if properties:
+            self.properties[image_id] = dict(properties)
         if location:
             self.located.add(image_id)
         if unsized:
@@ -221,8 +227,9 @@ class ImageService:
         """The image's record as this service makes it."""
         source = self.images[image_id]
         disk_format, container_format = self.formats.get(image_id, ("raw", "bare"))
-        record = {"id": image_id, "status": "active", "size": _size(source),
-                  "disk_format": disk_format, "container_format": container_format}
+        record = dict(self.properties.get(image_id, {}))
+        record.update({"id": image_id, "status": "active", "size": _size(source),
+                       "disk_format": disk_format, "container_format": container_format})
         md5 = self.md5_of(image_id)
         if md5 is not None:
             record["checksum"] = md5

@@ -6,10 +6,10 @@
 without being written out one by one, as XAPI generates them from its IDL.
 """
 
-import os
 import xmlrpc.client
 
 from dom0.simulator import errors
+from dom0.simulator import extents
 from dom0.simulator import model
 
 
@@ -25,7 +25,8 @@ def derived_field(host, cls, ref, record, field):
         return store.find("VDI", snapshot_of=ref)
     if cls == "VDI" and field == "physical_utilisation":
         try:
-            return str(os.stat(host.vdi_path(record)).st_blocks * 512)
+            # A clone's shared blocks are its parent's (extents.py).
+            return str(extents.own_bytes(host.vdi_path(record)))
         except OSError:
             return "0"
     if cls == "SR" and field in ("physical_size", "physical_utilisation"):

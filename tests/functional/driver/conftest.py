@@ -88,16 +88,20 @@ def image_service(demo_image, demo_vhd_tarball):
 
 @pytest.fixture
 def make_pair(tmp_path, image_service, rabbit_cleanup):
-    """Factory: ``make_pair(sim, transport_url=None, driver_overrides=None)`` → Pair."""
+    """Factory: ``make_pair(sim, transport_url=None, driver_overrides=None,
+    cache_images="none")`` → Pair. The image cache is off unless asked for:
+    most tests here are about what a spawn downloads."""
     pairs = []
 
-    def factory(sim, transport_url=None, driver_overrides=None, init=True):
+    def factory(sim, transport_url=None, driver_overrides=None, init=True,
+                cache_images="none"):
         host = "nxs-test-%s" % uuidlib.uuid4().hex[:10]
         work = tmp_path / host
         work.mkdir()
         config_file = demo_env.write_config(
             str(work / "nova-xen-split.conf"), sim, host, image_service.url, str(work),
-            transport_url=transport_url, vm_uuid=sim.compute_vm_uuid)
+            transport_url=transport_url, vm_uuid=sim.compute_vm_uuid,
+            cache_images=cache_images)
         if transport_url:
             rabbit_cleanup.append("nova-xen-split-agent.%s" % host)
         agent = demo_env.Agent(config_file, str(work / "agent.log")).start()

@@ -37,6 +37,8 @@ VALID_ARGS = {
     "destroy_vdis": dict(vdi_uuids=[VDI, INSTANCE]),
     "remove_boot_files": dict(paths=["/boot/guest/kernel-a1b2c3",
                                      "/boot/guest/ramdisk-d4e5f6"]),
+    "cache_image": dict(image_id="cirros-0.6.2", auth_token="gAAAA-secret-token"),
+    "manage_image_cache": dict(min_age_seconds=86400),
 }
 
 
@@ -55,6 +57,10 @@ def expected_result(method, args, host="test-host", version=methods.VERSION):
         return {"removed": len(args["paths"])}
     if method == "preconfigure_instance":
         return {}
+    if method == "cache_image":
+        return {"uuid": VDI, "fetched": True}
+    if method == "manage_image_cache":
+        return {"removed": 1, "kept_in_use": 2, "kept_recent": 3}
     uuid = args.get("instance_uuid") or args["vdi_uuid"]
     size = args.get("new_gb", 0) << 30 or args.get("size_mb", 64) << 20
     result = {"uuid": uuid, "size_bytes": size}
