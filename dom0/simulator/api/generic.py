@@ -6,6 +6,7 @@
 without being written out one by one, as XAPI generates them from its IDL.
 """
 
+import os
 import xmlrpc.client
 
 from dom0.simulator import errors
