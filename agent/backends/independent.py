@@ -12,6 +12,7 @@ import math
 
 from agent import attach
 from agent import images
+from agent import snapshot
 from agent import upload
 from agent import vdis
 from agent.backends import base
@@ -94,6 +95,19 @@ class IndependentBackend(CommonBackend):
             if reader is not None:
                 reader.close()
         return vdis.result(self.ctx.session, ref)
+
+    # -- upload_snapshot ---------------------------------------------------------
+
+    def upload_snapshot(self, instance_uuid, vdi_uuid, image_id, auth_token):
+        """XAPI's VHD export of the snapshot, streamed into the image service."""
+        session = self.ctx.session
+        vdi_ref = vdis.snapshot_ref(session, vdi_uuid, instance_uuid, "upload_snapshot")
+        self.ctx.busy.add(vdi_ref)
+        try:
+            return snapshot.upload(self.conf, image_id, auth_token,
+                                   lambda: snapshot.VdiExport(session, vdi_ref).open())
+        finally:
+            self.ctx.busy.discard(vdi_ref)
 
     # -- disks -------------------------------------------------------------------
 
