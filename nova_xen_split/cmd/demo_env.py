@@ -225,8 +225,9 @@ class Simulator(_Child):
 
 
 def write_config(path, sim, host, glance_url, work_dir, transport_url=None,
-                 vm_uuid=None):
-    """The config file that the agent and the driver share, as deployed."""
+                 vm_uuid=None, glance_options=None):
+    """The config file that the agent and the driver share, as deployed;
+    ``glance_options`` adds ``[glance]`` options (name → text)."""
     if vm_uuid:
         vm_dir = os.path.join(sim.state_dir, "vms", vm_uuid)
         vm_uuid_file = os.path.join(vm_dir, "sys", "hypervisor", "uuid")
@@ -258,6 +259,9 @@ def write_config(path, sim, host, glance_url, work_dir, transport_url=None,
         "",
         "[glance]",
         "api_servers = %s" % glance_url,
+    ]
+    lines += ["%s = %s" % item for item in sorted((glance_options or {}).items())]
+    lines += [
         "",
         "[agent]",
         "socket_path = %s" % socket_path,

@@ -88,16 +88,20 @@ def image_service(demo_image, demo_vhd_tarball):
 
 @pytest.fixture
 def make_pair(tmp_path, image_service, rabbit_cleanup):
-    """Factory: ``make_pair(sim, transport_url=None, driver_overrides=None)`` → Pair."""
+    """Factory: ``make_pair(sim, transport_url=None, driver_overrides=None,
+    image_url=None, glance_options=None)`` → Pair; ``image_url`` is the image
+    service (default: the stand-in ``image_service``)."""
     pairs = []
 
-    def factory(sim, transport_url=None, driver_overrides=None, init=True):
+    def factory(sim, transport_url=None, driver_overrides=None, init=True, image_url=None,
+                glance_options=None):
         host = "nxs-test-%s" % uuidlib.uuid4().hex[:10]
         work = tmp_path / host
         work.mkdir()
         config_file = demo_env.write_config(
-            str(work / "nova-xen-split.conf"), sim, host, image_service.url, str(work),
-            transport_url=transport_url, vm_uuid=sim.compute_vm_uuid)
+            str(work / "nova-xen-split.conf"), sim, host, image_url or image_service.url,
+            str(work), transport_url=transport_url, vm_uuid=sim.compute_vm_uuid,
+            glance_options=glance_options)
         if transport_url:
             rabbit_cleanup.append("nova-xen-split-agent.%s" % host)
         agent = demo_env.Agent(config_file, str(work / "agent.log")).start()
