@@ -153,6 +153,7 @@ class InGuestBackend(CommonBackend):
                     _copy_skipping_zeros(reader, f, reader.size_bytes,
                                          "image %s into %s" % (image_id, dev.device),
                                          self.conf.agent.progress_interval)
+                reader.verify()
                 base.checkpoint("written")
             # The exact size: the VDI is rounded up to whole MiB.
             marks.set_mark(self.ctx.session, "VDI", vdi_ref,

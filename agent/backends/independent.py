@@ -86,6 +86,7 @@ class IndependentBackend(CommonBackend):
             else:
                 upload.upload_stream(self.ctx.session, vdi_ref, reader, reader.size_bytes,
                                      progress_interval=self.conf.agent.progress_interval)
+            reader.verify()
             base.checkpoint("uploaded")
 
         try:

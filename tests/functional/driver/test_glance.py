@@ -89,10 +89,10 @@ def test_raw_and_vhd_images_from_glance_boot(mode_sim, make_pair, glance_images)
 
 
 def test_a_raw_image_read_from_glances_store_is_checked_against_its_multihash(
-        xapi_sim, make_pair, glance_images, tmp_path):
+        mode_sim, make_pair, glance_images, tmp_path):
     # [glance] file_url_mounts: the image is read from Glance's own file,
     # and its SHA-512 (os_hash_value) still checked.
-    pair = make_pair(xapi_sim, image_url=glance_images.url, glance_options={
+    pair = make_pair(mode_sim, image_url=glance_images.url, glance_options={
         "file_url_mounts": "%s:%s" % (glance_images.images_dir, glance_images.images_dir)})
     instance = _spawn_from(pair, RAW_IMAGE_ID, "raw", IMAGE_MB * MiB)
     assert "reading %d bytes from %s" % (IMAGE_MB * MiB, glance_images.images_dir) \
