@@ -6,6 +6,7 @@ what it made (a child process, a thread, files), so the demo can tear down
 in reverse order whatever happened.
 """
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,8 @@ import sys
 import tarfile
 import threading
 import time
+import urllib.error
+import urllib.request
 
 LISTEN_RE = re.compile(r"xapi-sim listening on (http://127\.0\.0\.1:\d+)")
 SIM_PASSWORD = "xapi-sim"
@@ -296,3 +299,37 @@ class Agent(_Child):
 
     def exited(self):
         return self.proc is not None and self.proc.poll() is not None
+
+
+# -- an image service's records (Glance v2) ---------------------------------------
+
+def _glance(url, method, path, body=None, token=None, timeout=60):
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["X-Auth-Token"] = token
+    request = urllib.request.Request(
+        url.rstrip("/") + path, method=method, headers=headers,
+        data=None if body is None else json.dumps(body).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as e:
+        raise DemoError("%s %s%s: HTTP %d %s" % (method, url, path, e.code, e.reason)) \
+            from None
+    except (OSError, ValueError) as e:
+        raise DemoError("%s %s%s: %s" % (method, url, path, e)) from None
+
+
+def image_record(url, image_id, token=None):
+    """The record of an image of the image service at ``url``."""
+    return _glance(url, "GET", "/v2/images/%s" % image_id, token=token)
+
+
+def create_image(url, name, token=None):
+    """A new queued image, as Nova's API makes one for a snapshot; its id."""
+    record = _glance(url, "POST", "/v2/images", {
+        "name": name, "disk_format": "raw", "container_format": "bare",
+        "visibility": "private"}, token=token)
+    return record["id"]

@@ -76,6 +76,22 @@ def demo_vhd_tarball(demo_image):
     return path
 
 
+RAW_IMAGE_ID = "6f1d3c2a-9b8e-4d7f-a6c5-000000000001"
+VHD_IMAGE_ID = "6f1d3c2a-9b8e-4d7f-a6c5-000000000002"
+
+
+@pytest.fixture(scope="session")
+def glance_images(glance, demo_image, demo_vhd_tarball):
+    """The demo disk in Glance as a raw image and as a VHD tarball."""
+    for image_id, path, disk_format, container_format in (
+            (RAW_IMAGE_ID, demo_image, "raw", "bare"),
+            (VHD_IMAGE_ID, demo_vhd_tarball, "vhd", "ovf")):
+        if glance.image(image_id) is None:
+            glance.add_image(path, image_id, disk_format=disk_format,
+                             container_format=container_format, name=disk_format)
+    return glance
+
+
 @pytest.fixture
 def image_service(demo_image, demo_vhd_tarball):
     service = ImageService(hash_algo="sha512")

@@ -17,23 +17,10 @@ from nova_xen_split import objects
 from nova_xen_split.xenhost import marks
 from tests.functional.agent.disktools import ext_write
 from tests.functional.driver.conftest import (
-    IMAGE_MB, MiB, leftovers, make_instance, run, spawn, vdi_path)
+    IMAGE_MB, RAW_IMAGE_ID, VHD_IMAGE_ID, MiB, leftovers, make_instance, run, spawn,
+    vdi_path)
 
-RAW_IMAGE_ID = "6f1d3c2a-9b8e-4d7f-a6c5-000000000001"
-VHD_IMAGE_ID = "6f1d3c2a-9b8e-4d7f-a6c5-000000000002"
 MODES = ("independent", "in_guest")
-
-
-@pytest.fixture(scope="session")
-def glance_images(glance, demo_image, demo_vhd_tarball):
-    """The demo disk in Glance as a raw image and as a VHD tarball."""
-    for image_id, path, disk_format, container_format in (
-            (RAW_IMAGE_ID, demo_image, "raw", "bare"),
-            (VHD_IMAGE_ID, demo_vhd_tarball, "vhd", "ovf")):
-        if glance.image(image_id) is None:
-            glance.add_image(path, image_id, disk_format=disk_format,
-                             container_format=container_format, name=disk_format)
-    return glance
 
 
 @pytest.fixture(params=MODES)
