@@ -76,6 +76,12 @@ class AgentEndpoint:
         return self.backend.remove_boot_files(**self._checked(
             "remove_boot_files", dict(paths=paths)))
 
+    def upload_snapshot(self, instance_uuid, vdi_uuid, image_id, auth_token=None):
+        """Upload a snapshot VDI of the instance into an image (VHD tarball)."""
+        return self.backend.upload_snapshot(**self._checked("upload_snapshot", dict(
+            instance_uuid=instance_uuid, vdi_uuid=vdi_uuid, image_id=image_id,
+            auth_token=auth_token)))
+
     def cleanup_attached_vdis(self):
         """Remove this agent's leftover VBDs and half-made VDIs."""
         self._checked("cleanup_attached_vdis", {})

@@ -17,6 +17,7 @@ import logging
 import time
 
 from nova_xen_split import driver_errors, netinfo, objects, vifs, vm_utils
+from nova_xen_split import snapshot as snapshot_mod
 from nova_xen_split import spawn as spawn_mod
 from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks, xapi
@@ -251,6 +252,18 @@ class XenSplitDriver:
             # A host (or guest) that cannot reboot in place: stop and start.
             vm_utils.hard_shutdown(session, vm_ref)
             session.call("VM.start", vm_ref, False, False)
+
+    def snapshot(self, context, instance, image_id, update_task_state):
+        """Snapshot the instance's root disk into image ``image_id`` (made by
+        Nova, ``queued``): ``VDI.snapshot`` through XAPI, then the agent
+        uploads it as a VHD tarball (``disk_format`` vhd, ``container_format``
+        ovf). Task states: ``image_pending_upload`` → ``image_uploading``.
+        The snapshot VDI is destroyed after; a failed upload leaves no image.
+        """
+        instance = objects.instance_from(instance)
+        snapshot_mod.snapshot(self._conf, self.agent, self.session, instance,
+                              self._vm_ref(instance), image_id,
+                              getattr(context, "auth_token", None), update_task_state)
 
     def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,
                                    block_device_info=None, timeout=0, retry_interval=0):

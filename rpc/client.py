@@ -143,6 +143,13 @@ class AgentAPI:
         """Remove kernel/ramdisk files the agent copied into dom0 (1.2)."""
         return self._call("remove_boot_files", "1.2", dict(paths=list(paths)))
 
+    def upload_snapshot(self, instance_uuid, vdi_uuid, image_id, auth_token=None):
+        """Upload a snapshot VDI of the instance into image ``image_id`` as a
+        VHD tarball (1.5); returns ``{"image_id", "size_bytes"}``."""
+        return self._call("upload_snapshot", "1.5", dict(
+            instance_uuid=instance_uuid, vdi_uuid=vdi_uuid, image_id=image_id,
+            auth_token=auth_token))
+
     def cleanup_attached_vdis(self):
         """Unplug and forget VBDs a crash left attached."""
         return self._call("cleanup_attached_vdis", "1.0", {})

@@ -19,7 +19,9 @@ the network configuration); 1.2 ``remove_boot_files`` (the driver no
 longer calls a dom0 plugin itself), and ``describe`` publishes the
 ``check_host`` and ``pool_join`` capabilities; 1.3 ``auto_configure_disk``
 and ``preconfigure_instance`` take the ``instance_uuid`` whose VDI they may
-touch (the agent refuses any other instance's); 1.6 ``cache_image`` and
+touch (the agent refuses any other instance's); 1.5 ``upload_snapshot``
+(a snapshot VDI of the instance's root into an image of the image service,
+as a VHD tarball); 1.6 ``cache_image`` and
 ``manage_image_cache`` (Nova's image cache hooks: one cache VDI per image,
 cloned for each root).
 """
@@ -239,6 +241,13 @@ METHODS = {m.name: m for m in (
     ), rules=(
         _no_file_where_an_argument_goes,
     )),
+    Method("upload_snapshot", "1.5", long=True, args=(
+        Arg("instance_uuid", Uuid()),
+        Arg("vdi_uuid", Uuid()),
+        Arg("image_id", Str(pattern=IMAGE_ID)),
+        Arg("auth_token", Str(min_len=1, max_len=8192, pattern=AUTH_TOKEN), nullable=True,
+            secret=True),
+    ), returns=("image_id", "size_bytes")),
     Method("cleanup_attached_vdis", "1.0", returns=("unplugged", "destroyed")),
     Method("remove_boot_files", "1.2", args=(
         Arg("paths", List(Str(max_len=1024, pattern=BOOT_FILE_PATH), min_items=1,

@@ -100,6 +100,16 @@ def loop_devices():
     need(loop_devices_usable(), "loop devices are not usable (needs root and /dev/loop-control)")
 
 
+@pytest.fixture(scope="session")
+def glance(tmp_path_factory):
+    """A real Glance on a free loopback port for the whole run (tests/glance.py)."""
+    from tests import glance as glance_server
+    need(glance_server.available(), "Glance is not installed (.ci/install --tests)")
+    server = glance_server.GlanceProcess(tmp_path_factory.mktemp("glance")).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def rabbit_url():
     need(rabbit_available(), "RabbitMQ does not answer on %s:%d" % (RABBIT_HOST, RABBIT_PORT))

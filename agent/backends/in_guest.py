@@ -13,7 +13,8 @@ import logging
 import os
 import time
 
-from agent import attach, images, privileged, readahead, vdi_import, vdis
+from agent import attach, images, privileged, readahead, snapshot, vdi_import, vdis
+from agent import vhd
 from agent.backends import base
 from agent.backends.common import (
     KERNEL_PLUGIN, PARTITION_START, CommonBackend, disk_request, partition_type_for,
@@ -101,6 +102,34 @@ class InGuestBackend(CommonBackend):
         finally:
             privileged.chown_device(device, previous)
 
+    @contextlib.contextmanager
+    def _readable(self, device):
+        """Lend the device to this process for reading, give it back afterwards."""
+        previous = privileged.chown_device(device, os.getuid())
+        try:
+            yield self._device_path(device)
+        finally:
+            privileged.chown_device(device, previous)
+
+    # -- upload_snapshot -------------------------------------------------------
+
+    def upload_snapshot(self, instance_uuid, vdi_uuid, image_id, auth_token):
+        """The snapshot plugged read-only into this VM, encoded as a VHD by
+        the agent and streamed into the image service."""
+        session = self.ctx.session
+        vdi_ref = vdis.snapshot_ref(session, vdi_uuid, instance_uuid, "upload_snapshot")
+        size_bytes = int(session.call("VDI.get_virtual_size", vdi_ref))
+        self.ctx.busy.add(vdi_ref)
+        try:
+            with self._attached(vdi_ref, read_only=True) as dev:
+                with self._readable(dev.device) as path:
+                    return snapshot.upload(
+                        self.conf, image_id, auth_token,
+                        lambda: snapshot.EncodedVhd(vhd.VhdStream.from_file(path,
+                                                                            size_bytes)))
+        finally:
+            self.ctx.busy.discard(vdi_ref)
+
     # -- fetch_image ---------------------------------------------------------
 
     def fetch_raw(self, instance_uuid, image_id, disk_format, auth_token, purpose,
@@ -140,6 +169,7 @@ class InGuestBackend(CommonBackend):
                 _copy_skipping_zeros(reader, f, reader.size_bytes,
                                      "image %s into %s" % (reader.image_id, dev.device),
                                      self.conf.agent.progress_interval)
+            reader.verify()
             base.checkpoint("written")
 
     def fetch_boot_file(self, instance_uuid, image_id, auth_token, kind):

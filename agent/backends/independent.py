@@ -12,6 +12,7 @@ import math
 
 from agent import attach
 from agent import images
+from agent import snapshot
 from agent import upload
 from agent import vdis
 from agent.backends import base
@@ -101,7 +102,21 @@ class IndependentBackend(CommonBackend):
         else:
             upload.upload_stream(self.ctx.session, vdi_ref, reader, reader.size_bytes,
                                  progress_interval=self.conf.agent.progress_interval)
+        reader.verify()
         base.checkpoint("uploaded")
+
+    # -- upload_snapshot ---------------------------------------------------------
+
+    def upload_snapshot(self, instance_uuid, vdi_uuid, image_id, auth_token):
+        """XAPI's VHD export of the snapshot, streamed into the image service."""
+        session = self.ctx.session
+        vdi_ref = vdis.snapshot_ref(session, vdi_uuid, instance_uuid, "upload_snapshot")
+        self.ctx.busy.add(vdi_ref)
+        try:
+            return snapshot.upload(self.conf, image_id, auth_token,
+                                   lambda: snapshot.VdiExport(session, vdi_ref).open())
+        finally:
+            self.ctx.busy.discard(vdi_ref)
 
     # -- disks -------------------------------------------------------------------
 

@@ -197,9 +197,10 @@ GLANCE_OPTS = [
         "the download (Content-MD5). A mismatch fails the fetch and leaves no "
         "VDI. MD5 and SHA-512 cost about one second of CPU per 600 MiB "
         "downloaded; SHA-256 on a CPU with SHA extensions less than half of "
-        "that. Images read from a file location (file_url_mounts) are not "
-        "checked. An image without either is downloaded unchecked, with a "
-        "log line.",
+        "that. An image read from a file location (file_url_mounts) is "
+        "hashed beside the copy, against the same multihash, else the "
+        "record's MD5 checksum; its holes are hashed as zeros, not read. An "
+        "image without either is read unchecked, with a log line.",
     ),
 ]
 

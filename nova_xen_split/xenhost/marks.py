@@ -16,7 +16,8 @@ VM        ``nxs-kernel-file``          dom0 path of the instance's kernel
 VM        ``nxs-ramdisk-file``         dom0 path of the instance's ramdisk
 VDI       ``nxs-instance-uuid``        the instance the VDI was made for
 VDI       ``nxs-purpose``              ``root``, ``swap``, ``ephemeral:<label>``,
-                                       ``configdrive``, ``resize``, ``kernel``...
+                                       ``configdrive``, ``resize``, ``kernel``...,
+                                       ``snapshot`` (a root's snapshot being uploaded)
 VDI       ``nxs-request``              ``sha256:<hex>`` of the request it was made for
 VDI       ``nxs-agent``                ``[DEFAULT] host`` of the agent that made it
 VDI       ``nxs-state``                ``in-progress`` or ``ready``
@@ -113,6 +114,9 @@ IN_PROGRESS = "in-progress"
 READY = "ready"
 # Purposes of VDIs the agent makes; an ephemeral disk's is its kind and label.
 ROOT, SWAP, CONFIGDRIVE, RESIZE = "root", "swap", "configdrive", "resize"
+# A snapshot of an instance's root that the driver took through XAPI for
+# the agent to upload; destroyed once uploaded (or not).
+SNAPSHOT = "snapshot"
 
 VdiMark = collections.namedtuple("VdiMark", ["instance_uuid", "purpose", "agent", "state"])
 
@@ -130,6 +134,15 @@ def vdi_marks(instance_uuid, purpose, agent, state, request=None):
     if request is not None:
         entries.append(request_mark(request))
     return dict(entries)
+
+
+def snapshot_marks(instance_uuid, agent):
+    """The whole ``other_config`` of a snapshot VDI of an instance's root,
+    to be uploaded by ``agent``: it replaces the root's marks, which
+    ``VDI.snapshot`` copies (a second ``root`` of the instance must never
+    exist). ``in-progress`` until destroyed, so the agent's crash cleanup
+    removes one left behind."""
+    return vdi_marks(instance_uuid, SNAPSHOT, agent, IN_PROGRESS)
 
 
 def _digestible(value):
