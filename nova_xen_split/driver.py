@@ -16,6 +16,7 @@ import logging
 import time
 
 from nova_xen_split import driver_errors, netinfo, objects, resize, vifs, vm_utils
+from nova_xen_split import snapshot as snapshot_mod
 from nova_xen_split import spawn as spawn_mod
 from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks, xapi
@@ -44,7 +45,7 @@ class XenSplitDriver:
     """
 
     capabilities = {
-        "has_imagecache": False,
+        "has_imagecache": True,
         "supports_evacuate": False,
         "supports_attach_interface": False,
         "supports_device_tagging": False,
@@ -251,6 +252,18 @@ class XenSplitDriver:
             vm_utils.hard_shutdown(session, vm_ref)
             session.call("VM.start", vm_ref, False, False)
 
+    def snapshot(self, context, instance, image_id, update_task_state):
+        """Snapshot the instance's root disk into image ``image_id`` (made by
+        Nova, ``queued``): ``VDI.snapshot`` through XAPI, then the agent
+        uploads it as a VHD tarball (``disk_format`` vhd, ``container_format``
+        ovf). Task states: ``image_pending_upload`` → ``image_uploading``.
+        The snapshot VDI is destroyed after; a failed upload leaves no image.
+        """
+        instance = objects.instance_from(instance)
+        snapshot_mod.snapshot(self._conf, self.agent, self.session, instance,
+                              self._vm_ref(instance), image_id,
+                              getattr(context, "auth_token", None), update_task_state)
+
     # -- resize on this host (nova_xen_split.resize) -----------------------------
 
     def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,
@@ -301,6 +314,50 @@ class XenSplitDriver:
         vm_ref = vm_utils.find_vm(self.session, objects.instance_from(instance).uuid)
         if vm_ref is not None:
             vifs.unplug(self.session, vm_ref, netinfo.parse(network_info))
+
+    # -- the image cache -----------------------------------------------------------
+
+    def _image_cache_served(self, what):
+        need = methods.METHODS["cache_image"].since
+        if self.agent.can_send_version(need):
+            return True
+        LOG.warning("The agent speaks interface %s, older than %s: %s is not done",
+                    self.agent.agent_version, need, what)
+        return False
+
+    def cache_image(self, context, image_id):
+        """Nova's image pre-caching: fill the image's cache VDI on this host.
+
+        True when this call fetched the image, False when it was cached
+        already or is not cached here (``[xenserver] cache_images``).
+        Raises NotImplementedError for an agent older than interface 1.6
+        (Nova's answer for a driver without it), ImageFetchFailed.
+        """
+        if not self._image_cache_served("caching image %s" % image_id):
+            raise NotImplementedError("the agent cannot cache images")
+        result = self.agent.cache_image(image_id=str(image_id),
+                                        auth_token=getattr(context, "auth_token", None))
+        if result.get("uuid") is None:
+            LOG.info("Image %s is not cached: %s", image_id, result.get("reason"))
+        return bool(result["fetched"])
+
+    def manage_image_cache(self, context, all_instances):
+        """Nova's image cache manager: remove the cache VDIs that no
+        instance's VDI was cloned from and that went unused for ``[image_cache]
+        remove_unused_original_minimum_age_seconds``, when ``[image_cache]
+        remove_unused_base_images`` says so. Which cache VDIs are in use is
+        read from the VDIs themselves (their clone marks), so instances of
+        other hosts sharing the SR count too."""
+        options = self._conf.image_cache
+        if not options.remove_unused_base_images:
+            return None
+        if not self._image_cache_served("removing unused image cache VDIs"):
+            return None
+        result = self.agent.manage_image_cache(
+            min_age_seconds=int(options.remove_unused_original_minimum_age_seconds))
+        LOG.info("Image cache: %(removed)d unused VDI(s) removed, %(kept_in_use)d in use, "
+                 "%(kept_recent)d used recently", result)
+        return result
 
     # -- aggregates -------------------------------------------------------------
 

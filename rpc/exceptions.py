@@ -98,6 +98,13 @@ class ImageFetchFailed(NovaXenSplitError):
     msg_fmt = "Image %(image_id)s could not be fetched: %(reason)s"
 
 
+class ImageUploadFailed(NovaXenSplitError):
+    """A snapshot could not be uploaded to the image service; the image
+    record was deleted unless it had become active."""
+
+    msg_fmt = "Image %(image_id)s could not be uploaded: %(reason)s"
+
+
 class DiskOperationFailed(NovaXenSplitError):
     """A disk tool or a disk operation failed."""
 
@@ -144,6 +151,7 @@ REGISTRY = {
         VersionTooOld,
         AccessDenied,
         ImageFetchFailed,
+        ImageUploadFailed,
         DiskOperationFailed,
         CallExpired,
         TransportUnusable,

@@ -21,7 +21,11 @@ longer calls a dom0 plugin itself), and ``describe`` publishes the
 and ``preconfigure_instance`` take the ``instance_uuid`` whose VDI they may
 touch (the agent refuses any other instance's); 1.4 ``get_console_log``
 (the tail of a running instance's console log, read in dom0: Nova's
-``get_console_output``).
+``get_console_output``); 1.5 ``upload_snapshot``
+(a snapshot VDI of the instance's root into an image of the image service,
+as a VHD tarball); 1.6 ``cache_image`` and
+``manage_image_cache`` (Nova's image cache hooks: one cache VDI per image,
+cloned for each root).
 """
 
 import re
@@ -32,7 +36,7 @@ from rpc.schema import (
     paths_overlap,
 )
 
-VERSION = "1.4"
+VERSION = "1.6"
 
 # An image id goes into a URL path: no "/", and no leading "." (so never
 # "." or "..").
@@ -241,6 +245,13 @@ METHODS = {m.name: m for m in (
     ), rules=(
         _no_file_where_an_argument_goes,
     )),
+    Method("upload_snapshot", "1.5", long=True, args=(
+        Arg("instance_uuid", Uuid()),
+        Arg("vdi_uuid", Uuid()),
+        Arg("image_id", Str(pattern=IMAGE_ID)),
+        Arg("auth_token", Str(min_len=1, max_len=8192, pattern=AUTH_TOKEN), nullable=True,
+            secret=True),
+    ), returns=("image_id", "size_bytes")),
     Method("cleanup_attached_vdis", "1.0", returns=("unplugged", "destroyed")),
     Method("remove_boot_files", "1.2", args=(
         Arg("paths", List(Str(max_len=1024, pattern=BOOT_FILE_PATH), min_items=1,
@@ -253,6 +264,14 @@ METHODS = {m.name: m for m in (
         Arg("instance_uuid", Uuid()),
         Arg("max_bytes", Int(1, MAX_CONSOLE_BYTES)),
     ), returns=("log", "truncated")),
+    Method("cache_image", "1.6", long=True, args=(
+        Arg("image_id", Str(pattern=IMAGE_ID)),
+        Arg("auth_token", Str(min_len=1, max_len=8192, pattern=AUTH_TOKEN), nullable=True,
+            secret=True),
+    ), returns=("uuid", "fetched")),
+    Method("manage_image_cache", "1.6", long=True, args=(
+        Arg("min_age_seconds", Int(0, 10 * 365 * 86400)),
+    ), returns=("removed", "kept_in_use", "kept_recent")),
     Method("destroy_vdis", "1.0", args=(
         Arg("vdi_uuids", List(Uuid(), min_items=1, max_items=64)),
     ), rules=(

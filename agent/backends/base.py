@@ -243,6 +243,15 @@ class Backend(metaclass=abc.ABCMeta):
         """
 
     @abc.abstractmethod
+    def upload_snapshot(self, instance_uuid, vdi_uuid, image_id, auth_token):
+        """Upload a snapshot VDI of the instance's root into image
+        ``image_id`` as a VHD tarball; ``{"image_id", "size_bytes"}``.
+
+        Raises ImageUploadFailed (the image is deleted unless active),
+        XapiFailure, InvalidRequest for a VDI that is not such a snapshot.
+        """
+
+    @abc.abstractmethod
     def auto_configure_disk(self, vdi_uuid, new_gb, instance_uuid=None):
         """Grow the VDI, its only partition and its ext3/4 fs to ``new_gb``."""
 

@@ -150,13 +150,13 @@ VDI = ClassSpec("VDI", dict(_NAME, **{
     "sharable": False, "read_only": False, "other_config": {}, "storage_lock": False,
     "location": "", "managed": True, "missing": False, "parent": NULL_REF,
     "xenstore_data": {}, "sm_config": {}, "is_a_snapshot": False, "snapshot_of": NULL_REF,
-    "snapshots": [], "snapshot_time": "19700101T00:00:00Z", "tags": [],
+    "snapshot_time": "19700101T00:00:00Z", "tags": [],
     "allow_caching": False, "on_boot": "persist", "metadata_of_pool": NULL_REF,
     "metadata_latest": False, "is_tools_iso": False, "cbt_enabled": False,
 }), writable=["other_config", "sm_config", "xenstore_data", "tags", "sharable", "read_only",
               "allow_caching", "on_boot"],
     maps=["other_config", "sm_config", "xenstore_data"], datetimes=["snapshot_time"],
-    derived=["VBDs", "physical_utilisation"], ctor_required=VDI_CTOR_REQUIRED)
+    derived=["VBDs", "physical_utilisation", "snapshots"], ctor_required=VDI_CTOR_REQUIRED)
 
 VBD = ClassSpec("VBD", {
     "uuid": "", "allowed_operations": [], "current_operations": {}, "VM": NULL_REF,

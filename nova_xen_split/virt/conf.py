@@ -11,7 +11,7 @@ Under Nova the driver registers only options Nova does not own:
 
 Everything else it reads from Nova's own options (``[DEFAULT] host``,
 ``flat_injected``, ``default_ephemeral_format``, ``state_path``,
-``transport_url`` and oslo.messaging's groups). :func:`driver_conf` builds
+``transport_url``, ``[image_cache]`` and oslo.messaging's groups). :func:`driver_conf` builds
 from them the private ``ConfigOpts`` the Nova-free driver underneath reads,
 so nothing of ours is ever registered where Nova keeps its own.
 
@@ -73,6 +73,8 @@ FROM_NOVA = (
     (None, "host"),
     (None, "flat_injected"),
     (None, "state_path"),
+    ("image_cache", "remove_unused_base_images"),
+    ("image_cache", "remove_unused_original_minimum_age_seconds"),
 )
 _AGENT_FROM_XENSPLIT = ("rpc_timeout", "long_rpc_timeout", "startup_timeout")
 # oslo.messaging's options that only one side may set: the URL is chosen

@@ -34,7 +34,7 @@ LOG = logging.getLogger(__name__)
 # What every agent mode serves; image types that need more are added from
 # what the agent publishes (see init_host).
 _CAPABILITIES = {
-    "has_imagecache": False,
+    "has_imagecache": True,
     "supports_evacuate": False,
     "supports_migrate_to_same_host": True,
     "supports_attach_interface": False,
@@ -200,6 +200,12 @@ class XenSplitDriver(nova_driver.ComputeDriver):
                 raise exception.ConsoleLogOutputException(instance_id=instance.uuid,
                                                           reason=str(e)) from None
 
+    def snapshot(self, context, instance, image_id, update_task_state):
+        """Snapshot the root disk into Nova's image ``image_id`` (the driver
+        underneath: XAPI's VDI.snapshot, uploaded by the agent)."""
+        with _nova_errors(instance):
+            self._core.snapshot(context, instance, image_id, update_task_state)
+
     # -- resize on this host ---------------------------------------------------------
 
     def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,
@@ -233,6 +239,21 @@ class XenSplitDriver(nova_driver.ComputeDriver):
         with _nova_errors(instance):
             self._core.finish_revert_migration(context, instance, network_info, migration,
                                                block_device_info, power_on)
+
+    # -- the image cache ------------------------------------------------------------
+
+    def cache_image(self, context, image_id):
+        """Nova's image pre-caching (``nova aggregate-cache-images``): True
+        when the image was fetched into this host's cache VDI now, False when
+        it was cached already; NotImplementedError for an agent too old."""
+        return self._core.cache_image(context, image_id)
+
+    def manage_image_cache(self, context, all_instances):
+        """Nova's periodic cache pass: cache VDIs no instance was cloned
+        from, unused for ``[image_cache]
+        remove_unused_original_minimum_age_seconds``, go when ``[image_cache]
+        remove_unused_base_images`` says so."""
+        self._core.manage_image_cache(context, all_instances)
 
     # -- volumes: not served ------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import os
 import xmlrpc.client
 
 from dom0.simulator import errors
+from dom0.simulator import extents
 from dom0.simulator import model
 
 
@@ -20,9 +21,13 @@ def derived_field(host, cls, ref, record, field):
         return store.find("VBD", VM=ref)
     if cls == "VDI" and field == "VBDs":
         return store.find("VBD", VDI=ref)
+    if cls == "VDI" and field == "snapshots":
+        # datamodel.ml, relations: VDI.snapshots is the other end of snapshot_of.
+        return store.find("VDI", snapshot_of=ref)
     if cls == "VDI" and field == "physical_utilisation":
         try:
-            return str(os.stat(host.vdi_path(record)).st_blocks * 512)
+            # A clone's shared blocks are its parent's (extents.py).
+            return str(extents.own_bytes(host.vdi_path(record)))
         except OSError:
             return "0"
     if cls == "SR" and field in ("physical_size", "physical_utilisation"):

@@ -108,8 +108,12 @@ def test_the_driver_reads_novas_own_options(nova_conf):
     conf.set_override("flat_injected", True)
     conf.set_override("transport_url", "rabbit://nova:secret@broker:5672/")
     conf.set_override("connection_url", "http://xen.example", group="xenserver")
+    conf.set_override("remove_unused_base_images", False, group="image_cache")
+    conf.set_override("remove_unused_original_minimum_age_seconds", 1234, group="image_cache")
     driver = nova_driver.load_compute_driver(virtapi, DRIVER_NAME)
     ours = driver._core._conf
+    assert ours.image_cache.remove_unused_base_images is False
+    assert ours.image_cache.remove_unused_original_minimum_age_seconds == 1234
     assert ours.host == "hv-17"
     assert ours.flat_injected is True
     assert ours.default_ephemeral_format == "ext4"  # Nova's unset: ext4 for Linux guests
