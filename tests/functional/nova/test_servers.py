@@ -186,3 +186,18 @@ class Placement(base.XenSplitTestCase):
         server = self._boot(self._flavor("nxs.huge", memory_mb=8192), expected_state="ERROR")
         self.assertIn("No valid host", server["fault"]["message"])
         self.assertEqual([], self._guest_vms())
+
+
+class ConfigDrive(base.XenSplitTestCase):
+
+    def test_force_config_drive_gives_the_server_a_config_drive(self):
+        self.flags(force_config_drive=True)
+        server = self._boot(self._flavor("nxs.tiny"))
+        (vm,) = self._guest_vms()
+        xapi = self._xapi()
+        purposes = {}
+        for vbd in vm["VBDs"]:
+            mark = marks.read_vdi(xapi.VDI.get_other_config(xapi.VBD.get_VDI(vbd)))
+            purposes[xapi.VBD.get_userdevice(vbd)] = mark.purpose
+        self.assertEqual({"0": marks.ROOT, "3": marks.CONFIGDRIVE}, purposes)
+        self._delete_server(server)
