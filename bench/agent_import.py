@@ -50,10 +50,10 @@ Checked downloads are held to hashing speed: each image's SHA-512 (the
 from the page cache), and the target ``checked <= 1.15 x max(hash alone,
 unchecked)``. The agent's CPU (user + system, all its threads, from
 ``/proc/<pid>/stat``) is read around every fetch and shown per GiB of
-image. ``--glance`` also serves both images from a real Glance (see
-``tests/glance.py``; installed by ``.ci/install --tests``) to a second agent,
-which downloads them checked against Glance's own SHA-512 and MD5
-(``glance checked ...``).
+image. ``--glance`` also serves both images from a real Glance
+(``nova_xen_split/cmd/glance_server.py``; installed by ``.ci/install
+--tests``) to a second agent, which downloads them checked against
+Glance's own SHA-512 (``glance checked ...``).
 
 Real XAPI plugs the VDI into dom0 and starts vhd-tool for every PUT, which
 the simulator does not charge for unless asked (``--sim-attach-seconds``);
@@ -257,7 +257,7 @@ def start_agent(config, log, host):
 
 def start_glance(work, images):
     """A real Glance holding both images: (GlanceProcess, {name: image id})."""
-    from tests import glance as glance_server
+    from nova_xen_split.cmd import glance_server
     if not glance_server.available():
         raise SystemExit("--glance: Glance is not installed (.ci/install --tests)")
     glance = glance_server.GlanceProcess(os.path.join(work, "glance")).start()

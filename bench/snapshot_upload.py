@@ -5,8 +5,8 @@ One run, everything on this machine:
 * ``xapi-sim`` (no compute VM) holding a VDI of ``--size-mib`` with
   ``--data-percent`` of it data (1 MiB runs spread evenly, random bytes);
 * a real ``nova-xen-split-agent`` process (independent mode, Unix socket);
-* the image service: a real Glance (tests/glance.py; ``--target glance``,
-  the default when Glance is installed), the loopback stand-in writing
+* the image service: a real Glance (nova_xen_split/cmd/glance_server.py;
+  ``--target glance``, the default when Glance is installed), the loopback stand-in writing
   uploads to disk and hashing them as Glance does (MD5 and SHA-512;
   ``--target stand-in``), or the stand-in keeping the bytes only
   (``--target sink``): what the agent's side costs, the image service's
@@ -106,7 +106,7 @@ def main():
     parser.add_argument("--target", choices=("glance", "stand-in", "sink"), default=None)
     parser.add_argument("--work-dir", default=None)
     args = parser.parse_args()
-    from tests import glance as glance_server
+    from nova_xen_split.cmd import glance_server
     target = args.target or ("glance" if glance_server.available() else "stand-in")
     work = tempfile.mkdtemp(prefix="nxs-bench-snap-", dir=args.work_dir)
     sim = agent = service = glance = None
