@@ -102,8 +102,9 @@ def loop_devices():
 
 @pytest.fixture(scope="session")
 def glance(tmp_path_factory):
-    """A real Glance on a free loopback port for the whole run (tests/glance.py)."""
-    from tests import glance as glance_server
+    """A real Glance on a free loopback port for the whole run
+    (nova_xen_split/cmd/glance_server.py)."""
+    from nova_xen_split.cmd import glance_server
     need(glance_server.available(), "Glance is not installed (.ci/install --tests)")
     server = glance_server.GlanceProcess(tmp_path_factory.mktemp("glance")).start()
     yield server
