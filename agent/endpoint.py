@@ -76,10 +76,31 @@ class AgentEndpoint:
         return self.backend.remove_boot_files(**self._checked(
             "remove_boot_files", dict(paths=paths)))
 
+    def upload_snapshot(self, instance_uuid, vdi_uuid, image_id, auth_token=None):
+        """Upload a snapshot VDI of the instance into an image (VHD tarball)."""
+        return self.backend.upload_snapshot(**self._checked("upload_snapshot", dict(
+            instance_uuid=instance_uuid, vdi_uuid=vdi_uuid, image_id=image_id,
+            auth_token=auth_token)))
+
     def cleanup_attached_vdis(self):
         """Remove this agent's leftover VBDs and half-made VDIs."""
         self._checked("cleanup_attached_vdis", {})
         return self.backend.cleanup_attached_vdis()
+
+    def get_console_log(self, instance_uuid, max_bytes):
+        """The tail of a running instance's console log, read in dom0."""
+        return self.backend.get_console_log(**self._checked("get_console_log", dict(
+            instance_uuid=instance_uuid, max_bytes=max_bytes)))
+
+    def cache_image(self, image_id, auth_token=None):
+        """Make sure the image has a ready cache VDI (Nova's cache_image)."""
+        return self.backend.cache_image(**self._checked("cache_image", dict(
+            image_id=image_id, auth_token=auth_token)))
+
+    def manage_image_cache(self, min_age_seconds):
+        """Remove cache VDIs no instance uses, unused for ``min_age_seconds``."""
+        return self.backend.manage_image_cache(**self._checked(
+            "manage_image_cache", dict(min_age_seconds=min_age_seconds)))
 
     def destroy_vdis(self, vdi_uuids):
         """Destroy VDIs (unplugging this agent's VBDs of them first)."""

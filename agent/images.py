@@ -61,6 +61,11 @@ class _TryNextServer(Exception):
 class _Reader:
     """What both readers share: ``read`` over ``readinto``, closing on exit."""
 
+    def verify(self):
+        """Raise ImageFetchFailed unless the image's bytes matched its
+        checksum; called once the data is written. A download checks itself
+        as its last byte is read, so this is for readers that do not."""
+
     def read(self, size=-1):
         """Up to ``size`` bytes (all that is left if negative); b"" at the end."""
         remaining = self.size_bytes - self.bytes_read
@@ -131,9 +136,24 @@ class ImageReader(_Reader):
                 self._check_hash()
         return got
 
+    def hash_elsewhere(self):
+        """Hand the checksum to a caller that sums the bytes itself, from
+        where it keeps them (:class:`agent.readahead.ReadAhead` hashes its
+        windows without copying them). Call it before reading anything.
+        Returns ``(hashlib object, verify)``, where ``verify(hexdigest)``
+        raises ImageFetchFailed on a mismatch, or None when unchecked."""
+        if self._hash is None or self.bytes_read:
+            return None
+        self._hash.close()
+        self._hash = None
+        return new_hash(self._expected.algorithm), self._verify
+
     def _check_hash(self):
         read = self._hash.hexdigest()
         self._hash = None
+        self._verify(read)
+
+    def _verify(self, read):
         expected = self._expected
         if read != expected.hexdigest:
             self.close()
@@ -260,6 +280,18 @@ class LocalImageFile(_Reader):
         self.server = "file://" + path
         self.bytes_read = 0
         self._file = None
+        self._check = None
+
+    def check_against(self, checksum):
+        """Start hashing the file against ``checksum`` (a :class:`Checksum`)
+        on a thread of its own, beside whatever sends the file;
+        :meth:`verify` waits for it."""
+        self._check = _FileCheck(self, checksum)
+
+    def verify(self):
+        if self._check is not None:
+            check, self._check = self._check, None
+            check.result()
 
     @classmethod
     def open(cls, image_id, path, size_bytes):
@@ -324,9 +356,103 @@ class LocalImageFile(_Reader):
             % (self.path, self.bytes_read, self.size_bytes, why))
 
     def close(self):
+        if self._check is not None:
+            self._check.stop()
+            self._check = None
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class _FileCheck:
+    """The hash of an image file, summed on a thread while the file is sent.
+
+    The file's own descriptor is read with ``pread`` (the sender's position
+    is not touched). Holes are hashed as zeros from a buffer, never read:
+    a sparse image costs hashing time, not disk reads. hashlib lets go of
+    the interpreter lock while it sums, so this runs beside the sender.
+    """
+
+    PIECE_BYTES = 4 * 1024 * 1024
+    _ZEROS = memoryview(bytes(PIECE_BYTES))
+
+    def __init__(self, image_file, checksum):
+        self.image_id = image_file.image_id
+        self.path = image_file.path
+        self.size_bytes = image_file.size_bytes
+        self.checksum = checksum
+        self._fd = os.dup(image_file.file.fileno())
+        self._stopped = False
+        self._error = None
+        self._digest = None
+        self._thread = threading.Thread(target=self._run, name="image-file-checksum",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            hasher = new_hash(self.checksum.algorithm)
+            buffer = memoryview(bytearray(self.PIECE_BYTES))
+            position = 0
+            for start, end in _extents(self._fd, self.size_bytes):
+                while position < end and not self._stopped:
+                    if position < start:   # a hole: zeros, unread
+                        count = min(self.PIECE_BYTES, start - position)
+                        hasher.update(self._ZEROS[:count])
+                    else:
+                        count = os.preadv(self._fd, [buffer[:min(self.PIECE_BYTES,
+                                                                   end - position)]],
+                                          position)
+                        if not count:
+                            raise OSError(errno.EIO, "the file ended at %d" % position)
+                        hasher.update(buffer[:count])
+                    position += count
+            self._digest = hasher.hexdigest()
+        except (OSError, ValueError) as e:
+            self._error = e
+        finally:
+            os.close(self._fd)
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise exceptions.ImageFetchFailed(
+                image_id=self.image_id, reason="hashing %s failed: %s" % (self.path,
+                                                                         self._error))
+        if self._digest != self.checksum.hexdigest:
+            raise exceptions.ImageFetchFailed(
+                image_id=self.image_id,
+                reason="the %d bytes of %s do not match the image's checksum (%s "
+                "expected, %s read; from %s)" % (self.size_bytes, self.path,
+                                                  self.checksum, self._digest,
+                                                  self.checksum.source))
+        LOG.debug("Image %s: %s checksum %s of %s verified", self.image_id,
+                  self.checksum.algorithm.upper(), self._digest, self.path)
+
+    def stop(self):
+        self._stopped = True
+
+
+def _extents(fd, size_bytes):
+    """(start, end) of the data of a file, ending with (size, size) so the
+    last hole is reached; where SEEK_DATA is not known, all of it is data."""
+    offset = 0
+    while offset < size_bytes:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break
+            if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                yield offset, size_bytes
+                return
+            raise
+        if start >= size_bytes:
+            break
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size_bytes)
+        yield start, end
+        offset = end
+    yield size_bytes, size_bytes
 
 
 def open_image(conf, image_id, auth_token, timeout=DEFAULT_TIMEOUT):
@@ -343,6 +469,8 @@ def open_image(conf, image_id, auth_token, timeout=DEFAULT_TIMEOUT):
     if mounts:
         local, record = _open_local(conf, servers, mounts, image_id, auth_token, timeout)
         if local is not None:
+            if conf.glance.verify_checksum:
+                _check_local(local, record, image_id)
             return local
 
     def download(server):
@@ -369,6 +497,25 @@ def expected_checksum(conf, image_id, auth_token, timeout=DEFAULT_TIMEOUT):
                     "checksum sent with the download can be checked", image_id, e)
         return None
     return _record_checksum(record, image_id)
+
+
+def image_record(conf, image_id, auth_token, timeout=DEFAULT_TIMEOUT):
+    """The image's record (a dict: its fields and custom properties, as
+    Glance v2 shows them) from the first endpoint that answers. Asked with
+    the caller's token, it also proves the caller may read the image.
+    Raises ImageFetchFailed."""
+    return _first_record(conf, _servers(conf, image_id), image_id, auth_token, timeout)
+
+
+def record_checksum(record, image_id):
+    """What an image record says its bytes hash to: its multihash, else its
+    MD5 ``checksum``, as a :class:`Checksum`; None when it has neither.
+    Raises ImageFetchFailed for a malformed multihash."""
+    checksum = _record_checksum(record, image_id)
+    md5 = record.get("checksum")
+    if checksum is None and isinstance(md5, str) and _HEX_MD5.fullmatch(md5.strip()):
+        checksum = Checksum("md5", md5.strip().lower(), "checksum")
+    return checksum
 
 
 # The hashlib names Glance's ``hashing_algorithm`` takes (sha512, sha3_256,
@@ -440,6 +587,25 @@ def _first_server(conf, servers, image_id, auth_token, attempt_on):
 
 
 # -- file locations -----------------------------------------------------------
+
+def _check_local(local, record, image_id):
+    """Have ``local`` hashed against the record's multihash, else against
+    its MD5 ``checksum``; a record with neither leaves it unchecked (logged)."""
+    try:
+        checksum = _record_checksum(record, image_id)
+        if checksum is None:
+            md5 = record.get("checksum")
+            if isinstance(md5, str) and _HEX_MD5.fullmatch(md5.strip()):
+                checksum = Checksum("md5", md5.strip().lower(), "checksum")
+    except BaseException:
+        local.close()
+        raise
+    if checksum is None:
+        LOG.warning("Image %s: its record has no checksum; reading %s unchecked",
+                    image_id, local.path)
+        return
+    local.check_against(checksum)
+
 
 # An image record is a small JSON document; anything larger is not one.
 _MAX_RECORD_BYTES = 1 << 20

@@ -100,6 +100,22 @@ def owned_ref(session, vdi_uuid, instance_uuid, agent_tag, method, field="vdi_uu
     return ref
 
 
+def snapshot_ref(session, vdi_uuid, instance_uuid, method, field="vdi_uuid"):
+    """The ref of a snapshot VDI the driver took of ``instance_uuid``'s root
+    for upload (``VDI.snapshot``, marked ``snapshot`` for that instance);
+    anything else is refused with InvalidRequest before it is read."""
+    ref = ref_by_uuid(session, vdi_uuid, method, field)
+    record = session.call("VDI.get_record", ref)
+    mark = marks.read_vdi(record["other_config"])
+    if mark is None or mark.instance_uuid != instance_uuid or \
+            mark.purpose != marks.SNAPSHOT or not record["is_a_snapshot"]:
+        raise exceptions.InvalidRequest(
+            method=method, field=field,
+            reason="VDI %s is not a snapshot taken of instance %s for upload; refusing "
+            "to read it" % (vdi_uuid, instance_uuid))
+    return ref
+
+
 def default_sr(session):
     """The pool's default SR, where new VDIs go."""
     pool = session.call("pool.get_all")[0]

@@ -13,13 +13,20 @@ of its own so that no configuration shares its CPU with it:
   its own process on the embedded Unix-socket transport; ``rabbitmq`` — the
   same over RabbitMQ at 127.0.0.1:5672;
 * then 8 spawns at once against one agent (local socket): 8 drivers, as 8
-  compute workers, each with its own XAPI session.
+  compute workers, each with its own XAPI session;
+* then the image cache (``[xenserver] cache_images = all``; the runs above
+  have it off, so each of them downloads the image): a second simulator
+  whose SR is an XFS with reflink on a loop device (a clone shares its
+  parent's blocks, as a VHD clone on XenServer costs no data), two spawns of
+  the image, the first filling the cache VDI, the second cloning it.
 
 Prints the median, the best and each run per configuration, the split's
-overhead over in-process (target ≤ 5 %), and the concurrent total.
+overhead over in-process (target ≤ 5 %), the concurrent total, and the
+first and second cached spawn with their image steps (target: the second's
+at least 20 times faster).
 
-Run as root (the simulator plugs loop devices):
-    .venv/bin/python bench/spawn.py [--rounds 3] [--concurrent 8]
+Run as root (the simulator plugs loop devices; the XFS SR needs mkfs.xfs):
+    .venv/bin/python bench/spawn.py [--rounds 3] [--concurrent 8] [--cache-only]
 """
 
 import argparse
@@ -132,14 +139,15 @@ def one_spawn(driver):
 class Setup:
     """One configuration: a config file, maybe an agent process, a driver."""
 
-    def __init__(self, name, sim, work, image_url, transport_url=None, in_process=False):
+    def __init__(self, name, sim, work, image_url, transport_url=None, in_process=False,
+                 cache_images="none"):
         self.name = name
         self.host = "nxs-bench-%s-%s" % (name.replace(" ", "-"), uuid.uuid4().hex[:6])
         self.work = os.path.join(work, self.host)
         os.makedirs(self.work)
         self.config = demo_env.write_config(
             os.path.join(self.work, "nxs.conf"), sim, self.host, image_url, self.work,
-            transport_url=transport_url)
+            transport_url=transport_url, cache_images=cache_images)
         self.agent = None
         self.transport_url = transport_url
         if in_process:
@@ -192,12 +200,50 @@ def _try_spawn(driver):
         return None, "%s: %s" % (type(e).__name__, e)
 
 
+def image_step(steps):
+    return sum(st.seconds for st in steps if st.name == "fetch_image")
+
+
+def cached_spawns(work, image_url):
+    """The first and the second spawn of the image with the image cache on,
+    on a simulator whose SR is an XFS with reflink; returns what to print."""
+    state = os.path.join(work, "sim-cache")
+    sr_dir = os.path.join(state, "sr")
+    backing = os.path.join(work, "xfs-sr.img")
+    os.makedirs(sr_dir)
+    with open(backing, "wb") as f:
+        f.truncate(16 * GiB)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", backing], check=True, timeout=120)
+    subprocess.run(["mount", "-o", "loop", backing, sr_dir], check=True, timeout=60)
+    sim = setup = None
+    try:
+        sim = demo_env.Simulator(state, compute_vm=False).start()
+        setup = Setup("image cache", sim, work, image_url, cache_images="all")
+        driver = setup.driver()
+        first_total, first_steps = one_spawn(driver)
+        second_total, second_steps = one_spawn(driver)
+        driver.cleanup_host(None)
+    finally:
+        if setup is not None:
+            setup.close()
+        if sim is not None:
+            sim.stop()
+        subprocess.run(["umount", sr_dir], check=True, timeout=60)
+    first, second = image_step(first_steps), image_step(second_steps)
+    return ("image cache (local socket, SR on XFS with reflink): first spawn %.2f s "
+            "(image step %.2f s: download into the cache VDI, then clone), second spawn "
+            "%.2f s (image step %.3f s: clone); image step %.0fx faster"
+            % (first_total, first, second_total, second, first / second))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--no-rabbit", action="store_true")
+    parser.add_argument("--cache-only", action="store_true",
+                        help="measure only the first and second cached spawn")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="nxs-bench-spawn-", dir=args.work_dir)
     sim = service = None
@@ -214,6 +260,9 @@ def main():
               "(%.0f %%), served by a child process; spawn: root grow to 2 GiB, "
               "1 GiB ephemeral ext4, 512 MiB swap, config drive; %d rounds; %d cores"
               % (sim.url, used // MiB, 100.0 * used / GiB, args.rounds, os.cpu_count()))
+        if args.cache_only:
+            print("\n" + cached_spawns(work, image_url))
+            return 0
         setups.append(Setup("in-process", sim, work, image_url, in_process=True))
         setups.append(Setup("local socket", sim, work, image_url))
         if not args.no_rabbit:
@@ -251,6 +300,7 @@ def main():
         for _t, err in results:
             if err:
                 print("  failed: %s" % err)
+        print("\n" + cached_spawns(work, image_url))
         return 0 if len(ok) == args.concurrent else 1
     finally:
         for s in setups:

@@ -12,11 +12,11 @@ before the error is raised, and an error of the agent surfaces unchanged.
 """
 
 import collections
-import json
 import logging
 import time
 
-from nova_xen_split import driver_errors, objects, vm_utils
+from nova_xen_split import driver_errors, netinfo, objects, resize, vifs, vm_utils
+from nova_xen_split import snapshot as snapshot_mod
 from nova_xen_split import spawn as spawn_mod
 from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks, xapi
@@ -45,7 +45,7 @@ class XenSplitDriver:
     """
 
     capabilities = {
-        "has_imagecache": False,
+        "has_imagecache": True,
         "supports_evacuate": False,
         "supports_attach_interface": False,
         "supports_device_tagging": False,
@@ -252,42 +252,112 @@ class XenSplitDriver:
             vm_utils.hard_shutdown(session, vm_ref)
             vm_utils.start(session, vm_ref)
 
-    def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,
-                                   block_device_info=None, timeout=0, retry_interval=0):
-        """Power off for a resize; resize down copies the root to a smaller VDI.
-
-        The copy is the agent's ``resize_disk``; its error (e.g.
-        ``UnsupportedInIndependentMode``) surfaces unchanged, after the VM is
-        powered on again as it was. Returns the disk info as JSON.
+    def snapshot(self, context, instance, image_id, update_task_state):
+        """Snapshot the instance's root disk into image ``image_id`` (made by
+        Nova, ``queued``): ``VDI.snapshot`` through XAPI, then the agent
+        uploads it as a VHD tarball (``disk_format`` vhd, ``container_format``
+        ovf). Task states: ``image_pending_upload`` → ``image_uploading``.
+        The snapshot VDI is destroyed after; a failed upload leaves no image.
         """
         instance = objects.instance_from(instance)
-        new_flavor = objects.flavor_from(flavor)
-        spawn_mod.check_flavor(new_flavor)
+        snapshot_mod.snapshot(self._conf, self.agent, self.session, instance,
+                              self._vm_ref(instance), image_id,
+                              getattr(context, "auth_token", None), update_task_state)
+
+    # -- resize on this host (nova_xen_split.resize) -----------------------------
+
+    def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,
+                                   block_device_info=None, timeout=0, retry_interval=0):
+        """Shut down and keep the VM as the resize's original; a resize down
+        the agent cannot serve is refused first, with nothing changed."""
+        return resize.migrate_disk_and_power_off(self, instance, flavor, timeout,
+                                                 retry_interval)
+
+    def finish_migration(self, context, migration, instance, disk_info, network_info,
+                         image_meta, resize_instance, allocations, block_device_info=None,
+                         power_on=True):
+        """Boot the instance, with its new flavor, from copies of the kept disks."""
+        resize.finish_migration(self, instance, network_info, power_on)
+
+    def confirm_migration(self, context, migration, instance, network_info):
+        """Remove the kept original VM and its disks."""
+        resize.confirm_migration(self, instance)
+
+    def finish_revert_migration(self, context, instance, network_info, migration,
+                                block_device_info=None, power_on=True):
+        """Make the kept original the instance's VM again."""
+        resize.finish_revert_migration(self, instance, power_on)
+
+    def get_console_output(self, context, instance):
+        """The tail of the running instance's console log (bytes), read in
+        dom0 by the agent. Raises ConsoleLogUnavailable, or VersionTooOld
+        with an agent older than interface 1.4."""
+        uuid = objects.instance_from(instance).uuid
+        return self.agent.get_console_log(instance_uuid=uuid)["log"]
+
+    # -- networking -------------------------------------------------------------
+
+    def plug_vifs(self, instance, network_info):
+        """Give the instance's VM the VIFs of ``network_info`` it lacks
+        (plugged at once when it runs). Raises InvalidNetworkInfo or
+        NetworkNotFound before any VIF is made."""
+        parsed = netinfo.parse(network_info)
+        networks = vifs.networks_for(self.session, parsed,
+                                     self._conf.xenserver.ovs_integration_bridge)
         vm_ref = self._vm_ref(instance)
-        session = self.session
-        root_uuid = None
-        for vbd_ref, vdi_uuid in vm_utils.vm_disks(session, vm_ref):
-            if session.call("VBD.get_userdevice", vbd_ref) == vm_utils.USERDEVICE_ROOT:
-                root_uuid = vdi_uuid
-        was_running = vm_utils.power_state(session, vm_ref) == vm_utils.RUNNING
-        if int(new_flavor.root_gb) < int(instance.flavor.root_gb):
-            if int(new_flavor.root_gb) <= 0:
-                raise exceptions.InvalidRequest(
-                    method="migrate_disk_and_power_off", field="flavor.root_gb",
-                    reason="cannot resize a root disk down to 0 GB")
-            self.power_off(instance, timeout, retry_interval)
-            try:
-                resized = self.agent.resize_disk(
-                    instance_uuid=instance.uuid, vdi_uuid=root_uuid,
-                    new_gb=int(new_flavor.root_gb))
-            except BaseException:
-                if was_running:
-                    vm_utils.start(session, vm_ref)
-                raise
-            return json.dumps({"root": resized["uuid"], "size_bytes": resized["size_bytes"],
-                               "dest": dest})
-        self.power_off(instance, timeout, retry_interval)
-        return json.dumps({"root": root_uuid, "dest": dest})
+        running = vm_utils.power_state(self.session, vm_ref) == vm_utils.RUNNING
+        vifs.plug(self.session, vm_ref, parsed, networks, running)
+
+    def unplug_vifs(self, instance, network_info):
+        """Remove the VM's VIFs of ``network_info``; an instance without a VM
+        has none to remove."""
+        vm_ref = vm_utils.find_vm(self.session, objects.instance_from(instance).uuid)
+        if vm_ref is not None:
+            vifs.unplug(self.session, vm_ref, netinfo.parse(network_info))
+
+    # -- the image cache -----------------------------------------------------------
+
+    def _image_cache_served(self, what):
+        need = methods.METHODS["cache_image"].since
+        if self.agent.can_send_version(need):
+            return True
+        LOG.warning("The agent speaks interface %s, older than %s: %s is not done",
+                    self.agent.agent_version, need, what)
+        return False
+
+    def cache_image(self, context, image_id):
+        """Nova's image pre-caching: fill the image's cache VDI on this host.
+
+        True when this call fetched the image, False when it was cached
+        already or is not cached here (``[xenserver] cache_images``).
+        Raises NotImplementedError for an agent older than interface 1.6
+        (Nova's answer for a driver without it), ImageFetchFailed.
+        """
+        if not self._image_cache_served("caching image %s" % image_id):
+            raise NotImplementedError("the agent cannot cache images")
+        result = self.agent.cache_image(image_id=str(image_id),
+                                        auth_token=getattr(context, "auth_token", None))
+        if result.get("uuid") is None:
+            LOG.info("Image %s is not cached: %s", image_id, result.get("reason"))
+        return bool(result["fetched"])
+
+    def manage_image_cache(self, context, all_instances):
+        """Nova's image cache manager: remove the cache VDIs that no
+        instance's VDI was cloned from and that went unused for ``[image_cache]
+        remove_unused_original_minimum_age_seconds``, when ``[image_cache]
+        remove_unused_base_images`` says so. Which cache VDIs are in use is
+        read from the VDIs themselves (their clone marks), so instances of
+        other hosts sharing the SR count too."""
+        options = self._conf.image_cache
+        if not options.remove_unused_base_images:
+            return None
+        if not self._image_cache_served("removing unused image cache VDIs"):
+            return None
+        result = self.agent.manage_image_cache(
+            min_age_seconds=int(options.remove_unused_original_minimum_age_seconds))
+        LOG.info("Image cache: %(removed)d unused VDI(s) removed, %(kept_in_use)d in use, "
+                 "%(kept_recent)d used recently", result)
+        return result
 
     # -- aggregates -------------------------------------------------------------
 

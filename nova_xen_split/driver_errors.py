@@ -43,3 +43,8 @@ class AgentStartupFailed(exceptions.NovaXenSplitError):
 
     msg_fmt = "The agent for host %(host)s is not usable: %(reason)s"
 
+
+
+class NetworkNotFound(exceptions.NovaXenSplitError):
+    msg_fmt = ("No XAPI network has bridge or name %(bridge)s, needed by VIF %(vif)s "
+               "(its network's bridge, else [xenserver] ovs_integration_bridge).")

@@ -2,7 +2,7 @@
 
 Nova hands the driver a list of VIFs (dicts, or Nova's ``NetworkInfo`` model,
 which is a list of dicts): ``id``, ``address`` (the MAC), ``type`` and
-``network`` → ``meta`` (``mtu``, ``injected``) and ``subnets`` → ``cidr``,
+``network`` → ``bridge``, ``meta`` (``mtu``, ``injected``) and ``subnets`` → ``cidr``,
 ``ips``, ``gateway``, ``dns``, ``routes``. :func:`parse` checks all of it
 before a spawn makes anything, so a bad value is an
 :class:`InvalidNetworkInfo` naming the field, not a failure half-way through
@@ -23,7 +23,8 @@ MAX_VIFS = 64
 _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
 
 Vif = collections.namedtuple(
-    "Vif", ["index", "vif_id", "mac", "vif_type", "network_id", "mtu", "injected", "subnets"])
+    "Vif", ["index", "vif_id", "mac", "vif_type", "network_id", "mtu", "injected", "subnets",
+            "bridge"])
 Subnet = collections.namedtuple("Subnet", ["net", "gateway", "ips", "dns", "routes"])
 Route = collections.namedtuple("Route", ["net", "gateway"])
 
@@ -118,7 +119,8 @@ def parse(network_info):
                         vif_type=_text(vif.get("type"), where + ".type"),
                         network_id=_text(network.get("id"), where + ".network.id"),
                         mtu=mtu, injected=meta.get("injected") is not False,
-                        subnets=subnets))
+                        subnets=subnets,
+                        bridge=_text(network.get("bridge"), where + ".network.bridge")))
     return vifs
 
 

@@ -17,7 +17,8 @@ import contextlib
 import logging
 import time
 
-from nova_xen_split import driver_errors, instance_metadata, netinfo, objects, vm_utils
+from nova_xen_split import driver_errors, instance_metadata, netinfo, objects, vifs as vif_utils
+from nova_xen_split import vm_utils
 from nova_xen_split.xenhost import marks
 from rpc import methods
 
@@ -30,7 +31,8 @@ SpawnStep = collections.namedtuple("SpawnStep", ["name", "seconds", "detail"])
 # What Spawn.plan builds: every request of the spawn, checked. ``configdrive``
 # and ``preconfigure`` are the agent calls' arguments, or None.
 SpawnPlan = collections.namedtuple(
-    "SpawnPlan", ["context", "instance", "image", "vifs", "configdrive", "preconfigure"])
+    "SpawnPlan", ["context", "instance", "image", "vifs", "configdrive", "preconfigure",
+                  "networks"])
 
 
 # What each flavor field may be: Nova's unit, least, most. The disk limits
@@ -151,9 +153,9 @@ class Spawn:
              network_info):
         """Build and check every request of the spawn; returns a :class:`SpawnPlan`.
 
-        Raises InvalidFlavor, InvalidNetworkInfo, InvalidRequest,
-        InstanceExists or FlavorDiskSmallerThanImage (when the image's
-        declared size is too big), and nothing is made.
+        Raises InvalidFlavor, InvalidNetworkInfo, NetworkNotFound,
+        InvalidRequest, InstanceExists or FlavorDiskSmallerThanImage (when
+        the image's declared size is too big), and nothing is made.
         """
         instance = objects.instance_from(instance)
         image = objects.image_meta_from(image_meta)
@@ -165,12 +167,14 @@ class Spawn:
         if existing:
             raise driver_errors.InstanceExists(instance_uuid=instance.uuid, vm=existing)
         check_image_fits(instance.flavor, image.size)
+        networks = vif_utils.networks_for(self.session, vifs,
+                                          self._conf.xenserver.ovs_integration_bridge)
         configdrive = preconfigure = None
         if wants_configdrive(instance, image):
             configdrive = configdrive_request(instance, files, user_data, vifs, admin_password)
         if self._conf.flat_injected:
             preconfigure = preconfigure_request(self.agent, instance, vifs)
-        return SpawnPlan(context, instance, image, vifs, configdrive, preconfigure)
+        return SpawnPlan(context, instance, image, vifs, configdrive, preconfigure, networks)
 
     def run(self, plan):
         """Make the disks, the VM and its VBDs; start it. Raises on the first
@@ -256,6 +260,9 @@ class Spawn:
                 vm_utils.create_vbd(session, self.vm_ref,
                                     vm_utils.vdi_ref(session, vdi["uuid"]),
                                     userdevice, bootable=bootable, read_only=read_only)
+        if plan.vifs:
+            with self.step("VIF.create", "%d VIFs" % len(plan.vifs)):
+                vif_utils.plug(session, self.vm_ref, plan.vifs, plan.networks, running=False)
         with self.step("VM.start", instance.name):
             vm_utils.start(session, self.vm_ref)
 

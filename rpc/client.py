@@ -143,9 +143,32 @@ class AgentAPI:
         """Remove kernel/ramdisk files the agent copied into dom0 (1.2)."""
         return self._call("remove_boot_files", "1.2", dict(paths=list(paths)))
 
+    def upload_snapshot(self, instance_uuid, vdi_uuid, image_id, auth_token=None):
+        """Upload a snapshot VDI of the instance into image ``image_id`` as a
+        VHD tarball (1.5); returns ``{"image_id", "size_bytes"}``."""
+        return self._call("upload_snapshot", "1.5", dict(
+            instance_uuid=instance_uuid, vdi_uuid=vdi_uuid, image_id=image_id,
+            auth_token=auth_token))
+
     def cleanup_attached_vdis(self):
         """Unplug and forget VBDs a crash left attached."""
         return self._call("cleanup_attached_vdis", "1.0", {})
+
+    def get_console_log(self, instance_uuid, max_bytes=methods.MAX_CONSOLE_BYTES):
+        """The tail of a running instance's console log: ``{"log": bytes,
+        "truncated": bool}`` (1.4); ``ConsoleLogUnavailable`` when it has none."""
+        return self._call("get_console_log", "1.4", dict(
+            instance_uuid=instance_uuid, max_bytes=max_bytes))
+
+    def cache_image(self, image_id, auth_token=None):
+        """Fill the image's cache VDI unless it has one; ``{uuid, fetched}``."""
+        return self._call("cache_image", "1.6", dict(image_id=image_id,
+                                                     auth_token=auth_token))
+
+    def manage_image_cache(self, min_age_seconds):
+        """Remove unused cache VDIs; ``{removed, kept_in_use, kept_recent}``."""
+        return self._call("manage_image_cache", "1.6",
+                          dict(min_age_seconds=min_age_seconds))
 
     def destroy_vdis(self, vdi_uuids):
         """Destroy the VDIs the driver no longer needs."""

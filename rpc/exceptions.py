@@ -98,6 +98,13 @@ class ImageFetchFailed(NovaXenSplitError):
     msg_fmt = "Image %(image_id)s could not be fetched: %(reason)s"
 
 
+class ImageUploadFailed(NovaXenSplitError):
+    """A snapshot could not be uploaded to the image service; the image
+    record was deleted unless it had become active."""
+
+    msg_fmt = "Image %(image_id)s could not be uploaded: %(reason)s"
+
+
 class DiskOperationFailed(NovaXenSplitError):
     """A disk tool or a disk operation failed."""
 
@@ -120,6 +127,12 @@ class TransportUnusable(AgentUnavailable):
     msg_fmt = "%(option)s: %(reason)s"
 
 
+class ConsoleLogUnavailable(NovaXenSplitError):
+    """An instance's console log cannot be read (not running, no log)."""
+
+    msg_fmt = "No console log of instance %(instance_uuid)s: %(reason)s"
+
+
 class RemoteError(NovaXenSplitError):
     """An unexpected exception in the agent, reduced to its type and message."""
 
@@ -138,9 +151,11 @@ REGISTRY = {
         VersionTooOld,
         AccessDenied,
         ImageFetchFailed,
+        ImageUploadFailed,
         DiskOperationFailed,
         CallExpired,
         TransportUnusable,
+        ConsoleLogUnavailable,
         RemoteError,
     )
 }

@@ -19,7 +19,13 @@ the network configuration); 1.2 ``remove_boot_files`` (the driver no
 longer calls a dom0 plugin itself), and ``describe`` publishes the
 ``check_host`` and ``pool_join`` capabilities; 1.3 ``auto_configure_disk``
 and ``preconfigure_instance`` take the ``instance_uuid`` whose VDI they may
-touch (the agent refuses any other instance's).
+touch (the agent refuses any other instance's); 1.4 ``get_console_log``
+(the tail of a running instance's console log, read in dom0: Nova's
+``get_console_output``); 1.5 ``upload_snapshot``
+(a snapshot VDI of the instance's root into an image of the image service,
+as a VHD tarball); 1.6 ``cache_image`` and
+``manage_image_cache`` (Nova's image cache hooks: one cache VDI per image,
+cloned for each root).
 """
 
 import re
@@ -30,7 +36,7 @@ from rpc.schema import (
     paths_overlap,
 )
 
-VERSION = "1.3"
+VERSION = "1.6"
 
 # An image id goes into a URL path: no "/", and no leading "." (so never
 # "." or "..").
@@ -91,6 +97,8 @@ CAPABILITIES = {
     "check_host": "Checking that the agent's VM is resident on the served host",
     "pool_join": "Joining a XenServer pool aggregate",
 }
+# The most of a console log one call returns (what the dom0 plugin allows).
+MAX_CONSOLE_BYTES = MIB
 # A dom0 boot file (kernel or ramdisk) as the kernel plugin names it: an
 # absolute path, no component starting with ".".
 BOOT_FILE_PATH = r"^(/[A-Za-z0-9_][A-Za-z0-9_.-]*)+/(kernel|ramdisk)-[A-Za-z0-9_]{1,64}\Z"
@@ -237,6 +245,13 @@ METHODS = {m.name: m for m in (
     ), rules=(
         _no_file_where_an_argument_goes,
     )),
+    Method("upload_snapshot", "1.5", long=True, args=(
+        Arg("instance_uuid", Uuid()),
+        Arg("vdi_uuid", Uuid()),
+        Arg("image_id", Str(pattern=IMAGE_ID)),
+        Arg("auth_token", Str(min_len=1, max_len=8192, pattern=AUTH_TOKEN), nullable=True,
+            secret=True),
+    ), returns=("image_id", "size_bytes")),
     Method("cleanup_attached_vdis", "1.0", returns=("unplugged", "destroyed")),
     Method("remove_boot_files", "1.2", args=(
         Arg("paths", List(Str(max_len=1024, pattern=BOOT_FILE_PATH), min_items=1,
@@ -245,6 +260,18 @@ METHODS = {m.name: m for m in (
         Rule("paths", lambda a: len(set(a["paths"])) == len(a["paths"]),
              "names a file twice"),
     ), returns=("removed",)),
+    Method("get_console_log", "1.4", args=(
+        Arg("instance_uuid", Uuid()),
+        Arg("max_bytes", Int(1, MAX_CONSOLE_BYTES)),
+    ), returns=("log", "truncated")),
+    Method("cache_image", "1.6", long=True, args=(
+        Arg("image_id", Str(pattern=IMAGE_ID)),
+        Arg("auth_token", Str(min_len=1, max_len=8192, pattern=AUTH_TOKEN), nullable=True,
+            secret=True),
+    ), returns=("uuid", "fetched")),
+    Method("manage_image_cache", "1.6", long=True, args=(
+        Arg("min_age_seconds", Int(0, 10 * 365 * 86400)),
+    ), returns=("removed", "kept_in_use", "kept_recent")),
     Method("destroy_vdis", "1.0", args=(
         Arg("vdi_uuids", List(Uuid(), min_items=1, max_items=64)),
     ), rules=(

@@ -7,15 +7,30 @@ a failure: CI must exercise the real thing.
 
 import contextlib
 import glob
+import importlib.util
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 
-import pytest
+# Nova's functional tests (tests/functional/nova) run Nova 34 in its native
+# threading mode. Nova enforces that mode by forbidding eventlet, and refuses
+# to start if eventlet was imported before (oslo.messaging's futurist imports
+# it whenever it is installed). So the mode is chosen here, before any test
+# module is imported, for the whole run. The agent and the simulator run as
+# child processes and are not concerned; tests that need eventlet run it in
+# a child process.
+os.environ.setdefault("OS_NOVA_DISABLE_EVENTLET_PATCHING", "1")
+if importlib.util.find_spec("nova") is not None and "eventlet" not in sys.modules:
+    import nova.monkey_patch
+
+    nova.monkey_patch.patch()
+
+import pytest  # noqa: E402
 
 REQUIRE_REAL = os.environ.get("NXS_REQUIRE_REAL") == "1"
 RABBIT_HOST, RABBIT_PORT = "127.0.0.1", 5672
@@ -83,6 +98,17 @@ def rabbit_available():
 @pytest.fixture
 def loop_devices():
     need(loop_devices_usable(), "loop devices are not usable (needs root and /dev/loop-control)")
+
+
+@pytest.fixture(scope="session")
+def glance(tmp_path_factory):
+    """A real Glance on a free loopback port for the whole run
+    (nova_xen_split/cmd/glance_server.py)."""
+    from nova_xen_split.cmd import glance_server
+    need(glance_server.available(), "Glance is not installed (.ci/install --tests)")
+    server = glance_server.GlanceProcess(tmp_path_factory.mktemp("glance")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -241,6 +267,51 @@ def make_sim(tmp_path):
     yield factory
     for sim in sims:
         sim.stop()
+
+
+@contextlib.contextmanager
+def xfs_reflink_mount(mountpoint, backing_file, size_bytes=8 << 30):
+    """An XFS with ``reflink=1`` on a sparse loop-mounted file, mounted on
+    ``mountpoint`` (made if missing) while the block runs: a file system on
+    which ``copy_file_range`` shares blocks instead of copying them, as a
+    VHD clone shares its parent's. Needs root, loop devices and mkfs.xfs."""
+    need(loop_devices_usable(), "loop devices are not usable (needs root)")
+    need(shutil.which("mkfs.xfs", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"),
+         "mkfs.xfs is missing (Debian package xfsprogs)")
+    with open(backing_file, "wb") as f:
+        f.truncate(size_bytes)
+    os.makedirs(mountpoint, exist_ok=True)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(backing_file)], check=True,
+                   capture_output=True, timeout=120)
+    subprocess.run(["mount", "-o", "loop", str(backing_file), str(mountpoint)], check=True,
+                   capture_output=True, timeout=60)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True, capture_output=True,
+                       timeout=60)
+        os.unlink(backing_file)
+
+
+@pytest.fixture
+def make_xfs_sim(loop_devices, tmp_path):
+    """Factory: ``make_xfs_sim(compute_vm=False)`` → a started SimProcess
+    whose SR directory is an XFS with reflink (:func:`xfs_reflink_mount`),
+    so ``VDI.clone`` shares its parent's blocks. Stopped and unmounted
+    afterwards, in that order."""
+    with contextlib.ExitStack() as stack:
+        count = [0]
+
+        def factory(compute_vm=False, **kwargs):
+            count[0] += 1
+            state = tmp_path / ("xfs-sim-%d" % count[0])
+            stack.enter_context(xfs_reflink_mount(state / "sr", tmp_path / (
+                "xfs-sr-%d.img" % count[0])))
+            sim = SimProcess(state, compute_vm=compute_vm, **kwargs).start()
+            stack.callback(sim.stop)
+            return sim
+
+        yield factory
 
 
 @pytest.fixture

@@ -9,11 +9,14 @@ backend checks only what needs XAPI (does the VDI exist, is it big enough).
 """
 
 import abc
+import base64
 import threading
 
 from agent import vdis
-from nova_xen_split.xenhost import xapi
+from nova_xen_split.xenhost import marks, xapi
 from rpc import exceptions, methods
+
+CONSOLE_PLUGIN = "console.py"
 
 INTERFACE_VERSION = methods.VERSION
 GiB = 1024 ** 3
@@ -178,6 +181,38 @@ class Backend(metaclass=abc.ABCMeta):
             vdis.destroy(session, ref, self.ctx.tag)
         return {"destroyed": len(refs)}
 
+    def get_console_log(self, instance_uuid, max_bytes):
+        """The last ``max_bytes`` of the console log of the instance's
+        running domain: ``{"log": bytes, "truncated": bool}``.
+
+        The log is a file in dom0 (xenconsoled's), out of reach of every
+        guest, this agent's own VM included, so both modes ask dom0's
+        console plugin for it, for the domain XAPI says the instance's VM
+        runs as on the served host. Raises ConsoleLogUnavailable when the
+        instance has no running VM there or its domain no log.
+        """
+        session = self.ctx.session
+        domid = None
+        for rec in session.call("VM.get_all_records").values():
+            if rec.get("is_control_domain") or \
+                    marks.vm_instance(rec.get("other_config")) != instance_uuid:
+                continue
+            if rec.get("power_state") == "Running" and rec.get("resident_on") == self.ctx.host_ref:
+                domid = xapi.to_int(rec["domid"])
+        if domid is None or domid <= 0:
+            raise exceptions.ConsoleLogUnavailable(
+                instance_uuid=instance_uuid, reason="it has no running VM on this host")
+        try:
+            found = session.call_plugin_json(CONSOLE_PLUGIN, "get_console_log", {
+                "dom_id": str(domid), "max_bytes": str(max_bytes)})
+        except exceptions.XapiFailure as e:
+            if e.details[:3] == ["XENAPI_PLUGIN_FAILURE", "get_console_log", "NoConsoleLog"]:
+                raise exceptions.ConsoleLogUnavailable(
+                    instance_uuid=instance_uuid,
+                    reason="domain %d has no console log in dom0" % domid) from None
+            raise
+        return {"log": base64.b64decode(found["log"]), "truncated": bool(found["truncated"])}
+
     def owned_vdi_ref(self, vdi_uuid, instance_uuid, method):
         """The ref of a finished VDI of ``instance_uuid``; anything else is
         refused before it is read or changed (:func:`vdis.owned_ref`)."""
@@ -205,6 +240,15 @@ class Backend(metaclass=abc.ABCMeta):
         """Make the VDIs of an image; ``{"vdis": [...]}``.
 
         Raises ImageFetchFailed, XapiFailure, UnsupportedInIndependentMode.
+        """
+
+    @abc.abstractmethod
+    def upload_snapshot(self, instance_uuid, vdi_uuid, image_id, auth_token):
+        """Upload a snapshot VDI of the instance's root into image
+        ``image_id`` as a VHD tarball; ``{"image_id", "size_bytes"}``.
+
+        Raises ImageUploadFailed (the image is deleted unless active),
+        XapiFailure, InvalidRequest for a VDI that is not such a snapshot.
         """
 
     @abc.abstractmethod

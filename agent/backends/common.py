@@ -7,7 +7,7 @@ import struct
 import tarfile
 import tempfile
 
-from agent import configdrive, images, vdi_import, vdis
+from agent import configdrive, image_cache, images, vdi_import, vdis
 from agent.backends import base
 from nova_xen_split.xenhost import marks, xapi
 from rpc import exceptions
@@ -89,6 +89,63 @@ def _log_vhd_checksum(image_id, endpoint, checksum, chain):
 
 class CommonBackend(base.Backend):
 
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.image_cache = image_cache.ImageCache(ctx)
+
+    # -- the image cache ------------------------------------------------------
+
+    def fetch_cached_root(self, instance_uuid, image_id, disk_format, kernel_id, ramdisk_id,
+                          auth_token):
+        """``{"vdis": [root]}`` with the root cloned from the image's cache
+        VDI, or None when the image is not cached here (see
+        :mod:`agent.image_cache`)."""
+        root = self.image_cache.fetch_root(self, instance_uuid, image_id, disk_format,
+                                           auth_token, kernel_id, ramdisk_id)
+        return None if root is None else {"vdis": [dict(root, type="root")]}
+
+    def fill_image_cache(self, instance_uuid, image_id, disk_format, auth_token, new_vdi,
+                         finish):
+        """Put the image into a new cache VDI; returns its ref.
+
+        Raw: ``new_vdi(size_bytes)`` makes the VDI, the image is written into
+        it, then ``finish(ref, image_bytes)`` marks it ready. VHD: the dom0
+        plugin lands the chain and ``finish(leaf_ref)`` marks its leaf ready
+        while the chain is still recorded as pending (a crash before that
+        leaves it to the pending-chain cleanup).
+        """
+        if disk_format == "vhd":
+            # Pending for the image, not the instance: a driver undoing the
+            # instance's spawn leaves the chain to the cache.
+            return self._land_vhd("image:%s" % image_id, image_id, auth_token,
+                                  lambda leaf_ref, _sr_ref, _pending: finish(leaf_ref))
+        with images.open_image(self.conf, image_id, auth_token) as reader:
+            vdi_ref = new_vdi(round_up(reader.size_bytes, base.MiB))
+            base.checkpoint("created")
+            self.write_raw(vdi_ref, reader)
+            finish(vdi_ref, reader.size_bytes)
+        return vdi_ref
+
+    def write_raw(self, vdi_ref, reader, offset_sectors=0):
+        """Write a raw image from ``reader`` into the new VDI."""
+        raise NotImplementedError
+
+    def cache_image(self, image_id, auth_token):
+        """Nova's ``cache_image``: see :meth:`agent.image_cache.ImageCache.cache`."""
+        return self.image_cache.cache(self, image_id, auth_token)
+
+    def manage_image_cache(self, min_age_seconds):
+        """Remove unused cache VDIs: :meth:`agent.image_cache.ImageCache.manage`."""
+        return self.image_cache.manage(min_age_seconds)
+
+    def cleanup_attached_vdis(self):
+        """The common cleanup, and cache VDIs this agent left half filled."""
+        result = super().cleanup_attached_vdis()
+        result["destroyed"] += self.image_cache.cleanup()
+        return result
+
+    # -- the rest --------------------------------------------------------------
+
     def generate_configdrive(self, instance_uuid, metadata, user_data,
                              network_data, vendor_data, files, admin_password):
         """Build the ISO in a private temp dir where the agent runs, then
@@ -159,14 +216,38 @@ class CommonBackend(base.Backend):
                 vdis.check_same_request(found, instance_uuid, marks.ROOT, request,
                                         "fetch_image")
                 return dict(vdis.result(session, found[0]), type="root")
-            with vdis.pending_chain(session, sr_ref, instance_uuid, self.ctx.tag,
-                                    self.ctx.busy) as pending:
-                return self._fetch_vhd_as(pending, instance_uuid, image_id, auth_token,
-                                          sr_ref, sr_path)
 
-    def _fetch_vhd_as(self, pending, instance_uuid, image_id, auth_token, sr_ref,
-                      sr_path):
-        """fetch_vhd's work once the chain's leaf uuid is recorded as pending."""
+            def tag_root(root_ref, sr_ref, pending):
+                vdis.tag(session, root_ref, instance_uuid, marks.ROOT, self.ctx.tag,
+                         marks.READY, request)
+                # Checked after tagging: a driver that gives up from here on
+                # finds the tagged leaf in its own sweep.
+                if vdis.chain_abandoned(session, sr_ref, pending.leaf_uuid):
+                    raise exceptions.ImageFetchFailed(
+                        image_id=image_id,
+                        reason="the driver gave up on instance %s (its call timed out and "
+                        "the spawn was undone) while dom0 was landing the image; the VHD "
+                        "chain is destroyed" % instance_uuid)
+                vdis.refuse_if_caller_gone("root of instance %s" % instance_uuid)
+
+            root_ref = self._land_vhd(instance_uuid, image_id, auth_token, tag_root)
+            return dict(vdis.result(session, root_ref), type="root")
+
+    def _land_vhd(self, owner, image_id, auth_token, tag_leaf):
+        """Land the image's VHD chain in the default SR, recorded as pending
+        for ``owner`` (an instance uuid, or ``image:<id>``) while the plugin runs; ``tag_leaf``
+        (leaf ref, SR ref, pending chain) marks the leaf before the record
+        goes. Returns the leaf's ref; on a failure the chain is destroyed."""
+        session = self.ctx.session
+        sr_ref = vdis.default_sr(session)
+        sr_path = vdis.sr_path(session, sr_ref)
+        with vdis.pending_chain(session, sr_ref, owner, self.ctx.tag,
+                                self.ctx.busy) as pending:
+            return self._fetch_vhd_as(pending, image_id, auth_token, sr_ref, sr_path,
+                                      tag_leaf)
+
+    def _fetch_vhd_as(self, pending, image_id, auth_token, sr_ref, sr_path, tag_leaf):
+        """_land_vhd's work once the chain's leaf uuid is recorded as pending."""
         session = self.ctx.session
         servers = [s.strip() for s in self.conf.glance.api_servers if s.strip()]
         # dom0 downloads the image; the agent reads its record for the
@@ -202,21 +283,11 @@ class CommonBackend(base.Backend):
             session.call("SR.scan", sr_ref)
             root_ref = session.call("VDI.get_by_uuid", chain["root"])
             base.checkpoint("scanned")
-            vdis.tag(session, root_ref, instance_uuid, marks.ROOT, self.ctx.tag, marks.READY,
-                     root_request(image_id, "vhd"))
-            # Checked after tagging: a driver that gives up from here on
-            # finds the tagged leaf in its own sweep.
-            if vdis.chain_abandoned(session, sr_ref, pending.leaf_uuid):
-                raise exceptions.ImageFetchFailed(
-                    image_id=image_id,
-                    reason="the driver gave up on instance %s (its call timed out and "
-                    "the spawn was undone) while dom0 was landing the image; the VHD "
-                    "chain is destroyed" % instance_uuid)
-            vdis.refuse_if_caller_gone("root of instance %s" % instance_uuid)
+            tag_leaf(root_ref, sr_ref, pending)
         except BaseException:
             self._forget_chain(sr_ref, chain["root"])
             raise
-        return dict(vdis.result(session, root_ref), type="root")
+        return root_ref
 
     def _import_vhd(self, instance_uuid, image_id, auth_token, sr_ref):
         """fetch_vhd on an SR with no directory (LVM), where the dom0 plugin

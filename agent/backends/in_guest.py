@@ -13,7 +13,8 @@ import logging
 import os
 import time
 
-from agent import attach, images, privileged, readahead, vdi_import, vdis
+from agent import attach, images, privileged, readahead, snapshot, vdi_import, vdis
+from agent import vhd
 from agent.backends import base
 from agent.backends.common import (
     KERNEL_PLUGIN, PARTITION_START, CommonBackend, disk_request, partition_type_for,
@@ -101,6 +102,34 @@ class InGuestBackend(CommonBackend):
         finally:
             privileged.chown_device(device, previous)
 
+    @contextlib.contextmanager
+    def _readable(self, device):
+        """Lend the device to this process for reading, give it back afterwards."""
+        previous = privileged.chown_device(device, os.getuid())
+        try:
+            yield self._device_path(device)
+        finally:
+            privileged.chown_device(device, previous)
+
+    # -- upload_snapshot -------------------------------------------------------
+
+    def upload_snapshot(self, instance_uuid, vdi_uuid, image_id, auth_token):
+        """The snapshot plugged read-only into this VM, encoded as a VHD by
+        the agent and streamed into the image service."""
+        session = self.ctx.session
+        vdi_ref = vdis.snapshot_ref(session, vdi_uuid, instance_uuid, "upload_snapshot")
+        size_bytes = int(session.call("VDI.get_virtual_size", vdi_ref))
+        self.ctx.busy.add(vdi_ref)
+        try:
+            with self._attached(vdi_ref, read_only=True) as dev:
+                with self._readable(dev.device) as path:
+                    return snapshot.upload(
+                        self.conf, image_id, auth_token,
+                        lambda: snapshot.EncodedVhd(vhd.VhdStream.from_file(path,
+                                                                            size_bytes)))
+        finally:
+            self.ctx.busy.discard(vdi_ref)
+
     # -- fetch_image ---------------------------------------------------------
 
     def fetch_raw(self, instance_uuid, image_id, disk_format, auth_token, purpose,
@@ -113,18 +142,7 @@ class InGuestBackend(CommonBackend):
             return round_up(reader.size_bytes + offset_sectors * 512, base.MiB)
 
         def fill(vdi_ref):
-            with self._attached(vdi_ref) as dev:
-                base.checkpoint("attached")
-                if offset_sectors:
-                    # A partition-less filesystem image: give it a partition.
-                    end = offset_sectors + round_up(reader.size_bytes, 512) // 512 - 1
-                    privileged.make_partition(dev.device, offset_sectors, end, "83", False)
-                with self._writable(dev.device) as f:
-                    f.seek(offset_sectors * 512)
-                    _copy_skipping_zeros(reader, f, reader.size_bytes,
-                                         "image %s into %s" % (image_id, dev.device),
-                                         self.conf.agent.progress_interval)
-                base.checkpoint("written")
+            self.write_raw(vdi_ref, reader, offset_sectors)
             # The exact size: the VDI is rounded up to whole MiB.
             marks.set_mark(self.ctx.session, "VDI", vdi_ref,
                            *marks.image_bytes_mark(reader.size_bytes))
@@ -136,6 +154,23 @@ class InGuestBackend(CommonBackend):
             if reader is not None:
                 reader.close()
         return ref
+
+    def write_raw(self, vdi_ref, reader, offset_sectors=0):
+        """Plug the new VDI here and copy the image into it, all-zero blocks
+        skipped; ``offset_sectors`` leaves room for a partition table."""
+        with self._attached(vdi_ref) as dev:
+            base.checkpoint("attached")
+            if offset_sectors:
+                # A partition-less filesystem image: give it a partition.
+                end = offset_sectors + round_up(reader.size_bytes, 512) // 512 - 1
+                privileged.make_partition(dev.device, offset_sectors, end, "83", False)
+            with self._writable(dev.device) as f:
+                f.seek(offset_sectors * 512)
+                _copy_skipping_zeros(reader, f, reader.size_bytes,
+                                     "image %s into %s" % (reader.image_id, dev.device),
+                                     self.conf.agent.progress_interval)
+            reader.verify()
+            base.checkpoint("written")
 
     def fetch_boot_file(self, instance_uuid, image_id, auth_token, kind):
         """Kernel or ramdisk: into a scratch VDI, then copied by dom0 to its
@@ -161,6 +196,10 @@ class InGuestBackend(CommonBackend):
                     ramdisk_id, auth_token):
         """VHD via the dom0 image plugin; raw/ami streamed into a local device;
         aki/ari and kernel_id/ramdisk_id copied to dom0's boot directory."""
+        cached = self.fetch_cached_root(instance_uuid, image_id, disk_format, kernel_id,
+                                        ramdisk_id, auth_token)
+        if cached is not None:
+            return cached
         if disk_format == "vhd":
             return {"vdis": [self.fetch_vhd(instance_uuid, image_id, auth_token)]}
         if disk_format in ("aki", "ari"):

@@ -12,6 +12,7 @@ import math
 
 from agent import attach
 from agent import images
+from agent import snapshot
 from agent import upload
 from agent import vdis
 from agent.backends import base
@@ -60,6 +61,10 @@ class IndependentBackend(CommonBackend):
                 feature="Partition-less (ami) disk images, which need a partition table "
                 "written around the data",
                 option="image property disk_format=ami; %s" % self.LIMITATION)
+        cached = self.fetch_cached_root(instance_uuid, image_id, disk_format, kernel_id,
+                                        ramdisk_id, auth_token)
+        if cached is not None:
+            return cached
         if disk_format == "vhd":
             return {"vdis": [self.fetch_vhd(instance_uuid, image_id, auth_token)]}
         return {"vdis": [dict(self._fetch_raw(instance_uuid, image_id, auth_token),
@@ -75,17 +80,7 @@ class IndependentBackend(CommonBackend):
 
         def fill(vdi_ref):
             base.checkpoint("created")
-            if isinstance(reader, images.LocalImageFile):
-                # A file: its holes are skipped unread, its data sent with sendfile.
-                # The file sent is the one checked (opened with O_NOFOLLOW,
-                # its size matched), not whatever its path names by now.
-                upload.upload_file(self.ctx.session, vdi_ref, reader.path, fmt="chunked",
-                                   progress_interval=self.conf.agent.progress_interval,
-                                   opened=reader.file)
-            else:
-                upload.upload_stream(self.ctx.session, vdi_ref, reader, reader.size_bytes,
-                                     progress_interval=self.conf.agent.progress_interval)
-            base.checkpoint("uploaded")
+            self.write_raw(vdi_ref, reader)
 
         try:
             ref = vdis.make(self.ctx, "fetch_image", instance_uuid, marks.ROOT,
@@ -94,6 +89,34 @@ class IndependentBackend(CommonBackend):
             if reader is not None:
                 reader.close()
         return vdis.result(self.ctx.session, ref)
+
+    def write_raw(self, vdi_ref, reader, offset_sectors=0):
+        """Upload a raw image with ``PUT /import_raw_vdi`` (sparse framing)."""
+        if isinstance(reader, images.LocalImageFile):
+            # A file: its holes are skipped unread, its data sent with sendfile.
+            # The file sent is the one checked (opened with O_NOFOLLOW,
+            # its size matched), not whatever its path names by now.
+            upload.upload_file(self.ctx.session, vdi_ref, reader.path, fmt="chunked",
+                               progress_interval=self.conf.agent.progress_interval,
+                               opened=reader.file)
+        else:
+            upload.upload_stream(self.ctx.session, vdi_ref, reader, reader.size_bytes,
+                                 progress_interval=self.conf.agent.progress_interval)
+        reader.verify()
+        base.checkpoint("uploaded")
+
+    # -- upload_snapshot ---------------------------------------------------------
+
+    def upload_snapshot(self, instance_uuid, vdi_uuid, image_id, auth_token):
+        """XAPI's VHD export of the snapshot, streamed into the image service."""
+        session = self.ctx.session
+        vdi_ref = vdis.snapshot_ref(session, vdi_uuid, instance_uuid, "upload_snapshot")
+        self.ctx.busy.add(vdi_ref)
+        try:
+            return snapshot.upload(self.conf, image_id, auth_token,
+                                   lambda: snapshot.VdiExport(session, vdi_ref).open())
+        finally:
+            self.ctx.busy.discard(vdi_ref)
 
     # -- disks -------------------------------------------------------------------
 

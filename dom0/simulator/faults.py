@@ -1,7 +1,8 @@
 """Fault injection: make chosen XAPI messages fail, for failure-path tests.
 
 A fault is armed per message name (``VM.start``, ``VBD.plug``,
-``host.call_plugin``, ...): the next ``count`` calls after ``skip`` good ones
+``host.call_plugin``, ..., and ``export_raw_vdi``, which cuts an export
+after its answer, before its body): the next ``count`` calls after ``skip`` good ones
 fail with the given XAPI error code (``INTERNAL_ERROR`` by default), as if
 the real host had refused them. The code ``STOP_XAPI`` instead stops the
 simulator as SIGTERM does, with that call in flight and never answered: a

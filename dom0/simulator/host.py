@@ -64,8 +64,10 @@ class StateMismatch(Exception):
 class SimulatedHost:
     def __init__(self, state_dir, password, compute_vm=False, plugin_dir=None,
                  plugin_timeout=600, loop_devices=True, partition_devices=True,
-                 import_attach_seconds=0.0, session_idle_seconds=None,
-                 sr_type=storage.EXT):
+                 import_attach_seconds=0.0, host_cpus=4, host_memory_mb=16384,
+                 session_idle_seconds=None, sr_type=storage.EXT):
+        self.host_cpus = host_cpus
+        self.host_memory_mb = host_memory_mb
         self.state_dir = os.path.abspath(state_dir)
         self.sr_type = sr_type  # see storage.py
         # What each import waits before reading its body (see http_data).
@@ -115,6 +117,19 @@ class SimulatedHost:
     def vm_dev_dir(self, vm_uuid):
         return os.path.join(self.vm_dir(vm_uuid), "dev")
 
+    @property
+    def console_dir(self):
+        """Where xenconsoled would log guest consoles (dom0's /var/log/xen/guest)."""
+        return os.path.join(self.state_dir, "console")
+
+    def log_console(self, domid, text):
+        """Append ``text`` to domain ``domid``'s console log, as a guest's
+        console output would arrive there."""
+        path = os.path.join(self.console_dir, "console.%s" % domid)
+        fd = private.open_fd(path, os.O_WRONLY | os.O_APPEND)
+        with os.fdopen(fd, "a") as f:
+            f.write(text)
+
     def has_block_devices(self, vm_ref):
         """Only dom0 and the compute VM get real devices; guests are bookkeeping."""
         return vm_ref in (self.dom0_ref, self.compute_vm_ref)
@@ -134,6 +149,7 @@ class SimulatedHost:
             if found != self.sr_type:
                 raise StateMismatch("%s holds a host whose SR is %s, not %s"
                                     % (self.state_dir, found, self.sr_type))
+            self._set_up_hardware()
             self._set_up_compute_vm()
             self._forget_attachments()
             self.store.touch()
@@ -143,12 +159,14 @@ class SimulatedHost:
         os.makedirs(self.vm_dev_dir(dom0_uuid), exist_ok=True)
         boot_dir = os.path.join(self.boot_root, "guest")
         os.makedirs(boot_dir, exist_ok=True)
+        os.makedirs(self.console_dir, exist_ok=True)
         self.plugins = plugins.PluginRunner(self._plugin_dir, self._plugin_timeout, {
             "NXS_DOM0_DEV_DIR": self.vm_dev_dir(dom0_uuid),
             # An LVM SR has no mount: a plugin finds no SR directory there.
             "NXS_DOM0_SR_ROOT": (os.path.join(self.state_dir, "sr-mount") if self.sr_thick
                                  else self.sr_root),
             "NXS_DOM0_BOOT_DIR": boot_dir,
+            "NXS_DOM0_CONSOLE_DIR": self.console_dir,
         })
         self.udev.start()
 
@@ -198,6 +216,45 @@ class SimulatedHost:
         self.sr_ref = pool["default_SR"]
         self.dom0_ref = store.get("host", self.host_ref)["control_domain"]
         os.makedirs(self.sr_dir(self.sr_ref), exist_ok=True)
+
+    def _set_up_hardware(self):
+        """The host's CPUs, its memory and its networks, as configured.
+
+        A state directory made before these existed gets them; the CPU count
+        and memory follow the command line of every start, as a host's
+        hardware would after a change.
+        """
+        store = self.store
+        cpus = sorted(store.find("host_cpu", host=self.host_ref),
+                      key=lambda ref: int(store.get("host_cpu", ref)["number"]))
+        for ref in cpus[self.host_cpus:]:
+            store.remove("host_cpu", ref)
+        for number in range(len(cpus), self.host_cpus):
+            store.add("host_cpu", model.HOST_CPU.new_record(host=self.host_ref,
+                                                             number=str(number)))
+        host = store.get("host", self.host_ref)
+        total = str(self.host_memory_mb * 1024 * 1024)
+        if store.exists("host_metrics", host["metrics"]):
+            store.update("host_metrics", host["metrics"], memory_total=total,
+                         last_updated=model.now_text())
+        else:
+            metrics = store.add("host_metrics", model.HOST_METRICS.new_record(
+                memory_total=total, last_updated=model.now_text()))
+            store.update("host", self.host_ref, metrics=metrics)
+        # A fresh XenServer's networks: the management bridge of eth0, and
+        # the Open vSwitch integration bridge an operator makes for Neutron.
+        for bridge, label in (("xenbr0", "Pool-wide network associated with eth0"),
+                              ("br-int", "br-int")):
+            if not store.find("network", bridge=bridge):
+                store.add("network", model.NETWORK.new_record(
+                    name_label=label, bridge=bridge,
+                    other_config={"automatic": "false"} if bridge == "br-int" else {}))
+
+    def memory_free(self, metrics):
+        """Bytes of memory not held by a VM resident on the host."""
+        held = sum(int(vm["memory_static_max"]) for vm in self.store.table("VM").values()
+                   if vm["resident_on"] == self.host_ref)
+        return max(int(metrics["memory_total"]) - held, 0)
 
     def _identity_files(self):
         vms = os.path.join(self.state_dir, "vms")

@@ -14,6 +14,7 @@ import time
 import urllib.parse
 
 from dom0.simulator import errors
+from dom0.simulator import faults
 from dom0.simulator.api import dispatch
 
 LOG = logging.getLogger(__name__)
@@ -183,6 +184,9 @@ def _run_task(host, task_ref, what, work, result=None):
 
     try:
         work(dataio)
+    except errors.XapiError as e:
+        LOG.info("%s failed: %s", what, e)
+        dispatch.finish_task(host, task_ref, error=e.description)
     except dataio.ImportFailed as e:
         LOG.info("%s failed: %s", what, e)
         dispatch.finish_task(host, task_ref, error=[errors.VDI_IO_ERROR, str(e)])
@@ -242,6 +246,13 @@ def handle_export(host, handler):
                             ("Content-Type", "application/octet-stream")])
 
     def work(dataio):
+        try:
+            # Tests only: a fault armed on "export_raw_vdi" cuts the export
+            # after its answer, before the first byte of its body.
+            faults.check("export_raw_vdi")
+        except errors.XapiError:
+            handler.close_connection = True
+            raise
         if fmt == "vhd":
             dataio.export_vhd(handler.wfile, path, size)
         else:

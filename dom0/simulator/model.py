@@ -96,7 +96,8 @@ HOST = ClassSpec("host", dict(_NAME, **{
     "updates": [], "PBDs": [], "host_CPUs": [], "cpu_info": {}, "hostname": "",
     "address": "127.0.0.1", "metrics": NULL_REF, "license_params": {},
     "control_domain": NULL_REF, "tags": [], "edition": "free",
-}), maps=["other_config", "logging", "license_params"], derived=["resident_VMs", "PBDs"])
+}), maps=["other_config", "logging", "license_params"],
+    derived=["resident_VMs", "PBDs", "host_CPUs"])
 
 VM = ClassSpec("VM", dict(_NAME, **{
     "uuid": "", "allowed_operations": [], "current_operations": {}, "power_state": "Halted",
@@ -126,7 +127,7 @@ VM = ClassSpec("VM", dict(_NAME, **{
     "recommendations", "xenstore_data", "tags", "blocked_operations", "VCPUs_params",
     "domain_type",
 ], maps=["other_config", "platform", "xenstore_data", "VCPUs_params", "HVM_boot_params",
-         "blocked_operations"], derived=["VBDs"], ctor_required=VM_CTOR_REQUIRED)
+         "blocked_operations"], derived=["VBDs", "VIFs"], ctor_required=VM_CTOR_REQUIRED)
 
 SR = ClassSpec("SR", dict(_NAME, **{
     "uuid": "", "allowed_operations": [], "current_operations": {},
@@ -135,7 +136,8 @@ SR = ClassSpec("SR", dict(_NAME, **{
     "tags": [], "sm_config": {}, "blobs": {}, "local_cache_enabled": False,
     "introduced_by": NULL_REF, "clustered": False, "is_tools_sr": False,
 }), writable=["other_config", "sm_config", "tags", "shared"],
-    maps=["other_config", "sm_config"], derived=["VDIs", "PBDs"])
+    maps=["other_config", "sm_config"],
+    derived=["VDIs", "PBDs", "physical_size", "physical_utilisation", "virtual_allocation"])
 
 PBD = ClassSpec("PBD", {
     "uuid": "", "host": NULL_REF, "SR": NULL_REF, "device_config": {},
@@ -148,13 +150,13 @@ VDI = ClassSpec("VDI", dict(_NAME, **{
     "sharable": False, "read_only": False, "other_config": {}, "storage_lock": False,
     "location": "", "managed": True, "missing": False, "parent": NULL_REF,
     "xenstore_data": {}, "sm_config": {}, "is_a_snapshot": False, "snapshot_of": NULL_REF,
-    "snapshots": [], "snapshot_time": "19700101T00:00:00Z", "tags": [],
+    "snapshot_time": "19700101T00:00:00Z", "tags": [],
     "allow_caching": False, "on_boot": "persist", "metadata_of_pool": NULL_REF,
     "metadata_latest": False, "is_tools_iso": False, "cbt_enabled": False,
 }), writable=["other_config", "sm_config", "xenstore_data", "tags", "sharable", "read_only",
               "allow_caching", "on_boot"],
     maps=["other_config", "sm_config", "xenstore_data"], datetimes=["snapshot_time"],
-    derived=["VBDs", "physical_utilisation"], ctor_required=VDI_CTOR_REQUIRED)
+    derived=["VBDs", "physical_utilisation", "snapshots"], ctor_required=VDI_CTOR_REQUIRED)
 
 VBD = ClassSpec("VBD", {
     "uuid": "", "allowed_operations": [], "current_operations": {}, "VM": NULL_REF,
@@ -174,7 +176,47 @@ TASK = ClassSpec("task", dict(_NAME, **{
     "subtask_of": NULL_REF, "subtasks": [], "backtrace": "()",
 }), writable=["other_config"], maps=["other_config"], datetimes=["created", "finished"])
 
-CLASSES = {spec.name: spec for spec in (SESSION, POOL, HOST, VM, SR, PBD, VDI, VBD, TASK)}
+# datamodel_host.ml (host_cpu, host_metrics): what a host reports of its
+# hardware; memory_free is computed from the VMs resident on the host.
+HOST_CPU = ClassSpec("host_cpu", {
+    "uuid": "", "host": NULL_REF, "number": "0", "vendor": "GenuineIntel", "speed": "2400",
+    "modelname": "Intel(R) Xeon(R) CPU (xapi-sim)", "family": "6", "model": "85",
+    "stepping": "4", "flags": "fpu de tsc msr pae cx8 apic sep cmov pat clflush mmx fxsr sse "
+    "sse2 ht syscall nx lm", "features": "", "utilisation": 0.0, "other_config": {},
+}, writable=["other_config"], maps=["other_config"])
+
+HOST_METRICS = ClassSpec("host_metrics", {
+    "uuid": "", "memory_total": "0", "memory_free": "0", "live": True,
+    "last_updated": "19700101T00:00:00Z", "other_config": {},
+}, writable=["other_config"], maps=["other_config"], datetimes=["last_updated"],
+    derived=["memory_free"])
+
+# datamodel.ml (network, VIF). A VIF's constructor record must hold the
+# fields without a default; the locking and IP configuration fields added
+# later all have one.
+VIF_CTOR_REQUIRED = ("device", "network", "VM", "MAC", "MTU", "other_config",
+                     "qos_algorithm_type", "qos_algorithm_params")
+
+NETWORK = ClassSpec("network", dict(_NAME, **{
+    "uuid": "", "allowed_operations": [], "current_operations": {}, "PIFs": [],
+    "MTU": "1500", "other_config": {}, "bridge": "", "managed": True, "blobs": {},
+    "tags": [], "default_locking_mode": "unlocked", "assigned_ips": {}, "purpose": [],
+}), writable=["MTU", "other_config", "tags"], maps=["other_config"], derived=["VIFs"])
+
+VIF = ClassSpec("VIF", {
+    "uuid": "", "allowed_operations": [], "current_operations": {}, "device": "",
+    "network": NULL_REF, "VM": NULL_REF, "MAC": "", "MTU": "1500", "other_config": {},
+    "currently_attached": False, "status_code": "0", "status_detail": "",
+    "runtime_properties": {}, "qos_algorithm_type": "", "qos_algorithm_params": {},
+    "qos_supported_algorithms": [], "metrics": NULL_REF, "MAC_autogenerated": False,
+    "locking_mode": "network_default", "ipv4_allowed": [], "ipv6_allowed": [],
+    "ipv4_configuration_mode": "None", "ipv4_addresses": [], "ipv4_gateway": "",
+    "ipv6_configuration_mode": "None", "ipv6_addresses": [], "ipv6_gateway": "",
+}, writable=["other_config", "qos_algorithm_type", "qos_algorithm_params"],
+    maps=["other_config", "qos_algorithm_params"], ctor_required=VIF_CTOR_REQUIRED)
+
+CLASSES = {spec.name: spec for spec in (SESSION, POOL, HOST, VM, SR, PBD, VDI, VBD, TASK,
+                                        HOST_CPU, HOST_METRICS, NETWORK, VIF)}
 
 POWER_STATES = ("Halted", "Paused", "Running", "Suspended")
 VDI_TYPES = ("system", "user", "ephemeral", "suspend", "crashdump", "ha_statefile",

@@ -5,8 +5,14 @@ For each mode it starts a fresh ``xapi-sim`` (without a compute VM for
 deployment would have, starts ``nova-xen-split-agent`` on it as its own
 process, and drives :class:`XenSplitDriver` in this process: spawn from an
 image it made itself and serves on loopback, show each step and the disks,
-destroy, and check that nothing is left (VMs, VDIs, VBDs, loop devices,
-processes, files).
+snapshot it back into the image service (a VHD tarball, as Nova's XenAPI
+driver made them), destroy, and check that nothing is left (VMs, VDIs,
+VBDs, loop devices, processes, files).
+
+With ``glance_url`` and ``image_id`` it boots that image of an existing
+Glance in each mode and snapshots each instance into that Glance, printing
+the snapshot's image id; otherwise it serves its own image from the
+embedded stand-in (no Glance needed) and snapshots into it.
 """
 
 import base64
@@ -115,6 +121,15 @@ def _disk_table(session, vm_ref):
     return sorted(rows)
 
 
+def _counts(session):
+    """VMs, VBDs and VDIs on the hypervisor; image cache VDIs, which stay
+    for the next spawn of their image by design, are not counted."""
+    counts = {cls: len(session.call(cls + ".get_all")) for cls in ("VM", "VBD")}
+    counts["VDI"] = sum(1 for rec in session.call("VDI.get_all_records").values()
+                        if marks.read_cache(rec.get("other_config")) is None)
+    return counts
+
+
 def _leftovers(session, instance_uuid, baseline, state_dir):
     """What of the instance is still on the hypervisor, as text lines."""
     left = []
@@ -123,8 +138,7 @@ def _leftovers(session, instance_uuid, baseline, state_dir):
     tagged = vm_utils.tagged_vdis(session, instance_uuid)
     if tagged:
         left.append("%d VDI(s) tagged with it" % len(tagged))
-    for cls in ("VM", "VDI", "VBD"):
-        now = len(session.call(cls + ".get_all"))
+    for cls, now in _counts(session).items():
         if now != baseline[cls]:
             left.append("%s count %d (before the spawn: %d)" % (cls, now, baseline[cls]))
     loops = demo_env.loops_backed_under(state_dir)
@@ -142,9 +156,28 @@ class ModeResult:
         self.error = None
         self.seconds = 0.0
         self.leftovers = []
+        self.snapshot_id = None
 
 
-def run_mode(mode, work_dir, images, image_id, disk_format, image_size, printer,
+def _snapshot(driver, instance, images_url, printer, mode, result):
+    """Snapshot the instance into a new image, as Nova's createImage does."""
+    t0 = time.monotonic()
+    image_id = demo_env.create_image(images_url, "snapshot of %s" % instance.hostname)
+    states = []
+    driver.snapshot(objects.RequestContext(project_id="demo"), instance, image_id,
+                    lambda task_state, expected_state=None: states.append(task_state))
+    record = demo_env.image_record(images_url, image_id)
+    result.snapshot_id = image_id
+    result.steps.append(nxs_driver.SpawnStep("snapshot", time.monotonic() - t0,
+                                             "image %s" % image_id))
+    printer.step(mode, result.steps[-1])
+    printer.line("  [%-11s] snapshot image %s: %s, %s/%s, %s (task states %s)" % (
+        mode, image_id, record.get("status"), record.get("disk_format"),
+        record.get("container_format"), _human(record.get("size") or 0),
+        " -> ".join(states)))
+
+
+def run_mode(mode, work_dir, images_url, image_id, disk_format, image_size, printer,
              transport_url, full):
     result = ModeResult(mode)
     started = time.monotonic()
@@ -159,7 +192,7 @@ def run_mode(mode, work_dir, images, image_id, disk_format, image_size, printer,
             mode, sim.url, "compute VM %s" % sim.compute_vm_uuid() if sim.compute_vm
             else "no compute VM"))
         config_file = demo_env.write_config(
-            os.path.join(mode_dir, "nova-xen-split.conf"), sim, host, images.url, mode_dir,
+            os.path.join(mode_dir, "nova-xen-split.conf"), sim, host, images_url, mode_dir,
             transport_url=transport_url,
             vm_uuid=sim.compute_vm_uuid() if sim.compute_vm else None)
         agent = demo_env.Agent(config_file, os.path.join(mode_dir, "agent.log")).start()
@@ -172,7 +205,7 @@ def run_mode(mode, work_dir, images, image_id, disk_format, image_size, printer,
             raise demo_env.DemoError("the agent chose %s mode, expected %s" % (
                 info["mode"], mode))
         session = driver.session
-        baseline = {cls: len(session.call(cls + ".get_all")) for cls in ("VM", "VDI", "VBD")}
+        baseline = _counts(session)
         instance = demo_instance(mode, demo_flavor(full), image_id)
         image_meta = objects.ImageMeta(id=image_id, name="demo-image",
                                        disk_format=disk_format, size=image_size)
@@ -185,6 +218,7 @@ def run_mode(mode, work_dir, images, image_id, disk_format, image_size, printer,
         printer.line("  [%-11s] VM %s is %s with %d disks" % (
             mode, instance.name, "running" if result.state == vm_utils.RUNNING
             else "in power state %s" % result.state, len(result.disks)))
+        _snapshot(driver, instance, images_url, printer, mode, result)
         t0 = time.monotonic()
         driver.destroy(None, instance)
         result.steps.append(nxs_driver.SpawnStep("destroy", time.monotonic() - t0, ""))
@@ -254,12 +288,18 @@ def print_summary(printer, results):
         elif r.leftovers:
             status = "LEFT BEHIND: %s" % "; ".join(r.leftovers)
         else:
-            status = "ok: booted, destroyed, nothing left behind"
+            status = "ok: booted, snapshotted (image %s), destroyed, nothing left " \
+                "behind" % r.snapshot_id
         printer.line("  %-12s %s" % (r.mode, status))
 
 
-def run(state_dir=None, transport_url=None, modes=MODES, printer=None):
-    """Run the demo; returns the exit code (0 when every mode that ran succeeded)."""
+def run(state_dir=None, transport_url=None, modes=MODES, printer=None, glance_url=None,
+        image_id=None):
+    """Run the demo; returns the exit code (0 when every mode that ran succeeded).
+
+    ``glance_url`` and ``image_id`` (both or neither): boot that image of an
+    existing Glance and snapshot into it, instead of the embedded service.
+    """
     printer = printer or Printer()
     started = time.monotonic()
     printer.line("nova-xen-split demo: driver in this process, agent as its own process, "
@@ -290,39 +330,69 @@ def run(state_dir=None, transport_url=None, modes=MODES, printer=None):
     images = image_service.ImageService(hash_algo="sha512")  # Glance's default
     results = []
     try:
-        image_path = os.path.join(work_dir, "demo-image.raw")
-        image_size = demo_env.make_disk_image(image_path, IMAGE_MB)
-        image_id = "demo-image-%s" % uuidlib.uuid4().hex[:8]
-        images.add(image_path, image_id)
-        images.start()
-        printer.line("Image %s: raw, %s, msdos label, ext4 partition with /etc/motd, "
-                     "served at %s; each download is checked against the SHA-512 "
-                     "in the image's record, as Glance gives it"
-                     % (image_id, _human(image_size), images.url))
-        image_for = {mode: (image_id, "raw") for mode in modes}
-        missing = demo_env.missing_tools(demo_env.VHD_TOOLS)
-        if "in_guest" in modes and missing:
-            printer.line("No VHD variant (missing qemu-img; install with: %s): in_guest "
-                         "boots the raw image too." % demo_env.install_hint(missing))
-        elif "in_guest" in modes:
-            vhd_id = image_id + "-vhd"
-            tar_size = demo_env.make_vhd_tarball(image_path, image_path + ".tar")
-            images.add(image_path + ".tar", vhd_id, disk_format="vhd",
-                       container_format="ovf")
-            image_for["in_guest"] = (vhd_id, "vhd")
-            printer.line("Image %s: the same disk as a VHD tarball (0.vhd, %s) for the "
-                         "dom0 image plugin; booted in in_guest mode" % (
-                             vhd_id, _human(tar_size)))
+        if glance_url:
+            image_for, image_size = _glance_image(glance_url, image_id, modes, printer)
+        else:
+            image_for, image_size = _embedded_images(images, work_dir, modes, printer)
         for mode in modes:
             printer.line("")
             printer.line("== %s mode ==" % mode)
             mode_image, disk_format = image_for[mode]
-            results.append(run_mode(mode, work_dir, images, mode_image, disk_format,
-                                    image_size, printer, transport_url, full))
+            results.append(run_mode(mode, work_dir, glance_url or images.url, mode_image,
+                                    disk_format, image_size, printer, transport_url, full))
+    except demo_env.DemoError as e:
+        printer.line("FAILED: %s" % e)
+        return 1
     finally:
         images.stop()
         if not keep:
             shutil.rmtree(work_dir, ignore_errors=True)
+    return _finish(printer, results, keep, work_dir, started)
+
+
+def _embedded_images(images, work_dir, modes, printer):
+    """The demo's own image, raw (and as a VHD tarball for in_guest), served
+    by the embedded image service."""
+    image_path = os.path.join(work_dir, "demo-image.raw")
+    image_size = demo_env.make_disk_image(image_path, IMAGE_MB)
+    image_id = "demo-image-%s" % uuidlib.uuid4().hex[:8]
+    images.add(image_path, image_id)
+    images.start()
+    printer.line("Image %s: raw, %s, msdos label, ext4 partition with /etc/motd, "
+                 "served at %s; each download is checked against the SHA-512 "
+                 "in the image's record, as Glance gives it"
+                 % (image_id, _human(image_size), images.url))
+    image_for = {mode: (image_id, "raw") for mode in modes}
+    missing = demo_env.missing_tools(demo_env.VHD_TOOLS)
+    if "in_guest" in modes and missing:
+        printer.line("No VHD variant (missing qemu-img; install with: %s): in_guest "
+                     "boots the raw image too." % demo_env.install_hint(missing))
+    elif "in_guest" in modes:
+        vhd_id = image_id + "-vhd"
+        tar_size = demo_env.make_vhd_tarball(image_path, image_path + ".tar")
+        images.add(image_path + ".tar", vhd_id, disk_format="vhd",
+                   container_format="ovf")
+        image_for["in_guest"] = (vhd_id, "vhd")
+        printer.line("Image %s: the same disk as a VHD tarball (0.vhd, %s) for the "
+                     "dom0 image plugin; booted in in_guest mode" % (
+                         vhd_id, _human(tar_size)))
+    return image_for, image_size
+
+
+def _glance_image(glance_url, image_id, modes, printer):
+    """Both modes boot ``image_id`` of the Glance at ``glance_url``."""
+    record = demo_env.image_record(glance_url, image_id)
+    disk_format = record.get("disk_format")
+    if record.get("status") != "active" or disk_format not in ("raw", "vhd"):
+        raise demo_env.DemoError("image %s is %s with disk_format %s; the demo boots an "
+                                 "active raw or vhd image" % (image_id, record.get("status"),
+                                                              disk_format))
+    printer.line("Image %s from the Glance at %s: %s, %s; snapshots go back there"
+                 % (image_id, glance_url, disk_format, _human(record.get("size") or 0)))
+    return {mode: (image_id, disk_format) for mode in modes}, record.get("size")
+
+
+def _finish(printer, results, keep, work_dir, started):
     print_summary(printer, results)
     if not keep and os.path.exists(work_dir):
         printer.line("  temporary directory %s could not be removed" % work_dir)

@@ -6,6 +6,7 @@ what it made (a child process, a thread, files), so the demo can tear down
 in reverse order whatever happened.
 """
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,8 @@ import sys
 import tarfile
 import threading
 import time
+import urllib.error
+import urllib.request
 
 LISTEN_RE = re.compile(r"xapi-sim listening on (http://127\.0\.0\.1:\d+)")
 SIM_PASSWORD = "xapi-sim"
@@ -243,8 +246,10 @@ class Simulator(_Child):
 
 
 def write_config(path, sim, host, glance_url, work_dir, transport_url=None,
-                 vm_uuid=None):
-    """The config file that the agent and the driver share, as deployed."""
+                 vm_uuid=None, cache_images=None, glance_options=None):
+    """The config file that the agent and the driver share, as deployed;
+    ``cache_images`` sets ``[xenserver] cache_images`` (unset: its default);
+    ``glance_options`` adds ``[glance]`` options (name → text)."""
     if vm_uuid:
         vm_dir = os.path.join(sim.state_dir, "vms", vm_uuid)
         vm_uuid_file = os.path.join(vm_dir, "sys", "hypervisor", "uuid")
@@ -273,9 +278,16 @@ def write_config(path, sim, host, glance_url, work_dir, transport_url=None,
         # No xenstore here: the uuid file alone says whether a local VM exists.
         "xenstore_read_command = false",
         "device_dir = %s" % device_dir,
+    ]
+    if cache_images is not None:
+        lines.append("cache_images = %s" % cache_images)
+    lines += [
         "",
         "[glance]",
         "api_servers = %s" % glance_url,
+    ]
+    lines += ["%s = %s" % item for item in sorted((glance_options or {}).items())]
+    lines += [
         "",
         "[agent]",
         "socket_path = %s" % socket_path,
@@ -310,3 +322,37 @@ class Agent(_Child):
 
     def exited(self):
         return self.proc is not None and self.proc.poll() is not None
+
+
+# -- an image service's records (Glance v2) ---------------------------------------
+
+def _glance(url, method, path, body=None, token=None, timeout=60):
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["X-Auth-Token"] = token
+    request = urllib.request.Request(
+        url.rstrip("/") + path, method=method, headers=headers,
+        data=None if body is None else json.dumps(body).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as e:
+        raise DemoError("%s %s%s: HTTP %d %s" % (method, url, path, e.code, e.reason)) \
+            from None
+    except (OSError, ValueError) as e:
+        raise DemoError("%s %s%s: %s" % (method, url, path, e)) from None
+
+
+def image_record(url, image_id, token=None):
+    """The record of an image of the image service at ``url``."""
+    return _glance(url, "GET", "/v2/images/%s" % image_id, token=token)
+
+
+def create_image(url, name, token=None):
+    """A new queued image, as Nova's API makes one for a snapshot; its id."""
+    record = _glance(url, "POST", "/v2/images", {
+        "name": name, "disk_format": "raw", "container_format": "bare",
+        "visibility": "private"}, token=token)
+    return record["id"]

@@ -15,7 +15,19 @@ the dom0 image plugin make:
   from a buffer of zeros and its data with ``sendfile``: a sparse image's
   holes are never read and its data never passes through Python.
 
-Ids that were not added are answered 404, as is anything but the two paths
+It also takes images in, as Glance v2 does for a snapshot:
+
+* ``POST /v2/images``: a new ``queued`` image from a JSON record (``id``,
+  ``name``, ``disk_format``, ``container_format``; a new uuid if no id);
+* ``PATCH /v2/images/<id>``: a JSON patch (``replace``/``add`` of ``name``,
+  ``disk_format``, ``container_format``) of a queued image;
+* ``PUT /v2/images/<id>/file``: the image's data (Content-Length), kept in
+  ``upload_dir`` (or in memory) with its MD5 and SHA-512 (none with
+  ``hash_uploads=False``: an image service that keeps bytes and nothing
+  else, for measuring what sends them); ``active`` after;
+* ``DELETE /v2/images/<id>``.
+
+Ids that were not added are answered 404, as is anything but the paths
 above (an id is letters, digits, ``.``, ``_`` and ``-``).
 
 An image is a file (its path) or bytes held in memory. Its behaviour is in
@@ -46,6 +58,15 @@ any time; the same settings can be given to :meth:`ImageService.add`:
 ``formats``
     the record's (``disk_format``, ``container_format``); raw and bare if
     not given.
+``properties``
+    custom properties shown in the record, as Glance v2 shows them (top-level
+    fields, string values), e.g. ``{"cache_in_nova": "true"}``.
+``upload_errors``
+    an (HTTP status, reason) answered to an upload of that id once its body
+    is read; the image stays ``queued`` (a refused upload).
+``upload_cut_after``
+    a number of bytes after which an upload of that id is dropped: the
+    connection closes with no answer (a service that fails mid-upload).
 
 For the whole service: ``token`` (a download, or any request but for a
 record, that does not carry it as ``X-Auth-Token`` is answered 401; records
@@ -63,21 +84,19 @@ its sends do not take turns for this process's interpreter lock with what a
 benchmark measures (the child's ``requests`` are not seen here).
 """
 
-import collections
 import hashlib
 import http.server
 import json
 import os
-import re
 import signal
 import sys
 import threading
 import time
 import uuid
 
-MiB = 1 << 20
+from nova_xen_split.cmd import image_intake
+from nova_xen_split.cmd.image_intake import _PATH_RE, MiB, Request
 
-_PATH_RE = re.compile(r"/v2/images/([A-Za-z0-9._-]+)(/file)?")
 _ZEROS = memoryview(bytes(4 * MiB))
 _UNSET = object()  # a setting not given: the service's default
 
@@ -97,27 +116,13 @@ def file_md5(path):
     return file_digest(path, "md5")
 
 
-class Request(collections.namedtuple("Request", "path headers")):
-    """One request as received: its raw path and its headers (a dict)."""
-
-    __slots__ = ()
-
-    @property
-    def token(self):
-        return self.headers.get("X-Auth-Token")
-
-    def image(self):
-        """(image id, True for a download / False for a record), or None."""
-        m = _PATH_RE.fullmatch(self.path)
-        return (m.group(1), bool(m.group(2))) if m else None
-
-
-class ImageService:
+class ImageService(image_intake.ServiceIntake):
     """Glance v2's image record and image data for the images added; see the
     module's doc for the settings."""
 
     def __init__(self, token=None, send_md5=True, hash_algo=None, show_locations=False,
-                 show_direct_url=False, delay=0.0, fail_status=None):
+                 show_direct_url=False, delay=0.0, fail_status=None, upload_dir=None,
+                 hash_uploads=True):
         self.token = token
         self.send_md5 = send_md5
         self.hash_algo = hash_algo
@@ -127,6 +132,7 @@ class ImageService:
         self.fail_status = fail_status
         self.images = {}        # image id → path or bytes
         self.formats = {}       # image id → (disk_format, container_format)
+        self.properties = {}    # image id → {name: value}
         self.content_md5 = {}
         self.multihash = {}
         self.located = set()
@@ -134,6 +140,12 @@ class ImageService:
         self.cut_after = {}
         self.unsized = set()
         self.errors = {}
+        self.queued = {}        # image id → name of an image created, no data yet
+        self.names = {}
+        self.upload_errors = {}
+        self.upload_cut_after = {}
+        self.upload_dir = upload_dir
+        self.hash_uploads = hash_uploads
         self.requests = []
         self._digests = {}      # (path, algorithm) → ((size, mtime), hex digest)
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -146,7 +158,7 @@ class ImageService:
 
     def add(self, source, image_id=None, *, content_md5=_UNSET, multihash=_UNSET,
             location=False, record=_UNSET, cut_after=None, unsized=False, error=None,
-            disk_format="raw", container_format="bare"):
+            disk_format="raw", container_format="bare", properties=None):
         """Serve ``source`` (a path or bytes) as ``image_id`` (a new uuid if
         None); returns the id. The keywords given set the image's entry in the
         dict of the same name (``location``: ``located``). The checksums the
@@ -166,6 +178,8 @@ class ImageService:
             self.cut_after[image_id] = cut_after
         if error is not None:
             self.errors[image_id] = error
+        if properties:
+            self.properties[image_id] = dict(properties)
         if location:
             self.located.add(image_id)
         if unsized:
@@ -221,8 +235,11 @@ class ImageService:
         """The image's record as this service makes it."""
         source = self.images[image_id]
         disk_format, container_format = self.formats.get(image_id, ("raw", "bare"))
-        record = {"id": image_id, "status": "active", "size": _size(source),
-                  "disk_format": disk_format, "container_format": container_format}
+        record = dict(self.properties.get(image_id, {}))
+        record.update({"id": image_id, "status": "active", "size": _size(source),
+                       "disk_format": disk_format, "container_format": container_format})
+        if image_id in self.names:
+            record["name"] = self.names[image_id]
         md5 = self.md5_of(image_id)
         if md5 is not None:
             record["checksum"] = md5
@@ -295,7 +312,7 @@ class _Server(http.server.ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(image_intake.HandlerIntake, http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):  # noqa: N802 -- BaseHTTPRequestHandler's naming
@@ -311,6 +328,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(401)
             return
         image_id = m.group(1) if m else None
+        if is_record and image_id in service.queued:
+            self._send_json(200, service.queued_record(image_id))
+            return
         if image_id not in service.images:
             self.send_error(404)
             return

@@ -1,7 +1,8 @@
 """``nova-xen-split``: the project's operator command.
 
-``nova-xen-split demo [--state-dir DIR] [--transport-url URL] [--mode MODE]``
-boots one instance in each agent mode on ``xapi-sim`` and tears it down.
+``nova-xen-split demo [--state-dir DIR] [--transport-url URL] [--mode MODE]
+[--glance-url URL --image-id ID]`` boots one instance in each agent mode on
+``xapi-sim``, snapshots it into the image service and tears it down.
 """
 
 import argparse
@@ -28,12 +29,21 @@ def _parser():
     run_demo.add_argument(
         "--mode", action="append", choices=demo.MODES,
         help="Run only this mode (repeatable; default: both).")
+    run_demo.add_argument(
+        "--glance-url", help="An existing Glance (e.g. http://127.0.0.1:9292) to boot "
+        "--image-id from and to snapshot each instance into (default: an embedded "
+        "image service with an image the demo makes).")
+    run_demo.add_argument(
+        "--image-id", help="The active raw or vhd image of --glance-url to boot.")
     run_demo.add_argument("--debug", action="store_true", help="Show the driver's log.")
     return parser
 
 
 def main(argv=None):
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if bool(args.glance_url) != bool(args.image_id):
+        parser.error("--glance-url and --image-id go together")
     # oslo.service (pulled in by oslo.messaging) imports eventlet, which warns
     # on import; the demo never uses eventlet and its output is for people.
     warnings.filterwarnings("ignore", message=r"(?s)\s*Eventlet is deprecated")
@@ -47,7 +57,8 @@ def main(argv=None):
     signal.signal(signal.SIGINT, _interrupt)
     try:
         return demo.run(state_dir=args.state_dir, transport_url=args.transport_url,
-                        modes=tuple(args.mode or demo.MODES))
+                        modes=tuple(args.mode or demo.MODES), glance_url=args.glance_url,
+                        image_id=args.image_id)
     except KeyboardInterrupt:
         sys.stderr.write("nova-xen-split demo: interrupted; everything it started is "
                          "stopped\n")

@@ -120,6 +120,14 @@ XENSERVER_OPTS = [
         "one second apart.",
     ),
     cfg.StrOpt(
+        "ovs_integration_bridge",
+        default="br-int",
+        help="Bridge (or name) of the XAPI network a VIF joins when its network "
+        "information names no bridge: the Open vSwitch integration bridge "
+        "Neutron's agent manages (the old XenAPI driver's option of the same "
+        "name). Driver only.",
+    ),
+    cfg.StrOpt(
         "image_plugin",
         default="vhd_images.py",
         help="Name of the dom0 plugin that fetches VHD image chains.",
@@ -128,6 +136,23 @@ XENSERVER_OPTS = [
         "partition_plugin",
         default="partition_utils.py",
         help="Name of the dom0 plugin that partitions and formats disks.",
+    ),
+    cfg.StrOpt(
+        "cache_images",
+        default="all",
+        choices=[
+            ("all", "Cache every image."),
+            ("some", "Cache only images whose property cache_in_nova is true."),
+            ("none", "Cache no image: every spawn downloads its image."),
+        ],
+        help="Keep one VDI per image in the SR (marked with the image's id and "
+        "checksum) and give each new instance a VDI.clone of it, as the old "
+        "XenAPI driver did: on XenServer's VHD SRs a clone is copy-on-write, "
+        "so only the first spawn of an image on a host downloads it. Cache "
+        "VDIs that no instance uses are removed by Nova's image cache manager "
+        "([image_cache] remove_unused_base_images, "
+        "remove_unused_original_minimum_age_seconds). Images with separate "
+        "kernels or ramdisks, and ami images, are never cached.",
     ),
 ]
 
@@ -172,9 +197,10 @@ GLANCE_OPTS = [
         "the download (Content-MD5). A mismatch fails the fetch and leaves no "
         "VDI. MD5 and SHA-512 cost about one second of CPU per 600 MiB "
         "downloaded; SHA-256 on a CPU with SHA extensions less than half of "
-        "that. Images read from a file location (file_url_mounts) are not "
-        "checked. An image without either is downloaded unchecked, with a "
-        "log line.",
+        "that. An image read from a file location (file_url_mounts) is "
+        "hashed beside the copy, against the same multihash, else the "
+        "record's MD5 checksum; its holes are hashed as zeros, not read. An "
+        "image without either is read unchecked, with a log line.",
     ),
 ]
 
@@ -251,6 +277,32 @@ AGENT_OPTS = [
         "a block device (udev works asynchronously); at most 600, what the "
         "dom0 plugin allows, which waits whole seconds (rounded up).",
     ),
+    cfg.FloatOpt(
+        "image_cache_wait_timeout",
+        default=900.0,
+        min=0.0,
+        help="Seconds a fetch of an image waits while another fetch (of this "
+        "agent, or of another agent on the same SR) fills that image's cache "
+        "VDI. Past it, the fetch downloads the image for its instance alone.",
+    ),
+]
+
+# Nova's own options ([image_cache], nova/conf/imagecache.py). Under
+# nova-compute, Nova has registered them already and its definitions win;
+# the agent and the tools register these, with Nova's names and defaults.
+IMAGE_CACHE_OPTS = [
+    cfg.BoolOpt(
+        "remove_unused_base_images",
+        default=True,
+        help="Whether the periodic image cache manager removes image cache "
+        "VDIs that no instance uses (Nova's option).",
+    ),
+    cfg.IntOpt(
+        "remove_unused_original_minimum_age_seconds",
+        default=24 * 3600,
+        help="Seconds an unused image cache VDI must have gone without a "
+        "clone before the image cache manager removes it (Nova's option).",
+    ),
 ]
 
 
@@ -260,6 +312,17 @@ def register_opts(conf):
     conf.register_opts(XENSERVER_OPTS, group="xenserver")
     conf.register_opts(GLANCE_OPTS, group="glance")
     conf.register_opts(AGENT_OPTS, group="agent")
+    register_nova_owned(conf, IMAGE_CACHE_OPTS, "image_cache")
+
+
+def register_nova_owned(conf, opts, group):
+    """Register options that Nova defines too, unless Nova has: its own
+    definition (same name, maybe other help) stays and is read."""
+    for opt in opts:
+        try:
+            conf.register_opt(opt, group=group)
+        except cfg.DuplicateOptError:
+            pass
 
 
 def check_values(conf):
@@ -267,7 +330,8 @@ def check_values(conf):
     or of the wrong type is refused at startup (oslo.config checks a value
     only when it is read) with cfg's one-line error naming the option."""
     for group, opts in (("DEFAULT", DEFAULT_OPTS), ("xenserver", XENSERVER_OPTS),
-                        ("glance", GLANCE_OPTS), ("agent", AGENT_OPTS)):
+                        ("glance", GLANCE_OPTS), ("agent", AGENT_OPTS),
+                        ("image_cache", IMAGE_CACHE_OPTS)):
         section = conf if group == "DEFAULT" else conf[group]
         for opt in opts:
             section[opt.dest]
@@ -309,5 +373,6 @@ def list_opts():
         ("xenserver", XENSERVER_OPTS),
         ("glance", GLANCE_OPTS),
         ("agent", AGENT_OPTS),
+        ("image_cache", IMAGE_CACHE_OPTS),
         (PRIVSEP_SECTION, priv_context.OPTS),
     ]

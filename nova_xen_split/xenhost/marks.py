@@ -14,22 +14,35 @@ object    key                          value
 VM        ``nova_uuid``                the instance uuid (Nova's own key)
 VM        ``nxs-kernel-file``          dom0 path of the instance's kernel
 VM        ``nxs-ramdisk-file``         dom0 path of the instance's ramdisk
+VM        ``nxs-resize-of``            the instance whose original VM a resize
+                                       keeps (halted) until confirm or revert
 VDI       ``nxs-instance-uuid``        the instance the VDI was made for
 VDI       ``nxs-purpose``              ``root``, ``swap``, ``ephemeral:<label>``,
-                                       ``configdrive``, ``resize``, ``kernel``...
+                                       ``configdrive``, ``resize``, ``kernel``...,
+                                       ``snapshot`` (a root's snapshot being uploaded)
 VDI       ``nxs-request``              ``sha256:<hex>`` of the request it was made for
 VDI       ``nxs-agent``                ``[DEFAULT] host`` of the agent that made it
 VDI       ``nxs-state``                ``in-progress`` or ``ready``
 VDI       ``nxs-image-bytes``          exact image size (the VDI is rounded up)
+VDI       ``nxs-parked-for``           the instance whose kept original VM has the
+                                       disk (instead of ``nxs-instance-uuid``)
+VDI       ``nxs-image-cache``          ``<filling|ready> <image id> <agent> <unix time>``
+VDI       ``nxs-image-checksum``       the image record's checksum it was filled
+                                       against: ``<algorithm>:<hex>`` or ``none``
+VDI       ``nxs-image-cache-used``     unix time it was last cloned
+VDI       ``nxs-cloned-from``          uuid of the image cache VDI it is a clone of
 VBD       ``nxs-agent-vbd``            ``[DEFAULT] host`` of the agent that plugged it
+VIF       ``nicira-iface-id``          the Neutron port (Open vSwitch's iface-id)
 SR        ``nxs-pending-chain-<leaf>`` ``<agent> <instance uuid> <unix time>``,
                                        then `` abandoned`` once the driver gave up
+SR        ``nxs-image-filling-<id>``   ``<agent> <unix time>`` while that agent
+                                       fills the image's cache VDI
 ========  ===========================  ========================================
 
 A change of a key or of a value's format is a new version, read by both
 sides; adding a key keeps the version. Version 2 namespaced ephemeral
 purposes (``ephemeral:<label>``, so a label cannot name another disk) and
-added ``nxs-request``.
+added ``nxs-request``. The image cache keys were added to version 2.
 """
 
 import collections
@@ -74,6 +87,75 @@ def vm_boot_files(other_config):
             if other.get(_VM_BOOT_FILE % kind)]
 
 
+# -- the original of a resize ---------------------------------------------------
+
+# A resize on one host keeps the instance's original VM and disks, halted,
+# until Nova confirms (they go) or reverts (they are the instance's again).
+# While kept, the VM has no instance mark and its disks none either, so
+# nothing that looks for the instance's VM or disks (a destroy, the sweep,
+# the agent) can take them for the new ones.
+_VM_PARKED = "nxs-resize-of"
+_VDI_PARKED = "nxs-parked-for"
+
+
+def vm_parked(other_config):
+    """``other_config`` of an instance VM kept as the original of a resize."""
+    config = dict(other_config or {})
+    instance_uuid = config.pop(_VM_INSTANCE)
+    config[_VM_PARKED] = instance_uuid
+    return config
+
+
+def vm_unparked(other_config):
+    """``other_config`` of a kept original that is the instance's VM again."""
+    config = dict(other_config or {})
+    config[_VM_INSTANCE] = config.pop(_VM_PARKED)
+    return config
+
+
+def vm_parked_for(other_config):
+    """The instance whose resize keeps this VM as its original, or None."""
+    return (other_config or {}).get(_VM_PARKED) or None
+
+
+def vdi_parked(other_config):
+    """``other_config`` of an instance's disk while its VM is kept."""
+    config = dict(other_config or {})
+    config[_VDI_PARKED] = config.pop(_VDI_INSTANCE)
+    return config
+
+
+def vdi_unparked(other_config):
+    """``other_config`` of a kept disk that is the instance's again."""
+    config = dict(other_config or {})
+    config[_VDI_INSTANCE] = config.pop(_VDI_PARKED)
+    return config
+
+
+def vdi_parked_for(other_config):
+    """The instance whose kept original VM has this disk, or None."""
+    return (other_config or {}).get(_VDI_PARKED) or None
+
+
+# -- VIFs -----------------------------------------------------------------------
+
+# Not ours but Open vSwitch's: XenServer's vif script copies this key of a
+# VIF's other_config into the OVS port's external_ids:iface-id, which is how
+# Neutron's agent finds its port (the old driver's Open vSwitch VIF driver
+# wrote the same).
+_VIF_IFACE_ID = "nicira-iface-id"
+
+
+def vif_marks(port_id):
+    """The ``other_config`` of a new VIF for Neutron port ``port_id`` (or none)."""
+    return {_VIF_IFACE_ID: port_id} if port_id else {}
+
+
+def vif_port(other_config):
+    """The Neutron port a VIF was made for, or None."""
+    return (other_config or {}).get(_VIF_IFACE_ID) or None
+
+
 # -- VDIs -----------------------------------------------------------------------
 
 _VDI_INSTANCE = "nxs-instance-uuid"
@@ -86,6 +168,9 @@ IN_PROGRESS = "in-progress"
 READY = "ready"
 # Purposes of VDIs the agent makes; an ephemeral disk's is its kind and label.
 ROOT, SWAP, CONFIGDRIVE, RESIZE = "root", "swap", "configdrive", "resize"
+# A snapshot of an instance's root that the driver took through XAPI for
+# the agent to upload; destroyed once uploaded (or not).
+SNAPSHOT = "snapshot"
 
 VdiMark = collections.namedtuple("VdiMark", ["instance_uuid", "purpose", "agent", "state"])
 
@@ -103,6 +188,15 @@ def vdi_marks(instance_uuid, purpose, agent, state, request=None):
     if request is not None:
         entries.append(request_mark(request))
     return dict(entries)
+
+
+def snapshot_marks(instance_uuid, agent):
+    """The whole ``other_config`` of a snapshot VDI of an instance's root,
+    to be uploaded by ``agent``: it replaces the root's marks, which
+    ``VDI.snapshot`` copies (a second ``root`` of the instance must never
+    exist). ``in-progress`` until destroyed, so the agent's crash cleanup
+    removes one left behind."""
+    return vdi_marks(instance_uuid, SNAPSHOT, agent, IN_PROGRESS)
 
 
 def _digestible(value):
@@ -164,6 +258,119 @@ def image_bytes(other_config):
     """The exact image size recorded on a VDI, or None."""
     value = (other_config or {}).get(_VDI_IMAGE_BYTES)
     return int(value) if value and value.isdigit() else None
+
+
+# -- image cache VDIs ------------------------------------------------------------
+# One VDI per image holds the image's data; an instance's root is a VDI.clone
+# of it. XAPI's clone copies other_config, so a clone carries these keys too
+# until the agent replaces them: a VDI with an instance mark is never read as
+# a cache VDI (the agent writes the instance mark first).
+
+_CACHE = "nxs-image-cache"
+_CACHE_CHECKSUM = "nxs-image-checksum"
+_CACHE_USED = "nxs-image-cache-used"
+_CLONED_FROM = "nxs-cloned-from"
+CACHE_KEYS = (_CACHE, _CACHE_CHECKSUM, _CACHE_USED)
+FILLING = "filling"
+NO_CHECKSUM = "none"
+
+CacheMark = collections.namedtuple(
+    "CacheMark", ["state", "image_id", "agent", "since", "checksum", "used"])
+
+
+def cache_mark(state, image_id, agent, since):
+    """``(key, value)`` of an image cache VDI: ``filling`` while ``agent``
+    writes the image into it (``since``: unix time it began), ``ready``
+    once it holds the whole image, checked."""
+    if state not in (FILLING, READY):
+        raise ValueError("cache state %r is not %s or %s" % (state, FILLING, READY))
+    if not image_id or any(c.isspace() for c in image_id + agent) or not agent:
+        raise ValueError("image id %r and agent %r must be words" % (image_id, agent))
+    return _CACHE, "%s %s %s %d" % (state, image_id, agent, int(since))
+
+
+def checksum_text(algorithm, hexdigest):
+    """The checksum as the cache marks spell it: ``<algorithm>:<hex>``, or
+    ``none`` for an image whose record has none."""
+    if not algorithm or not hexdigest:
+        return NO_CHECKSUM
+    return "%s:%s" % (algorithm.lower(), hexdigest.lower())
+
+
+def cache_checksum_mark(text):
+    """``(key, value)``: the image's checksum (:func:`checksum_text`) that
+    the cache VDI was filled against."""
+    return _CACHE_CHECKSUM, text
+
+
+def cache_used_mark(when):
+    """``(key, value)``: the cache VDI was last cloned at ``when`` (unix time)."""
+    return _CACHE_USED, str(int(when))
+
+
+def read_cache(other_config):
+    """The :class:`CacheMark` of an image cache VDI, or None: not one, a
+    malformed mark, or a clone still carrying its parent's keys (it has an
+    instance mark). ``since``/``used`` read as None when unreadable."""
+    other = other_config or {}
+    value = other.get(_CACHE)
+    if not isinstance(value, str) or other.get(_VDI_INSTANCE):
+        return None
+    words = value.split()
+    if len(words) != 4 or words[0] not in (FILLING, READY):
+        return None
+    since = int(words[3]) if words[3].isdigit() else None
+    used = other.get(_CACHE_USED)
+    used = int(used) if isinstance(used, str) and used.isdigit() else None
+    return CacheMark(words[0], words[1], words[2], since, other.get(_CACHE_CHECKSUM), used)
+
+
+def cloned_from_mark(cache_vdi_uuid):
+    """``(key, value)`` of an instance's VDI made as a clone of a cache VDI."""
+    return _CLONED_FROM, cache_vdi_uuid
+
+
+def cloned_from(other_config):
+    """The uuid of the cache VDI this VDI is a clone of, or None."""
+    return (other_config or {}).get(_CLONED_FROM) or None
+
+
+_FILLING = "nxs-image-filling-"
+
+Filling = collections.namedtuple("Filling", ["key", "image_id", "agent", "since"])
+
+
+def filling_mark(image_id, agent, since):
+    """``(key, value)`` an agent adds to the SR before it fills an image's
+    cache VDI. XAPI refuses to add a key that exists (MAP_DUPLICATE_KEY),
+    so only one agent at a time fills an image."""
+    return _FILLING + image_id, "%s %d" % (agent, int(since))
+
+
+def filling_key(image_id):
+    return _FILLING + image_id
+
+
+def read_filling(key, value):
+    """The :class:`Filling` of one SR ``other_config`` entry, or None when
+    the entry is not one. An unreadable time reads as ``since`` None."""
+    if not key.startswith(_FILLING) or not isinstance(value, str):
+        return None
+    words = value.split()
+    if len(words) != 2:
+        return None
+    return Filling(key, key[len(_FILLING):], words[0],
+                   int(words[1]) if words[1].isdigit() else None)
+
+
+def fillings(other_config):
+    """Every :class:`Filling` recorded in an SR's ``other_config``."""
+    found = []
+    for key, value in (other_config or {}).items():
+        entry = read_filling(key, value)
+        if entry is not None:
+            found.append(entry)
+    return found
 
 
 # -- VBDs -----------------------------------------------------------------------

@@ -11,6 +11,12 @@ args, timeout) -> envelope`` and ``close()``, and a server with
 import urllib.parse
 
 TOPIC = "nova-xen-split-agent"
+# The exchange both ends name in their targets. Left to the configuration
+# it is [DEFAULT] control_exchange, whose default each service sets for
+# itself (oslo_messaging.set_transport_defaults; Nova sets "nova"), so a
+# driver inside nova-compute and an agent outside it would publish and
+# listen on different exchanges and no call would ever be answered.
+EXCHANGE = "openstack"
 
 
 def register_opts(conf):

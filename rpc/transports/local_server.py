@@ -18,7 +18,7 @@ import contextlib
 import errno
 import grp
 import os
-import select
+import selectors
 import socket
 import stat
 import struct
@@ -307,10 +307,11 @@ def _last_word(conn, error, write_lock=None):
 
 def _hung_up(conn):
     """True if the peer has closed ``conn`` (EOF waiting), without reading."""
-    poller = select.poll()
-    poller.register(conn, select.POLLIN)
-    if not poller.poll(0):
-        return False        # open, nothing to read
+    with selectors.DefaultSelector() as selector:
+        # selectors, not select.poll, which eventlet's monkey-patching removes.
+        selector.register(conn, selectors.EVENT_READ)
+        if not selector.select(0):
+            return False        # open, nothing to read
     try:
         return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except (BlockingIOError, InterruptedError):

@@ -1,8 +1,9 @@
 """The interface over oslo.messaging RPC (``rabbit://…``).
 
-Target: topic ``nova-xen-split-agent``, server = the hypervisor's host
-name, so one broker serves any number of driver/agent pairs and each
-driver reaches only its own agent. Reconnection and heartbeats are
+Target: exchange ``openstack`` (named, never left to ``control_exchange``:
+see :data:`rpc.transports.EXCHANGE`), topic ``nova-xen-split-agent``,
+server = the hypervisor's host name, so one broker serves any number of
+driver/agent pairs and each driver reaches only its own agent. Reconnection and heartbeats are
 oslo.messaging's, configured by its own options.
 
 Each declared method is an endpoint method of the same name, so the
@@ -22,7 +23,7 @@ from oslo_log import log as logging
 
 from rpc import exceptions
 from rpc import methods
-from rpc.transports import TOPIC, redacted_url
+from rpc.transports import EXCHANGE, TOPIC, redacted_url
 
 LOG = logging.getLogger(__name__)
 
@@ -237,7 +238,8 @@ class RabbitServer:
         self.host = host
         self._conf, self._url = conf, url
         self.transport = _transport(conf, url)
-        target = oslo_messaging.Target(topic=TOPIC, server=host, version=dispatcher.version)
+        target = oslo_messaging.Target(exchange=EXCHANGE, topic=TOPIC, server=host,
+                                       version=dispatcher.version)
         self._server = rpc_server.RPCServer(
             self.transport, target,
             _StrictDispatcher(dispatcher, [_Endpoint(dispatcher)], BytesSerializer(),
@@ -272,7 +274,7 @@ class RabbitClient:
         self.host = host
         self._conf, self._url = conf, url
         self.transport = _transport(conf, url)
-        target = oslo_messaging.Target(topic=TOPIC, server=host)
+        target = oslo_messaging.Target(exchange=EXCHANGE, topic=TOPIC, server=host)
         self._client = oslo_messaging.get_rpc_client(self.transport, target,
                                                      serializer=BytesSerializer())
         self._prepared = {}

@@ -10,6 +10,7 @@ import os
 import xmlrpc.client
 
 from dom0.simulator import errors
+from dom0.simulator import extents
 from dom0.simulator import model
 
 
@@ -20,19 +21,41 @@ def derived_field(host, cls, ref, record, field):
         return store.find("VBD", VM=ref)
     if cls == "VDI" and field == "VBDs":
         return store.find("VBD", VDI=ref)
+    if cls == "VDI" and field == "snapshots":
+        # datamodel.ml, relations: VDI.snapshots is the other end of snapshot_of.
+        return store.find("VDI", snapshot_of=ref)
     if cls == "VDI" and field == "physical_utilisation":
         if host.sr_thick:  # stored by the storage layer (storage.py)
             return record["physical_utilisation"]
         try:
-            return str(os.stat(host.vdi_path(record)).st_blocks * 512)
+            # A clone's shared blocks are its parent's (extents.py).
+            return str(extents.own_bytes(host.vdi_path(record)))
         except OSError:
             return "0"
+    if cls == "SR" and field in ("physical_size", "physical_utilisation"):
+        # A file SR is the whole filesystem it lives on (sm's FileSR.py,
+        # _update: statvfs of the mount point).
+        fs = os.statvfs(host.sr_dir(ref))
+        if field == "physical_size":
+            return str(fs.f_blocks * fs.f_frsize)
+        return str((fs.f_blocks - fs.f_bfree) * fs.f_frsize)
+    if cls == "SR" and field == "virtual_allocation":
+        return str(sum(int(store.get("VDI", vdi)["virtual_size"])
+                       for vdi in store.find("VDI", SR=ref)))
     if cls == "SR" and field == "VDIs":
         return store.find("VDI", SR=ref)
     if cls in ("SR", "host") and field == "PBDs":
         return store.find("PBD", **{"SR" if cls == "SR" else "host": ref})
     if cls == "host" and field == "resident_VMs":
         return store.find("VM", resident_on=ref)
+    if cls == "host" and field == "host_CPUs":
+        return store.find("host_cpu", host=ref)
+    if cls == "VM" and field == "VIFs":
+        return store.find("VIF", VM=ref)
+    if cls == "network" and field == "VIFs":
+        return store.find("VIF", network=ref)
+    if cls == "host_metrics" and field == "memory_free":
+        return str(host.memory_free(record))
     raise KeyError(field)
 
 

@@ -1,4 +1,4 @@
-"""VDI messages: create, destroy, resize, copy.
+"""VDI messages: create, destroy, resize, copy, snapshot, clone.
 
 A VDI is the sparse file ``<state>/sr/<sr-uuid>/<vdi-uuid>.raw``; on an ext
 SR its ``physical_utilisation`` is the file's allocated size, read on demand;
@@ -285,3 +285,122 @@ def copy(host, session, vdi_ref, sr_ref=model.NULL_REF, base_vdi=model.NULL_REF,
         refresh_thick_sizes(host, record["SR"], ref)
         host.store.commit()
     return ref
+
+
+# ---------------------------------------------------------------------------
+# VDI.snapshot and VDI.clone
+#
+# xen-api ocaml/xapi/xapi_vdi.ml: check_operation_error decides whether the
+# operation may run (both may run while the VDI is attached, even
+# read-write: operation_can_be_performed_live); snapshot_and_clone asserts
+# the VDI is managed, has the SR make the new VDI, then copies the metadata
+# XAPI controls onto it; snapshot then sets is_a_snapshot and snapshot_of.
+# ocaml/xapi/storage_smapiv1.ml, snapshot_and_clone: snapshot_time is "now"
+# for both, and of the driver_params only the sm-config keys of
+# sm_config_keys_to_preserve_on_clone are kept. SM's FileSR
+# (libs/sm/drivers/FileSR.py, FileVDI._snapshot) makes the new leaf
+# read-write with its own sm_config, for a snapshot as for a clone.
+#
+# Where XAPI's file SR makes a VHD child, the simulator copies the data:
+# os.copy_file_range per allocated extent, so holes stay holes and a file
+# system that shares blocks (XFS with reflink, btrfs) clones them instead of
+# copying. A plugged device is flushed first, as SM pauses the tapdisk.
+
+SM_CONFIG_KEYS_PRESERVED_ON_CLONE = ("base_mirror",)
+
+
+def _driver_params_unmarshal(params):
+    # [session, vdi, driver_params]: datamodel.ml, VDI.snapshot/clone,
+    # driver_params is a (string → string) map defaulting to {}.
+    if len(params) > 2:
+        unmarshal.check_string_map(params[2])
+
+
+def _check_snapshot_or_clone(source, vdi_ref, operation):
+    """xapi_vdi.ml, check_operation_error, in its order, for snapshot/clone."""
+    if source["type"] == "cbt_metadata":
+        raise errors.XapiError(errors.VDI_INCOMPATIBLE_TYPE, vdi_ref, "cbt_metadata")
+    if operation == "snapshot":
+        if source["sharable"]:
+            raise errors.XapiError(errors.VDI_IS_SHARABLE, vdi_ref)
+        if source["on_boot"] == "reset":
+            raise errors.XapiError(errors.VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION)
+    # xapi_vdi.ml, snapshot_and_clone: Xapi_vdi_helpers.assert_managed.
+    if not source["managed"]:
+        raise errors.XapiError(errors.VDI_NOT_MANAGED, vdi_ref)
+
+
+def _flush_plugged(host, vdi_ref):
+    """Write back what a plugged device of the VDI holds in its page cache."""
+    for vbd_ref in host.store.find("VBD", VDI=vdi_ref):
+        dev = host.devices.get(vbd_ref)
+        if dev is None or not dev.startswith("/dev/"):
+            continue
+        fd = os.open(dev, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _snapshot_or_clone(host, vdi_ref, driver_params, operation):
+    with host.store.lock:
+        source = host.store.get("VDI", vdi_ref)
+        _check_snapshot_or_clone(source, vdi_ref, operation)
+        size = int(source["virtual_size"])
+        src_path = host.vdi_path(source)
+        sm_config = {k: v for k, v in driver_params.items()
+                     if k in SM_CONFIG_KEYS_PRESERVED_ON_CLONE}
+        record = model.VDI.new_record(
+            name_label=source["name_label"], name_description=source["name_description"],
+            SR=source["SR"], virtual_size=str(size), type=source["type"],
+            sharable=source["sharable"], read_only=False,
+            other_config=dict(source["other_config"]),
+            xenstore_data=dict(source["xenstore_data"]), on_boot=source["on_boot"],
+            allow_caching=source["allow_caching"], tags=list(source["tags"]),
+            sm_config=sm_config, snapshot_time=model.now_text(),
+            is_a_snapshot=operation == "snapshot",
+            snapshot_of=vdi_ref if operation == "snapshot" else model.NULL_REF)
+        record["location"] = record["uuid"]
+        dst_path = host.vdi_path(record)
+        partial = dst_path + ".partial"
+        try:
+            _flush_plugged(host, vdi_ref)
+            private.create(partial).close()
+        except OSError as e:
+            raise _clone_failure(e) from None
+    try:
+        sparse_copy(src_path, partial, size)
+    except OSError as e:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise _clone_failure(e) from None
+    with host.store.lock:
+        if not host.store.exists("VDI", vdi_ref):
+            # Destroyed while its data was being copied: XAPI would have
+            # refused (OTHER_OPERATION_IN_PROGRESS); the copy is not kept.
+            os.unlink(partial)
+            raise errors.XapiError(errors.HANDLE_INVALID, "VDI", vdi_ref)
+        os.replace(partial, dst_path)
+        ref = host.store.add("VDI", record)
+        host.store.commit()
+    LOG.info("VDI %s: %s %s made", source["uuid"], operation, record["uuid"])
+    return ref
+
+
+def _clone_failure(e):
+    # FileSR.py, FileVDI._snapshot: a failed vhd-util is VDIClone
+    # (SR_BACKEND_FAILURE_81 in libs/sm/core/XE_SR_ERRORCODES.xml),
+    # "VDI clone failed error <code>".
+    return errors.sm_failure(errors.SR_BACKEND_FAILURE_VDI_CLONE, "Failed to clone VDI",
+                             "VDI clone failed error %d" % (e.errno or 0))
+
+
+@message("VDI.snapshot", locked=False, async_ok=True, unmarshal=_driver_params_unmarshal)
+def snapshot(host, session, vdi_ref, driver_params=None):
+    return _snapshot_or_clone(host, vdi_ref, driver_params or {}, "snapshot")
+
+
+@message("VDI.clone", locked=False, async_ok=True, unmarshal=_driver_params_unmarshal)
+def clone(host, session, vdi_ref, driver_params=None):
+    return _snapshot_or_clone(host, vdi_ref, driver_params or {}, "clone")

@@ -12,6 +12,7 @@ from dom0.simulator import boot
 from dom0.simulator import errors
 from dom0.simulator import model
 from dom0.simulator.api import vbd as vbd_api
+from dom0.simulator.api import vif as vif_api
 from dom0.simulator.api import unmarshal
 from dom0.simulator.api.registry import message
 
@@ -78,6 +79,19 @@ def start(host, session, vm_ref, start_paused, force):
         vbd["currently_attached"] = True
         vbd["device"] = vbd["device"] or vbd_api.device_name(vbd["userdevice"])
         host.store.touch("VBD", vbd_ref)
+    vif_api.set_attached(host, vm_ref, True)
+    host.store.touch()
+    _boot_messages(host, vm_ref, "started")
+
+
+def _boot_messages(host, vm_ref, how):
+    """What a guest's console shows as it boots: the simulator has no guest
+    to run, so its domain's log gets a few lines naming the VM."""
+    record = host.store.get("VM", vm_ref)
+    host.log_console(record["domid"], "xapi-sim: domain %s %s for VM %s (%s)\n"
+                     "Booting from the %s disk...\nlogin: \n" % (
+                         record["domid"], how, record["uuid"], record["name_label"],
+                         "PV" if record["PV_bootloader"] else "HVM"))
 
 
 def _shutdown(host, vm_ref, op, force):
@@ -90,6 +104,7 @@ def _shutdown(host, vm_ref, op, force):
     for vbd_ref in host.store.find("VBD", VM=vm_ref, currently_attached=True):
         vbd_api.detach_device(host, vbd_ref, force=True)
         host.store.update("VBD", vbd_ref, currently_attached=False)
+    vif_api.set_attached(host, vm_ref, False)
     host.store.update("VM", vm_ref, power_state="Halted", resident_on=model.NULL_REF,
                       domid="-1")
 
@@ -110,4 +125,26 @@ def destroy(host, session, vm_ref):
     assert_power(host, vm_ref, "Halted")
     for vbd_ref in host.store.find("VBD", VM=vm_ref):
         host.store.remove("VBD", vbd_ref)
+    # xapi_vm_helpers.ml, destroy: the VM's VIFs go with it.
+    for vif_ref in host.store.find("VIF", VM=vm_ref):
+        host.store.remove("VIF", vif_ref)
     host.store.remove("VM", vm_ref)
+
+
+def _reboot(host, vm_ref, op):
+    """A reboot is a new domain: a new domid, devices attached again."""
+    _assert_not_control_domain(host, vm_ref, op)
+    assert_power(host, vm_ref, "Running")
+    domids = [int(v["domid"]) for v in host.store.table("VM").values()]
+    host.store.update("VM", vm_ref, domid=str(max(domids) + 1))
+    _boot_messages(host, vm_ref, "rebooted")
+
+
+@message("VM.clean_reboot", async_ok=True)
+def clean_reboot(host, session, vm_ref):
+    _reboot(host, vm_ref, "clean_reboot")
+
+
+@message("VM.hard_reboot", async_ok=True)
+def hard_reboot(host, session, vm_ref):
+    _reboot(host, vm_ref, "hard_reboot")

@@ -44,6 +44,9 @@ def agent_conf(sim, mode, tmp_path, image_server=None, overrides=None):
                   independent_compute="true")
     for key, value in xs.items():
         conf.set_override(key, value, group="xenserver")
+    # The image cache is off unless a test asks for it: these tests are
+    # about the fetch paths themselves.
+    conf.set_override("cache_images", "none", group="xenserver")
     conf.set_override("privsep_start_method", "fork", group="agent")
     conf.set_override("socket_path", str(tmp_path / "agent.sock"), group="agent")
     if image_server is not None:

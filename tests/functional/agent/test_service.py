@@ -30,7 +30,8 @@ def write_config(tmp_path, sim, mode, image_server=None, name="agent.conf", **op
         "xenserver": {"connection_url": sim.url,
                       "connection_password": sim.password,
                       "xenstore_read_command": "false",
-                      "vm_uuid_file": str(tmp_path / "no-uuid-here")},
+                      "vm_uuid_file": str(tmp_path / "no-uuid-here"),
+                      "cache_images": "none"},
         "agent": {"privsep_start_method": "fork", "rpc_timeout": "30"},
     }
     if mode == "in_guest":

@@ -76,6 +76,22 @@ def demo_vhd_tarball(demo_image):
     return path
 
 
+RAW_IMAGE_ID = "6f1d3c2a-9b8e-4d7f-a6c5-000000000001"
+VHD_IMAGE_ID = "6f1d3c2a-9b8e-4d7f-a6c5-000000000002"
+
+
+@pytest.fixture(scope="session")
+def glance_images(glance, demo_image, demo_vhd_tarball):
+    """The demo disk in Glance as a raw image and as a VHD tarball."""
+    for image_id, path, disk_format, container_format in (
+            (RAW_IMAGE_ID, demo_image, "raw", "bare"),
+            (VHD_IMAGE_ID, demo_vhd_tarball, "vhd", "ovf")):
+        if glance.image(image_id) is None:
+            glance.add_image(path, image_id, disk_format=disk_format,
+                             container_format=container_format, name=disk_format)
+    return glance
+
+
 @pytest.fixture
 def image_service(demo_image, demo_vhd_tarball):
     service = ImageService(hash_algo="sha512")
@@ -88,16 +104,22 @@ def image_service(demo_image, demo_vhd_tarball):
 
 @pytest.fixture
 def make_pair(tmp_path, image_service, rabbit_cleanup):
-    """Factory: ``make_pair(sim, transport_url=None, driver_overrides=None)`` → Pair."""
+    """Factory: ``make_pair(sim, transport_url=None, driver_overrides=None,
+    cache_images="none", image_url=None, glance_options=None)`` → Pair. The image
+    cache is off unless asked for: most tests here are about what a spawn
+    downloads; ``image_url`` is the image service (default: the stand-in
+    ``image_service``)."""
     pairs = []
 
-    def factory(sim, transport_url=None, driver_overrides=None, init=True):
+    def factory(sim, transport_url=None, driver_overrides=None, init=True,
+                cache_images="none", image_url=None, glance_options=None):
         host = "nxs-test-%s" % uuidlib.uuid4().hex[:10]
         work = tmp_path / host
         work.mkdir()
         config_file = demo_env.write_config(
-            str(work / "nova-xen-split.conf"), sim, host, image_service.url, str(work),
-            transport_url=transport_url, vm_uuid=sim.compute_vm_uuid)
+            str(work / "nova-xen-split.conf"), sim, host, image_url or image_service.url,
+            str(work), transport_url=transport_url, vm_uuid=sim.compute_vm_uuid,
+            cache_images=cache_images, glance_options=glance_options)
         if transport_url:
             rabbit_cleanup.append("nova-xen-split-agent.%s" % host)
         agent = demo_env.Agent(config_file, str(work / "agent.log")).start()

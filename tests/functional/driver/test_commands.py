@@ -11,6 +11,7 @@ import time
 import pytest
 
 from rpc import methods, server, transports
+from tests.functional.driver.conftest import RAW_IMAGE_ID
 from tests.functional.rpc.conftest import make_conf
 from tests.functional.rpc.endpoint import RecordingEndpoint
 
@@ -37,7 +38,8 @@ def test_demo_boots_and_tears_down_an_instance_in_both_modes(loop_devices):
                  "VM.start", "destroy"):
         assert step in out
     assert "fetch_image (raw)" in out and "fetch_image (vhd)" in out
-    assert out.count("ok: booted, destroyed, nothing left behind") == 2
+    assert out.count("destroyed, nothing left behind") == 2
+    assert out.count("ok: booted, snapshotted (image ") == 2
     assert _demo_dirs() == before  # its temporary directory is gone
 
 
@@ -47,7 +49,29 @@ def test_demo_runs_over_rabbitmq(loop_devices, rabbit_url):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "transport %s" % transports.redacted_url(rabbit_url) in proc.stdout
     assert "guest:guest" not in proc.stdout + proc.stderr  # the password stays hidden
-    assert "ok: booted, destroyed, nothing left behind" in proc.stdout
+    assert "destroyed, nothing left behind" in proc.stdout
+
+
+def test_demo_boots_an_image_of_an_existing_glance_and_snapshots_into_it(
+        loop_devices, glance_images):
+    proc = _run([os.path.join(BIN, "nova-xen-split"), "demo", "--glance-url",
+                 glance_images.url, "--image-id", RAW_IMAGE_ID], timeout=300)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "Image %s from the Glance at %s: raw" % (RAW_IMAGE_ID, glance_images.url) in out
+    snapshots = re.findall(r"snapshotted \(image ([0-9a-f-]{36})\)", out)
+    assert len(snapshots) == 2
+    for image_id in snapshots:
+        record = glance_images.image(image_id)
+        assert (record["status"], record["disk_format"], record["container_format"]) == (
+            "active", "vhd", "ovf")
+        glance_images.delete(image_id)
+
+
+def test_demo_takes_glance_url_and_image_id_together():
+    proc = _run([os.path.join(BIN, "nova-xen-split"), "demo", "--glance-url",
+                 "http://127.0.0.1:9"], timeout=60)
+    assert proc.returncode == 2 and "--glance-url and --image-id go together" in proc.stderr
 
 
 def _alive(pid):
@@ -195,7 +219,7 @@ def test_demo_without_loop_devices_says_what_is_missing_and_runs_what_it_can(
     assert "Missing: /dev/loop-control is missing: load the loop module." in out
     assert "the in_guest mode is skipped" in out
     assert "== in_guest mode ==" not in out
-    assert "ok: booted, destroyed, nothing left behind" in out
+    assert "destroyed, nothing left behind" in out
     assert "generate_configdrive" in out and "generate_disk" not in out
 
 

@@ -1,6 +1,5 @@
 """Power, reboot, resize and lookups of a spawned instance, seen through XAPI."""
 
-import json
 import os
 
 import pytest
@@ -76,36 +75,71 @@ def test_a_flavor_smaller_than_the_image_is_refused_before_any_disk(xapi_sim, ma
     assert pair.counts() == baseline
 
 
-def test_resize_up_powers_off_and_names_the_root_disk(xapi_sim, make_pair):
-    pair = make_pair(xapi_sim)
-    instance = make_instance(objects.Flavor(root_gb=1), config_drive="")
-    spawn(pair, instance)
-    info = json.loads(pair.driver.migrate_disk_and_power_off(
-        None, instance, "hv-1", objects.Flavor(root_gb=2), []))
-    assert _power_state(pair, instance) == "Halted"
+NETWORK_INFO = [{"id": "5b2f1b0c-0d3a-4f3e-8c61-3b7d0f1a2b3c", "address": "fa:16:3e:11:22:33",
+                 "network": {"id": "n", "subnets": []}}]
+
+
+def _vm_and_root(pair, instance):
+    """(VM record, root VDI virtual size) of the instance's VM."""
     s = pair.session()
     try:
-        root = s.xenapi.VDI.get_record(s.xenapi.VDI.get_by_uuid(info["root"]))
+        vm = next(rec for rec in s.xenapi.VM.get_all_records().values()
+                  if marks.vm_instance(rec["other_config"]) == instance.uuid)
+        for vbd in vm["VBDs"]:
+            if s.xenapi.VBD.get_userdevice(vbd) == "0":
+                return vm, int(s.xenapi.VDI.get_virtual_size(s.xenapi.VBD.get_VDI(vbd)))
     finally:
         s.xenapi.session.logout()
-    assert marks.read_vdi(root["other_config"]).purpose == "root"
+
+
+def _resize(pair, instance, new_flavor):
+    info = pair.driver.migrate_disk_and_power_off(None, instance, "hv-1", new_flavor, [])
+    old_flavor, instance.flavor = instance.flavor, new_flavor  # as Nova does before finish
+    pair.driver.finish_migration(None, None, instance, info, NETWORK_INFO, None, True, {})
+    return old_flavor
+
+
+def test_resize_up_boots_a_grown_copy_and_confirm_removes_the_original(xapi_sim, make_pair):
+    pair = make_pair(xapi_sim)
+    baseline = pair.counts()
+    instance = make_instance(objects.Flavor(root_gb=1, memory_mb=256), config_drive="")
+    spawn(pair, instance)
+    original, _ = _vm_and_root(pair, instance)
+
+    _resize(pair, instance, objects.Flavor(root_gb=2, memory_mb=512, vcpus=2))
+
+    vm, root_bytes = _vm_and_root(pair, instance)
+    assert vm["uuid"] != original["uuid"] and vm["power_state"] == "Running"
+    assert (root_bytes, vm["memory_static_max"], vm["VCPUs_max"]) == (
+        2 * GiB, str(512 * 1024 * 1024), "2")
+    assert len(vm["VIFs"]) == 1
+    assert pair.counts()["VM"] == baseline["VM"] + 2  # the original is kept, halted
+    pair.driver.confirm_migration(None, None, instance, NETWORK_INFO)
+    assert pair.counts()["VM"] == baseline["VM"] + 1
     pair.driver.destroy(None, instance)
+    assert pair.counts() == baseline
 
 
-def test_in_guest_resize_down_copies_the_root_into_a_smaller_vdi(
+def test_in_guest_resize_down_then_revert_restores_the_untouched_original(
         xapi_sim_compute, make_pair):
     pair = make_pair(xapi_sim_compute)
     baseline = pair.counts()
     instance = make_instance(objects.Flavor(root_gb=2), config_drive="")
     spawn(pair, instance)
+    original, _ = _vm_and_root(pair, instance)
 
-    info = json.loads(pair.driver.migrate_disk_and_power_off(
-        None, instance, "hv-1", objects.Flavor(root_gb=1), []))
+    old_flavor = _resize(pair, instance, objects.Flavor(root_gb=1))
+    assert _vm_and_root(pair, instance)[1] == GiB
 
-    assert int(info["size_bytes"]) == GiB
-    assert _power_state(pair, instance) == "Halted"
+    pair.driver.destroy(None, instance)  # Nova destroys the resized VM first
+    instance.flavor = old_flavor
+    pair.driver.finish_revert_migration(None, instance, NETWORK_INFO, None)
+    vm, root_bytes = _vm_and_root(pair, instance)
+    assert (vm["uuid"], vm["power_state"], root_bytes) == (original["uuid"], "Running",
+                                                           2 * GiB)
     pair.driver.destroy(None, instance)
-    assert leftovers(pair, instance.uuid, baseline) == []  # the copy goes too
+    assert pair.counts() == baseline
+    assert leftovers(pair, instance.uuid, baseline) == []
 
 
 def test_in_guest_split_kernel_image_boots_from_dom0_files_removed_on_destroy(
@@ -171,3 +205,24 @@ def test_destroy_leaves_a_volume_attached_to_the_vm_alone(xapi_sim, make_pair):
     finally:
         s.xenapi.session.logout()
     assert pair.counts() == baseline
+
+
+def test_the_console_log_is_the_running_domains_and_a_halted_vm_has_none(xapi_sim, make_pair):
+    from rpc import exceptions
+
+    pair = make_pair(xapi_sim)
+    instance = make_instance(objects.Flavor(root_gb=0), config_drive="")
+    spawn(pair, instance)
+    driver = pair.driver
+    first = driver.get_console_output(None, instance)
+    driver.reboot(None, instance, [], "HARD")
+    second = driver.get_console_output(None, instance)
+    assert b"started for VM" in first and b"rebooted for VM" in second
+    assert b"rebooted" not in first  # another domain, another log
+    driver.power_off(instance)
+    with pytest.raises(exceptions.ConsoleLogUnavailable, match="no running VM"):
+        driver.get_console_output(None, instance)
+    stranger = make_instance()
+    with pytest.raises(exceptions.ConsoleLogUnavailable, match=stranger.uuid):
+        driver.get_console_output(None, stranger)
+    driver.destroy(None, instance)

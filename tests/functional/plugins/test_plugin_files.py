@@ -10,7 +10,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 PLUGIN_DIR = os.path.join(REPO, "dom0", "plugins")
-PLUGINS = ("partition_utils.py", "vhd_images.py", "kernel.py")
+PLUGINS = ("partition_utils.py", "vhd_images.py", "kernel.py", "console.py")
 HELPERS = ("nxs_pluginlib.py", "nxs_mbr.py", "nxs_vhd.py")
 OWN_MODULES = {"XenAPIPlugin", "nxs_pluginlib", "nxs_mbr", "nxs_vhd"}
 

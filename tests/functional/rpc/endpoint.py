@@ -33,10 +33,16 @@ VALID_ARGS = {
                                   ssh_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI k1@test",
                                   metadata={"role": "web", "empty": ""},
                                   instance_uuid=None),
+    "upload_snapshot": dict(instance_uuid=INSTANCE, vdi_uuid=VDI,
+                            image_id="5d6a8b2c-1e3f-4a5b-9c7d-0e1f2a3b4c5d",
+                            auth_token="gAAAA-secret-token"),
     "cleanup_attached_vdis": {},
     "destroy_vdis": dict(vdi_uuids=[VDI, INSTANCE]),
     "remove_boot_files": dict(paths=["/boot/guest/kernel-a1b2c3",
                                      "/boot/guest/ramdisk-d4e5f6"]),
+    "get_console_log": dict(instance_uuid=INSTANCE, max_bytes=65536),
+    "cache_image": dict(image_id="cirros-0.6.2", auth_token="gAAAA-secret-token"),
+    "manage_image_cache": dict(min_age_seconds=86400),
 }
 
 
@@ -55,6 +61,14 @@ def expected_result(method, args, host="test-host", version=methods.VERSION):
         return {"removed": len(args["paths"])}
     if method == "preconfigure_instance":
         return {}
+    if method == "get_console_log":
+        return {"log": ALL_BYTES + b"login: ", "truncated": False}
+    if method == "cache_image":
+        return {"uuid": VDI, "fetched": True}
+    if method == "manage_image_cache":
+        return {"removed": 1, "kept_in_use": 2, "kept_recent": 3}
+    if method == "upload_snapshot":
+        return {"image_id": args["image_id"], "size_bytes": 1 << 20}
     uuid = args.get("instance_uuid") or args["vdi_uuid"]
     size = args.get("new_gb", 0) << 30 or args.get("size_mb", 64) << 20
     result = {"uuid": uuid, "size_bytes": size}

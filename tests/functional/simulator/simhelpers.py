@@ -1,10 +1,14 @@
 """Small helpers for the simulator tests: records as Nova builds them."""
 
+import contextlib
 import os
+import subprocess
 import time
 
 import pytest
 import XenAPI
+
+from tests.conftest import need
 
 MiB = 1 << 20
 
@@ -97,3 +101,25 @@ def wait_task(xapi, task_ref, timeout=30.0):
 def vdi_path(sim, xapi, vdi_ref):
     sr_uuid = xapi.SR.get_uuid(xapi.VDI.get_SR(vdi_ref))
     return os.path.join(sim.state_dir, "sr", sr_uuid, xapi.VDI.get_uuid(vdi_ref) + ".raw")
+
+
+@contextlib.contextmanager
+def small_ext2(image, mountpoint):
+    """A 16 MiB ext2 file system with 1 KiB blocks mounted on ``mountpoint``:
+    its largest file is about 16 GiB, so a bigger VDI does not fit, and a
+    few MiB of data fill it. Needs root;
+    ``mount -o loop`` detaches its loop device at umount."""
+    need(os.geteuid() == 0, "mounting a file system needs root")
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext2", "-q", "-F", "-b", "1024", str(image)], check=True,
+                   capture_output=True, timeout=60)
+    os.makedirs(mountpoint)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True,
+                   capture_output=True, timeout=60)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True, capture_output=True,
+                       timeout=60)
+        os.unlink(image)

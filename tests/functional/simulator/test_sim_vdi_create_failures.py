@@ -1,34 +1,10 @@
 """A VDI.create that fails leaves nothing behind: no file, no record."""
 
-import contextlib
 import os
-import subprocess
 
-from tests.conftest import need
-from tests.functional.simulator.simhelpers import failure, new_vdi
+from tests.functional.simulator.simhelpers import failure, new_vdi, small_ext2
 
 GiB = 1 << 30
-
-
-@contextlib.contextmanager
-def small_ext2(image, mountpoint):
-    """An ext2 file system with 1 KiB blocks mounted on ``mountpoint``: its
-    largest file is about 16 GiB, so a bigger VDI does not fit. Needs root;
-    ``mount -o loop`` detaches its loop device at umount."""
-    need(os.geteuid() == 0, "mounting a file system needs root")
-    with open(image, "wb") as f:
-        f.truncate(16 << 20)
-    subprocess.run(["mkfs.ext2", "-q", "-F", "-b", "1024", str(image)], check=True,
-                   capture_output=True, timeout=60)
-    os.makedirs(mountpoint)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True,
-                   capture_output=True, timeout=60)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True, capture_output=True,
-                       timeout=60)
-        os.unlink(image)
 
 
 def _sr_files(sim, xapi, sr):

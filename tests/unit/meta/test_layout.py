@@ -84,6 +84,14 @@ def test_the_agent_and_rpc_never_import_nova(folder):
     assert bad == []
 
 
+def test_only_the_nova_driver_package_imports_nova():
+    virt = ROOT / "nova_xen_split" / "virt"
+    bad = ["%s:%d" % (path.relative_to(ROOT), line)
+           for path in _modules("nova_xen_split") if virt not in path.parents
+           for line, module in _imports(path) if _within(module, "nova")]
+    assert bad == []
+
+
 def test_dom0_plugins_import_nothing_of_ours():
     plugin_dir = ROOT / "dom0" / "plugins"
     siblings = {p.stem for p in plugin_dir.glob("*.py")}
@@ -118,7 +126,8 @@ def test_benchmarks_do_not_import_the_tests():
 def _mark_literals():
     """The key strings marks.py defines (its private ``_VM_*``, ``_VDI_*``...)."""
     keys = {value for name, value in vars(marks).items()
-            if name.startswith(("_VM_", "_VDI_", "_VBD_", "_PENDING")) and isinstance(value, str)}
+            if name.startswith(("_VM_", "_VDI_", "_VBD_", "_VIF_", "_PENDING"))
+            and isinstance(value, str)}
     keys |= {marks._VM_BOOT_FILE % kind for kind in marks.BOOT_FILE_KINDS}
     return keys
 

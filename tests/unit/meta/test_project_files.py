@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
@@ -34,16 +36,28 @@ def test_ci_runs_the_readme_test_command():
     assert "export NXS_REQUIRE_REAL=1" in ci_lines
 
 
-def test_sample_config_is_up_to_date(tmp_path):
+@pytest.mark.parametrize("generator, sample", [
+    ("nova-xen-split-config-generator.conf", "nova-xen-split.conf.sample"),
+    ("nova-xen-split-nova-config-generator.conf", "nova.conf.sample-xensplit"),
+])
+def test_sample_config_is_up_to_date(tmp_path, generator, sample):
     out = tmp_path / "sample.conf"
     subprocess.run(
         [sys.executable, "-m", "oslo_config.generator",
-         "--config-file", os.path.join(ROOT, "etc", "nova-xen-split-config-generator.conf"),
+         "--config-file", os.path.join(ROOT, "etc", generator),
          "--output-file", str(out)],
         check=True, cwd=ROOT, capture_output=True, timeout=120)
-    committed = _read("etc", "nova-xen-split.conf.sample")
-    assert out.read_text() == committed, (
-        "etc/nova-xen-split.conf.sample is stale: run tox -e genconfig")
+    committed = _read("etc", sample)
+    # A comment block may stand before what the generator writes (nova.conf's
+    # sample says there how Nova loads the driver).
+    header, _, generated = ("\n" + committed).partition("\n[DEFAULT]\n")
+    assert all(line.startswith("#") or not line for line in header.splitlines())
+    assert out.read_text() == "[DEFAULT]\n" + generated, (
+        "etc/%s is stale: run tox -e genconfig" % sample)
+
+
+def test_nova_sample_says_how_nova_loads_the_driver():
+    assert "compute_driver = xensplit.XenSplitDriver" in _read("etc", "nova.conf.sample-xensplit")
 
 
 def test_xapi_sim_help_shows_no_markup():

@@ -23,7 +23,8 @@ def test_only_describe_bypasses_the_worker_pool():
 def test_long_calls_are_the_disk_and_image_operations():
     assert {m.name for m in methods.METHODS.values() if m.long} == {
         "fetch_image", "resize_disk", "generate_disk", "auto_configure_disk",
-        "generate_configdrive"}
+        "generate_configdrive", "cache_image", "manage_image_cache",
+        "upload_snapshot"}
 
 
 @pytest.mark.parametrize("method", sorted(methods.METHODS))
