@@ -26,7 +26,7 @@ guest with no ``PV_bootloader`` boots the dom0 kernel file ``PV_kernel``
   and hangs at "No bootable device"; the simulator refuses it instead, with
   the error xenopsd gives for that case, so that a guest which could never
   boot does not pass for running: ``c`` needs a bootable non-empty Disk
-  VBD, ``d`` a non-empty CD VBD, ``n`` a VIF (the simulator has none).
+  VBD, ``d`` a non-empty CD VBD, ``n`` a VIF.
 """
 
 import os
@@ -77,6 +77,8 @@ def _check_hvm(host, vm_ref, vm):
         if device == "c" and any(v["type"] == "Disk" and v["bootable"] for v in vbds):
             return
         if device == "d" and any(v["type"] == "CD" for v in vbds):
+            return
+        if device == "n" and host.store.find("VIF", VM=vm_ref):
             return
     raise errors.XapiError(errors.INTERNAL_ERROR, NO_BOOTABLE_DEVICE)
 

@@ -32,6 +32,9 @@ def derived_field(host, cls, ref, record, field):
             return str(extents.own_bytes(host.vdi_path(record)))
         except OSError:
             return "0"
+    if cls == "SR" and field in ("physical_utilisation", "virtual_allocation") \
+            and host.sr_thick:
+        return record[field]  # stored by the storage layer (storage.py)
     if cls == "SR" and field in ("physical_size", "physical_utilisation"):
         # A file SR is the whole filesystem it lives on (sm's FileSR.py,
         # _update: statvfs of the mount point).
