@@ -136,9 +136,24 @@ class ImageReader(_Reader):
                 self._check_hash()
         return got
 
+    def hash_elsewhere(self):
+        """Hand the checksum to a caller that sums the bytes itself, from
+        where it keeps them (:class:`agent.readahead.ReadAhead` hashes its
+        windows without copying them). Call it before reading anything.
+        Returns ``(hashlib object, verify)``, where ``verify(hexdigest)``
+        raises ImageFetchFailed on a mismatch, or None when unchecked."""
+        if self._hash is None or self.bytes_read:
+            return None
+        self._hash.close()
+        self._hash = None
+        return new_hash(self._expected.algorithm), self._verify
+
     def _check_hash(self):
         read = self._hash.hexdigest()
         self._hash = None
+        self._verify(read)
+
+    def _verify(self, read):
         expected = self._expected
         if read != expected.hexdigest:
             self.close()

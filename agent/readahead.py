@@ -12,6 +12,13 @@ sparse one buffers of many scattered runs: what is sent, and the number of
 PUTs, follows the amount of data, not the size of the stream. Two buffers
 circulate between the thread and the consumer and nothing else is allocated
 per buffer, so memory stays at two buffers whatever the stream's size.
+
+A download checked against its checksum is hashed from the windows
+themselves (:class:`WindowHasher`), on a thread of its own: a data block
+where the window keeps it, a zero block from a buffer of zeros. Nothing is
+copied for the hash, and hashlib lets go of the interpreter lock while it
+sums, so hashing runs beside reading and sending; a window is refilled only
+once it has been summed.
 """
 
 import logging
@@ -83,22 +90,109 @@ def add_run(runs, offset, size):
         runs.append((offset, size))
 
 
-def keep_data(window, start, size, stream_offset):
+def keep_data(window, start, size, stream_offset, pieces=None):
     """Drop the all-zero blocks of ``window.view[start:start + size]``.
 
     The piece holds stream bytes from ``stream_offset`` (a multiple of the
     block size, so blocks line up with the disk's). Its data blocks are
     moved down to ``start`` and recorded in ``window.runs``; returns how
-    many bytes were kept.
+    many bytes were kept. With ``pieces`` (a list), the piece's bytes in
+    stream order are appended to it: ``(position, length)`` of data where
+    the window now holds it, ``(None, length)`` of zeros.
     """
     view = window.view
     kept = start
+    position = start   # where the next block not yet accounted for begins
     for begin, end in data_blocks(window.buffer, start, size):
+        if pieces is not None:
+            if begin > position:
+                _add_piece(pieces, None, begin - position)
+            _add_piece(pieces, kept, end - begin)
+            position = end
         if kept != begin:
             view[kept:kept + end - begin] = view[begin:end]
         add_run(window.runs, stream_offset + begin - start, end - begin)
         kept += end - begin
+    if pieces is not None and start + size > position:
+        _add_piece(pieces, None, start + size - position)
     return kept - start
+
+
+def _add_piece(pieces, position, length):
+    """Append to ``pieces``, merged with the last one where they follow on."""
+    if pieces:
+        last_position, last_length = pieces[-1]
+        if position is None and last_position is None:
+            pieces[-1] = (None, last_length + length)
+            return
+        if position is not None and last_position is not None \
+                and last_position + last_length == position:
+            pieces[-1] = (last_position, last_length + length)
+            return
+    pieces.append((position, length))
+
+
+class WindowHasher:
+    """Sums a stream's bytes from the windows that keep them, on a thread.
+
+    :meth:`add` queues a window's pieces (see :func:`keep_data`); the
+    thread hashes data where the window holds it and zeros from a buffer.
+    :meth:`settle` waits until a window is summed (call it before the
+    window is refilled); :meth:`hexdigest` until everything is.
+    """
+
+    _ZEROS = memoryview(bytes(PIECE_BYTES))
+
+    def __init__(self, hasher):
+        self._hasher = hasher
+        self._queue = queue.Queue()
+        self._pending = {}
+        self._done = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="stream-checksum",
+                                        daemon=True)
+        self._thread.start()
+
+    def add(self, window, pieces):
+        with self._done:
+            self._pending[id(window)] = self._pending.get(id(window), 0) + 1
+        self._queue.put((window, pieces))
+
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            window, pieces = item
+            if not self._stopped:
+                for position, length in pieces:
+                    if position is None:
+                        while length > 0:
+                            step = min(length, len(self._ZEROS))
+                            self._hasher.update(self._ZEROS[:step])
+                            length -= step
+                    else:
+                        self._hasher.update(window.view[position:position + length])
+            with self._done:
+                self._pending[id(window)] -= 1
+                self._done.notify_all()
+
+    def settle(self, window):
+        """Wait until the thread has summed everything given of ``window``."""
+        with self._done:
+            self._done.wait_for(lambda: self._stopped or not self._pending.get(id(window)))
+
+    def hexdigest(self):
+        self._queue.put(None)
+        self._thread.join()
+        return self._hasher.hexdigest()
+
+    def stop(self):
+        """Give up: the thread ends without summing what is left."""
+        with self._done:
+            self._stopped = True
+            self._done.notify_all()
+        self._queue.put(None)
 
 
 class Ahead:
@@ -204,6 +298,26 @@ class ReadAhead(Ahead):
         self._capacity = capacity
         self._piece = min(PIECE_BYTES, capacity)
         self._progress = progress
+        # A checked download hands its checksum over: the windows are
+        # hashed where they are instead of being copied for the hash.
+        take = getattr(reader, "hash_elsewhere", None)
+        checksum = take() if take is not None else None
+        self._hash = None
+        self._verify = None
+        if checksum is not None:
+            hasher, self._verify = checksum
+            self._hash = WindowHasher(hasher)
+
+    def next_window(self):
+        window = super().next_window()
+        if window is not None and self._hash is not None:
+            self._hash.settle(window)   # summed before it is refilled
+        return window
+
+    def __exit__(self, *exc):
+        if self._hash is not None:
+            self._hash.stop()
+        return super().__exit__(*exc)
 
     def produce(self):
         window = self.next_window()
@@ -222,9 +336,15 @@ class ReadAhead(Ahead):
             size = min(self._piece, self._capacity - start, self._size_bytes - offset)
             read_exactly(self._reader, window.view[start:start + size], offset,
                          self._size_bytes)
-            window.length += keep_data(window, start, size, offset)
+            pieces = [] if self._hash is not None else None
+            window.length += keep_data(window, start, size, offset, pieces)
+            if pieces:
+                self._hash.add(window, pieces)
             offset += size
             if self._progress is not None:
                 self._progress.advance(size)
+        if self._hash is not None and offset >= self._size_bytes and not self.stopped:
+            # Before the last window goes: a mismatch fails the upload.
+            self._verify(self._hash.hexdigest())
         if window is not None and window.runs:
             self.hand_over(window)

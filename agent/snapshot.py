@@ -163,10 +163,15 @@ class VdiExport(VhdSource):
             self._connection = None
 
 
-def _read_ahead(response, length, broken, depth=2):
+def _read_ahead(response, length, broken, depth=3):
     """Pieces of ``response``'s body read by a thread while the consumer
-    sends the previous ones; at most ``depth`` pieces wait."""
-    ready = queue.Queue(depth)
+    sends the previous ones. ``depth + 1`` buffers circulate: a piece's
+    buffer is refilled only once the consumer has asked for the next
+    piece, i.e. has sent it."""
+    ready = queue.Queue()
+    free = queue.Queue()
+    for _ in range(depth + 1):
+        free.put(memoryview(bytearray(PIECE_BYTES)))
     stop = threading.Event()
 
     def read():
@@ -176,42 +181,53 @@ def _read_ahead(response, length, broken, depth=2):
                 want = PIECE_BYTES if left is None else min(PIECE_BYTES, left)
                 if want == 0:
                     break
-                buffer = bytearray(want)
-                got = response.readinto(buffer)
-                if not got:
-                    if left:
-                        raise broken("ended %d bytes short" % left)
-                    break
+                buffer = free.get()
+                if buffer is None:
+                    return
+                got = _fill(response, buffer[:want])
+                if got < want and left is not None:
+                    raise broken("ended %d bytes short" % (left - got))
                 if left is not None:
                     left -= got
-                _put(memoryview(buffer)[:got])
+                if got:
+                    ready.put(buffer[:got])
+                if got < want:
+                    break
         except (OSError, http.client.HTTPException) as e:
-            _put(broken("%s: %s" % (type(e).__name__, e)))
+            ready.put(broken("%s: %s" % (type(e).__name__, e)))
         except exceptions.NovaXenSplitError as e:
-            _put(e)
-        _put(None)
-
-    def _put(item):
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+            ready.put(e)
+        ready.put(None)
 
     reader = threading.Thread(target=read, name="vhd-export-reader", daemon=True)
     reader.start()
+    sent = None
     try:
         while True:
+            if sent is not None:
+                free.put(memoryview(sent.obj))   # sent: its buffer may be refilled
             item = ready.get()
             if item is None:
                 return
             if isinstance(item, Exception):
                 raise item
+            sent = item
             yield item
     finally:
         stop.set()
+        free.put(None)
         reader.join(30)
+
+
+def _fill(response, view):
+    """Read into ``view`` until it is full or the body ends; the byte count."""
+    done = 0
+    while done < len(view):
+        got = response.readinto(view[done:])
+        if not got:
+            break
+        done += got
+    return done
 
 
 # -- the image service ---------------------------------------------------------

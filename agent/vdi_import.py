@@ -163,7 +163,7 @@ class Import:
         # with the reason it stopped reading.
         task_ref, self._task_ref = self._task_ref, None
         self.xapi_session.wait_for_task(
-            task_ref, poll=0.002,
+            task_ref,
             timeout=TASK_TIMEOUT_SECONDS if self._sent_error is None else 60.0)
         if self._sent_error is not None:
             raise exceptions.XapiFailure(details=[
@@ -261,7 +261,7 @@ def _sendmsg_all(sock, buffers, flags=0):
 def _collect_task(xapi_session, task_ref):
     """Wait (briefly) for an abandoned import's task to end, then drop it."""
     try:
-        xapi_session.wait_for_task(task_ref, timeout=30.0, poll=0.01)
+        xapi_session.wait_for_task(task_ref, timeout=30.0)
     except exceptions.XapiFailure:
         pass  # expected: the import was cut; wait_for_task destroyed the task
 

@@ -62,10 +62,13 @@ IMAGE_ID = "bench-1g"
 
 
 def make_image(path, data_fraction=0.2):
-    """1 GiB raw: msdos label, ext4 partition 1 holding ~20 % of the disk as a file."""
+    """1 GiB raw: msdos label, ext4 partition 1 holding ~20 % of the disk as a
+    file and a grub config (bootable as HVM, and as PV with pygrub)."""
     work = tempfile.mkdtemp(dir=os.path.dirname(path))
     root = os.path.join(work, "root")
-    os.makedirs(root)
+    os.makedirs(os.path.join(root, "boot", "grub"))
+    with open(os.path.join(root, "boot", "grub", "grub.cfg"), "w") as f:
+        f.write(demo_env.GRUB_CFG)
     data_bytes = int(GiB * data_fraction)
     with open(os.path.join(root, "data.bin"), "wb") as f:
         for _ in range(data_bytes // (4 * MiB)):

@@ -232,7 +232,7 @@ class XenSplitDriver:
                  accel_info=None):
         vm_ref = self._vm_ref(instance)
         if vm_utils.power_state(self.session, vm_ref) != vm_utils.RUNNING:
-            self.session.call("VM.start", vm_ref, False, False)
+            vm_utils.start(self.session, vm_ref)
 
     def reboot(self, context, instance, network_info, reboot_type,
                block_device_info=None, bad_volumes_callback=None, accel_info=None):
@@ -240,7 +240,7 @@ class XenSplitDriver:
         vm_ref = self._vm_ref(instance)
         session = self.session
         if vm_utils.power_state(session, vm_ref) != vm_utils.RUNNING:
-            session.call("VM.start", vm_ref, False, False)
+            vm_utils.start(session, vm_ref)
             return
         method = "VM.clean_reboot" if reboot_type == "SOFT" else "VM.hard_reboot"
         try:
@@ -250,7 +250,7 @@ class XenSplitDriver:
                 raise
             # A host (or guest) that cannot reboot in place: stop and start.
             vm_utils.hard_shutdown(session, vm_ref)
-            session.call("VM.start", vm_ref, False, False)
+            vm_utils.start(session, vm_ref)
 
     def snapshot(self, context, instance, image_id, update_task_state):
         """Snapshot the instance's root disk into image ``image_id`` (made by

@@ -120,7 +120,7 @@ def finish_migration(driver, instance, network_info, power_on=True):
                                 bootable=vbd["bootable"], read_only=vbd["mode"] == "RO")
         vifs.plug(session, vm_ref, parsed, networks, running=False)
         if power_on:
-            session.call("VM.start", vm_ref, False, False)
+            vm_utils.start(session, vm_ref)
     except BaseException:
         LOG.warning("Resize of %s failed; removing its new VM and disks, the original "
                     "stays kept", instance.uuid)
@@ -191,4 +191,4 @@ def finish_revert_migration(driver, instance, power_on=True):
             session.call("VDI.set_other_config", vdi_ref, marks.vdi_unparked(config))
     session.call("VM.set_other_config", kept_ref, marks.vm_unparked(kept["other_config"]))
     if power_on and vm_utils.power_state(session, kept_ref) != vm_utils.RUNNING:
-        session.call("VM.start", kept_ref, False, False)
+        vm_utils.start(session, kept_ref)

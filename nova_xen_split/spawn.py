@@ -264,7 +264,7 @@ class Spawn:
             with self.step("VIF.create", "%d VIFs" % len(plan.vifs)):
                 vif_utils.plug(session, self.vm_ref, plan.vifs, plan.networks, running=False)
         with self.step("VM.start", instance.name):
-            session.call("VM.start", self.vm_ref, False, False)
+            vm_utils.start(session, self.vm_ref)
 
     def _set_boot_files(self, session, vm_ref, vdis):
         """Boot a split-kernel image with the files the agent copied into
@@ -272,6 +272,8 @@ class Spawn:
         for kind, field in (("kernel", "PV_kernel"), ("ramdisk", "PV_ramdisk")):
             path = (vdis.get(kind) or {}).get("path")
             if path:
+                # A kernel from dom0 boots directly: no bootloader reads the disk.
+                session.call("VM.set_PV_bootloader", vm_ref, "")
                 session.call("VM.set_" + field, vm_ref, path)
                 session.call("VM.add_to_other_config", vm_ref,
                              *marks.vm_boot_file_mark(kind, path))

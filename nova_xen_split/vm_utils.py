@@ -30,16 +30,24 @@ POWER_STATE = {
 MiB = 1024 * 1024
 
 
+# Nova's VMMode.canonicalize: the old names of the two modes.
+_VM_MODE_NAMES = {"xen": "xen", "pv": "xen", "hvm": "hvm", "hv": "hvm"}
+
+
 def vm_mode_for(image_meta):
-    """'xen' (PV) or 'hvm', as Nova decided: the image's vm_mode, else its format."""
-    mode = image_meta.properties.get("vm_mode")
-    if mode in ("xen", "hvm"):
+    """'xen' (PV, booted by pygrub) or 'hvm', as Nova's determine_vm_mode
+    decided: the image's ``vm_mode``, else its ``os_type`` (linux: PV,
+    windows: HVM), else its format (a VHD or ``ami`` image is a PV guest
+    with a bootloader; anything else boots as HVM, as most images do)."""
+    mode = _VM_MODE_NAMES.get(str(image_meta.properties.get("vm_mode") or "").lower())
+    if mode is not None:
         return mode
-    if mode == "pv":
+    os_type = str(image_meta.properties.get("os_type") or "").lower()
+    if os_type == "linux":
         return "xen"
-    # A VHD image is a XenServer-made PV guest with a bootloader; raw data has
-    # no such promise and boots as HVM.
-    return "xen" if image_meta.disk_format == "vhd" else "hvm"
+    if os_type == "windows":
+        return "hvm"
+    return "xen" if image_meta.disk_format in ("vhd", "ami") else "hvm"
 
 
 def vm_record(instance, flavor, vm_mode):
@@ -138,6 +146,17 @@ def instance_vms(session):
 
 def power_state(session, vm_ref):
     return POWER_STATE.get(str(session.call("VM.get_power_state", vm_ref)).lower(), NOSTATE)
+
+
+def start(session, vm_ref):
+    """Start the VM (not paused, not forced) and wait for its task.
+
+    A start on a real host can take long (the bootloader, the domain
+    build): waiting on the task, bounded by the session's call timeout,
+    gives XAPI's own outcome, where a cut-off synchronous call would leave
+    it unknown.
+    """
+    session.call_async("VM.start", vm_ref, False, False)
 
 
 def hard_shutdown(session, vm_ref):

@@ -102,8 +102,9 @@ def loop_devices():
 
 @pytest.fixture(scope="session")
 def glance(tmp_path_factory):
-    """A real Glance on a free loopback port for the whole run (tests/glance.py)."""
-    from tests import glance as glance_server
+    """A real Glance on a free loopback port for the whole run
+    (nova_xen_split/cmd/glance_server.py)."""
+    from nova_xen_split.cmd import glance_server
     need(glance_server.available(), "Glance is not installed (.ci/install --tests)")
     server = glance_server.GlanceProcess(tmp_path_factory.mktemp("glance")).start()
     yield server
@@ -174,7 +175,11 @@ def no_leftover_broker_queues():
 
 
 class SimProcess:
-    """One ``xapi-sim`` child process on a state directory."""
+    """One ``xapi-sim`` child process on a state directory.
+
+    It keeps its port across :meth:`restart`, as XAPI does across a
+    toolstack restart, so clients find it again at the same URL.
+    """
 
     def __init__(self, state_dir, compute_vm=False, password=SIM_PASSWORD, extra_args=()):
         self.state_dir = str(state_dir)
@@ -183,11 +188,12 @@ class SimProcess:
         self.extra_args = list(extra_args)
         self.proc = None
         self.url = None
+        self.port = 0
         self.output = []
 
     def start(self, timeout=30):
         cmd = [sys.executable, "-m", "dom0.simulator.server",
-               "--state-dir", self.state_dir, "--port", "0",
+               "--state-dir", self.state_dir, "--port", str(self.port),
                "--password", self.password,
                "--compute-vm" if self.compute_vm else "--no-compute-vm"]
         cmd += self.extra_args
@@ -203,6 +209,7 @@ class SimProcess:
             m = LISTEN_RE.search(line)
             if m:
                 self.url = m.group(1)
+                self.port = int(self.url.rpartition(":")[2])
                 return self
         self.stop()
         raise RuntimeError("xapi-sim did not start: %s" % "".join(self.output))

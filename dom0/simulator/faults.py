@@ -4,7 +4,10 @@ A fault is armed per message name (``VM.start``, ``VBD.plug``,
 ``host.call_plugin``, ..., and ``export_raw_vdi``, which cuts an export
 after its answer, before its body): the next ``count`` calls after ``skip`` good ones
 fail with the given XAPI error code (``INTERNAL_ERROR`` by default), as if
-the real host had refused them. Armed two ways:
+the real host had refused them. The code ``STOP_XAPI`` instead stops the
+simulator as SIGTERM does, with that call in flight and never answered: a
+toolstack restart (``xe-toolstack-restart``) at that very moment, once
+whoever runs the simulator starts it again. Armed two ways:
 
 * XML-RPC, on a live simulator: ``debug.inject_fault(session, message, code,
   count, skip)`` and ``debug.clear_faults(session)`` (with the XenAPI SDK:
@@ -17,11 +20,13 @@ Nothing here exists on a real XAPI host; tests only.
 """
 
 import os
+import signal
 import threading
 
 from dom0.simulator import errors
 from dom0.simulator.api.registry import message
 
+STOP_XAPI = "STOP_XAPI"
 _lock = threading.Lock()
 _armed = {}  # message name → [skip, count, code]
 
@@ -56,6 +61,9 @@ def check(name):
         if fault[1] <= 0:
             del _armed[name]
         code = fault[2]
+    if code == STOP_XAPI:
+        os.kill(os.getpid(), signal.SIGTERM)
+        threading.Event().wait()  # the process ends with this call unanswered
     raise errors.XapiError(code, "injected fault in %s" % name)
 
 

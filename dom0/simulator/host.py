@@ -18,6 +18,7 @@ from dom0.simulator import errors
 from dom0.simulator import model
 from dom0.simulator import plugins
 from dom0.simulator import private
+from dom0.simulator import sessions
 from dom0.simulator import udev
 
 LOG = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class VdiWriters:
 class SimulatedHost:
     def __init__(self, state_dir, password, compute_vm=False, plugin_dir=None,
                  plugin_timeout=600, loop_devices=True, partition_devices=True,
-                 import_attach_seconds=0.0, host_cpus=4, host_memory_mb=16384):
+                 import_attach_seconds=0.0, host_cpus=4, host_memory_mb=16384,
+                 session_idle_seconds=None):
         self.host_cpus = host_cpus
         self.host_memory_mb = host_memory_mb
         self.state_dir = os.path.abspath(state_dir)
@@ -67,6 +69,8 @@ class SimulatedHost:
         self.password = password
         self.want_compute_vm = compute_vm
         self.store = db.Store(self.state_dir)
+        self.sessions = sessions.Sessions(
+            self.store, session_idle_seconds or sessions.DEFAULT_IDLE_SECONDS)
         self.loops = blockdev.LoopDevices(
             self.state_dir, loop_devices and blockdev.loop_devices_available())
         self.udev = udev.PartitionWatcher(partition_devices)
@@ -90,6 +94,11 @@ class SimulatedHost:
     def vdi_path(self, vdi_record):
         sr_uuid = self.store.get("SR", vdi_record["SR"])["uuid"]
         return os.path.join(self.sr_root, sr_uuid, "%s.raw" % vdi_record["uuid"])
+
+    @property
+    def boot_root(self):
+        """dom0's /boot: guest kernels may be booted from under it."""
+        return os.path.join(self.state_dir, "boot")
 
     def vm_dir(self, vm_uuid):
         return os.path.join(self.state_dir, "vms", vm_uuid)
@@ -118,7 +127,7 @@ class SimulatedHost:
 
     def open(self):
         """Load or create the database, clean what a previous run left, start."""
-        # 0700 even when it existed: the database holds live root sessions.
+        # 0700 even when it existed: it holds every VDI's bytes.
         private.make_dir(self.state_dir)
         with self.store.lock:
             if not self.store.load():
@@ -132,7 +141,7 @@ class SimulatedHost:
         self.loops.cleanup()
         dom0_uuid = self.store.get("VM", self.dom0_ref)["uuid"]
         os.makedirs(self.vm_dev_dir(dom0_uuid), exist_ok=True)
-        boot_dir = os.path.join(self.state_dir, "boot", "guest")
+        boot_dir = os.path.join(self.boot_root, "guest")
         os.makedirs(boot_dir, exist_ok=True)
         os.makedirs(self.console_dir, exist_ok=True)
         self.plugins = plugins.PluginRunner(self._plugin_dir, self._plugin_timeout, {

@@ -138,7 +138,7 @@ def _check(host, handler, query, importing):
     Returns (session, task_ref or None, fmt, chunked, vdi_ref, path, size).
     """
     session = query.get("session_id")
-    if not session or not host.store.exists("session", session):
+    if not session or not host.sessions.valid(session):
         raise Refused(401, None)  # xapi_http.ml, assert_credentials_ok
     with host.store.lock:
         vdi_ref = _vdi_of_query(host, query, importing)

@@ -1,8 +1,8 @@
 """Files and directories only the simulator's user may read.
 
-The state directory holds the database, whose sessions are live logins as
-root, and every VDI's bytes; on a shared machine another local user must
-not read them. The state directory is made 0700 and every file the
+The state directory holds the database (every VM's and VDI's record) and
+every VDI's bytes; on a shared machine another local user must not read
+them. The state directory is made 0700 and every file the
 simulator writes is created 0600 (whatever the umask), so a file copied or
 moved out of the directory stays private too.
 """

@@ -25,7 +25,7 @@ from dom0.simulator import host as host_mod
 from dom0.simulator import http_data
 from dom0.simulator.api import dispatch
 # Importing the message modules registers their messages.
-from dom0.simulator.api import sr, session_host, vbd, vdi, vif, vm  # noqa: F401
+from dom0.simulator.api import event, sr, session_host, vbd, vdi, vif, vm  # noqa: F401
 
 LOG = logging.getLogger("xapi-sim")
 
@@ -156,12 +156,17 @@ def parse_args(argv):
     parser.add_argument("--host-memory-mb", type=int, default=16384,
                         help="memory the host reports (host_metrics.memory_total; "
                         "default 16384, of which the control domain holds 4096)")
+    parser.add_argument("--session-idle-seconds", type=float, default=24 * 3600.0,
+                        help="seconds after which a session nobody uses expires, as "
+                        "XAPI's inactive_session_timeout (default: 86400, a day)")
     parser.add_argument("--verbose", action="store_true", help="log every call")
     args = parser.parse_args(argv)
     if not 1 <= args.host_cpus <= 512:
         parser.error("--host-cpus must be between 1 and 512")
     if not 4096 < args.host_memory_mb <= 16 * 1024 * 1024:
         parser.error("--host-memory-mb must be more than the control domain's 4096")
+    if not args.session_idle_seconds > 0:
+        parser.error("--session-idle-seconds must be positive")
     if not 0 <= args.import_attach_seconds <= 60:
         parser.error("--import-attach-seconds must be between 0 and 60")
     if args.password_file is not None:
@@ -198,7 +203,8 @@ def main(argv=None):
         loop_devices=not args.no_loop_devices,
         partition_devices=not args.no_partition_devices,
         import_attach_seconds=args.import_attach_seconds,
-        host_cpus=args.host_cpus, host_memory_mb=args.host_memory_mb)
+        host_cpus=args.host_cpus, host_memory_mb=args.host_memory_mb,
+        session_idle_seconds=args.session_idle_seconds)
     sim_host.open()
     server = make_server(sim_host, args.address, args.port)
     stop = threading.Event()

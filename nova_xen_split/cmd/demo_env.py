@@ -99,16 +99,34 @@ def loops_backed_under(path):
     return [line.split(":", 1)[0] for line in out.splitlines() if path in line]
 
 
-def make_disk_image(path, size_mb=64, message="hello from nova-xen-split demo\n"):
-    """A raw disk: msdos label, one ext4 partition from sector 2048 holding a file.
+# What pygrub reads from a PV guest's disk to find its kernel.
+GRUB_CFG = """\
+set default=0
+set timeout=1
+menuentry 'nova-xen-split demo' {
+    linux /boot/vmlinuz root=/dev/xvda1 ro console=hvc0
+    initrd /boot/initrd.img
+}
+"""
+
+
+def make_disk_image(path, size_mb=64, message="hello from nova-xen-split demo\n",
+                    bootloader=True):
+    """A raw disk: msdos label, one ext4 partition from sector 2048 holding a
+    file and a grub 2 config, so that pygrub finds what to boot (a PV guest)
+    and a BIOS a bootable partition (HVM).
 
     Built without root or loop devices: the filesystem is made in a plain
     file with ``mkfs.ext4 -d`` and copied into place after the table.
     """
     work = path + ".d"
     os.makedirs(os.path.join(work, "root", "etc"), exist_ok=True)
+    os.makedirs(os.path.join(work, "root", "boot", "grub"), exist_ok=True)
     with open(os.path.join(work, "root", "etc", "motd"), "w") as f:
         f.write(message)
+    if bootloader:  # else a disk pygrub finds nothing to boot on
+        with open(os.path.join(work, "root", "boot", "grub", "grub.cfg"), "w") as f:
+            f.write(GRUB_CFG)
     start_sector = 2048
     fs_path = os.path.join(work, "fs.img")
     fs_bytes = size_mb * MiB - start_sector * 512

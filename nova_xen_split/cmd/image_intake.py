@@ -198,8 +198,9 @@ class HandlerIntake:
         name = service.queued.pop(image_id)
         disk_format, container_format = service.formats[image_id]
         service.add(received, image_id, disk_format=disk_format or "raw",
-                    container_format=container_format or "bare", multihash="sha512",
-                    content_md5=True)
+                    container_format=container_format or "bare",
+                    multihash="sha512" if service.hash_uploads else None,
+                    content_md5=True if service.hash_uploads else None)
         service.names[image_id] = name
         self.send_response(204)
         self.send_header("Content-Length", "0")
@@ -212,19 +213,29 @@ class HandlerIntake:
         target = None
         if service.upload_dir:
             path = os.path.join(os.path.abspath(service.upload_dir), image_id)
-            target = open(path, "wb")
+            target = open(path, "wb", buffering=0)
         chunks = []
+        buffer = memoryview(bytearray(MiB))
         left = length if cut is None else min(length, cut)
+        # What the header parsing read ahead first, then the socket itself.
+        held = self.rfile.peek(1)[:left] if left else b""
         try:
-            while left > 0:
-                data = self.rfile.read(min(left, MiB))
-                if not data:
-                    break
-                left -= len(data)
+            if held:
+                got = self.rfile.readinto(buffer[:len(held)])
+                left -= got
                 if target is not None:
-                    target.write(data)
+                    target.write(buffer[:got])
                 else:
-                    chunks.append(data)
+                    chunks.append(bytes(buffer[:got]))
+            while left > 0:
+                got = self.connection.recv_into(buffer[:min(left, MiB)])
+                if not got:
+                    break
+                left -= got
+                if target is not None:
+                    target.write(buffer[:got])
+                else:
+                    chunks.append(bytes(buffer[:got]))
         finally:
             if target is not None:
                 target.close()

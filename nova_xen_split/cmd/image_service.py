@@ -22,7 +22,9 @@ It also takes images in, as Glance v2 does for a snapshot:
 * ``PATCH /v2/images/<id>``: a JSON patch (``replace``/``add`` of ``name``,
   ``disk_format``, ``container_format``) of a queued image;
 * ``PUT /v2/images/<id>/file``: the image's data (Content-Length), kept in
-  ``upload_dir`` (or in memory) with its MD5 and SHA-512; ``active`` after;
+  ``upload_dir`` (or in memory) with its MD5 and SHA-512 (none with
+  ``hash_uploads=False``: an image service that keeps bytes and nothing
+  else, for measuring what sends them); ``active`` after;
 * ``DELETE /v2/images/<id>``.
 
 Ids that were not added are answered 404, as is anything but the paths
@@ -119,7 +121,8 @@ class ImageService(image_intake.ServiceIntake):
     module's doc for the settings."""
 
     def __init__(self, token=None, send_md5=True, hash_algo=None, show_locations=False,
-                 show_direct_url=False, delay=0.0, fail_status=None, upload_dir=None):
+                 show_direct_url=False, delay=0.0, fail_status=None, upload_dir=None,
+                 hash_uploads=True):
         self.token = token
         self.send_md5 = send_md5
         self.hash_algo = hash_algo
@@ -142,6 +145,7 @@ class ImageService(image_intake.ServiceIntake):
         self.upload_errors = {}
         self.upload_cut_after = {}
         self.upload_dir = upload_dir
+        self.hash_uploads = hash_uploads
         self.requests = []
         self._digests = {}      # (path, algorithm) → ((size, mtime), hex digest)
         self._server = _Server(("127.0.0.1", 0), _Handler)

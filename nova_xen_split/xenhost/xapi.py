@@ -22,8 +22,10 @@ from rpc import exceptions
 LOG = logging.getLogger(__name__)
 
 ORIGINATOR = "nova-xen-split"
-# wait_for_task polls at its shortest interval this long before backing off.
-_FAST_POLL_SECONDS = 0.5
+# One event.from waits at most this long, so a task deleted or a XAPI gone
+# silent is noticed; the socket gives the answer a margin beyond it.
+_EVENT_WAIT_SECONDS = 30.0
+_EVENT_SOCKET_MARGIN_SECONDS = 15.0
 
 def to_int(value):
     """XAPI sends int64 fields as strings; accept both."""
@@ -79,6 +81,8 @@ class XapiSession:
         # threads must not use at once (an upload finishes one PUT while
         # starting the next).
         self._call_lock = threading.Lock()
+        # Each thread's connection for event.from (see wait_for_task).
+        self._waiters = threading.local()
 
     # -- connection -------------------------------------------------------
 
@@ -160,40 +164,99 @@ class XapiSession:
                 details=["XENAPI_PLUGIN_FAILURE", fn, "ValueError",
                          "result is not JSON: %r" % result[:200]]) from None
 
-    def wait_for_task(self, task_ref, timeout=None, poll=0.02):
+    def call_async(self, method, *args, timeout=None):
+        """Run ``Async.<method>`` and wait for its task (see
+        :meth:`wait_for_task`); returns the message's value (a ref, a
+        string, or "" for a message that returns nothing). ``timeout``
+        (None: the session's call timeout) bounds the wait for the task."""
+        task_ref = self.call("Async." + method, *args)
+        result = self.wait_for_task(
+            task_ref, timeout=self._call_timeout if timeout is None else timeout)
+        return task_result_value(result)
+
+    def wait_for_task(self, task_ref, timeout=None):
         """Wait for a task to end; return its result, raise XapiFailure if it failed.
 
-        Polls every ``poll`` seconds for the first half second (most tasks
-        end within it, and a doubling delay would oversleep them), then backs
-        off to one poll a second. One ``task.get_record`` per poll gives the
-        status with the result or error info. The task is destroyed
-        afterwards whatever its outcome.
+        The wait is XAPI's ``event.from`` on the task (no polling): one
+        ``task.get_record`` checks the task exists and may find it ended,
+        then each ``event.from`` returns as soon as the task changes, with
+        its record. They go over a connection of their own per thread, so
+        other calls on this session (from other threads) are not held up.
+        A task deleted meanwhile is ``HANDLE_INVALID``; past ``timeout``
+        seconds, ``TASK_TIMEOUT``. The task is destroyed afterwards
+        whatever its outcome.
         """
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
-        delay = poll
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while True:
-                record = self.call("task.get_record", task_ref)
-                status = record["status"]
-                if status == "success":
-                    return record["result"]
-                if status in ("failure", "cancelled"):
-                    raise exceptions.XapiFailure(
-                        details=[str(d) for d in record["error_info"]]
-                        or ["TASK_FAILED", status])
-                now = time.monotonic()
-                if deadline is not None and now > deadline:
-                    raise exceptions.XapiFailure(
-                        details=["TASK_TIMEOUT", str(task_ref), str(timeout)])
-                time.sleep(delay)
-                if now - started >= _FAST_POLL_SECONDS:
-                    delay = min(delay * 2, 1.0)
+            record = self.call("task.get_record", task_ref)
+            token = ""
+            relogins = 0
+            while record["status"] == "pending":
+                wait_seconds = _EVENT_WAIT_SECONDS
+                if deadline is not None:
+                    wait_seconds = min(wait_seconds, deadline - time.monotonic())
+                    if wait_seconds <= 0:
+                        raise exceptions.XapiFailure(
+                            details=["TASK_TIMEOUT", str(task_ref), str(timeout)])
+                try:
+                    batch = self._event_from(["task/%s" % task_ref], token, wait_seconds)
+                except exceptions.XapiFailure as e:
+                    relogins += 1
+                    if e.code != "SESSION_INVALID" or relogins > 3:
+                        raise
+                    # Logged in again meanwhile (XAPI restarted, or the
+                    # session expired): this call logs in if needed and
+                    # says whether the task survived.
+                    record = self.call("task.get_record", task_ref)
+                    token = ""
+                    continue
+                token = batch["token"]
+                for event in batch["events"]:
+                    if event.get("ref") != task_ref:
+                        continue
+                    if event.get("operation") == "del":
+                        raise exceptions.XapiFailure(
+                            details=["HANDLE_INVALID", "task", str(task_ref)])
+                    record = event["snapshot"]
+            status = record["status"]
+            if status == "success":
+                return record["result"]
+            raise exceptions.XapiFailure(
+                details=[str(d) for d in record["error_info"]] or ["TASK_FAILED", status])
         finally:
             try:
                 self.call("task.destroy", task_ref)
             except exceptions.XapiFailure:
                 LOG.debug("could not destroy task", exc_info=True)
+
+    def _event_from(self, classes, token, wait_seconds):
+        """One ``event.from`` on this thread's waiting connection."""
+        if self._session is None:
+            raise exceptions.XapiFailure(details=["SESSION_INVALID", "not logged in"])
+        waiter = getattr(self._waiters, "proxy", None)
+        if waiter is None:
+            scheme = urllib.parse.urlsplit(self.url).scheme
+            cls = _TimeoutSafeTransport if scheme == "https" else _TimeoutTransport
+            transport = cls(None)
+            waiter = xmlrpc.client.ServerProxy(self.url, transport=transport,
+                                               allow_none=True)
+            self._waiters.proxy, self._waiters.transport = waiter, transport
+        # The answer may take the whole wait: the socket waits a little longer.
+        self._waiters.transport._timeout = wait_seconds + _EVENT_SOCKET_MARGIN_SECONDS
+        try:
+            answer = getattr(waiter, "event.from")(
+                self.handle, classes, token, float(wait_seconds))
+        except _NOT_XAPI as e:
+            self._waiters.proxy = None  # a broken connection is not reused
+            raise exceptions.XapiFailure(
+                details=["CONNECTION_FAILED", self.url, _reason(e)]) from None
+        if not isinstance(answer, dict) or "Status" not in answer:
+            raise exceptions.XapiFailure(
+                details=["CONNECTION_FAILED", self.url, "not a XAPI answer"])
+        if answer["Status"] != "Success":
+            raise exceptions.XapiFailure(
+                details=[str(d) for d in answer.get("ErrorDescription") or ["UNKNOWN"]])
+        return answer["Value"]
 
     def http_url(self, path, **query):
         """URL of one of XAPI's HTTP handlers on this session's host."""
@@ -206,6 +269,21 @@ class XapiSession:
 # XML-RPC, or named by a URL the client cannot use.
 _NOT_XAPI = (OSError, xmlrpc.client.ProtocolError, xmlrpc.client.Fault,
              http.client.HTTPException, xml.parsers.expat.ExpatError)
+
+
+def task_result_value(text):
+    """The value in a task's ``result``: XAPI writes it as XML-RPC
+    ``<value>`` text (``<value>OpaqueRef:…</value>``, ``<value></value>``
+    for a message that returns nothing, "" when a task carries none)."""
+    if not text:
+        return ""
+    try:
+        (value,), _ = xmlrpc.client.loads(
+            "<methodResponse><params><param>%s</param></params></methodResponse>" % text)
+    except (xml.parsers.expat.ExpatError, ValueError) as e:
+        raise exceptions.XapiFailure(
+            details=["TASK_RESULT_UNREADABLE", _reason(e)]) from None
+    return value
 
 
 def redacted_url(url):

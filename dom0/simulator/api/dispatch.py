@@ -50,7 +50,7 @@ def _check_count(message, params):
 
 
 def check_session(host, session_ref):
-    if not host.store.exists("session", session_ref):
+    if not host.sessions.valid(session_ref):
         raise errors.XapiError(errors.SESSION_INVALID, session_ref)
     return session_ref
 
@@ -199,6 +199,7 @@ def finish_task(host, task_ref, result=None, error=None):
         else:
             record.update(status="failure", error_info=[str(e) for e in error], progress=1.0)
         record["finished"] = model.now_text()
+        host.store.modified("task", task_ref)
 
 
 def start_async(host, message, params):

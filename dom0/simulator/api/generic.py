@@ -138,7 +138,7 @@ def accessor(cls, verb):
             record = host.store.get(cls, ref)
             _check_type(spec, field, value)
             record[field] = value
-            host.store.touch()
+            host.store.touch(cls, ref)
             return ""
         return setter
     if verb.startswith("add_to_") and verb[7:] in spec.maps:
@@ -151,7 +151,7 @@ def accessor(cls, verb):
             if key in record[field]:
                 raise errors.XapiError(errors.MAP_DUPLICATE_KEY, cls, field, ref, key)
             record[field][key] = value
-            host.store.touch()
+            host.store.touch(cls, ref)
             return ""
         return add_to
     if verb.startswith("remove_from_") and verb[12:] in spec.maps:
@@ -160,7 +160,7 @@ def accessor(cls, verb):
         def remove_from(host, session, ref, key):
             record = host.store.get(cls, ref)
             if record[field].pop(key, None) is not None:
-                host.store.touch()
+                host.store.touch(cls, ref)
             return ""
         return remove_from
     return None

@@ -3,7 +3,6 @@
 import hmac
 
 from dom0.simulator import errors
-from dom0.simulator import model
 from dom0.simulator.api import dispatch
 from dom0.simulator.api import unmarshal
 from dom0.simulator.api.registry import message
@@ -20,20 +19,13 @@ def login_with_password(host, uname, pwd, version="1.0", originator=""):
     if not (ok_user and ok_pwd):
         raise errors.XapiError(
             errors.SESSION_AUTHENTICATION_FAILED, uname, "Authentication failure")
-    record = model.SESSION.new_record(
-        this_host=host.host_ref, last_active=model.now_text(),
-        validation_time=model.now_text(), originator=str(originator))
-    return host.store.add("session", record)
+    return host.sessions.login(host.host_ref, str(originator))
 
 
 @message("session.logout")
 def logout(host, session):
-    for task_ref in host.store.get("session", session)["tasks"]:
-        # XAPI destroys a session's finished tasks with it.
-        task = host.store.table("task").get(task_ref)
-        if task is not None and task["status"] != "pending":
-            host.store.remove("task", task_ref)
-    host.store.remove("session", session)
+    # XAPI destroys a session's finished tasks with it.
+    host.sessions.destroy(session)
 
 
 def _unmarshal_call_plugin(params):

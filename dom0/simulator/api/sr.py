@@ -91,6 +91,7 @@ def scan(host, session, sr_ref):
                 parent = host.store.get("VDI", parent_ref)
                 if parent["managed"] and not host.store.find("VBD", VDI=parent_ref):
                     parent["managed"] = False
+                    host.store.touch("VDI", parent_ref)
             _forget_missing(host, sr_ref)
             host.store.touch()
             host.store.commit()

@@ -190,7 +190,7 @@ def plug(host, session, vbd_ref):
     vbd["device"] = device_name(vbd["userdevice"])
     attach_device(host, vbd_ref)
     vbd["currently_attached"] = True
-    host.store.touch()
+    host.store.touch("VBD", vbd_ref)
 
 
 def _unplug(host, vbd_ref, force):
@@ -208,7 +208,7 @@ def _unplug(host, vbd_ref, force):
         raise errors.XapiError(errors.DEVICE_ALREADY_DETACHED, vbd_ref)
     detach_device(host, vbd_ref, force=force)
     vbd["currently_attached"] = False
-    host.store.touch()
+    host.store.touch("VBD", vbd_ref)
 
 
 @message("VBD.unplug", async_ok=True)

@@ -160,7 +160,7 @@ def resize(host, session, vdi_ref, size):
     with open(host.vdi_path(vdi), "r+b") as f:
         f.truncate(new_size)
     vdi["virtual_size"] = str(new_size)
-    host.store.touch()
+    host.store.touch("VDI", vdi_ref)
 
 
 def _data_extents(fd, size):

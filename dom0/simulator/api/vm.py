@@ -8,6 +8,7 @@ shutting a VM down detaches them.
 
 import copy
 
+from dom0.simulator import boot
 from dom0.simulator import errors
 from dom0.simulator import model
 from dom0.simulator.api import vbd as vbd_api
@@ -55,6 +56,9 @@ def create(host, session, record):
     vm = model.VM.new_record(**values)
     vm.update(power_state="Halted", resident_on=model.NULL_REF, domid="-1",
               is_control_domain=False)
+    if values.get("domain_type", "unspecified") == "unspecified":
+        # xapi_vm.ml, create: derive_domain_type from HVM_boot_policy.
+        vm["domain_type"] = "hvm" if vm["HVM_boot_policy"] else "pv"
     return host.store.add("VM", vm)
 
 
@@ -65,6 +69,7 @@ def start(host, session, vm_ref, start_paused, force):
     if record["is_a_template"]:
         raise errors.XapiError("VM_IS_TEMPLATE", vm_ref, "start")
     assert_power(host, vm_ref, "Halted")
+    boot.check_start(host, vm_ref, record)
     domids = [int(v["domid"]) for v in host.store.table("VM").values()]
     state = "Paused" if start_paused else "Running"
     host.store.update("VM", vm_ref, power_state=state, resident_on=host.host_ref,
@@ -73,6 +78,7 @@ def start(host, session, vm_ref, start_paused, force):
         vbd = host.store.get("VBD", vbd_ref)
         vbd["currently_attached"] = True
         vbd["device"] = vbd["device"] or vbd_api.device_name(vbd["userdevice"])
+        host.store.touch("VBD", vbd_ref)
     vif_api.set_attached(host, vm_ref, True)
     host.store.touch()
     _boot_messages(host, vm_ref, "started")

@@ -1,6 +1,6 @@
 """Images from a real Glance, snapshots back into it, in both agent modes.
 
-Glance runs as deployed (tests/glance.py: its API application under
+Glance runs as deployed (nova_xen_split/cmd/glance_server.py: its API application under
 gunicorn, a thin-provisioned file store); the driver/agent pair talks to it
 as to any Glance. Images are uploaded with fixed ids once per run. What
 lands is checked with independent tools (tar, qemu-img, debugfs).

@@ -147,13 +147,11 @@ class XenSplitTestCase(test.TestCase, integrated_helpers.PlacementInstanceHelper
 
     def _left_on_the_simulator(self):
         """What a server could have left: guest VMs, their VIFs and VBDs, and
-        VDIs. The agent's image cache VDIs are not the server's: they stay
-        for the next boot of the image (Nova's image cache manager removes
-        them when unused)."""
+        VDIs (but for the image cache's, which stay for the next boot)."""
         xapi = self._xapi()
         vms = self._guest_vms()
-        vdis = [rec for rec in xapi.VDI.get_all_records().values()
-                if marks.read_cache(rec["other_config"]) is None]
+        vdis = [vdi for vdi in xapi.VDI.get_all_records().values()
+                if marks.read_cache(vdi["other_config"]) is None]
         return {"VM": len(vms), "VIF": len(xapi.VIF.get_all()),
                 "VBD": sum(len(vm["VBDs"]) for vm in vms), "VDI": len(vdis)}
 

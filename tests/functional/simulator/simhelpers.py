@@ -53,6 +53,28 @@ def new_vm(xapi, name="guest"):
         "has_vendor_device": False})
 
 
+def startable_vm(xapi, sr_ref, name="guest"):
+    """An HVM guest whose BIOS boots its disk 0: VM.start accepts it
+    (dom0/simulator/boot.py); its boot disk is destroyed with :func:`drop_vm`."""
+    vm = new_vm(xapi, name)
+    xapi.VM.set_HVM_boot_policy(vm, "BIOS order")
+    xapi.VM.set_HVM_boot_params(vm, {"order": "c"})
+    xapi.VM.set_domain_type(vm, "hvm")
+    xapi.VBD.set_bootable(new_vbd(xapi, vm, new_vdi(xapi, sr_ref, MiB), userdevice="0"), True)
+    return vm
+
+
+def drop_vm(xapi, vm, keep=()):
+    """Shut down (if running) and destroy a VM and the VDIs of its VBDs
+    (but those in ``keep``)."""
+    if xapi.VM.get_power_state(vm) != "Halted":
+        xapi.VM.hard_shutdown(vm)
+    vdis = {xapi.VBD.get_VDI(vbd) for vbd in xapi.VM.get_VBDs(vm)} - set(keep)
+    xapi.VM.destroy(vm)
+    for vdi in vdis:
+        xapi.VDI.destroy(vdi)
+
+
 def failure(fn, *args):
     """The XAPI error description of a call that must fail."""
     with pytest.raises(XenAPI.Failure) as info:

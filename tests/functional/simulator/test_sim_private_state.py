@@ -1,7 +1,7 @@
 """The simulator on a shared machine: its state is its user's alone.
 
 Not XAPI behaviour (a real dom0 keeps its database in a root-only
-/var/lib/xcp); the simulator keeps live root sessions in ``db.json`` and
+/var/lib/xcp); the simulator keeps its database in ``db.json`` and
 every VDI's bytes under its state directory, so another local user must
 not be able to read them.
 """

@@ -6,7 +6,7 @@ import subprocess
 
 from tests.diskfiles import allocated_bytes
 from tests.functional.simulator.simhelpers import (
-    failure, new_vbd, new_vdi, new_vm, vdi_path, wait_task)
+    drop_vm, failure, new_vbd, new_vdi, new_vm, startable_vm, vdi_path, wait_task)
 
 MiB = 1 << 20
 
@@ -306,7 +306,7 @@ def test_plugging_into_a_halted_guest_is_vm_bad_power_state(xapi, sr_ref):
 
 
 def test_a_rw_disk_attached_to_one_guest_is_in_use_for_another(xapi, sr_ref):
-    vms = [new_vm(xapi) for _ in range(2)]
+    vms = [startable_vm(xapi, sr_ref) for _ in range(2)]
     vdi = new_vdi(xapi, sr_ref, MiB)
     new_vbd(xapi, vms[0], vdi)
     for vm in vms:
@@ -315,8 +315,7 @@ def test_a_rw_disk_attached_to_one_guest_is_in_use_for_another(xapi, sr_ref):
     assert failure(xapi.VBD.plug, second) == ["VDI_IN_USE", vdi]
     assert xapi.VBD.get_currently_attached(second) is False
     for vm in vms:
-        xapi.VM.hard_shutdown(vm)
-        xapi.VM.destroy(vm)
+        drop_vm(xapi, vm, keep=(vdi,))
     xapi.VDI.destroy(vdi)
 
 

@@ -3,7 +3,8 @@
 import os
 import xmlrpc.client
 
-from tests.functional.simulator.simhelpers import failure, new_vbd, new_vdi, new_vm
+from tests.functional.simulator.simhelpers import (
+    drop_vm, failure, new_vbd, new_vdi, new_vm, startable_vm)
 
 MiB = 1 << 20
 
@@ -61,8 +62,8 @@ def test_a_constructor_record_is_unmarshalled_before_the_session_is_checked(sim)
     assert answer["ErrorDescription"] == ["INTERNAL_ERROR", 'Failure("bad __structure")']
 
 
-def test_start_and_shutdowns_move_power_state_and_residence(xapi, host_ref):
-    vm = new_vm(xapi)
+def test_start_and_shutdowns_move_power_state_and_residence(xapi, host_ref, sr_ref):
+    vm = startable_vm(xapi, sr_ref)
     xapi.VM.start(vm, False, False)
     assert xapi.VM.get_power_state(vm) == "Running"
     assert xapi.VM.get_resident_on(vm) == host_ref
@@ -72,18 +73,17 @@ def test_start_and_shutdowns_move_power_state_and_residence(xapi, host_ref):
     xapi.VM.start(vm, False, False)
     xapi.VM.hard_shutdown(vm)
     assert xapi.VM.get_power_state(vm) == "Halted"
-    xapi.VM.destroy(vm)
+    drop_vm(xapi, vm)
 
 
-def test_power_operations_in_the_wrong_state_are_vm_bad_power_state(xapi):
-    vm = new_vm(xapi)
+def test_power_operations_in_the_wrong_state_are_vm_bad_power_state(xapi, sr_ref):
+    vm = startable_vm(xapi, sr_ref)
     assert failure(xapi.VM.clean_shutdown, vm) == ["VM_BAD_POWER_STATE", vm, "running", "halted"]
     xapi.VM.start(vm, False, False)
     assert failure(xapi.VM.start, vm, False, False) == [
         "VM_BAD_POWER_STATE", vm, "halted", "running"]
     assert failure(xapi.VM.destroy, vm) == ["VM_BAD_POWER_STATE", vm, "halted", "running"]
-    xapi.VM.hard_shutdown(vm)
-    xapi.VM.destroy(vm)
+    drop_vm(xapi, vm)
 
 
 def test_control_domain_cannot_be_shut_down_or_destroyed(xapi, dom0_ref):
@@ -97,6 +97,7 @@ def test_guest_vbds_attach_on_start_without_a_device_and_detach_on_shutdown(
     vm = new_vm(xapi)
     vdi = new_vdi(xapi, sr_ref, MiB)
     vbd = new_vbd(xapi, vm, vdi, userdevice="0")
+    xapi.VM.set_PV_bootloader(vm, "eliloader")  # reads no disk (boot.py)
     assert xapi.VM.get_VBDs(vm) == [vbd]
     xapi.VM.start(vm, False, False)
     assert xapi.VBD.get_currently_attached(vbd) is True
@@ -126,19 +127,18 @@ def test_other_config_of_a_vm_can_be_extended(xapi, dom0_ref):
     xapi.VM.destroy(vm)
 
 
-def test_async_vm_start_returns_a_task_whose_result_is_an_empty_value(xapi):
+def test_async_vm_start_returns_a_task_whose_result_is_an_empty_value(xapi, sr_ref):
     # gen_server.ml, operation: a message without a result is marshalled
     # as Rpc.String "", which taskHelper.ml (set_result_on_task) stores with
     # Xmlrpc.to_string: <value></value>.
     from tests.functional.simulator.simhelpers import wait_task
-    vm = new_vm(xapi)
+    vm = startable_vm(xapi, sr_ref)
     task = xapi.Async.VM.start(vm, False, False)
     assert wait_task(xapi, task) == "success"
     assert xapi.task.get_result(task) == "<value></value>"
     assert xapi.VM.get_power_state(vm) == "Running"
     xapi.task.destroy(task)
-    xapi.VM.hard_shutdown(vm)
-    xapi.VM.destroy(vm)
+    drop_vm(xapi, vm)
 
 
 def test_compute_vm_is_a_running_guest_that_knows_its_uuid(xapi_sim_compute):

@@ -144,3 +144,52 @@ def test_an_empty_stream_gives_no_windows():
 def test_buffers_must_hold_whole_blocks():
     with pytest.raises(ValueError, match="multiple of 65536"):
         readahead.ReadAhead(io.BytesIO(b""), 0, BLOCK + 1)
+
+
+class CheckedStream(io.BytesIO):
+    """A download that hands its checksum over, as agent.images.ImageReader does."""
+
+    def __init__(self, data, expected_hex):
+        super().__init__(data)
+        self.expected_hex = expected_hex
+        self.verified = []
+
+    def hash_elsewhere(self):
+        import hashlib
+
+        def verify(read_hex):
+            self.verified.append(read_hex)
+            if read_hex != self.expected_hex:
+                raise exceptions.ImageFetchFailed(image_id="img", reason="mismatch")
+        return hashlib.sha512(), verify
+
+
+def _mixed_stream(size):
+    disk = bytearray(size)
+    for index in range(0, size // BLOCK, 3):     # every third block holds data
+        disk[index * BLOCK:index * BLOCK + 100] = os.urandom(100)
+    disk[-7:] = b"tail!!!"
+    return bytes(disk)
+
+
+def test_a_checked_stream_is_hashed_from_the_windows_across_reuses():
+    import hashlib
+    data = _mixed_stream(8 * readahead.PIECE_BYTES + 3 * BLOCK + 7)
+    stream = CheckedStream(data, hashlib.sha512(data).hexdigest())
+    # Windows of two pieces: each is refilled several times while hashing.
+    seen = collect(stream, len(data), 2 * readahead.PIECE_BYTES)
+    assert stream.verified == [hashlib.sha512(data).hexdigest()]
+    assert rebuild(seen, len(data)) == data
+
+
+def test_a_checked_stream_that_does_not_match_fails_before_its_last_window():
+    data = _mixed_stream(4 * readahead.PIECE_BYTES)
+    stream = CheckedStream(data, "0" * 128)
+    handed = []
+    with pytest.raises(exceptions.ImageFetchFailed):
+        with readahead.ReadAhead(stream, len(data), readahead.PIECE_BYTES) as windows:
+            for w in windows:
+                handed.append(list(w.runs))
+                windows.release(w)
+    # The window holding the stream's end was never handed over.
+    assert all(offset + length < len(data) for runs in handed for offset, length in runs)

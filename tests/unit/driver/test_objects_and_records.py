@@ -34,11 +34,19 @@ def test_pv_record_boots_with_pygrub_and_no_hvm_policy():
     assert record["PV_bootloader"] == "pygrub" and record["HVM_boot_policy"] == ""
 
 
-def test_vm_mode_follows_the_image_property_then_the_disk_format():
+def test_vm_mode_follows_vm_mode_then_os_type_then_the_disk_format():
+    # Nova's xenapi vm_utils.determine_vm_mode, with VMMode.canonicalize.
     def mode(fmt, **props):
         return vm_utils.vm_mode_for(objects.ImageMeta(
             disk_format=fmt, properties=objects.ImageMetaProps(props)))
     assert mode("vhd") == "xen"
+    assert mode("ami") == "xen"
     assert mode("raw") == "hvm"
     assert mode("raw", vm_mode="xen") == "xen"
+    assert mode("raw", vm_mode="pv") == "xen"
     assert mode("vhd", vm_mode="hvm") == "hvm"
+    assert mode("vhd", vm_mode="hv") == "hvm"
+    assert mode("raw", os_type="linux") == "xen"
+    assert mode("vhd", os_type="windows") == "hvm"
+    assert mode("vhd", vm_mode="xen", os_type="windows") == "xen"
+    assert mode("raw", os_type="freebsd") == "hvm"

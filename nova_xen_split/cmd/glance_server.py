@@ -1,4 +1,5 @@
-"""A real Glance (the OpenStack image service) for the tests, on loopback.
+"""A real Glance (the OpenStack image service) on loopback, for the tests and
+the benchmarks (never for the product: the demo takes ``--glance-url``).
 
 :class:`GlanceProcess` runs Glance's own API application
 (``glance.wsgi.api:application``) under gunicorn, the way Glance is deployed
@@ -19,8 +20,8 @@ since its standalone ``glance-api`` server went away, with:
   image create otherwise).
 
 Glance is installed by ``.ci/install --tests`` (the ``glance-test`` extra);
-where it is not, :func:`available` is False and the fixture skips (fails
-under ``NXS_REQUIRE_REAL=1``).
+where it is not, :func:`available` is False, and the tests' ``glance``
+fixture skips (fails under ``NXS_REQUIRE_REAL=1``).
 """
 
 import http.client
