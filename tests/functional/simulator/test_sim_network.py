@@ -10,7 +10,7 @@ import os
 import pytest
 
 from tests.conftest import SimProcess
-from tests.functional.simulator.simhelpers import failure, new_vm
+from tests.functional.simulator.simhelpers import drop_vm, failure, new_vm, startable_vm
 
 MiB = 1 << 20
 MAC = "fa:16:3e:00:00:01"
@@ -36,8 +36,8 @@ def test_a_fresh_host_has_the_management_and_integration_bridges(xapi):
     assert bridges["xenbr0"]["MTU"] == "1500"
 
 
-def test_a_vif_is_made_attached_with_its_vm_and_destroyed_with_it(xapi):
-    vm = new_vm(xapi, "vif-life")
+def test_a_vif_is_made_attached_with_its_vm_and_destroyed_with_it(xapi, sr_ref):
+    vm = startable_vm(xapi, sr_ref, "vif-life")
     network = _network(xapi, "br-int")
     vif = xapi.VIF.create(_vif(vm, network))
     record = xapi.VIF.get_record(vif)
@@ -50,7 +50,7 @@ def test_a_vif_is_made_attached_with_its_vm_and_destroyed_with_it(xapi):
     assert xapi.VIF.get_currently_attached(vif) is True
     xapi.VM.hard_shutdown(vm)
     assert xapi.VIF.get_currently_attached(vif) is False
-    xapi.VM.destroy(vm)
+    drop_vm(xapi, vm)
     assert vif not in xapi.VIF.get_all()
 
 
@@ -89,8 +89,8 @@ def test_vif_create_names_a_missing_field_and_an_unknown_network(xapi):
     xapi.VM.destroy(vm)
 
 
-def test_plug_and_unplug_need_a_running_vm_and_the_other_state(xapi):
-    vm = new_vm(xapi, "vif-plug")
+def test_plug_and_unplug_need_a_running_vm_and_the_other_state(xapi, sr_ref):
+    vm = startable_vm(xapi, sr_ref, "vif-plug")
     vif = xapi.VIF.create(_vif(vm, _network(xapi, "br-int")))
     assert failure(xapi.VIF.plug, vif) == ["VM_BAD_POWER_STATE", vm, "running", "halted"]
     xapi.VM.start(vm, False, False)
@@ -102,12 +102,11 @@ def test_plug_and_unplug_need_a_running_vm_and_the_other_state(xapi):
     xapi.VIF.plug(vif)
     xapi.VIF.unplug(vif)
     xapi.VIF.destroy(vif)
-    xapi.VM.hard_shutdown(vm)
-    xapi.VM.destroy(vm)
+    drop_vm(xapi, vm)
 
 
-def test_a_reboot_is_a_new_domain_of_a_running_vm(xapi):
-    vm = new_vm(xapi, "reboots")
+def test_a_reboot_is_a_new_domain_of_a_running_vm(xapi, sr_ref):
+    vm = startable_vm(xapi, sr_ref, "reboots")
     assert failure(xapi.VM.clean_reboot, vm) == ["VM_BAD_POWER_STATE", vm, "running",
                                                  "halted"]
     xapi.VM.start(vm, False, False)
@@ -117,19 +116,18 @@ def test_a_reboot_is_a_new_domain_of_a_running_vm(xapi):
     xapi.VM.hard_reboot(vm)
     assert len({first, second, xapi.VM.get_domid(vm)}) == 3
     assert xapi.VM.get_power_state(vm) == "Running"
-    xapi.VM.hard_shutdown(vm)
-    xapi.VM.destroy(vm)
+    drop_vm(xapi, vm)
 
 
-def test_host_memory_free_is_what_resident_vms_do_not_hold(xapi, host_ref):
+def test_host_memory_free_is_what_resident_vms_do_not_hold(xapi, host_ref, sr_ref):
     metrics = xapi.host.get_metrics(host_ref)
     free = int(xapi.host_metrics.get_memory_free(metrics))
-    vm = new_vm(xapi, "holds-memory")
+    vm = startable_vm(xapi, sr_ref, "holds-memory")
     xapi.VM.start(vm, False, False)
     assert int(xapi.host_metrics.get_memory_free(metrics)) == free - 512 * MiB
     xapi.VM.hard_shutdown(vm)
     assert int(xapi.host_metrics.get_memory_free(metrics)) == free
-    xapi.VM.destroy(vm)
+    drop_vm(xapi, vm)
 
 
 def test_a_file_srs_size_is_its_filesystems(xapi, sr_ref, sim):
