@@ -7,7 +7,7 @@ from nova_xen_split import objects
 from nova_xen_split.cmd import demo_env
 from rpc import exceptions
 from tests.functional.driver.conftest import (
-    IMAGE_MB, MiB, leftovers, make_instance, spawn)
+    IMAGE_MB, TEST_IMAGE, MiB, leftovers, make_instance, spawn)
 from nova_xen_split.xenhost import marks
 
 
@@ -39,7 +39,7 @@ def test_the_boot_mode_follows_the_images_properties_and_the_guest_runs(
         xapi_sim, make_pair, properties, pv):
     pair = make_pair(xapi_sim)
     instance = make_instance(config_drive="")
-    spawn(pair, instance, meta=_meta("test-image", **properties))
+    spawn(pair, instance, meta=_meta(TEST_IMAGE, **properties))
 
     record = _vm_record(pair, instance)
     assert record["power_state"] == "Running"
@@ -54,7 +54,7 @@ def test_the_boot_mode_follows_the_images_properties_and_the_guest_runs(
 def test_a_pv_image_without_a_bootloader_config_fails_to_start_and_leaves_nothing(
         xapi_sim, make_pair, image_service, image_without_bootloader):
     image_service.add(image_without_bootloader, "no-grub")
-    pair = make_pair(xapi_sim)
+    pair = make_pair(xapi_sim, image_url=image_service.url)
     baseline = pair.counts()
     instance = make_instance(config_drive="", image_ref="no-grub")
 
@@ -70,7 +70,7 @@ def test_the_same_image_boots_as_hvm(xapi_sim, make_pair, image_service,
                                      image_without_bootloader):
     # Nova's default for raw data: HVM, whose BIOS needs no config file.
     image_service.add(image_without_bootloader, "no-grub")
-    pair = make_pair(xapi_sim)
+    pair = make_pair(xapi_sim, image_url=image_service.url)
     instance = make_instance(config_drive="", image_ref="no-grub")
     spawn(pair, instance, meta=_meta("no-grub"))
     assert _vm_record(pair, instance)["power_state"] == "Running"
