@@ -125,12 +125,15 @@ def default_sr(session):
     return sr_ref
 
 
-def sr_path(session, sr_ref):
-    """Directory of a file-based SR: its PBD's ``device_config`` path."""
+def sr_path(session, sr_ref, required=True):
+    """Directory of a file-based SR: its PBD's ``device_config`` path. An SR
+    on a device (LVM) has none: None, or (``required``) XapiFailure."""
     for pbd in session.call("SR.get_PBDs", sr_ref):
         path = session.call("PBD.get_device_config", pbd).get("path")
         if path:
             return path
+    if not required:
+        return None
     sr_uuid = session.call("SR.get_uuid", sr_ref)
     raise exceptions.XapiFailure(
         details=["SR_BACKEND_FAILURE", "SR %s has no PBD with a path" % sr_uuid])

@@ -1,10 +1,13 @@
 """What both backends do the same way: VHD chains, dom0 devices, checks."""
 
+import itertools
 import logging
 import os
+import struct
+import tarfile
 import tempfile
 
-from agent import configdrive, image_cache, images, vdis
+from agent import configdrive, image_cache, images, vdi_import, vdis
 from agent.backends import base
 from nova_xen_split.xenhost import marks, xapi
 from rpc import exceptions
@@ -33,6 +36,40 @@ def partition_type_for(fs_type):
 
 def round_up(value, unit):
     return -(-value // unit) * unit
+
+
+_VHD_PIECE_BYTES = 4 << 20
+_VHD_FOOTER_BYTES = 512
+_VHD_DYNAMIC, _VHD_DIFFERENCING = 3, 4
+
+
+def _first_vhd(archive, image_id):
+    """(member, its stream, its first 512 bytes, the disk's virtual size) of
+    the first ``.vhd`` in a tarball read as a stream. A dynamic VHD starts
+    with a copy of its footer (cookie ``conectix``, the current size at byte
+    48, the disk type at 60); a fixed one is the disk then the footer."""
+    for member in iter(archive.next, None):
+        if member.isfile() and member.name.endswith(".vhd"):
+            break
+    else:
+        raise exceptions.ImageFetchFailed(image_id=image_id, reason="no .vhd in the tarball")
+    stream = archive.extractfile(member)
+    first = stream.read(_VHD_FOOTER_BYTES)
+    if len(first) < _VHD_FOOTER_BYTES:
+        raise exceptions.ImageFetchFailed(
+            image_id=image_id, reason="%s is shorter than a VHD footer" % member.name)
+    if first[:8] != b"conectix":
+        return member, stream, first, member.size - _VHD_FOOTER_BYTES  # fixed
+    virtual_size, = struct.unpack_from(">Q", first, 48)
+    disk_type, = struct.unpack_from(">I", first, 60)
+    if disk_type == _VHD_DIFFERENCING:
+        raise exceptions.ImageFetchFailed(image_id=image_id, reason=(
+            "%s is a differencing VHD: a chain cannot be imported into an SR "
+            "without a directory (LVM)" % member.name))
+    if disk_type != _VHD_DYNAMIC:
+        raise exceptions.ImageFetchFailed(
+            image_id=image_id, reason="%s: VHD disk type %d" % (member.name, disk_type))
+    return member, stream, first, virtual_size
 
 
 def _log_vhd_checksum(image_id, endpoint, checksum, chain):
@@ -169,6 +206,10 @@ class CommonBackend(base.Backend):
         """
         session = self.ctx.session
         request = root_request(image_id, "vhd")
+        sr_ref = vdis.default_sr(session)
+        sr_path = vdis.sr_path(session, sr_ref, required=False)
+        if sr_path is None:  # vdis.make takes the instance's key itself
+            return self._import_vhd(instance_uuid, image_id, auth_token, sr_ref)
         with self.ctx.busy.key(instance_uuid, marks.ROOT):
             found = vdis.find_ready(session, instance_uuid, marks.ROOT)
             if found:
@@ -247,6 +288,47 @@ class CommonBackend(base.Backend):
             self._forget_chain(sr_ref, chain["root"])
             raise
         return root_ref
+
+    def _import_vhd(self, instance_uuid, image_id, auth_token, sr_ref):
+        """fetch_vhd on an SR with no directory (LVM), where the dom0 plugin
+        cannot put VHD files: the agent reads the image's tarball itself and
+        sends its one VHD with ``PUT /import_raw_vdi?format=vhd``, which any
+        SR takes. A chain (a differencing VHD) needs its parents' files:
+        refused with ImageFetchFailed."""
+        session = self.ctx.session
+        reader = images.open_image(self.conf, image_id, auth_token)
+        try:
+            archive = tarfile.open(fileobj=reader, mode="r|")
+            member, stream, first, virtual_size = _first_vhd(archive, image_id)
+
+            def fill(vdi_ref):
+                base.checkpoint("created")
+                pieces = itertools.chain(
+                    [first], iter(lambda: stream.read(_VHD_PIECE_BYTES), b""))
+                progress = vdi_import.Progress(
+                    "import of image %s as vhd" % image_id, member.size,
+                    interval=self.conf.agent.progress_interval)
+                vdi_import.put(session, vdi_ref, {"format": "vhd"}, member.size,
+                               ([piece] for piece in pieces), progress)
+                # Read on to the end (the download's checksum is checked).
+                for other in iter(archive.next, None):
+                    if other.name.endswith(".vhd"):
+                        raise exceptions.ImageFetchFailed(image_id=image_id, reason=(
+                            "%s holds more than one VHD (%s): a chain cannot be imported "
+                            "into an SR without a directory (LVM)" % (image_id, other.name)))
+                while reader.read(_VHD_PIECE_BYTES):
+                    pass
+                base.checkpoint("uploaded")
+
+            ref = vdis.make(self.ctx, "fetch_image", instance_uuid, marks.ROOT,
+                            root_request(image_id, "vhd"),
+                            lambda: round_up(virtual_size, base.MiB), fill, sr_ref=sr_ref)
+        except tarfile.TarError as e:
+            raise exceptions.ImageFetchFailed(
+                image_id=image_id, reason="not a tarball of VHDs: %s" % e) from None
+        finally:
+            reader.close()
+        return dict(vdis.result(session, ref), type="root")
 
     def _forget_chain(self, sr_ref, root_uuid):
         """After a failure: make XAPI see the new VHDs, then destroy the leaf

@@ -143,13 +143,14 @@ class _SplicedBody(_Body):
 class _VdiTarget:
     """The VDI file opened for an import, undone if it fails on a fresh VDI."""
 
-    def __init__(self, vdi_path, vdi_size):
+    def __init__(self, vdi_path, vdi_size, thick=False):
         self.vdi_path = vdi_path
         self.vdi_size = vdi_size
+        self.thick = thick
 
     def __enter__(self):
         self.fd = os.open(self.vdi_path, os.O_WRONLY)
-        self.writer = sparsefile.SparseWriter(self.fd, self.vdi_size)
+        self.writer = sparsefile.SparseWriter(self.fd, self.vdi_size, self.thick)
         self._was_empty = self.writer.fresh
         return self
 
@@ -188,27 +189,29 @@ class _VdiTarget:
             raise ImportFailed("writing the VDI failed at offset %d: %s" % (offset, e)) from None
 
 
-def import_raw(rfile, content_length, vdi_path, vdi_size, chunked):
+def import_raw(rfile, content_length, vdi_path, vdi_size, chunked, thick=False):
     """Write a raw body into the VDI file; returns the disk bytes imported.
 
     Plain: the body is the disk from offset 0. ``chunked``: XAPI's sparse
     framing, repeated ``<uint64 offset><uint32 length>`` (little-endian) and
     data, ended by a chunk of offset 0 and length 0. ``content_length`` None
-    (no header) reads a plain body until the peer closes it.
+    (no header) reads a plain body until the peer closes it. ``thick``: the
+    VDI is a thick volume (an LVM SR), where every byte received is written,
+    zeros too, and none is left a hole.
     """
     if chunked:
         # Without a Content-Length the terminating chunk alone ends the body.
         length = _UNBOUNDED if content_length is None else content_length
-        with _VdiTarget(vdi_path, vdi_size) as target, \
+        with _VdiTarget(vdi_path, vdi_size, thick) as target, \
                 _moving(rfile, length, target) as (body, copy):
             return _import_chunks(body, copy, vdi_size, content_length is not None)
     if content_length is None:
-        with _VdiTarget(vdi_path, vdi_size) as target:
+        with _VdiTarget(vdi_path, vdi_size, thick) as target:
             return _copy_until_eof(rfile, target, vdi_size)
     if content_length > vdi_size:
         raise ImportFailed("the body (%d bytes) is larger than the VDI (%d bytes)"
                            % (content_length, vdi_size))
-    with _VdiTarget(vdi_path, vdi_size) as target, \
+    with _VdiTarget(vdi_path, vdi_size, thick) as target, \
             _moving(rfile, content_length, target) as (_, copy):
         copy(0, content_length)
     return content_length
@@ -222,7 +225,8 @@ def _moving(rfile, length, target):
     thread writes (:class:`_WriteBehind`)."""
     if splicein.usable(rfile):
         body = _SplicedBody(rfile, length)
-        with splicein.Receiver(rfile.socket, target.fd, target.vdi_path) as receiver:
+        with splicein.Receiver(rfile.socket, target.fd, target.vdi_path,
+                               target.thick) as receiver:
             yield body, functools.partial(body.splice, receiver)
     else:
         body = _Body(rfile, length)
@@ -355,12 +359,12 @@ def _import_chunks(body, copy, vdi_size, length_known):
     return imported
 
 
-def import_vhd(rfile, content_length, vdi_path, vdi_size):
+def import_vhd(rfile, content_length, vdi_path, vdi_size, thick=False):
     """Decode a dynamic or fixed VHD body into the VDI; returns disk bytes written."""
     if content_length is None:
         raise ImportFailed("a VHD body needs a Content-Length")
     body = _Body(rfile, content_length)
-    with _VdiTarget(vdi_path, vdi_size) as target, _WriteBehind(target) as writer:
+    with _VdiTarget(vdi_path, vdi_size, thick) as target, _WriteBehind(target) as writer:
         try:
             return vhd.decode_stream(body, content_length, writer)
         except VhdError as e:

@@ -19,6 +19,7 @@ from dom0.simulator import model
 from dom0.simulator import plugins
 from dom0.simulator import private
 from dom0.simulator import sessions
+from dom0.simulator import storage
 from dom0.simulator import udev
 
 LOG = logging.getLogger(__name__)
@@ -56,14 +57,19 @@ class VdiWriters:
                     del self._locks[path]
 
 
+class StateMismatch(Exception):
+    """The state directory holds a host that differs from the one asked for."""
+
+
 class SimulatedHost:
     def __init__(self, state_dir, password, compute_vm=False, plugin_dir=None,
                  plugin_timeout=600, loop_devices=True, partition_devices=True,
                  import_attach_seconds=0.0, host_cpus=4, host_memory_mb=16384,
-                 session_idle_seconds=None):
+                 session_idle_seconds=None, sr_type=storage.EXT):
         self.host_cpus = host_cpus
         self.host_memory_mb = host_memory_mb
         self.state_dir = os.path.abspath(state_dir)
+        self.sr_type = sr_type  # see storage.py
         # What each import waits before reading its body (see http_data).
         self.import_attach_seconds = import_attach_seconds
         self.password = password
@@ -100,6 +106,11 @@ class SimulatedHost:
         """dom0's /boot: guest kernels may be booted from under it."""
         return os.path.join(self.state_dir, "boot")
 
+    @property
+    def sr_thick(self):
+        """Whether VDIs are thick volumes (an LVM SR): see storage.py."""
+        return self.sr_type == storage.LVM
+
     def vm_dir(self, vm_uuid):
         return os.path.join(self.state_dir, "vms", vm_uuid)
 
@@ -133,6 +144,11 @@ class SimulatedHost:
             if not self.store.load():
                 self._create_objects()
             self._find_objects()
+            found = self.store.get("SR", self.sr_ref)["type"]
+            found = storage.EXT if found == "file" else found  # states made before types
+            if found != self.sr_type:
+                raise StateMismatch("%s holds a host whose SR is %s, not %s"
+                                    % (self.state_dir, found, self.sr_type))
             self._set_up_hardware()
             self._set_up_compute_vm()
             self._forget_attachments()
@@ -146,7 +162,9 @@ class SimulatedHost:
         os.makedirs(self.console_dir, exist_ok=True)
         self.plugins = plugins.PluginRunner(self._plugin_dir, self._plugin_timeout, {
             "NXS_DOM0_DEV_DIR": self.vm_dev_dir(dom0_uuid),
-            "NXS_DOM0_SR_ROOT": self.sr_root,
+            # An LVM SR has no mount: a plugin finds no SR directory there.
+            "NXS_DOM0_SR_ROOT": (os.path.join(self.state_dir, "sr-mount") if self.sr_thick
+                                 else self.sr_root),
             "NXS_DOM0_BOOT_DIR": boot_dir,
             "NXS_DOM0_CONSOLE_DIR": self.console_dir,
         })
@@ -175,12 +193,16 @@ class SimulatedHost:
             name_label=socket.gethostname(), hostname=socket.gethostname(),
             control_domain=dom0_ref,
             software_version={"product_brand": "xapi-sim", "xapi": "1.0"}), ref=host_ref)
-        sr = model.SR.new_record(name_label="Local storage", type="file",
+        sr = model.SR.new_record(name_label="Local storage", type=self.sr_type,
                                  other_config={"i18n-key": "local-storage"})
+        if self.sr_thick:
+            sr["sm_config"] = {"allocation": "thick", "use_vhd": "true"}
+            device_config = {"device": storage.LVM_DEVICE}
+        else:
+            device_config = {"path": os.path.join(self.sr_root, sr["uuid"])}
         sr_ref = store.add("SR", sr)
         store.add("PBD", model.PBD.new_record(
-            host=host_ref, SR=sr_ref, currently_attached=True,
-            device_config={"path": os.path.join(self.sr_root, sr["uuid"])}))
+            host=host_ref, SR=sr_ref, currently_attached=True, device_config=device_config))
         store.add("pool", model.POOL.new_record(
             master=host_ref, default_SR=sr_ref, suspend_image_SR=sr_ref,
             crash_dump_SR=sr_ref))

@@ -222,9 +222,9 @@ def handle_import(host, handler):
         time.sleep(host.import_attach_seconds)
         with host.vdi_writers.hold(path):
             if fmt == "vhd":
-                dataio.import_vhd(body, content_length, path, size)
+                dataio.import_vhd(body, content_length, path, size, host.sr_thick)
             else:
-                dataio.import_raw(body, content_length, path, size, chunked)
+                dataio.import_raw(body, content_length, path, size, chunked, host.sr_thick)
 
     # import_raw_vdi.ml, localhost_handler: TaskHelper.complete with
     # API.rpc_of_ref_VDI vdi: the import's task result is the VDI's ref.

@@ -159,6 +159,11 @@ def parse_args(argv):
     parser.add_argument("--session-idle-seconds", type=float, default=24 * 3600.0,
                         help="seconds after which a session nobody uses expires, as "
                         "XAPI's inactive_session_timeout (default: 86400, a day)")
+    parser.add_argument("--sr-type", choices=("ext", "lvm"), default="ext",
+                        help="the local SR: ext (VDIs are VHD files in a mounted "
+                        "directory) or lvm (thick volumes, no mount, sizes in 2 MiB "
+                        "steps); fixed when the state directory is first made "
+                        "(default: ext)")
     parser.add_argument("--verbose", action="store_true", help="log every call")
     args = parser.parse_args(argv)
     if not 1 <= args.host_cpus <= 512:
@@ -204,8 +209,12 @@ def main(argv=None):
         partition_devices=not args.no_partition_devices,
         import_attach_seconds=args.import_attach_seconds,
         host_cpus=args.host_cpus, host_memory_mb=args.host_memory_mb,
-        session_idle_seconds=args.session_idle_seconds)
-    sim_host.open()
+        session_idle_seconds=args.session_idle_seconds, sr_type=args.sr_type)
+    try:
+        sim_host.open()
+    except host_mod.StateMismatch as e:
+        print("xapi-sim: %s" % e, file=sys.stderr)
+        return 1
     server = make_server(sim_host, args.address, args.port)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

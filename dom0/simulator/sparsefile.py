@@ -96,10 +96,11 @@ class SparseWriter:
     show through. ``limit`` is the size nothing may be written past.
     """
 
-    def __init__(self, fd, limit):
+    def __init__(self, fd, limit, thick=False):
         self.fd = fd
         self.limit = limit
         self.fresh = not has_data(fd)
+        self.thick = thick  # write zeros as data: a thick volume has no holes
 
     def write(self, offset, data):
         """Write memoryview ``data`` at ``offset``; the caller checked the limit."""
@@ -121,7 +122,7 @@ class SparseWriter:
             self._flush(offset, data, run_start, pos, run_zero)
 
     def _flush(self, offset, data, start, end, zero):
-        if zero:
+        if zero and not self.thick:
             if not self.fresh:
                 punch_hole(self.fd, offset + start, end - start)
             return

@@ -71,7 +71,8 @@ class Receiver:
     the pipe is closed. ``vdi_path`` is opened read-only for the zero check.
     """
 
-    def __init__(self, sock, fd, vdi_path):
+    def __init__(self, sock, fd, vdi_path, thick=False):
+        self._thick = thick  # keep zeros as written: a thick volume has no holes
         self._sock = sock
         self._fd = fd
         self._read_fd = os.open(vdi_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -128,6 +129,8 @@ class Receiver:
         cache through a reused buffer, its first bytes first: data shows at
         once, and only a piece that starts with zeros is read whole.
         """
+        if self._thick:
+            return end
         try:
             _punch_zero_runs(self._read_fd, self._probe, self._fd, start, end)
         except OSError as e:

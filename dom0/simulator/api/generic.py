@@ -25,6 +25,8 @@ def derived_field(host, cls, ref, record, field):
         # datamodel.ml, relations: VDI.snapshots is the other end of snapshot_of.
         return store.find("VDI", snapshot_of=ref)
     if cls == "VDI" and field == "physical_utilisation":
+        if host.sr_thick:  # stored by the storage layer (storage.py)
+            return record["physical_utilisation"]
         try:
             # A clone's shared blocks are its parent's (extents.py).
             return str(extents.own_bytes(host.vdi_path(record)))

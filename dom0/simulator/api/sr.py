@@ -16,6 +16,7 @@ import threading
 
 from dom0.simulator import errors
 from dom0.simulator import model
+from dom0.simulator.api import vdi as vdi_api
 from dom0.simulator.api.registry import message
 
 LOG = logging.getLogger(__name__)
@@ -93,5 +94,7 @@ def scan(host, session, sr_ref):
                     parent["managed"] = False
                     host.store.touch("VDI", parent_ref)
             _forget_missing(host, sr_ref)
+            for vdi_ref in host.store.find("VDI", SR=sr_ref):
+                vdi_api.refresh_thick_sizes(host, sr_ref, vdi_ref)
             host.store.touch()
             host.store.commit()

@@ -1,7 +1,9 @@
 """VDI messages: create, destroy, resize, copy, snapshot, clone.
 
-A VDI is the sparse file ``<state>/sr/<sr-uuid>/<vdi-uuid>.raw``; its
-``physical_utilisation`` is the file's allocated size, read on demand.
+A VDI is the sparse file ``<state>/sr/<sr-uuid>/<vdi-uuid>.raw``; on an ext
+SR its ``physical_utilisation`` is the file's allocated size, read on demand;
+on an LVM SR sizes go in 2 MiB steps and ``physical_utilisation`` is the
+thick volume's size, stored (see storage.py).
 Errors follow xen-api's ``xapi_vdi.ml`` (``VDI_IN_USE [vdi, operation]`` while
 any VBD is attached) and the file SR backend (shrinking is
 ``SR_BACKEND_FAILURE_79`` "VDI Invalid size").
@@ -14,6 +16,7 @@ import os
 from dom0.simulator import errors
 from dom0.simulator import model
 from dom0.simulator import private
+from dom0.simulator import storage
 from dom0.simulator.api import unmarshal
 from dom0.simulator.api.registry import message
 
@@ -77,6 +80,9 @@ def create(host, session, record):
         xenstore_data=_map_field(record, "xenstore_data"),
         tags=[str(t) for t in record.get("tags", [])])
     vdi["location"] = vdi["uuid"]
+    if host.sr_thick and size <= MAX_VHD_SIZE:
+        size = storage.vhd_size(size)
+        vdi["virtual_size"] = str(size)
     if vdi["sm_config"].get("type") != "raw" and size > MAX_VHD_SIZE:
         # SM's FileSR makes a VHD unless sm_config:type=raw, and refuses a
         # size past vhdutil.MAX_VHD_SIZE (libs/sm/drivers/FileSR.py,
@@ -84,7 +90,26 @@ def create(host, session, record):
         raise errors.sm_failure(errors.SR_BACKEND_FAILURE_VDI_SIZE, "VDI Invalid size",
                                 "VDI size must be between 1 MB and %d MB" % (MAX_VHD_SIZE >> 20))
     _create_file(host.vdi_path(vdi), size)
-    return host.store.add("VDI", vdi)
+    ref = host.store.add("VDI", vdi)
+    refresh_thick_sizes(host, sr_ref, ref)
+    return ref
+
+
+def refresh_thick_sizes(host, sr_ref, vdi_ref=None):
+    """What SM stores on an LVM SR after a change: the VDI's LV size and the
+    SR's totals (storage.py). Nothing on an ext SR, whose figures are read
+    from the files."""
+    if not host.sr_thick:
+        return
+    if vdi_ref is not None:
+        vdi = host.store.get("VDI", vdi_ref)
+        vdi["physical_utilisation"] = str(storage.lv_size(int(vdi["virtual_size"])))
+        host.store.touch("VDI", vdi_ref)
+    vdis = [host.store.get("VDI", ref) for ref in host.store.find("VDI", SR=sr_ref)]
+    host.store.update("SR", sr_ref,
+                      physical_utilisation=str(sum(int(v["physical_utilisation"])
+                                                   for v in vdis)),
+                      virtual_allocation=str(sum(int(v["virtual_size"]) for v in vdis)))
 
 
 def _create_file(path, size):
@@ -125,6 +150,7 @@ def remove_vdi(host, vdi_ref):
         except FileNotFoundError:
             pass
     host.store.remove("VDI", vdi_ref)
+    refresh_thick_sizes(host, vdi["SR"])
     parent_uuid = vdi["sm_config"].get("vhd-parent")
     if not parent_uuid:
         return
@@ -152,6 +178,8 @@ def destroy(host, session, vdi_ref):
 def resize(host, session, vdi_ref, size):
     vdi = host.store.get("VDI", vdi_ref)
     new_size = parse_size(size, "size")
+    if host.sr_thick and new_size <= MAX_VHD_SIZE:
+        new_size = storage.vhd_size(new_size)
     assert_not_attached(host, vdi_ref, "resize")
     old_size = int(vdi["virtual_size"])
     if new_size < old_size:
@@ -161,6 +189,7 @@ def resize(host, session, vdi_ref, size):
         f.truncate(new_size)
     vdi["virtual_size"] = str(new_size)
     host.store.touch("VDI", vdi_ref)
+    refresh_thick_sizes(host, vdi["SR"], vdi_ref)
 
 
 def _data_extents(fd, size):
@@ -253,6 +282,7 @@ def copy(host, session, vdi_ref, sr_ref=model.NULL_REF, base_vdi=model.NULL_REF,
     with host.store.lock:
         os.replace(partial, dst_path)
         ref = host.store.add("VDI", record)
+        refresh_thick_sizes(host, record["SR"], ref)
         host.store.commit()
     return ref
 

@@ -72,16 +72,20 @@ def _check_fault_leaves_nothing(pair, message, skip, step):
 
 @pytest.mark.parametrize("message,skip,step", INDEPENDENT_FAULTS,
                          ids=["%s-%d" % (m, s) for m, s, _ in INDEPENDENT_FAULTS])
+@pytest.mark.parametrize("sr_type", ["ext", "lvm"])
 def test_independent_spawn_with_a_xapi_error_at_a_step_leaves_nothing(
-        message, skip, step, xapi_sim, make_pair):
-    _check_fault_leaves_nothing(make_pair(xapi_sim), message, skip, step)
+        message, skip, step, sr_type, loop_devices, make_sim, make_pair):
+    sim = make_sim(extra_args=["--sr-type", sr_type])
+    _check_fault_leaves_nothing(make_pair(sim), message, skip, step)
 
 
 @pytest.mark.parametrize("message,skip,step", IN_GUEST_FAULTS,
                          ids=["%s-%d" % (m, s) for m, s, _ in IN_GUEST_FAULTS])
+@pytest.mark.parametrize("sr_type", ["ext", "lvm"])
 def test_in_guest_spawn_with_a_xapi_error_at_a_step_leaves_nothing(
-        message, skip, step, xapi_sim_compute, make_pair):
-    _check_fault_leaves_nothing(make_pair(xapi_sim_compute), message, skip, step)
+        message, skip, step, sr_type, loop_devices, make_sim, make_pair):
+    sim = make_sim(compute_vm=True, extra_args=["--sr-type", sr_type])
+    _check_fault_leaves_nothing(make_pair(sim), message, skip, step)
 
 
 def _short_timeouts():
