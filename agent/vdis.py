@@ -181,6 +181,24 @@ def refuse_if_caller_gone(what):
                                      outcome="the VDI is destroyed")
 
 
+def still_wanted(session, vdi_ref, what):
+    """A check for long work filling a VDI, to call now and then from any
+    thread: raises CallExpired once the running call's caller has given up,
+    and XapiFailure when XAPI cannot be reached or the VDI is gone (the
+    driver's sweep destroyed it), so that the work stops at once instead of
+    reading the rest of an image for nothing."""
+    gone = dispatch.caller_gone_check()
+
+    def check():
+        why = gone() if gone is not None else None
+        if why:
+            raise exceptions.CallExpired(method="making the %s VDI" % what, why=why,
+                                         outcome="the VDI is destroyed")
+        session.call("VDI.get_uuid", vdi_ref)
+
+    return check
+
+
 def result(session, vdi_ref):
     """What the interface returns for a made VDI."""
     rec = session.call("VDI.get_record", vdi_ref)

@@ -158,6 +158,12 @@ class Backend(metaclass=abc.ABCMeta):
         vms = [ref for ref in (self.ctx.vm_ref, self.ctx.dom0_ref) if ref]
         return vdis.cleanup(self.ctx.session, vms, self.ctx.tag, self.ctx.busy)
 
+    def settle(self):
+        """One settling round (run by the agent now and then, not a verb of
+        the interface): what :meth:`cleanup_attached_vdis` does, skipping
+        what running operations use. Returns the same counts."""
+        return self.cleanup_attached_vdis()
+
     def destroy_vdis(self, vdi_uuids):
         """Destroy VDIs, unplugging this agent's VBDs of them first.
 

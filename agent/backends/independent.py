@@ -83,8 +83,11 @@ class IndependentBackend(CommonBackend):
                                    progress_interval=self.conf.agent.progress_interval,
                                    opened=reader.file)
             else:
-                upload.upload_stream(self.ctx.session, vdi_ref, reader, reader.size_bytes,
-                                     progress_interval=self.conf.agent.progress_interval)
+                upload.upload_stream(
+                    self.ctx.session, vdi_ref, reader, reader.size_bytes,
+                    progress_interval=self.conf.agent.progress_interval,
+                    still_wanted=vdis.still_wanted(self.ctx.session, vdi_ref,
+                                                   "root of instance %s" % instance_uuid))
             base.checkpoint("uploaded")
 
         try:
