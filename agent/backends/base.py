@@ -160,9 +160,15 @@ class Backend(metaclass=abc.ABCMeta):
 
     def settle(self):
         """One settling round (run by the agent now and then, not a verb of
-        the interface): what :meth:`cleanup_attached_vdis` does, skipping
-        what running operations use. Returns the same counts."""
-        return self.cleanup_attached_vdis()
+        the interface): what :meth:`cleanup_attached_vdis` does, and the
+        VDIs of instances the driver gave up on go
+        (:func:`agent.vdis.settle_given_up`), skipping what running
+        operations use. Returns the counts."""
+        settled = self.cleanup_attached_vdis()
+        settled["destroyed"] += vdis.settle_given_up(
+            self.ctx.session, self.ctx.tag, self.ctx.busy,
+            keep_seconds=2 * self.conf.agent.long_rpc_timeout)
+        return settled
 
     def destroy_vdis(self, vdi_uuids):
         """Destroy VDIs, unplugging this agent's VBDs of them first.

@@ -118,6 +118,8 @@ class CommonBackend(base.Backend):
                 vdis.check_same_request(found, instance_uuid, marks.ROOT, request,
                                         "fetch_image")
                 return dict(vdis.result(session, found[0]), type="root")
+            vdis.refuse_if_given_up(session, instance_uuid, "root of instance %s"
+                                    % instance_uuid)
             sr_ref = vdis.default_sr(session)
             sr_path = vdis.sr_path(session, sr_ref)
             with vdis.pending_chain(session, sr_ref, instance_uuid, self.ctx.tag,
@@ -174,6 +176,8 @@ class CommonBackend(base.Backend):
                     "the spawn was undone) while dom0 was landing the image; the VHD "
                     "chain is destroyed" % instance_uuid)
             vdis.refuse_if_caller_gone("root of instance %s" % instance_uuid)
+            vdis.refuse_if_given_up(session, instance_uuid, "root of instance %s"
+                                    % instance_uuid)
         except BaseException:
             self._forget_chain(sr_ref, chain["root"])
             raise

@@ -87,7 +87,8 @@ class IndependentBackend(CommonBackend):
                     self.ctx.session, vdi_ref, reader, reader.size_bytes,
                     progress_interval=self.conf.agent.progress_interval,
                     still_wanted=vdis.still_wanted(self.ctx.session, vdi_ref,
-                                                   "root of instance %s" % instance_uuid))
+                                                   "root of instance %s" % instance_uuid,
+                                                   instance_uuid))
             base.checkpoint("uploaded")
 
         try:
