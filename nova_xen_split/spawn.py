@@ -181,6 +181,9 @@ class Spawn:
         failure, leaving what it made for :meth:`undo`."""
         context, instance, image = plan.context, plan.instance, plan.image
         configdrive, preconfigure = plan.configdrive, plan.preconfigure
+        # An earlier attempt's undo marked the instance given up; this one
+        # wants its disks.
+        vm_utils.forget_gave_up(self.session, instance.uuid)
         flavor = instance.flavor
         props = image.properties
         with self.step("fetch_image", image.disk_format) as detail:
