@@ -7,7 +7,8 @@ import pytest
 from nova_xen_split import driver_errors
 from nova_xen_split import objects
 from nova_xen_split import vm_utils
-from tests.functional.driver.conftest import GiB, leftovers, make_instance, spawn
+from tests.functional.driver.conftest import (GiB, TEST_IMAGE, leftovers, make_instance,
+                                              spawn)
 from nova_xen_split.xenhost import marks
 
 
@@ -69,7 +70,7 @@ def test_a_flavor_smaller_than_the_image_is_refused_before_any_disk(xapi_sim, ma
     pair = make_pair(xapi_sim)
     baseline = pair.counts()
     instance = make_instance(objects.Flavor(root_gb=1))
-    meta = objects.ImageMeta(id="test-image", disk_format="raw", size=2 * GiB)
+    meta = objects.ImageMeta(id=TEST_IMAGE, disk_format="raw", size=2 * GiB)
     with pytest.raises(driver_errors.FlavorDiskSmallerThanImage):
         spawn(pair, instance, meta)
     assert pair.counts() == baseline
@@ -150,10 +151,10 @@ def test_in_guest_split_kernel_image_boots_from_dom0_files_removed_on_destroy(
     ramdisk.write_bytes(b"RAMDISK!" * 2048)
     image_service.add(str(kernel), "test-kernel")
     image_service.add(str(ramdisk), "test-ramdisk")
-    pair = make_pair(xapi_sim_compute)
+    pair = make_pair(xapi_sim_compute, image_url=image_service.url)
     baseline = pair.counts()
     instance = make_instance(objects.Flavor(root_gb=0), config_drive="")
-    meta = objects.ImageMeta(id="test-image", disk_format="ami", properties=(
+    meta = objects.ImageMeta(id=TEST_IMAGE, disk_format="ami", properties=(
         objects.ImageMetaProps({"kernel_id": "test-kernel", "ramdisk_id": "test-ramdisk"})))
 
     spawn(pair, instance, meta)
