@@ -24,6 +24,9 @@ from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks
 
 IMAGE_MB = 64
+# Image ids are Glance's: uuids.
+TEST_IMAGE = "7e57da7a-0000-4000-8000-000000000001"
+TEST_IMAGE_VHD = "7e57da7a-0000-4000-8000-000000000002"
 GiB = 1024 ** 3
 MiB = 1024 ** 2
 USER_DATA = b"#cloud-config\nfinal_message: hello from the functional test\n"
@@ -79,8 +82,8 @@ def demo_vhd_tarball(demo_image):
 @pytest.fixture
 def image_service(demo_image, demo_vhd_tarball):
     service = ImageService(hash_algo="sha512")
-    service.add(demo_image, "test-image")
-    service.add(demo_vhd_tarball, "test-image-vhd", disk_format="vhd", container_format="ovf")
+    service.add(demo_image, TEST_IMAGE)
+    service.add(demo_vhd_tarball, TEST_IMAGE_VHD, disk_format="vhd", container_format="ovf")
     service.start()
     yield service
     service.stop()
@@ -139,7 +142,7 @@ def full_flavor():
 
 
 def make_instance(flavor=None, **kwargs):
-    fields = dict(hostname="test-vm", flavor=flavor or full_flavor(), image_ref="test-image",
+    fields = dict(hostname="test-vm", flavor=flavor or full_flavor(), image_ref=TEST_IMAGE,
                   config_drive="True", project_id="p-test",
                   user_data=base64.b64encode(USER_DATA).decode(),
                   key_name="k1", key_data="ssh-ed25519 AAAAtest k1@test",
@@ -149,7 +152,7 @@ def make_instance(flavor=None, **kwargs):
 
 
 def image_meta(**properties):
-    return objects.ImageMeta(id="test-image", disk_format="raw", size=IMAGE_MB * MiB,
+    return objects.ImageMeta(id=TEST_IMAGE, disk_format="raw", size=IMAGE_MB * MiB,
                              properties=objects.ImageMetaProps(properties))
 
 
