@@ -24,6 +24,9 @@ from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks
 
 IMAGE_MB = 64
+# Image ids are Glance's: uuids.
+TEST_IMAGE = "7e57da7a-0000-4000-8000-000000000001"
+TEST_IMAGE_VHD = "7e57da7a-0000-4000-8000-000000000002"
 GiB = 1024 ** 3
 MiB = 1024 ** 2
 USER_DATA = b"#cloud-config\nfinal_message: hello from the functional test\n"

@@ -19,6 +19,10 @@ from tests.functional.driver.conftest import (
     IMAGE_MB, TEST_IMAGE, TEST_IMAGE_VHD, MiB, leftovers, make_instance, spawn, vdi_path,
     wait_for_agent)
 
+# Images added to the stand-in by single tests.
+CACHED_IMAGE = "7e57da7a-0000-4000-8000-00000000cac1"
+OTHER_IMAGE = "7e57da7a-0000-4000-8000-00000000cac2"
+
 MODES = [pytest.param(False, id="independent"), pytest.param(True, id="in_guest")]
 
 
@@ -159,9 +163,9 @@ def test_cache_images_none_downloads_every_time_and_keeps_nothing(
 
 def test_cache_images_some_caches_only_images_with_cache_in_nova(
         make_xfs_sim, make_pair, image_service, demo_image):
-    image_service.add(demo_image, "cached-image", properties={"cache_in_nova": "true"})
+    image_service.add(demo_image, CACHED_IMAGE, properties={"cache_in_nova": "true"})
     pair = make_pair(make_xfs_sim(), cache_images="some")
-    meta = objects.ImageMeta(id="cached-image", disk_format="raw", size=IMAGE_MB * MiB)
+    meta = objects.ImageMeta(id=CACHED_IMAGE, disk_format="raw", size=IMAGE_MB * MiB)
     instances = [small_instance() for _ in range(4)]
 
     spawn(pair, instances[0])
@@ -170,8 +174,8 @@ def test_cache_images_some_caches_only_images_with_cache_in_nova(
     spawn(pair, instances[3], meta)
 
     assert downloads(image_service, TEST_IMAGE) == 2
-    assert downloads(image_service, "cached-image") == 1
-    assert [m.image_id for m in cache_vdis(pair).values()] == ["cached-image"]
+    assert downloads(image_service, CACHED_IMAGE) == 1
+    assert [m.image_id for m in cache_vdis(pair).values()] == [CACHED_IMAGE]
     for instance in instances:
         pair.driver.destroy(None, instance)
 
@@ -179,11 +183,11 @@ def test_cache_images_some_caches_only_images_with_cache_in_nova(
 @pytest.mark.parametrize("compute_vm", MODES)
 def test_manage_image_cache_removes_an_unused_old_cache_vdi_and_keeps_a_used_one(
         compute_vm, make_xfs_sim, make_pair, image_service, demo_image):
-    image_service.add(demo_image, "other-image")
+    image_service.add(demo_image, OTHER_IMAGE)
     pair = make_pair(make_xfs_sim(compute_vm=compute_vm), cache_images="all")
     kept, gone = small_instance(), small_instance()
     spawn(pair, kept)
-    spawn(pair, gone, objects.ImageMeta(id="other-image", disk_format="raw",
+    spawn(pair, gone, objects.ImageMeta(id=OTHER_IMAGE, disk_format="raw",
                                          size=IMAGE_MB * MiB))
     pair.driver.destroy(None, gone)
     used = list(cache_vdis(pair, TEST_IMAGE))

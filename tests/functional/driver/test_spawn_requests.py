@@ -134,7 +134,7 @@ def test_in_guest_flat_injected_boots_a_non_linux_image_untouched(
         xapi_sim_compute, make_pair, image_service, tmp_path):
     image = tmp_path / "vfat.raw"
     run(["mkfs.vfat", "-C", "-n", "WINDOWS", str(image), str(32 * 1024)])
-    image_service.add(str(image), "vfat-image")
+    vfat_image = image_service.add(str(image))
     pair = make_pair(xapi_sim_compute, driver_overrides={("DEFAULT", "flat_injected"): True},
                      image_url=image_service.url)
     steps = []
@@ -142,7 +142,7 @@ def test_in_guest_flat_injected_boots_a_non_linux_image_untouched(
     instance = make_instance(objects.Flavor(root_gb=0), config_drive="")
 
     pair.driver.spawn(objects.RequestContext(auth_token="test-token"), instance,
-                      objects.ImageMeta(id="vfat-image", disk_format="raw"), [], None, {},
+                      objects.ImageMeta(id=vfat_image, disk_format="raw"), [], None, {},
                       [VIF])
 
     (step,) = [step for step in steps if step.name == "preconfigure_instance"]
