@@ -73,7 +73,7 @@ def baseline(endpoint, target_dir):
     os.makedirs(target_dir)
     start = time.monotonic()
     curl = subprocess.Popen(["curl", "-sf", "-H", "X-Auth-Token: " + TOKEN,
-                             endpoint + "/v2/images/bench/file"], stdout=subprocess.PIPE)
+                             endpoint + "/v2/images/%s/file" % IMAGE_ID], stdout=subprocess.PIPE)
     subprocess.run(["tar", "-x", "-C", target_dir], stdin=curl.stdout, check=True,
                    timeout=1800)
     curl.stdout.close()
