@@ -46,6 +46,7 @@ class AgentService:
         self.server = None
         self._backend_started = False
         self._stopped = threading.Event()
+        self._settler = None
 
     def start(self):
         """Raises detect.StartupRefused (or XapiFailure) when it cannot serve."""
@@ -77,6 +78,29 @@ class AgentService:
         LOG.info("Serving interface %s in %s mode: VM %s, host %s (%s), server %s",
                  base.INTERFACE_VERSION, ctx.mode, ctx.vm_uuid or "none",
                  ctx.host_name, ctx.host_uuid, conf.host)
+        self._settler = threading.Thread(target=self._settle_loop, name="settle",
+                                         daemon=True)
+        self._settler.start()
+
+    def _settle_loop(self):
+        """Every ``[agent] settle_interval``: :meth:`Backend.settle`. What an
+        operation could not destroy when XAPI went away, or made after its
+        caller gave up, goes once XAPI answers again."""
+        failing = False
+        while not self._stopped.wait(self.conf.agent.settle_interval):
+            try:
+                settled = self.backend.settle()
+            except Exception as e:  # noqa: BLE001 -- XAPI away: try again next round
+                if not failing:
+                    LOG.warning("Settling failed (tried again every %ss): %s",
+                                self.conf.agent.settle_interval,
+                                (str(e).splitlines() or [type(e).__name__])[0])
+                failing = True
+                continue
+            failing = False
+            if any(settled.values()):
+                LOG.info("Settled: %s", ", ".join(
+                    "%s %d" % (key, value) for key, value in sorted(settled.items())))
 
     def stop(self):
         if self._stopped.is_set():
@@ -91,6 +115,9 @@ class AgentService:
         self.close()
 
     def close(self):
+        self._stopped.set()
+        if self._settler is not None:
+            self._settler.join(60)
         if self._backend_started:
             self.backend.stop()
             self._backend_started = False

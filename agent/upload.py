@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import struct
+import time
 from concurrent import futures
 
 from agent import readahead, vdi_import, vhd
@@ -43,6 +44,9 @@ ZERO_BLOCK_BYTES = readahead.BLOCK_BYTES
 PIECE_BYTES = 4 * 1024 * 1024
 _MiB = 1024 * 1024
 FORMATS = ("vhd", "chunked", "raw")
+
+# How often a stream being read asks whether its upload is still wanted.
+CHECK_SECONDS = 1.0
 
 _FRAME_HEADER = struct.Struct("<QI")
 _END_OF_FRAMES = _FRAME_HEADER.pack(0, 0)
@@ -268,7 +272,7 @@ def _file_pieces(source, path, file_size):
 
 def upload_stream(xapi_session, vdi_ref, reader, size_bytes, window_bytes=WINDOW_BYTES,
                   progress=None, progress_interval=None, first_put_bytes=None,
-                  max_put_bytes=MAX_STREAM_PUT_BYTES):
+                  max_put_bytes=MAX_STREAM_PUT_BYTES, still_wanted=None):
     """Write ``size_bytes`` read from ``reader`` into VDI ``vdi_ref``.
 
     ``window_bytes`` bounds the memory, whatever the stream's size: a thread
@@ -280,11 +284,17 @@ def upload_stream(xapi_session, vdi_ref, reader, size_bytes, window_bytes=WINDOW
     carries up to ``first_put_bytes`` of body, each next one up to twice as
     much, at most ``max_put_bytes``, so a large image takes few PUTs (real
     XAPI attaches the VDI to dom0 for each). Every PUT has its own task,
-    checked. ``reader`` has ``readinto`` or ``read``; ``progress(done,
+    checked; a PUT that XAPI ends early (or XAPI dying) stops the reading
+    at once. ``reader`` has ``readinto`` or ``read``; ``progress(done,
     total)`` counts stream bytes read (from the reading thread). Raises
     XapiFailure (HTTP status or a task's error info), DiskOperationFailed
     (stream shorter than ``size_bytes``), and whatever the reader raises
     (ImageFetchFailed for image downloads).
+
+    ``still_wanted()``, if given, is called from the reading thread every
+    ``CHECK_SECONDS`` of reading and raises to stop it (XAPI gone, the VDI
+    destroyed, the caller gone): filling a window from a slow image service
+    takes long, and no PUT is open meanwhile to notice anything.
     """
     if window_bytes < _MiB or window_bytes % _MiB:
         raise ValueError("window_bytes must be a whole number of MiB, got %d" % window_bytes)
@@ -292,12 +302,13 @@ def upload_stream(xapi_session, vdi_ref, reader, size_bytes, window_bytes=WINDOW
     tracker = Progress("upload of a %d-byte stream" % size_bytes, size_bytes,
                        progress, progress_interval)
 
-    def open_put(length):
+    def open_put(length, on_broken=None):
         return vdi_import.Import(xapi_session, vdi_ref, {"format": "raw", "chunked": "true"},
-                                 length).start()
+                                 length, on_broken=on_broken).start()
 
+    reading = tracker if still_wanted is None else _Checked(tracker, still_wanted)
     puts = _send_stream(reader, size_bytes, window_bytes // 2, open_put, first_put_bytes,
-                        max_put_bytes, tracker)
+                        max_put_bytes, reading)
     LOG.info("%s: done, %s; sent %d bytes in %d PUT(s)",
              tracker.label, tracker.summary(), puts.sent_bytes, puts.puts)
 
@@ -359,8 +370,8 @@ class _StreamPuts:
     zero. The largest zero range seen serves every such frame.
 
     Finishing a PUT (waiting for XAPI to close it, checking its task) runs
-    on a thread, overlapping the next PUT's body. ``open_put(length)``
-    returns a started :class:`agent.vdi_import.Import`; ``abort(error)``
+    on a thread, overlapping the next PUT's body. ``open_put(length,
+    on_broken)`` returns a started :class:`agent.vdi_import.Import`; ``abort(error)``
     stops the reading side when a finishing PUT fails. Leaving waits for
     every PUT, so none is left running or unchecked whatever happened.
     """
@@ -472,7 +483,9 @@ class _StreamPuts:
         if 0 < length - _HEADER_BYTES - first_frame < _MIN_FRAME:
             length = _HEADER_BYTES + first_frame    # no room left that no frame fits
         self._next_length = min(2 * self._next_length, self._largest)
-        self._put = self._open_put(length + _HEADER_BYTES)   # and the end frame
+        # and the end frame; a connection XAPI ends meanwhile stops the
+        # stream at once, not when the next frame is ready to go.
+        self._put = self._open_put(length + _HEADER_BYTES, on_broken=self._abort)
         self._left = length
         self._sent = _Quiet()
 
@@ -568,7 +581,7 @@ class _Sender:
                 length = chunked_length(window.runs)
                 upload = vdi_import.Import(
                     self.xapi_session, self.vdi_ref, {"format": "raw", "chunked": "true"},
-                    length).start()
+                    length, on_broken=self._abort).start()
                 upload.send(self._frames(window), _Quiet())
             finally:
                 self._release(window)  # sent (the kernel holds the bytes) or given up
@@ -599,6 +612,23 @@ class _Sender:
         finally:
             self._pool.shutdown(wait=True)
         return False
+
+
+class _Checked:
+    """A progress sink that also calls ``check()`` every ``CHECK_SECONDS``
+    (which raises to stop whoever advances it)."""
+
+    def __init__(self, progress, check):
+        self._progress = progress
+        self._check = check
+        self._next = time.monotonic() + CHECK_SECONDS
+
+    def advance(self, count):
+        self._progress.advance(count)
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + CHECK_SECONDS
+            self._check()
 
 
 class _Quiet:

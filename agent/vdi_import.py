@@ -8,11 +8,21 @@ an import failed. So :func:`put` reads that first answer before sending
 the connection, and then asks the task, raising XapiFailure with the task's
 ``error_info`` when it failed. What the body holds is :mod:`agent.upload`'s
 business.
+
+A streaming caller leaves a PUT open while it reads the next data from
+the image service, so a dead XAPI would only be noticed at its next send:
+after the caller had read a whole window of the image for nothing. An
+:class:`Import` given ``on_broken`` therefore watches its connection while
+the body is still due: XAPI says nothing until the import ends, so the
+connection becoming readable (closed, reset, an early answer) means the
+import is over, and ``on_broken`` is called at once with the reason.
 """
 
 import http.client
 import logging
+import select
 import socket
+import threading
 import time
 import urllib.parse
 
@@ -23,6 +33,11 @@ LOG = logging.getLogger(__name__)
 # After the body is sent XAPI only has to finish writing; a task still
 # running this long later is stuck.
 TASK_TIMEOUT_SECONDS = 600.0
+# How long one send may block, and how long XAPI may take to answer the
+# headers: a XAPI that stops reading is given up on after this.
+SOCKET_TIMEOUT_SECONDS = 60.0
+# A watcher (see the module's doc) looks this often whether it is still wanted.
+_WATCH_POLL_MS = 200
 DEFAULT_PROGRESS_INTERVAL = 5.0
 _MB = 1000 * 1000
 
@@ -83,9 +98,14 @@ class Import:
     writing this one, and finish this one afterwards. Whatever happens,
     :meth:`finish` or :meth:`abandon` must be called once ``start`` has
     succeeded: both leave no task and no connection behind.
+
+    ``on_broken(error)``, if given, is called (from a watching thread) as
+    soon as XAPI ends the connection while body bytes are still due, with a
+    XapiFailure: the task's error info if it already failed, else
+    ``CONNECTION_FAILED`` (XAPI is gone) or ``IMPORT_INCOMPLETE``.
     """
 
-    def __init__(self, xapi_session, vdi_ref, query, content_length):
+    def __init__(self, xapi_session, vdi_ref, query, content_length, on_broken=None):
         self.xapi_session = xapi_session
         self.vdi_ref = vdi_ref
         self.query = query
@@ -95,6 +115,11 @@ class Import:
         self._connection = None
         self._response = None
         self._sent_error = None
+        self._on_broken = on_broken
+        self._watcher = None
+        # Body bytes handed to the socket or about to be: once they reach
+        # content_length, XAPI closing the connection is the import ending.
+        self._committed_bytes = 0
 
     def start(self):
         """Task, headers, XAPI's answer. Raises XapiFailure (and cleans up)."""
@@ -107,9 +132,11 @@ class Import:
         # Never show the query: it holds the session id.
         self._where = "%s://%s%s" % (url.scheme, url.netloc, url.path)
         if url.scheme == "https":
-            connection = http.client.HTTPSConnection(url.hostname, url.port, timeout=60)
+            connection = http.client.HTTPSConnection(url.hostname, url.port,
+                                                     timeout=SOCKET_TIMEOUT_SECONDS)
         else:
-            connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+            connection = http.client.HTTPConnection(url.hostname, url.port,
+                                                    timeout=SOCKET_TIMEOUT_SECONDS)
         self._connection = connection
         try:
             connection.putrequest("PUT", "%s?%s" % (url.path, url.query),
@@ -128,6 +155,8 @@ class Import:
             response = self._response
             self._close()
             _refused(session, self._task_ref, self._where, response)
+        if self._on_broken is not None and self.content_length > 0:
+            self._watcher = _Watcher(self._connection.sock, self._connection_ended)
         return self
 
     def send(self, pieces, progress):
@@ -138,7 +167,8 @@ class Import:
         if self._sent_error is not None:
             return
         try:
-            self._sent_error = _send_body(self._connection.sock, pieces, progress)
+            self._sent_error = _send_body(self._connection.sock, self._committing(pieces),
+                                          progress)
         except BaseException:
             # Cutting the connection makes XAPI fail the task, which is then
             # collected before re-raising.
@@ -146,6 +176,29 @@ class Import:
             raise
         finally:
             self.sent_bytes = progress.done_bytes
+
+    def _committing(self, pieces):
+        """``pieces``, counting each one's bytes before it goes out."""
+        for parts in pieces:
+            self._committed_bytes += sum(len(part) for part in parts)
+            if self._committed_bytes >= self.content_length:
+                self._stop_watching()  # XAPI may now end the import at any time
+            yield parts
+
+    def _connection_ended(self, why):
+        """The watcher saw the connection end; report it unless the body is
+        all sent (then XAPI ended the import as it should)."""
+        if self._committed_bytes >= self.content_length:
+            return
+        error = _why_import_ended(self.xapi_session, self._task_ref, self._where, why,
+                                  self._committed_bytes, self.content_length)
+        LOG.warning("Import into %s broke off: %s", self.vdi_ref, error)
+        self._on_broken(error)
+
+    def _stop_watching(self):
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
 
     @property
     def broken(self):
@@ -178,12 +231,74 @@ class Import:
             _collect_task(self.xapi_session, task_ref)
 
     def _close(self):
+        self._stop_watching()
         if self._response is not None:
             self._response.close()
             self._response = None
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+class _Watcher:
+    """A thread that calls ``ended(why)`` once ``sock`` becomes readable or
+    fails: for a PUT whose answer XAPI sent before the body, that is the
+    import ending (or XAPI going away). It reads nothing."""
+
+    def __init__(self, sock, ended):
+        self._sock = sock
+        self._ended = ended
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vdi-put-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        poller = select.poll()
+        poller.register(self._sock.fileno(),
+                        select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0))
+        while not self._stop.is_set():
+            try:
+                events = poller.poll(_WATCH_POLL_MS)
+            except OSError as e:
+                events, failed = None, e
+            else:
+                failed = None
+            if self._stop.is_set():
+                return
+            if failed is not None or events:
+                self._ended(_connection_state(self._sock) if failed is None else str(failed))
+                return
+
+    def stop(self):
+        """Stop watching (does not wait when called from the watcher itself)."""
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(2 * _WATCH_POLL_MS / 1000.0)
+
+
+def _connection_state(sock):
+    """What a readable PUT connection holds: closed, reset, or an answer."""
+    try:
+        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return "the connection became readable"
+    except OSError as e:
+        return str(e) or type(e).__name__
+    return "XAPI answered early" if data else "XAPI closed the connection"
+
+
+def _why_import_ended(xapi_session, task_ref, where, why, sent_bytes, content_length):
+    """The XapiFailure for an import that ended before its body was sent:
+    the task's error info if it failed, else what the connection said."""
+    try:
+        record = xapi_session.call("task.get_record", task_ref)
+    except exceptions.XapiFailure as e:
+        return e  # CONNECTION_FAILED: XAPI itself is gone
+    if record.get("status") in ("failure", "cancelled") and record.get("error_info"):
+        return exceptions.XapiFailure(details=[str(d) for d in record["error_info"]])
+    return exceptions.XapiFailure(details=[
+        "IMPORT_INCOMPLETE", "PUT %s ended after %d of %d body bytes: %s"
+        % (where, sent_bytes, content_length, why)])
 
 
 def _await_close(response):

@@ -200,6 +200,44 @@ def refuse_if_caller_gone(what):
                                      outcome="the VDI is destroyed")
 
 
+def given_up(session, instance_uuid):
+    """Whether the driver has marked ``instance_uuid`` given up (it swept the
+    instance's disks: a spawn undone, a destroy), so nobody takes a disk
+    made for it now."""
+    pool = session.call("pool.get_all")[0]
+    return marks.gave_up_key(instance_uuid) in (
+        session.call("pool.get_other_config", pool) or {})
+
+
+def refuse_if_given_up(session, instance_uuid, what):
+    """Raise CallExpired if the driver has given up on ``instance_uuid``."""
+    if given_up(session, instance_uuid):
+        raise exceptions.CallExpired(
+            method="making the %s VDI" % what,
+            why="the driver swept instance %s's disks meanwhile" % instance_uuid,
+            outcome="the VDI is destroyed")
+
+
+def still_wanted(session, vdi_ref, what, instance_uuid=None):
+    """A check for long work filling a VDI, to call now and then from any
+    thread: raises CallExpired once the running call's caller has given up,
+    and XapiFailure when XAPI cannot be reached or the VDI is gone (the
+    driver's sweep destroyed it), so that the work stops at once instead of
+    reading the rest of an image for nothing."""
+    gone = dispatch.caller_gone_check()
+
+    def check():
+        why = gone() if gone is not None else None
+        if why:
+            raise exceptions.CallExpired(method="making the %s VDI" % what, why=why,
+                                         outcome="the VDI is destroyed")
+        session.call("VDI.get_uuid", vdi_ref)
+        if instance_uuid is not None:
+            refuse_if_given_up(session, instance_uuid, what)
+
+    return check
+
+
 def result(session, vdi_ref):
     """What the interface returns for a made VDI."""
     rec = session.call("VDI.get_record", vdi_ref)
@@ -224,6 +262,10 @@ def make(ctx, method, instance_uuid, purpose, request, size_bytes, fill, sr_ref=
             LOG.info("Reusing VDI %s for instance %s %s", found[1]["uuid"],
                      instance_uuid, purpose)
             return found[0]
+        # A call that reaches a worker after its caller's undo swept the
+        # instance makes nothing.
+        refuse_if_given_up(session, instance_uuid, "%s of instance %s"
+                           % (purpose, instance_uuid))
         if callable(size_bytes):  # e.g. learnt by opening the image
             size_bytes = size_bytes()
         sr_ref = sr_ref or default_sr(session)
@@ -232,10 +274,14 @@ def make(ctx, method, instance_uuid, purpose, request, size_bytes, fill, sr_ref=
         ctx.busy.add(vdi_ref)
         try:
             fill(vdi_ref)
+            # Before marking: a VDI left in-progress by a failure here is
+            # destroyed by the agent's settling even if destroying it now
+            # fails. A driver giving up from here on finds the VDI in its
+            # undo's sweep.
+            what = "%s of instance %s" % (purpose, instance_uuid)
+            refuse_if_caller_gone(what)
+            refuse_if_given_up(session, instance_uuid, what)
             mark_ready(session, vdi_ref)
-            # After marking: a driver giving up from here on finds the VDI
-            # in its undo's sweep.
-            refuse_if_caller_gone("%s of instance %s" % (purpose, instance_uuid))
         except BaseException:
             with contextlib.suppress(Exception):
                 LOG.warning("Making the %s VDI of instance %s failed; destroying it",
@@ -380,6 +426,37 @@ def _cleanup_pending_chains(session, agent_tag, busy, now=None):
             else:
                 LOG.info("VHD chain %s of instance %s has not landed yet; its fetch may "
                          "still be running in dom0", chain.leaf_uuid, chain.instance_uuid)
+    return destroyed
+
+
+def settle_given_up(session, agent_tag, busy, keep_seconds, now=None):
+    """Destroy this agent's VDIs of instances the driver gave up on (what a
+    call finished after its caller left, or made while the agent could not
+    tell), skipping refs in ``busy``; remove gave-up marks older than
+    ``keep_seconds`` (no call can still be making a disk for them) once no
+    VDI of their instance is left. Returns the VDIs destroyed."""
+    now = time.time() if now is None else now
+    pool = session.call("pool.get_all")[0]
+    instances = marks.gave_up_instances(session.call("pool.get_other_config", pool))
+    if not instances:
+        return 0
+    destroyed = 0
+    left = set()
+    for vdi_ref, rec in session.call("VDI.get_all_records").items():
+        mark = marks.read_vdi(rec.get("other_config"))
+        if mark is None or mark.instance_uuid not in instances:
+            continue
+        if mark.agent != agent_tag or vdi_ref in busy:
+            left.add(mark.instance_uuid)
+            continue
+        LOG.info("Destroying VDI %s (%s) of instance %s, which the driver gave up on",
+                 rec.get("uuid"), mark.purpose, mark.instance_uuid)
+        destroy(session, vdi_ref, agent_tag)
+        destroyed += 1
+    for instance_uuid, since in instances.items():
+        if instance_uuid not in left and (since is None or now - since > keep_seconds):
+            session.call("pool.remove_from_other_config", pool,
+                         marks.gave_up_key(instance_uuid))
     return destroyed
 
 

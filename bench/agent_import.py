@@ -158,6 +158,12 @@ def time_plain_put(session, path):
     return elapsed
 
 
+def sid(label):
+    """The stand-in's image id for one of this bench's images: a uuid, as
+    Glance's ids are (the interface takes nothing else), the same every run."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "nxs-bench/" + label))
+
+
 def time_relay(session, image_url, image_id, size):
     """The relay floor: the image moved from the image service into a raw PUT
     by a process that never touches its bytes (``splice`` socket → pipe →
@@ -336,8 +342,8 @@ def warm_up(session, api, images):
     import as on the agent's), which says nothing about either."""
     drop_page_cache_of(images["dense"])
     time_plain_put(session, images["dense"])
-    time_agent_fetch(api, "dense")
-    time_agent_fetch(api, "dense-file")
+    time_agent_fetch(api, sid("dense"))
+    time_agent_fetch(api, sid("dense-file"))
 
 
 def measure_round(session, api, conf, images, image_url, agent_pid, algorithm,
@@ -357,7 +363,7 @@ def measure_round(session, api, conf, images, image_url, agent_pid, algorithm,
         # unchecked downloads (see report).
         drop_page_cache_of(images[name])
         results["agent checked " + name] = time_agent_fetch(
-            api, name + "-checked", cpu, agent_pid, "agent checked " + name)
+            api, sid(name + "-checked"), cpu, agent_pid, "agent checked " + name)
     for name in ("dense", "sparse"):
         path = images[name]
         drop_page_cache_of(path)
@@ -366,18 +372,18 @@ def measure_round(session, api, conf, images, image_url, agent_pid, algorithm,
         results[("sim import " if name == "dense" else "plain raw ") + name] = \
             time_plain_put(session, path)
         drop_page_cache_of(path)
-        results["agent " + name] = time_agent_fetch(api, name, cpu, agent_pid,
+        results["agent " + name] = time_agent_fetch(api, sid(name), cpu, agent_pid,
                                                     "agent " + name)
         drop_page_cache_of(path)
-        results["floor " + name] = time_floor(image_url, name)
+        results["floor " + name] = time_floor(image_url, sid(name))
         drop_page_cache_of(path)
-        results["read-ahead " + name] = time_readahead(conf, name)
+        results["read-ahead " + name] = time_readahead(conf, sid(name))
         if name == "dense":
             drop_page_cache_of(path)
-            results["relay dense"] = time_relay(session, image_url, name,
+            results["relay dense"] = time_relay(session, image_url, sid(name),
                                                 os.path.getsize(path))
         drop_page_cache_of(path)
-        results["agent file " + name] = time_agent_fetch(api, name + "-file", cpu, agent_pid,
+        results["agent file " + name] = time_agent_fetch(api, sid(name + "-file"), cpu, agent_pid,
                                                          "agent file " + name)
     results.update(("cpu " + name, seconds) for name, seconds in cpu.items())
     return results
@@ -546,9 +552,9 @@ def main():
         # its Content-MD5 and, unless --checksum md5, the record's multihash.
         service = ImageService(send_md5=False)
         for name, path in images.items():
-            service.add(path, name)
-            service.add(path, name + "-file", location=True)
-            service.add(path, name + "-checked", content_md5=True,
+            service.add(path, sid(name))
+            service.add(path, sid(name + "-file"), location=True)
+            service.add(path, sid(name + "-checked"), content_md5=True,
                         multihash=None if args.checksum == "md5" else args.checksum)
         # Its own process, so that its sends do not take turns for this
         # process's interpreter lock with the measurements (the floor's reads).

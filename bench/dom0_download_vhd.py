@@ -39,6 +39,7 @@ from nova_xen_split.cmd.image_service import ImageService  # noqa: E402
 
 BLOCK = 2 << 20
 TOKEN = "bench-token"
+IMAGE_ID = "b0000000-0000-4000-8000-000000000002"
 
 
 def make_tarball(work, size_mib):
@@ -61,10 +62,10 @@ def make_tarball(work, size_mib):
 
 
 def serve(tar_path):
-    """The image service (in a thread) with the tarball as image "bench",
+    """The image service (in a thread) with the tarball as image IMAGE_ID,
     the token checked and no checksum (the baseline checks none either)."""
     service = ImageService(token=TOKEN, send_md5=False)
-    service.add(tar_path, "bench", disk_format="vhd", container_format="ovf")
+    service.add(tar_path, IMAGE_ID, disk_format="vhd", container_format="ovf")
     return service.start(), service.url
 
 
@@ -72,7 +73,7 @@ def baseline(endpoint, target_dir):
     os.makedirs(target_dir)
     start = time.monotonic()
     curl = subprocess.Popen(["curl", "-sf", "-H", "X-Auth-Token: " + TOKEN,
-                             endpoint + "/v2/images/bench/file"], stdout=subprocess.PIPE)
+                             endpoint + "/v2/images/%s/file" % IMAGE_ID], stdout=subprocess.PIPE)
     subprocess.run(["tar", "-x", "-C", target_dir], stdin=curl.stdout, check=True,
                    timeout=1800)
     curl.stdout.close()
@@ -107,7 +108,7 @@ def main():
 
         start = time.monotonic()
         api.host.call_plugin(host, "vhd_images.py", "download_vhd", {
-            "image_id": "bench", "endpoint": endpoint, "auth_token": TOKEN,
+            "image_id": IMAGE_ID, "endpoint": endpoint, "auth_token": TOKEN,
             "sr_path": sr_path})
         plugin_s = time.monotonic() - start
         start = time.monotonic()

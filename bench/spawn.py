@@ -58,7 +58,7 @@ from nova_xen_split.xenhost import conf as nxs_conf  # noqa: E402
 MiB = 1 << 20
 GiB = 1 << 30
 RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
-IMAGE_ID = "bench-1g"
+IMAGE_ID = "b0000000-0000-4000-8000-000000000001"  # a 1 GiB image
 
 
 def make_image(path, data_fraction=0.2):

@@ -15,7 +15,7 @@ import collections
 import logging
 import time
 
-from nova_xen_split import driver_errors, netinfo, objects, resize, vifs, vm_utils
+from nova_xen_split import driver_errors, netinfo, objects, rescue, resize, vifs, vm_utils
 from nova_xen_split import snapshot as snapshot_mod
 from nova_xen_split import spawn as spawn_mod
 from nova_xen_split.xenhost import conf as nxs_conf
@@ -193,6 +193,7 @@ class XenSplitDriver:
         its tagged VDIs are still removed.
         """
         instance = objects.instance_from(instance)
+        rescue.remove(self, instance.uuid)
         vm_ref = vm_utils.find_vm(self.session, instance.uuid)
         vdi_uuids, boot_files = [], []
         if vm_ref is None:
@@ -216,8 +217,10 @@ class XenSplitDriver:
         return vm_utils.find_vm(self.session, objects.instance_from(instance).uuid) is not None
 
     def get_info(self, instance, use_cache=True):
-        """``InstanceInfo(state, internal_id)``; raises InstanceNotFound."""
-        vm_ref = self._vm_ref(instance)
+        """``InstanceInfo(state, internal_id)`` (of its rescue VM while it
+        is rescued); raises InstanceNotFound."""
+        vm_ref = rescue.rescue_vm(self.session, objects.instance_from(instance).uuid) or \
+            self._vm_ref(instance)
         return InstanceInfo(vm_utils.power_state(self.session, vm_ref), vm_ref)
 
     def power_off(self, instance, timeout=0, retry_interval=0):
@@ -263,6 +266,15 @@ class XenSplitDriver:
         snapshot_mod.snapshot(self._conf, self.agent, self.session, instance,
                               self._vm_ref(instance), image_id,
                               getattr(context, "auth_token", None), update_task_state)
+
+    def rescue(self, context, instance, network_info, image_meta, rescue_password,
+               block_device_info=None):
+        """Boot the rescue image with the instance's root as its disk 1."""
+        rescue.rescue(self, context, instance, network_info, image_meta, rescue_password)
+
+    def unrescue(self, context, instance):
+        """Remove the rescue VM; start the instance's own VM again."""
+        rescue.unrescue(self, instance)
 
     # -- resize on this host (nova_xen_split.resize) -----------------------------
 

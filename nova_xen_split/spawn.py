@@ -147,6 +147,9 @@ class Spawn:
         self.steps = []
         self.vdi_uuids = []
         self.boot_files = []  # dom0 files of a split kernel, known before the VM
+        # (vdi_ref, userdevice) of disks that are not the spawn's own, given
+        # to its VM as well, never made or removed by it (a rescue's root).
+        self.extra_disks = []
         self.vm_ref = None
 
     def plan(self, context, instance, image_meta, injected_files, admin_password,
@@ -181,6 +184,9 @@ class Spawn:
         failure, leaving what it made for :meth:`undo`."""
         context, instance, image = plan.context, plan.instance, plan.image
         configdrive, preconfigure = plan.configdrive, plan.preconfigure
+        # An earlier attempt's undo marked the instance given up; this one
+        # wants its disks.
+        vm_utils.forget_gave_up(self.session, instance.uuid)
         flavor = instance.flavor
         props = image.properties
         with self.step("fetch_image", image.disk_format) as detail:
@@ -260,6 +266,8 @@ class Spawn:
                 vm_utils.create_vbd(session, self.vm_ref,
                                     vm_utils.vdi_ref(session, vdi["uuid"]),
                                     userdevice, bootable=bootable, read_only=read_only)
+        for vdi_ref, userdevice in self.extra_disks:
+            vm_utils.create_vbd(session, self.vm_ref, vdi_ref, userdevice)
         if plan.vifs:
             with self.step("VIF.create", "%d VIFs" % len(plan.vifs)):
                 vif_utils.plug(session, self.vm_ref, plan.vifs, plan.networks, running=False)

@@ -5,6 +5,7 @@ helpers take a :class:`nova_xen_split.xenhost.xapi.XapiSession` and plain values
 """
 
 import logging
+import time
 
 from nova_xen_split.xenhost import marks, teardown
 from rpc import exceptions
@@ -240,20 +241,44 @@ def abandon_pending_chains(session, instance_uuid):
     return marked
 
 
+def _pool(session):
+    return session.call("pool.get_all")[0]
+
+
+def mark_gave_up(session, instance_uuid):
+    """Record on the pool that the driver has swept the instance's disks, so
+    an agent still making one for it (its call timed out, the broker went
+    away) destroys it instead of leaving it to nobody."""
+    marks.set_mark(session, "pool", _pool(session),
+                   *marks.gave_up_mark(instance_uuid, time.time()))
+
+
+def forget_gave_up(session, instance_uuid):
+    """A new spawn of the instance wants disks again: remove its gave-up mark."""
+    pool = _pool(session)
+    if marks.gave_up_key(instance_uuid) in (session.call("pool.get_other_config", pool) or {}):
+        session.call("pool.remove_from_other_config", pool, marks.gave_up_key(instance_uuid))
+
+
 def sweep_instance_vdis(session, instance_uuid):
     """Destroy, through XAPI, what is left of an instance's VDIs.
 
     The agent's ``destroy_vdis`` is the normal way; this is the fallback for
     an agent that died mid-operation, or still at work after its caller gave
-    up: the instance's pending VHD chains are marked abandoned first
+    up: the instance is marked given up (:func:`mark_gave_up`) and its
+    pending VHD chains abandoned first
     (:func:`abandon_pending_chains`), then every VDI tagged with the
     instance uuid is unplugged from wherever it is attached and destroyed,
     and nothing else (an attached volume, another instance's disk). Returns
     how many VDIs were destroyed.
     """
     try:
-        abandon_pending_chains(session, instance_uuid)
+        mark_gave_up(session, instance_uuid)
     except exceptions.XapiFailure as e:  # the sweep below matters more
+        LOG.warning("Could not mark instance %s given up: %s", instance_uuid, e)
+    try:
+        abandon_pending_chains(session, instance_uuid)
+    except exceptions.XapiFailure as e:  # likewise
         LOG.warning("Could not mark the pending VHD chains of %s abandoned: %s",
                     instance_uuid, e)
     return sum(teardown.destroy_vdi(session, vdi_ref)

@@ -32,6 +32,13 @@ def caller_gone():
     return check() if check is not None else None
 
 
+def caller_gone_check():
+    """The running call's ``caller_gone`` callable itself (or None), for work
+    the call hands to other threads, where :func:`caller_gone` cannot see
+    the call."""
+    return _CALLER_GONE.get()
+
+
 class Dispatcher:
     """Validates calls and runs them on ``endpoint``, at most ``workers`` at once.
 

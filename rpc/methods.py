@@ -38,9 +38,12 @@ from rpc.schema import (
 
 VERSION = "1.6"
 
-# An image id goes into a URL path: no "/", and no leading "." (so never
-# "." or "..").
-IMAGE_ID = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}\Z"
+# An image id is Glance's: the pattern of ``id`` in the image schema of
+# glance/api/v2/images.py (a uuid, hex digits of either case), anchored at
+# the very end as JSON Schema's "$" is. It goes into a URL path, so nothing
+# else (".", "..", "/", "%2f") may reach the image service.
+IMAGE_ID = (r"^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
+            r"-([0-9a-fA-F]){12}\Z")
 # One HTTP header value (X-Auth-Token): printable ASCII, no space, no CR/LF.
 AUTH_TOKEN = r"^[\x21-\x7e]+\Z"
 # A filesystem label per filesystem, as mkfs, mkswap and the dom0 plugin

@@ -161,6 +161,18 @@ class Backend(metaclass=abc.ABCMeta):
         vms = [ref for ref in (self.ctx.vm_ref, self.ctx.dom0_ref) if ref]
         return vdis.cleanup(self.ctx.session, vms, self.ctx.tag, self.ctx.busy)
 
+    def settle(self):
+        """One settling round (run by the agent now and then, not a verb of
+        the interface): what :meth:`cleanup_attached_vdis` does, and the
+        VDIs of instances the driver gave up on go
+        (:func:`agent.vdis.settle_given_up`), skipping what running
+        operations use. Returns the counts."""
+        settled = self.cleanup_attached_vdis()
+        settled["destroyed"] += vdis.settle_given_up(
+            self.ctx.session, self.ctx.tag, self.ctx.busy,
+            keep_seconds=2 * self.conf.agent.long_rpc_timeout)
+        return settled
+
     def destroy_vdis(self, vdi_uuids):
         """Destroy VDIs, unplugging this agent's VBDs of them first.
 

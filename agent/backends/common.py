@@ -216,6 +216,8 @@ class CommonBackend(base.Backend):
                 vdis.check_same_request(found, instance_uuid, marks.ROOT, request,
                                         "fetch_image")
                 return dict(vdis.result(session, found[0]), type="root")
+            vdis.refuse_if_given_up(session, instance_uuid, "root of instance %s"
+                                    % instance_uuid)
 
             def tag_root(root_ref, sr_ref, pending):
                 vdis.tag(session, root_ref, instance_uuid, marks.ROOT, self.ctx.tag,
@@ -229,6 +231,8 @@ class CommonBackend(base.Backend):
                         "the spawn was undone) while dom0 was landing the image; the VHD "
                         "chain is destroyed" % instance_uuid)
                 vdis.refuse_if_caller_gone("root of instance %s" % instance_uuid)
+                vdis.refuse_if_given_up(session, instance_uuid, "root of instance %s"
+                                        % instance_uuid)
 
             root_ref = self._land_vhd(instance_uuid, image_id, auth_token, tag_root)
             return dict(vdis.result(session, root_ref), type="root")

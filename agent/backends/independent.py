@@ -80,7 +80,9 @@ class IndependentBackend(CommonBackend):
 
         def fill(vdi_ref):
             base.checkpoint("created")
-            self.write_raw(vdi_ref, reader)
+            self.write_raw(vdi_ref, reader, still_wanted=vdis.still_wanted(
+                self.ctx.session, vdi_ref, "root of instance %s" % instance_uuid,
+                instance_uuid))
 
         try:
             ref = vdis.make(self.ctx, "fetch_image", instance_uuid, marks.ROOT,
@@ -90,8 +92,10 @@ class IndependentBackend(CommonBackend):
                 reader.close()
         return vdis.result(self.ctx.session, ref)
 
-    def write_raw(self, vdi_ref, reader, offset_sectors=0):
-        """Upload a raw image with ``PUT /import_raw_vdi`` (sparse framing)."""
+    def write_raw(self, vdi_ref, reader, offset_sectors=0, still_wanted=None):
+        """Upload a raw image with ``PUT /import_raw_vdi`` (sparse framing);
+        ``still_wanted`` (see ``vdis.still_wanted``) stops a download nobody
+        waits for any more."""
         if isinstance(reader, images.LocalImageFile):
             # A file: its holes are skipped unread, its data sent with sendfile.
             # The file sent is the one checked (opened with O_NOFOLLOW,
@@ -101,7 +105,8 @@ class IndependentBackend(CommonBackend):
                                opened=reader.file)
         else:
             upload.upload_stream(self.ctx.session, vdi_ref, reader, reader.size_bytes,
-                                 progress_interval=self.conf.agent.progress_interval)
+                                 progress_interval=self.conf.agent.progress_interval,
+                                 still_wanted=still_wanted)
         reader.verify()
         base.checkpoint("uploaded")
 

@@ -48,7 +48,8 @@ from nxs_pluginlib import (
 
 HEX_MD5_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 HASH_ALGO_RE = re.compile(r"^[a-z0-9_]{1,32}$")  # hashlib names: sha512, sha3_256, ...
-IMAGE_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+IMAGE_ID_RE = re.compile(r"^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
+                         r"-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$")
 TOKEN_RE = re.compile(r"^[\x21-\x7e]{0,8192}$")  # one header value: no spaces, no CR/LF
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 NUMBERED_RE = re.compile(r"^(0|[1-9][0-9]?)\.vhd$")

@@ -355,7 +355,7 @@ def _embedded_images(images, work_dir, modes, printer):
     by the embedded image service."""
     image_path = os.path.join(work_dir, "demo-image.raw")
     image_size = demo_env.make_disk_image(image_path, IMAGE_MB)
-    image_id = "demo-image-%s" % uuidlib.uuid4().hex[:8]
+    image_id = str(uuidlib.uuid4())
     images.add(image_path, image_id)
     images.start()
     printer.line("Image %s: raw, %s, msdos label, ext4 partition with /etc/motd, "
@@ -368,7 +368,7 @@ def _embedded_images(images, work_dir, modes, printer):
         printer.line("No VHD variant (missing qemu-img; install with: %s): in_guest "
                      "boots the raw image too." % demo_env.install_hint(missing))
     elif "in_guest" in modes:
-        vhd_id = image_id + "-vhd"
+        vhd_id = str(uuidlib.uuid4())
         tar_size = demo_env.make_vhd_tarball(image_path, image_path + ".tar")
         images.add(image_path + ".tar", vhd_id, disk_format="vhd",
                    container_format="ovf")

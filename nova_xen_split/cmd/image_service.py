@@ -163,7 +163,7 @@ class ImageService(image_intake.ServiceIntake):
         None); returns the id. The keywords given set the image's entry in the
         dict of the same name (``location``: ``located``). The checksums the
         image needs are computed here, not in its first download."""
-        image_id = image_id or uuid.uuid4().hex
+        image_id = image_id or str(uuid.uuid4())
         if not _PATH_RE.fullmatch("/v2/images/%s" % image_id):
             raise ValueError("image id %r: letters, digits, '.', '_' and '-' only"
                              % image_id)

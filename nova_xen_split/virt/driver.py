@@ -206,6 +206,16 @@ class XenSplitDriver(nova_driver.ComputeDriver):
         with _nova_errors(instance):
             self._core.snapshot(context, instance, image_id, update_task_state)
 
+    def rescue(self, context, instance, network_info, image_meta, rescue_password,
+               block_device_info, share_info):
+        _refuse_volumes(instance, block_device_info)
+        with _nova_errors(instance):
+            self._core.rescue(context, instance, network_info, image_meta, rescue_password)
+
+    def unrescue(self, context, instance):
+        with _nova_errors(instance):
+            self._core.unrescue(context, instance)
+
     # -- resize on this host ---------------------------------------------------------
 
     def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,

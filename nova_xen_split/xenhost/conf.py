@@ -249,6 +249,15 @@ AGENT_OPTS = [
         min=1,
         help="Seconds between progress log lines of long transfers.",
     ),
+    cfg.FloatOpt(
+        "settle_interval",
+        default=30.0,
+        min=0.1,
+        help="Seconds between the agent's settling rounds: it destroys what "
+        "it could not destroy when it was due (XAPI was unreachable), its "
+        "half-made VDIs that no operation is working on, and the VDIs of "
+        "instances the driver gave up on.",
+    ),
     cfg.StrOpt(
         "privsep_start_method",
         default="helper",

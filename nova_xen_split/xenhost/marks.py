@@ -37,6 +37,9 @@ SR        ``nxs-pending-chain-<leaf>`` ``<agent> <instance uuid> <unix time>``,
                                        then `` abandoned`` once the driver gave up
 SR        ``nxs-image-filling-<id>``   ``<agent> <unix time>`` while that agent
                                        fills the image's cache VDI
+pool      ``nxs-gave-up-<instance>``   ``<unix time>`` the driver swept the
+                                       instance's disks (a spawn undone, a
+                                       destroy); removed when it spawns again
 ========  ===========================  ========================================
 
 A change of a key or of a value's format is a new version, read by both
@@ -435,6 +438,33 @@ def pending_chains(other_config):
         if chain is not None:
             chains.append(chain)
     return chains
+
+
+# -- the pool: instances the driver gave up on -------------------------------------
+
+_GAVE_UP = "nxs-gave-up-"
+
+
+def gave_up_mark(instance_uuid, since):
+    """``(key, value)`` saying the driver swept the disks of ``instance_uuid``
+    at ``since`` (unix time): an agent still making one for it destroys it."""
+    return _GAVE_UP + instance_uuid, "%d" % int(since)
+
+
+def gave_up_key(instance_uuid):
+    """The pool ``other_config`` key of :func:`gave_up_mark`."""
+    return _GAVE_UP + instance_uuid
+
+
+def gave_up_instances(other_config):
+    """``{instance uuid: unix time or None}`` of the pool's gave-up marks
+    (an unreadable time reads as None)."""
+    found = {}
+    for key, value in (other_config or {}).items():
+        if key.startswith(_GAVE_UP) and len(key) > len(_GAVE_UP):
+            value = value if isinstance(value, str) else ""
+            found[key[len(_GAVE_UP):]] = int(value) if value.isdigit() else None
+    return found
 
 
 # -- writing ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ so :class:`BytesSerializer` tags ``bytes`` as base64 on the way out.
 """
 
 import base64
+import contextvars
 import time
 
 import oslo_messaging
@@ -149,15 +150,59 @@ DEADLINE_KEY = "nxs_deadline"
 DEADLINE_MARGIN_SECONDS = 60.0
 
 
-def _caller_gone(ctxt):
+class _Heartbeats:
+    """When a monitored call's last call-monitor heartbeat went out.
+
+    The caller of a call with a monitor timeout gives up when no heartbeat
+    has reached it for that many seconds: oslo.messaging sends one every
+    half of it, and stops at the first that fails (the broker went away).
+    A call whose last heartbeat went out longer ago than the monitor
+    timeout has lost its caller, whatever its own deadline says.
+    """
+
+    def __init__(self, incoming):
+        try:
+            self.monitor = int(incoming.client_timeout or 0)
+        except (TypeError, ValueError):
+            self.monitor = 0
+        self.last = time.monotonic()
+        send = incoming.heartbeat
+
+        def heartbeat():
+            send()
+            self.last = time.monotonic()
+
+        if self.monitor:
+            incoming.heartbeat = heartbeat
+
+    def silent_for(self):
+        """Seconds since the last heartbeat (or the call's start) when that
+        is longer than the monitor timeout, else None."""
+        silent = time.monotonic() - self.last
+        return silent if self.monitor and silent > self.monitor else None
+
+
+# The running call's _Heartbeats, from _StrictDispatcher.dispatch to the
+# endpoint method it calls on the same thread.
+_CALL_HEARTBEATS = contextvars.ContextVar("nxs_call_heartbeats", default=None)
+
+
+def _caller_gone(ctxt, heartbeats=None):
     """For the dispatcher: why the caller of a call with this context has
-    given up, or None (also when the context carries no deadline)."""
+    given up, or None (also when the context carries no deadline and the
+    call no monitor)."""
     deadline = ctxt.get(DEADLINE_KEY) if isinstance(ctxt, dict) else None
     if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+        deadline = None
+    if deadline is None and heartbeats is None:
         return None
 
     def gone():
-        late = time.time() - deadline
+        silent = heartbeats.silent_for() if heartbeats is not None else None
+        if silent is not None:
+            return ("no call-monitor heartbeat reached the broker for %.0fs, and it "
+                    "waits %ds for one" % (silent, heartbeats.monitor))
+        late = time.time() - deadline if deadline is not None else 0
         if late > DEADLINE_MARGIN_SECONDS:
             return "its timeout passed %.0fs ago" % late
         return None
@@ -168,7 +213,8 @@ def _endpoint_method(dispatcher, name):
     def call(ctxt, **kwargs):
         # _StrictDispatcher has already checked the pinned version and the
         # name; the dispatcher does the rest.
-        return dispatcher.handle(name, None, kwargs, _caller_gone(ctxt))
+        return dispatcher.handle(name, None, kwargs,
+                                 _caller_gone(ctxt, _CALL_HEARTBEATS.get()))
     call.__name__ = name
     return call
 
@@ -228,7 +274,12 @@ class _StrictDispatcher(oslo_messaging.RPCDispatcher):
             self._ours.check_target(message.get("method"), message.get("version", "1.0"))
         except exceptions.NovaXenSplitError as e:
             return self.serializer.serialize_entity(incoming.ctxt, self._ours.refusal(e))
-        return super().dispatch(incoming)
+        token = _CALL_HEARTBEATS.set(_Heartbeats(incoming) if incoming.client_timeout
+                                     else None)
+        try:
+            return super().dispatch(incoming)
+        finally:
+            _CALL_HEARTBEATS.reset(token)
 
 
 class RabbitServer:

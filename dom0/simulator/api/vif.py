@@ -94,4 +94,4 @@ def set_attached(host, vm_ref, attached):
     """Every VIF of a VM attached (it started) or detached (it stopped)."""
     for vif_ref in host.store.find("VIF", VM=vm_ref):
         host.store.get("VIF", vif_ref)["currently_attached"] = attached
-    host.store.touch()
+        host.store.touch("VIF", vif_ref)

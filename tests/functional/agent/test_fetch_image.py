@@ -17,6 +17,11 @@ from nova_xen_split.xenhost import marks
 from rpc import exceptions
 from tests.functional.agent import disktools
 
+# Image ids are Glance's: uuids.
+IMAGE_ID = "0c2c5cf8-5b3f-4d2c-9a53-6e1d7f7d5a11"
+OTHER_IMAGE = "a1b2c3d4-0000-4000-8000-00000000beef"
+MISSING_IMAGE = "00000000-0000-4000-8000-00000000dead"
+
 MiB = 1 << 20
 
 
@@ -99,7 +104,7 @@ def test_fetch_image_vhd_goes_through_the_dom0_plugin_and_sr_scan(agent, image_s
         instance_uuid=instance, image_id=image_id, disk_format="vhd", auth_token=None)
     assert again["vdis"][0]["uuid"] == root["uuid"]
     with pytest.raises(exceptions.InvalidRequest, match="made by another request"):
-        agent.endpoint.fetch_image(instance_uuid=instance, image_id="anything-else",
+        agent.endpoint.fetch_image(instance_uuid=instance, image_id=OTHER_IMAGE,
                                    disk_format="vhd", auth_token=None)
     assert agent.vdi_uuids() == before
 
@@ -109,7 +114,7 @@ def test_fetch_image_of_an_unknown_image_fails_typed_and_leaves_no_vdi(agent, im
 
     with pytest.raises(exceptions.ImageFetchFailed):
         agent.endpoint.fetch_image(
-            instance_uuid=str(uuid.uuid4()), image_id="missing", disk_format="raw",
+            instance_uuid=str(uuid.uuid4()), image_id=MISSING_IMAGE, disk_format="raw",
             auth_token=None)
 
     assert agent.vdi_uuids() == before
@@ -186,7 +191,7 @@ def test_a_vhd_fetch_leaves_no_pending_chain_entry_whether_it_works_or_fails(
     before = agent.vdi_uuids()
 
     with pytest.raises(exceptions.ImageFetchFailed):
-        agent.endpoint.fetch_image(instance_uuid=str(uuid.uuid4()), image_id="missing",
+        agent.endpoint.fetch_image(instance_uuid=str(uuid.uuid4()), image_id=MISSING_IMAGE,
                                    disk_format="vhd", auth_token=None)
     assert _pending_chains(agent) == {} and agent.vdi_uuids() == before
     fetched = agent.endpoint.fetch_image(instance_uuid=str(uuid.uuid4()),
@@ -394,7 +399,7 @@ def test_in_guest_fetch_of_an_ami_puts_the_filesystem_in_a_partition_at_sector_6
 
 @pytest.mark.parametrize("disk_format,kernel_id,words", [
     ("aki", None, "kernel/ramdisk"),
-    ("ami", "kernel-1", "kernel_id"),
+    ("ami", "4b3e1e00-0000-4000-8000-000000000001", "kernel_id"),
     ("ami", None, "disk_format=ami"),
 ])
 def test_independent_refuses_kernel_ramdisk_and_ami_images_naming_the_property(
@@ -403,7 +408,7 @@ def test_independent_refuses_kernel_ramdisk_and_ami_images_naming_the_property(
 
     with pytest.raises(exceptions.UnsupportedInIndependentMode, match=words) as caught:
         independent_agent.endpoint.fetch_image(
-            instance_uuid=str(uuid.uuid4()), image_id="img", disk_format=disk_format,
+            instance_uuid=str(uuid.uuid4()), image_id=IMAGE_ID, disk_format=disk_format,
             kernel_id=kernel_id, auth_token=None)
 
     assert "independent_compute" in str(caught.value)
@@ -419,11 +424,11 @@ def test_in_guest_ami_whose_ramdisk_fails_leaves_no_kernel_file_in_dom0(
     kernel.write_bytes(os.urandom(MiB))
     boot_dir = os.path.join(in_guest_agent.sim.state_dir, "boot", "guest")
 
-    with pytest.raises(exceptions.ImageFetchFailed, match="no-such-ramdisk"):
+    with pytest.raises(exceptions.ImageFetchFailed, match=MISSING_IMAGE):
         in_guest_agent.endpoint.fetch_image(
             instance_uuid=str(uuid.uuid4()), image_id=image_server.add(fs_image),
             disk_format="ami", kernel_id=image_server.add(kernel),
-            ramdisk_id="no-such-ramdisk", auth_token=None)
+            ramdisk_id=MISSING_IMAGE, auth_token=None)
 
     assert not os.path.isdir(boot_dir) or os.listdir(boot_dir) == []
     assert in_guest_agent.tagged_vbds() == []

@@ -14,6 +14,9 @@ from rpc import server as rpc_server
 from rpc import transports
 from tests.functional.agent import disktools
 
+# Image ids are Glance's: uuids.
+IMAGE_ID = "0c2c5cf8-5b3f-4d2c-9a53-6e1d7f7d5a11"
+
 
 @pytest.fixture(params=["in_guest", "independent"])
 def served(request, make_sim, loop_devices, image_server, make_agent, tmp_path):
@@ -48,7 +51,14 @@ BAD_REQUESTS = [
     ("fetch_image", dict(image_id="../../etc/passwd", disk_format="raw"), "image_id"),
     ("fetch_image", dict(image_id="..", disk_format="raw"), "image_id"),
     ("fetch_image", dict(image_id=".", disk_format="vhd"), "image_id"),
-    ("fetch_image", dict(image_id="img", disk_format="qcow2"), "disk_format"),
+    # Glance's form of an id is a uuid; nothing else reaches the image service.
+    ("fetch_image", dict(image_id="cirros-0.6.2", disk_format="raw"), "image_id"),
+    ("fetch_image", dict(image_id=IMAGE_ID.replace("-", ""), disk_format="raw"), "image_id"),
+    ("fetch_image", dict(image_id=IMAGE_ID + "\n", disk_format="raw"), "image_id"),
+    ("fetch_image", dict(image_id=IMAGE_ID + "0", disk_format="raw"), "image_id"),
+    ("fetch_image", dict(image_id="%2e%2e", disk_format="raw"), "image_id"),
+    ("fetch_image", dict(image_id=IMAGE_ID, disk_format="ami", kernel_id="k"), "kernel_id"),
+    ("fetch_image", dict(image_id=IMAGE_ID, disk_format="qcow2"), "disk_format"),
 ]
 
 

@@ -24,6 +24,9 @@ from nova_xen_split.xenhost import conf as nxs_conf
 from nova_xen_split.xenhost import marks
 
 IMAGE_MB = 64
+# Image ids are Glance's: uuids.
+TEST_IMAGE = "7e57da7a-0000-4000-8000-000000000001"
+TEST_IMAGE_VHD = "7e57da7a-0000-4000-8000-000000000002"
 GiB = 1024 ** 3
 MiB = 1024 ** 2
 USER_DATA = b"#cloud-config\nfinal_message: hello from the functional test\n"
@@ -78,6 +81,8 @@ def demo_vhd_tarball(demo_image):
 
 RAW_IMAGE_ID = "6f1d3c2a-9b8e-4d7f-a6c5-000000000001"
 VHD_IMAGE_ID = "6f1d3c2a-9b8e-4d7f-a6c5-000000000002"
+# What the tests boot: the demo disk, raw and as a VHD tarball.
+TEST_IMAGE, TEST_IMAGE_VHD = RAW_IMAGE_ID, VHD_IMAGE_ID
 
 
 @pytest.fixture(scope="session")
@@ -94,21 +99,23 @@ def glance_images(glance, demo_image, demo_vhd_tarball):
 
 @pytest.fixture
 def image_service(demo_image, demo_vhd_tarball):
+    """The stand-in, for the tests that inject faults or add their own
+    images; it serves the run's images under the same ids as Glance."""
     service = ImageService(hash_algo="sha512")
-    service.add(demo_image, "test-image")
-    service.add(demo_vhd_tarball, "test-image-vhd", disk_format="vhd", container_format="ovf")
+    service.add(demo_image, TEST_IMAGE)
+    service.add(demo_vhd_tarball, TEST_IMAGE_VHD, disk_format="vhd", container_format="ovf")
     service.start()
     yield service
     service.stop()
 
 
 @pytest.fixture
-def make_pair(tmp_path, image_service, rabbit_cleanup):
+def make_pair(tmp_path, glance_images, rabbit_cleanup):
     """Factory: ``make_pair(sim, transport_url=None, driver_overrides=None,
     cache_images="none", image_url=None, glance_options=None)`` → Pair. The image
     cache is off unless asked for: most tests here are about what a spawn
-    downloads; ``image_url`` is the image service (default: the stand-in
-    ``image_service``)."""
+    downloads; ``image_url`` is the image service (default: the run's real
+    Glance, holding TEST_IMAGE and TEST_IMAGE_VHD)."""
     pairs = []
 
     def factory(sim, transport_url=None, driver_overrides=None, init=True,
@@ -117,7 +124,7 @@ def make_pair(tmp_path, image_service, rabbit_cleanup):
         work = tmp_path / host
         work.mkdir()
         config_file = demo_env.write_config(
-            str(work / "nova-xen-split.conf"), sim, host, image_url or image_service.url,
+            str(work / "nova-xen-split.conf"), sim, host, image_url or glance_images.url,
             str(work), transport_url=transport_url, vm_uuid=sim.compute_vm_uuid,
             cache_images=cache_images, glance_options=glance_options)
         if transport_url:
@@ -161,7 +168,7 @@ def full_flavor():
 
 
 def make_instance(flavor=None, **kwargs):
-    fields = dict(hostname="test-vm", flavor=flavor or full_flavor(), image_ref="test-image",
+    fields = dict(hostname="test-vm", flavor=flavor or full_flavor(), image_ref=TEST_IMAGE,
                   config_drive="True", project_id="p-test",
                   user_data=base64.b64encode(USER_DATA).decode(),
                   key_name="k1", key_data="ssh-ed25519 AAAAtest k1@test",
@@ -171,7 +178,7 @@ def make_instance(flavor=None, **kwargs):
 
 
 def image_meta(**properties):
-    return objects.ImageMeta(id="test-image", disk_format="raw", size=IMAGE_MB * MiB,
+    return objects.ImageMeta(id=TEST_IMAGE, disk_format="raw", size=IMAGE_MB * MiB,
                              properties=objects.ImageMetaProps(properties))
 
 

@@ -7,8 +7,12 @@ from nova_xen_split import objects
 from nova_xen_split.cmd import demo_env
 from rpc import exceptions
 from tests.functional.driver.conftest import (
-    IMAGE_MB, MiB, leftovers, make_instance, spawn)
+    IMAGE_MB, TEST_IMAGE, MiB, leftovers, make_instance, spawn)
 from nova_xen_split.xenhost import marks
+
+
+# An image with no bootloader config, served by the stand-in.
+NO_GRUB = "7e57da7a-0000-4000-8000-00000000b007"
 
 
 def _vm_record(pair, instance):
@@ -39,7 +43,7 @@ def test_the_boot_mode_follows_the_images_properties_and_the_guest_runs(
         xapi_sim, make_pair, properties, pv):
     pair = make_pair(xapi_sim)
     instance = make_instance(config_drive="")
-    spawn(pair, instance, meta=_meta("test-image", **properties))
+    spawn(pair, instance, meta=_meta(TEST_IMAGE, **properties))
 
     record = _vm_record(pair, instance)
     assert record["power_state"] == "Running"
@@ -53,13 +57,13 @@ def test_the_boot_mode_follows_the_images_properties_and_the_guest_runs(
 
 def test_a_pv_image_without_a_bootloader_config_fails_to_start_and_leaves_nothing(
         xapi_sim, make_pair, image_service, image_without_bootloader):
-    image_service.add(image_without_bootloader, "no-grub")
-    pair = make_pair(xapi_sim)
+    image_service.add(image_without_bootloader, NO_GRUB)
+    pair = make_pair(xapi_sim, image_url=image_service.url)
     baseline = pair.counts()
-    instance = make_instance(config_drive="", image_ref="no-grub")
+    instance = make_instance(config_drive="", image_ref=NO_GRUB)
 
     with pytest.raises(exceptions.XapiFailure) as failed:
-        spawn(pair, instance, meta=_meta("no-grub", os_type="linux"))
+        spawn(pair, instance, meta=_meta(NO_GRUB, os_type="linux"))
 
     assert failed.value.details[0] == "BOOTLOADER_FAILED"
     assert failed.value.details[2] == "Unable to find partition containing kernel"
@@ -69,9 +73,9 @@ def test_a_pv_image_without_a_bootloader_config_fails_to_start_and_leaves_nothin
 def test_the_same_image_boots_as_hvm(xapi_sim, make_pair, image_service,
                                      image_without_bootloader):
     # Nova's default for raw data: HVM, whose BIOS needs no config file.
-    image_service.add(image_without_bootloader, "no-grub")
-    pair = make_pair(xapi_sim)
-    instance = make_instance(config_drive="", image_ref="no-grub")
-    spawn(pair, instance, meta=_meta("no-grub"))
+    image_service.add(image_without_bootloader, NO_GRUB)
+    pair = make_pair(xapi_sim, image_url=image_service.url)
+    instance = make_instance(config_drive="", image_ref=NO_GRUB)
+    spawn(pair, instance, meta=_meta(NO_GRUB))
     assert _vm_record(pair, instance)["power_state"] == "Running"
     pair.driver.destroy(None, instance)

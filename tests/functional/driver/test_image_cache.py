@@ -2,6 +2,7 @@
 whose SR is an XFS with reflink (a clone shares its parent's blocks, as a
 VHD child does), in both modes. Downloads are counted at the image service."""
 
+import functools
 import hashlib
 import os
 import signal
@@ -15,9 +16,20 @@ from nova_xen_split import objects
 from nova_xen_split.cmd import demo_env
 from nova_xen_split.xenhost import marks
 from tests.functional.driver.conftest import (
-    IMAGE_MB, MiB, leftovers, make_instance, spawn, vdi_path, wait_for_agent)
+    IMAGE_MB, TEST_IMAGE, TEST_IMAGE_VHD, MiB, leftovers, make_instance, spawn, vdi_path,
+    wait_for_agent)
+
+# Images added to the stand-in by single tests.
+CACHED_IMAGE = "7e57da7a-0000-4000-8000-00000000cac1"
+OTHER_IMAGE = "7e57da7a-0000-4000-8000-00000000cac2"
 
 MODES = [pytest.param(False, id="independent"), pytest.param(True, id="in_guest")]
+
+
+@pytest.fixture
+def make_pair(make_pair, image_service):
+    """Pairs reading the stand-in image service, which counts downloads."""
+    return functools.partial(make_pair, image_url=image_service.url)
 
 
 def small_instance(**kwargs):
@@ -71,10 +83,10 @@ def test_two_instances_of_one_image_are_clones_of_one_cache_vdi_and_one_download
     spawn(pair, first)
     spawn(pair, second)
 
-    assert downloads(image_service, "test-image") == 1
-    (cache_uuid, mark), = cache_vdis(pair, "test-image").items()
+    assert downloads(image_service, TEST_IMAGE) == 1
+    (cache_uuid, mark), = cache_vdis(pair, TEST_IMAGE).items()
     assert mark.state == marks.READY
-    assert mark.checksum == "sha512:" + image_service.multihash_of("test-image")[1]
+    assert mark.checksum == "sha512:" + image_service.multihash_of(TEST_IMAGE)[1]
     roots = [root_record(pair, inst.uuid) for inst in (first, second)]
     assert [marks.cloned_from(r["other_config"]) for r in roots] == [cache_uuid] * 2
     # A fresh clone owns next to no blocks: its data is its parent's.
@@ -109,7 +121,7 @@ def test_a_cloned_root_grows_to_the_flavor_and_its_image_stays_as_it_was(
 
     root = root_record(pair, instance.uuid)
     assert int(root["virtual_size"]) == 1 << 30
-    (cache_uuid, _mark), = cache_vdis(pair, "test-image").items()
+    (cache_uuid, _mark), = cache_vdis(pair, TEST_IMAGE).items()
     cache_path = vdi_path(pair.sim, cache_uuid)
     assert os.path.getsize(cache_path) == IMAGE_MB * MiB
     assert digest(cache_path) == digest(demo_image)
@@ -118,14 +130,14 @@ def test_a_cloned_root_grows_to_the_flavor_and_its_image_stays_as_it_was(
 
 def test_vhd_images_are_cached_too(make_xfs_sim, make_pair, image_service):
     pair = make_pair(make_xfs_sim(), cache_images="all")
-    meta = objects.ImageMeta(id="test-image-vhd", disk_format="vhd", size=IMAGE_MB * MiB)
+    meta = objects.ImageMeta(id=TEST_IMAGE_VHD, disk_format="vhd", size=IMAGE_MB * MiB)
     first, second = small_instance(), small_instance()
 
     spawn(pair, first, meta)
     spawn(pair, second, meta)
 
-    assert downloads(image_service, "test-image-vhd") == 1
-    (cache_uuid, _mark), = cache_vdis(pair, "test-image-vhd").items()
+    assert downloads(image_service, TEST_IMAGE_VHD) == 1
+    (cache_uuid, _mark), = cache_vdis(pair, TEST_IMAGE_VHD).items()
     assert {marks.cloned_from(root_record(pair, i.uuid)["other_config"])
             for i in (first, second)} == {cache_uuid}
     pair.driver.destroy(None, first)
@@ -142,7 +154,7 @@ def test_cache_images_none_downloads_every_time_and_keeps_nothing(
     spawn(pair, first)
     spawn(pair, second)
 
-    assert downloads(image_service, "test-image") == 2
+    assert downloads(image_service, TEST_IMAGE) == 2
     assert cache_vdis(pair) == {}
     pair.driver.destroy(None, first)
     pair.driver.destroy(None, second)
@@ -151,9 +163,9 @@ def test_cache_images_none_downloads_every_time_and_keeps_nothing(
 
 def test_cache_images_some_caches_only_images_with_cache_in_nova(
         make_xfs_sim, make_pair, image_service, demo_image):
-    image_service.add(demo_image, "cached-image", properties={"cache_in_nova": "true"})
+    image_service.add(demo_image, CACHED_IMAGE, properties={"cache_in_nova": "true"})
     pair = make_pair(make_xfs_sim(), cache_images="some")
-    meta = objects.ImageMeta(id="cached-image", disk_format="raw", size=IMAGE_MB * MiB)
+    meta = objects.ImageMeta(id=CACHED_IMAGE, disk_format="raw", size=IMAGE_MB * MiB)
     instances = [small_instance() for _ in range(4)]
 
     spawn(pair, instances[0])
@@ -161,9 +173,9 @@ def test_cache_images_some_caches_only_images_with_cache_in_nova(
     spawn(pair, instances[2], meta)
     spawn(pair, instances[3], meta)
 
-    assert downloads(image_service, "test-image") == 2
-    assert downloads(image_service, "cached-image") == 1
-    assert [m.image_id for m in cache_vdis(pair).values()] == ["cached-image"]
+    assert downloads(image_service, TEST_IMAGE) == 2
+    assert downloads(image_service, CACHED_IMAGE) == 1
+    assert [m.image_id for m in cache_vdis(pair).values()] == [CACHED_IMAGE]
     for instance in instances:
         pair.driver.destroy(None, instance)
 
@@ -171,14 +183,14 @@ def test_cache_images_some_caches_only_images_with_cache_in_nova(
 @pytest.mark.parametrize("compute_vm", MODES)
 def test_manage_image_cache_removes_an_unused_old_cache_vdi_and_keeps_a_used_one(
         compute_vm, make_xfs_sim, make_pair, image_service, demo_image):
-    image_service.add(demo_image, "other-image")
+    image_service.add(demo_image, OTHER_IMAGE)
     pair = make_pair(make_xfs_sim(compute_vm=compute_vm), cache_images="all")
     kept, gone = small_instance(), small_instance()
     spawn(pair, kept)
-    spawn(pair, gone, objects.ImageMeta(id="other-image", disk_format="raw",
+    spawn(pair, gone, objects.ImageMeta(id=OTHER_IMAGE, disk_format="raw",
                                          size=IMAGE_MB * MiB))
     pair.driver.destroy(None, gone)
-    used = list(cache_vdis(pair, "test-image"))
+    used = list(cache_vdis(pair, TEST_IMAGE))
     conf = pair.driver._conf
 
     # Young enough: nothing goes.
@@ -203,12 +215,12 @@ def test_cache_image_fills_the_cache_once_and_the_spawn_downloads_nothing(
     pair = make_pair(make_xfs_sim(), cache_images="all")
     context = objects.RequestContext(auth_token="test-token")
 
-    assert pair.driver.cache_image(context, "test-image") is True
-    assert pair.driver.cache_image(context, "test-image") is False
+    assert pair.driver.cache_image(context, TEST_IMAGE) is True
+    assert pair.driver.cache_image(context, TEST_IMAGE) is False
     instance = small_instance()
     spawn(pair, instance)
 
-    assert downloads(image_service, "test-image") == 1
+    assert downloads(image_service, TEST_IMAGE) == 1
     pair.driver.destroy(None, instance)
 
 
@@ -282,8 +294,8 @@ def test_eight_concurrent_spawns_of_an_uncached_image_download_it_once(
         thread.join(300)
 
     assert errors == []
-    assert downloads(image_service, "test-image") == 1
-    (cache_uuid, _mark), = cache_vdis(pair, "test-image").items()
+    assert downloads(image_service, TEST_IMAGE) == 1
+    (cache_uuid, _mark), = cache_vdis(pair, TEST_IMAGE).items()
     assert {marks.cloned_from(root_record(pair, i.uuid)["other_config"])
             for i in instances} == {cache_uuid}
     for instance in instances:

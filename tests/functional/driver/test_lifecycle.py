@@ -7,8 +7,12 @@ import pytest
 from nova_xen_split import driver_errors
 from nova_xen_split import objects
 from nova_xen_split import vm_utils
-from tests.functional.driver.conftest import GiB, leftovers, make_instance, spawn
+from tests.functional.driver.conftest import (GiB, TEST_IMAGE, leftovers, make_instance,
+                                              spawn)
 from nova_xen_split.xenhost import marks
+
+TEST_KERNEL = "7e57da7a-0000-4000-8000-0000000000a1"
+TEST_RAMDISK = "7e57da7a-0000-4000-8000-0000000000a2"
 
 
 def _power_state(pair, instance):
@@ -69,7 +73,7 @@ def test_a_flavor_smaller_than_the_image_is_refused_before_any_disk(xapi_sim, ma
     pair = make_pair(xapi_sim)
     baseline = pair.counts()
     instance = make_instance(objects.Flavor(root_gb=1))
-    meta = objects.ImageMeta(id="test-image", disk_format="raw", size=2 * GiB)
+    meta = objects.ImageMeta(id=TEST_IMAGE, disk_format="raw", size=2 * GiB)
     with pytest.raises(driver_errors.FlavorDiskSmallerThanImage):
         spawn(pair, instance, meta)
     assert pair.counts() == baseline
@@ -148,13 +152,13 @@ def test_in_guest_split_kernel_image_boots_from_dom0_files_removed_on_destroy(
     kernel.write_bytes(b"\x7fKERNEL" * 4096)
     ramdisk = tmp_path / "initrd"
     ramdisk.write_bytes(b"RAMDISK!" * 2048)
-    image_service.add(str(kernel), "test-kernel")
-    image_service.add(str(ramdisk), "test-ramdisk")
-    pair = make_pair(xapi_sim_compute)
+    image_service.add(str(kernel), TEST_KERNEL)
+    image_service.add(str(ramdisk), TEST_RAMDISK)
+    pair = make_pair(xapi_sim_compute, image_url=image_service.url)
     baseline = pair.counts()
     instance = make_instance(objects.Flavor(root_gb=0), config_drive="")
-    meta = objects.ImageMeta(id="test-image", disk_format="ami", properties=(
-        objects.ImageMetaProps({"kernel_id": "test-kernel", "ramdisk_id": "test-ramdisk"})))
+    meta = objects.ImageMeta(id=TEST_IMAGE, disk_format="ami", properties=(
+        objects.ImageMetaProps({"kernel_id": TEST_KERNEL, "ramdisk_id": TEST_RAMDISK})))
 
     spawn(pair, instance, meta)
 

@@ -63,7 +63,8 @@ def test_kernel_and_ramdisk_images_are_refused_and_nothing_is_made(xapi_sim, mak
     pair = make_pair(xapi_sim)
     baseline = pair.counts()
     instance = make_instance()
-    meta = image_meta(kernel_id="aki-1", ramdisk_id="ari-1")
+    meta = image_meta(kernel_id="a4100000-0000-4000-8000-000000000001",
+                      ramdisk_id="a4200000-0000-4000-8000-000000000001")
     meta.disk_format = "ami"
 
     with pytest.raises(exceptions.UnsupportedInIndependentMode) as err:

@@ -34,7 +34,7 @@ def _queued(image_service, image_id):
 
 def test_a_snapshot_goes_into_the_stand_in_as_a_vhd_tarball(xapi_sim, make_pair,
                                                             image_service):
-    pair = make_pair(xapi_sim)
+    pair = make_pair(xapi_sim, image_url=image_service.url)
     instance = _booted(pair)
     counts = pair.counts()
     image_id = _queued(image_service, "snap-ok")
@@ -51,7 +51,7 @@ def test_a_snapshot_goes_into_the_stand_in_as_a_vhd_tarball(xapi_sim, make_pair,
 @pytest.mark.parametrize("fault", ["refused", "cut"])
 def test_an_upload_the_image_service_fails_leaves_no_image_and_no_vdi(
         xapi_sim, make_pair, image_service, fault):
-    pair = make_pair(xapi_sim)
+    pair = make_pair(xapi_sim, image_url=image_service.url)
     instance = _booted(pair)
     counts = pair.counts()
     image_id = _queued(image_service, "snap-" + fault)
@@ -70,7 +70,7 @@ def test_an_upload_the_image_service_fails_leaves_no_image_and_no_vdi(
 
 def test_a_refused_token_fails_the_snapshot_without_showing_the_token(
         xapi_sim, make_pair, image_service):
-    pair = make_pair(xapi_sim)
+    pair = make_pair(xapi_sim, image_url=image_service.url)
     instance = _booted(pair)
     counts = pair.counts()
     image_id = _queued(image_service, "snap-token")

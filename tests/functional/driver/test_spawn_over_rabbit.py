@@ -13,8 +13,9 @@ import pytest
 
 from nova_xen_split import objects
 from nova_xen_split import vm_utils
-from tests.functional.driver.conftest import (GiB, MiB, USER_DATA, leftovers,
-                                              make_instance, run, spawn, vdi_path)
+from tests.functional.driver.conftest import (GiB, MiB, TEST_IMAGE_VHD, USER_DATA,
+                                              leftovers, make_instance, run, spawn,
+                                              vdi_path)
 from nova_xen_split.xenhost import marks
 
 
@@ -169,7 +170,7 @@ def test_a_vhd_image_boots_through_the_dom0_image_plugin_with_its_data(
     pair = make_pair(sim)  # the local socket: the transport is not what is tested here
     baseline = pair.counts()
     instance = make_instance(objects.Flavor(root_gb=1), config_drive="")
-    meta = objects.ImageMeta(id="test-image-vhd", disk_format="vhd", size=64 * MiB)
+    meta = objects.ImageMeta(id=TEST_IMAGE_VHD, disk_format="vhd", size=64 * MiB)
 
     spawn(pair, instance, meta)
 

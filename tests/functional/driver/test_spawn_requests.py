@@ -20,7 +20,7 @@ from nova_xen_split import objects
 from nova_xen_split import vm_utils
 from rpc import exceptions
 from tests.conftest import need
-from tests.functional.driver.conftest import (leftovers, make_instance, run,
+from tests.functional.driver.conftest import (TEST_IMAGE, leftovers, make_instance, run,
                                               vdi_path)
 from nova_xen_split.xenhost import marks
 
@@ -33,7 +33,7 @@ VIF = {"id": "5b2f1b0c-0d3a-4f3e-8c61-3b7d0f1a2b3c", "address": "fa:16:3e:11:22:
 
 def _spawn(pair, instance, network_info, files=()):
     pair.driver.spawn(objects.RequestContext(auth_token="test-token"), instance,
-                      objects.ImageMeta(id="test-image", disk_format="raw"), list(files),
+                      objects.ImageMeta(id=TEST_IMAGE, disk_format="raw"), list(files),
                       None, {}, network_info)
 
 
@@ -134,14 +134,15 @@ def test_in_guest_flat_injected_boots_a_non_linux_image_untouched(
         xapi_sim_compute, make_pair, image_service, tmp_path):
     image = tmp_path / "vfat.raw"
     run(["mkfs.vfat", "-C", "-n", "WINDOWS", str(image), str(32 * 1024)])
-    image_service.add(str(image), "vfat-image")
-    pair = make_pair(xapi_sim_compute, driver_overrides={("DEFAULT", "flat_injected"): True})
+    vfat_image = image_service.add(str(image))
+    pair = make_pair(xapi_sim_compute, driver_overrides={("DEFAULT", "flat_injected"): True},
+                     image_url=image_service.url)
     steps = []
     pair.driver.on_step = steps.append
     instance = make_instance(objects.Flavor(root_gb=0), config_drive="")
 
     pair.driver.spawn(objects.RequestContext(auth_token="test-token"), instance,
-                      objects.ImageMeta(id="vfat-image", disk_format="raw"), [], None, {},
+                      objects.ImageMeta(id=vfat_image, disk_format="raw"), [], None, {},
                       [VIF])
 
     (step,) = [step for step in steps if step.name == "preconfigure_instance"]

@@ -12,8 +12,11 @@ import pytest
 from nova_xen_split import objects
 from rpc import exceptions
 from tests.functional.driver.conftest import (
-    IMAGE_MB, MiB, leftovers, make_instance, spawn)
+    IMAGE_MB, TEST_IMAGE, TEST_IMAGE_VHD, MiB, leftovers, make_instance, spawn)
 from nova_xen_split.xenhost import marks
+
+# A VHD chain image (base and child), served by the stand-in.
+CHAIN = "7e57da7a-0000-4000-8000-00000000c4a1"
 
 CASES = [(sr, mode, fmt) for sr in ("ext", "lvm") for mode in ("independent", "in_guest")
          for fmt in ("raw", "vhd")]
@@ -21,9 +24,9 @@ CASES = [(sr, mode, fmt) for sr in ("ext", "lvm") for mode in ("independent", "i
 
 def _meta(fmt):
     if fmt == "vhd":
-        return objects.ImageMeta(id="test-image-vhd", disk_format="vhd",
+        return objects.ImageMeta(id=TEST_IMAGE_VHD, disk_format="vhd",
                                  container_format="ovf", size=IMAGE_MB * MiB)
-    return objects.ImageMeta(id="test-image", disk_format="raw", size=IMAGE_MB * MiB)
+    return objects.ImageMeta(id=TEST_IMAGE, disk_format="raw", size=IMAGE_MB * MiB)
 
 
 def _instance_disks(pair, instance):
@@ -48,7 +51,7 @@ def test_spawn_boots_and_destroy_leaves_nothing_on_both_sr_types(
     pair = make_pair(sim)
     assert pair.driver.agent_mode == mode
     baseline = pair.counts()
-    image_ref = "test-image-vhd" if fmt == "vhd" else "test-image"
+    image_ref = TEST_IMAGE_VHD if fmt == "vhd" else TEST_IMAGE
     instance = make_instance(image_ref=image_ref)
 
     spawn(pair, instance, meta=_meta(fmt))
@@ -81,12 +84,12 @@ def test_a_vhd_chain_on_an_lvm_sr_is_refused_and_leaves_nothing(
     with tarfile.open(tmp_path / "chain.tar", "w") as tar:
         for name in ("0.vhd", "1.vhd"):
             tar.add(tmp_path / name, arcname=name)
-    image_service.add(str(tmp_path / "chain.tar"), "chain", disk_format="vhd",
+    image_service.add(str(tmp_path / "chain.tar"), CHAIN, disk_format="vhd",
                       container_format="ovf")
-    pair = make_pair(make_sim(extra_args=["--sr-type", "lvm"]))
+    pair = make_pair(make_sim(extra_args=["--sr-type", "lvm"]), image_url=image_service.url)
     baseline = pair.counts()
-    instance = make_instance(image_ref="chain", config_drive="")
-    meta = objects.ImageMeta(id="chain", disk_format="vhd", container_format="ovf",
+    instance = make_instance(image_ref=CHAIN, config_drive="")
+    meta = objects.ImageMeta(id=CHAIN, disk_format="vhd", container_format="ovf",
                              size=size)
 
     with pytest.raises(exceptions.ImageFetchFailed) as refused:

@@ -49,10 +49,15 @@ def test_every_method_takes_what_nova_34_passes():
         theirs = getattr(nova_driver.ComputeDriver, name, None)
         if name.startswith("_") or not callable(ours) or not callable(theirs):
             continue
-        assert inspect.signature(ours) == inspect.signature(theirs), name
+        assert _parameters(ours) == _parameters(theirs), name
         checked.append(name)
-    assert {"spawn", "power_on", "reboot", "destroy", "init_host",
+    assert {"spawn", "power_on", "reboot", "destroy", "init_host", "rescue", "unrescue",
             "update_provider_tree"} <= set(checked)
+
+
+def _parameters(function):
+    """What a call can pass: names, kinds and defaults (annotations aside)."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
 
 
 def test_capabilities_are_novas_with_ours_over_them():
@@ -141,3 +146,22 @@ def test_an_ephemeral_format_the_driver_cannot_make_is_refused_naming_it(nova_co
     conf.set_override("default_ephemeral_format", "xfs")
     with pytest.raises(cfg.ConfigFileValueError, match="default_ephemeral_format = xfs"):
         virt_conf.driver_conf(conf)
+
+
+def test_novas_broker_settings_reach_the_agents_client(nova_conf):
+    """oslo.messaging's options as nova.conf sets them (heartbeats, TLS...)
+    are the driver's too."""
+    import oslo_messaging.opts
+
+    from nova.virt import driver as nova_driver
+
+    conf, virtapi = nova_conf
+    # What loading the rabbit driver registers in nova-compute.
+    for group, opts in oslo_messaging.opts.list_opts():
+        if group == "oslo_messaging_rabbit":
+            conf.register_opts(opts, group=group)
+    conf.set_override("heartbeat_timeout_threshold", 17, group="oslo_messaging_rabbit")
+    conf.set_override("ssl", True, group="oslo_messaging_rabbit")
+    driver = nova_driver.load_compute_driver(virtapi, DRIVER_NAME)
+    ours = driver._core._conf.oslo_messaging_rabbit
+    assert (ours.heartbeat_timeout_threshold, ours.ssl) == (17, True)

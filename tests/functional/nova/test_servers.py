@@ -201,3 +201,39 @@ class ConfigDrive(base.XenSplitTestCase):
             purposes[xapi.VBD.get_userdevice(vbd)] = mark.purpose
         self.assertEqual({"0": marks.ROOT, "3": marks.CONFIGDRIVE}, purposes)
         self._delete_server(server)
+
+
+class Rescue(base.XenSplitTestCase):
+
+    def test_rescue_boots_the_image_with_the_root_as_disk_1_and_unrescue_restores(self):
+        server = self._boot(self._flavor("nxs.tiny"))
+        (vm,) = self._guest_vms()
+        xapi = self._xapi()
+        root = next(xapi.VBD.get_VDI(vbd) for vbd in vm["VBDs"]
+                    if xapi.VBD.get_userdevice(vbd) == "0")
+        self.api.post_server_action(server["id"], {"rescue": {"adminPass": "s3cret"}})
+        server = self._wait(server, "RESCUE")
+        vms = {rec["uuid"]: rec for rec in self._guest_vms()}
+        self.assertEqual("Halted", vms.pop(vm["uuid"])["power_state"])
+        (rescuer,) = vms.values()
+        self.assertEqual("Running", rescuer["power_state"])
+        disks = {xapi.VBD.get_userdevice(vbd): xapi.VBD.get_VDI(vbd) for vbd in rescuer["VBDs"]}
+        self.assertEqual(root, disks["1"])
+        self.assertNotEqual(root, disks["0"])
+        self.api.post_server_action(server["id"], {"unrescue": None})
+        server = self._wait(server, "ACTIVE")
+        (after,) = self._guest_vms()
+        self.assertEqual((vm["uuid"], "Running"), (after["uuid"], after["power_state"]))
+        before_delete = self._left_on_the_simulator()
+        self.assertEqual(1, before_delete["VM"])
+        self._delete_server(server)
+        self.assertEqual([], self._guest_vms())
+
+    def test_deleting_a_rescued_server_leaves_nothing(self):
+        before = self._left_on_the_simulator()
+        server = self._boot(self._flavor("nxs.tiny"))
+        self.api.post_server_action(server["id"], {"rescue": None})
+        server = self._wait(server, "RESCUE")
+        self.assertEqual(2, len(self._guest_vms()))
+        self._delete_server(server)
+        self.assertEqual(before, self._left_on_the_simulator())

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import tarfile
+import uuid
 
 import pytest
 import XenAPI
@@ -20,6 +21,9 @@ import XenAPI
 from nova_xen_split.cmd.image_service import ImageService
 from tests.functional.plugins import vhdchain
 from tests.functional.simulator import vhdtestlib
+
+# Image ids are Glance's: uuids.
+TOKEN_ECHO_IMAGE = "e0c0e0c0-7000-4000-8000-000000000001"
 
 MIB = 1 << 20
 SIZE = 12 * MIB  # virtual size of the test images
@@ -126,11 +130,11 @@ def tool(*cmd, ok=(0,), input_text=None):
 @pytest.fixture
 def image_service():
     """Downloads need the token; their Content-MD5 is the body's. The image
-    "echo-token" is refused by a careless service that repeats the token in
+    TOKEN_ECHO_IMAGE is refused by a careless service that repeats the token in
     its reason."""
     token = "tok-" + os.urandom(12).hex()
     with ImageService(token=token).start() as service:
-        service.add(b"", "echo-token", error=(403, "token %s is not allowed" % token))
+        service.add(b"", TOKEN_ECHO_IMAGE, error=(403, "token %s is not allowed" % token))
         yield service
 
 
@@ -157,6 +161,11 @@ def tarball(members, compress=False):
             tar.addfile(info, io.BytesIO(data))
     data = buf.getvalue()
     return gzip.compress(data) if compress else data
+
+
+def img(tag):
+    """A Glance-form image id (a uuid) named by a short tag, the same every time."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "nxs-test-image:" + tag))
 
 
 def download_args(dom0, service, image_id, **overrides):

@@ -55,7 +55,7 @@ def test_a_log_that_is_a_symlink_is_not_followed(dom0, tmp_path):
 
 
 def test_a_started_guest_has_a_log_under_its_domid(dom0):
-    from tests.functional.simulator.simhelpers import startable_vm
+    from tests.functional.simulator.simhelpers import drop_vm, startable_vm
 
     sr_ref = dom0.api.pool.get_default_SR(dom0.api.pool.get_all()[0])
     vm = startable_vm(dom0.api, sr_ref, "console-guest")
@@ -66,5 +66,4 @@ def test_a_started_guest_has_a_log_under_its_domid(dom0):
         assert ("domain %d started for VM %s" % (domid, dom0.api.VM.get_uuid(vm))).encode() \
             in log
     finally:
-        dom0.api.VM.hard_shutdown(vm)
-        dom0.api.VM.destroy(vm)
+        drop_vm(dom0.api, vm)

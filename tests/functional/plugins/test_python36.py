@@ -16,6 +16,9 @@ import pytest
 
 from tests.functional.plugins.conftest import MIB, SIZE, Dom0, download_args, tarball
 
+# Image ids are Glance's: uuids.
+IMAGE_ID = "0c2c5cf8-5b3f-4d2c-9a53-6e1d7f7d5a11"
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 PLUGIN_DIR = os.path.join(REPO, "dom0", "plugins")
@@ -83,10 +86,10 @@ def test_partition_utils_verbs_run_under_python_3_6(dom0_py36):
 def test_download_vhd_and_kernel_copy_run_under_python_3_6(
         dom0_py36, image_service, chain_files):
     dom0 = dom0_py36
-    image_service.images["img"] = tarball(
+    image_service.images[IMAGE_ID] = tarball(
         [("0.vhd", chain_files["0.vhd"]), ("1.vhd", chain_files["1.vhd"])], compress=True)
     chain = dom0.call("vhd_images.py", "download_vhd",
-                      **download_args(dom0, image_service, "img"))
+                      **download_args(dom0, image_service, IMAGE_ID))
     dom0.api.SR.scan(dom0.sr)
     leaf = dom0.api.VDI.get_by_uuid(chain["root"])
     assert int(dom0.api.VDI.get_virtual_size(leaf)) == SIZE

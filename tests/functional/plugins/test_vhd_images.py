@@ -21,7 +21,10 @@ import xmlrpc.client
 import pytest
 
 from tests.functional.plugins import vhdchain
-from tests.functional.plugins.conftest import SIZE, download_args, tarball
+from tests.functional.plugins.conftest import img, SIZE, download_args, tarball
+
+# Image ids are Glance's: uuids.
+IMAGE_ID = "0c2c5cf8-5b3f-4d2c-9a53-6e1d7f7d5a11"
 
 PLUGIN = "vhd_images.py"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -39,15 +42,15 @@ def _export_raw(dom0, vdi_ref):
 @pytest.mark.parametrize("compress", [False, True], ids=["tar", "tar.gz"])
 def test_a_single_image_vhd_lands_in_the_sr_with_the_source_content(
         dom0, image_service, chain_files, compress):
-    image_service.images["img-1"] = tarball([("image.vhd", chain_files["1.vhd"])], compress)
+    image_service.images[img("1")] = tarball([("image.vhd", chain_files["1.vhd"])], compress)
 
-    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-1"))
+    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, img("1")))
 
     assert result["chain"] == [result["root"]]
     assert result["checksum_verified"] is True
     assert result["checksum"] == "md5"
     assert [(r.path, r.token) for r in image_service.requests] == [
-        ("/v2/images/img-1/file", image_service.token)]
+        ("/v2/images/%s/file" % img("1"), image_service.token)]
     assert sorted(os.listdir(dom0.sr_path)) == [result["root"] + ".vhd"]
     dom0.api.SR.scan(dom0.sr)
     vdi = dom0.api.VDI.get_by_uuid(result["root"])
@@ -57,10 +60,10 @@ def test_a_single_image_vhd_lands_in_the_sr_with_the_source_content(
 
 def test_a_numbered_chain_lands_as_a_leaf_over_its_unmanaged_parent(
         dom0, image_service, chain_files):
-    image_service.images["img-2"] = tarball(
+    image_service.images[img("2")] = tarball(
         [("0.vhd", chain_files["0.vhd"]), ("1.vhd", chain_files["1.vhd"])])
 
-    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-2"))
+    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, img("2")))
 
     leaf_uuid, parent_uuid = result["chain"]
     assert result["root"] == leaf_uuid != parent_uuid
@@ -74,12 +77,12 @@ def test_a_numbered_chain_lands_as_a_leaf_over_its_unmanaged_parent(
 
 
 def test_the_leaf_lands_under_the_uuid_the_caller_chose(dom0, image_service, chain_files):
-    image_service.images["img-3"] = tarball(
+    image_service.images[img("3")] = tarball(
         [("0.vhd", chain_files["0.vhd"]), ("1.vhd", chain_files["1.vhd"])])
     chosen = "3f0c7c4e-9b7a-4c59-8d0e-2a6b1f4e5d6c"
 
     result = dom0.call(PLUGIN, "download_vhd",
-                       **download_args(dom0, image_service, "img-3", leaf_uuid=chosen))
+                       **download_args(dom0, image_service, img("3"), leaf_uuid=chosen))
 
     assert result["root"] == result["chain"][0] == chosen
     dom0.api.SR.scan(dom0.sr)
@@ -90,11 +93,11 @@ def test_old_style_snap_over_image_is_accepted_and_its_locators_relinked(
         dom0, image_service, chain_files, tmp_path):
     vhdchain.make_child(chain_files["base"], chain_files["child"], str(tmp_path / "1.vhd"),
                         "image.vhd", str(tmp_path / "snap.vhd"))
-    image_service.images["img-3"] = tarball(
+    image_service.images[img("3")] = tarball(
         [("./image.vhd", chain_files["1.vhd"]),
          ("./snap.vhd", (tmp_path / "snap.vhd").read_bytes())])
 
-    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-3"))
+    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, img("3")))
 
     leaf_uuid, parent_uuid = result["chain"]
     with open(os.path.join(dom0.sr_path, leaf_uuid + ".vhd"), "rb") as f:
@@ -112,11 +115,11 @@ def test_old_style_snap_over_image_is_accepted_and_its_locators_relinked(
                          ids=["no-checksum-sent", "verify-off"])
 def test_an_unchecked_chain_lands_and_says_it_was_not_checked(
         dom0, image_service, chain_files, md5, verify):
-    image_service.images["img-u"] = tarball([("image.vhd", chain_files["1.vhd"])])
-    image_service.content_md5["img-u"] = md5
+    image_service.images[img("u")] = tarball([("image.vhd", chain_files["1.vhd"])])
+    image_service.content_md5[img("u")] = md5
 
     result = dom0.call(PLUGIN, "download_vhd", verify_checksum=verify,
-                       **download_args(dom0, image_service, "img-u"))
+                       **download_args(dom0, image_service, img("u")))
 
     assert result["checksum_verified"] is False
     assert result["checksum"] == ""
@@ -126,10 +129,10 @@ def test_an_unchecked_chain_lands_and_says_it_was_not_checked(
 
 def test_a_base64_content_md5_is_checked_too(dom0, image_service, chain_files):
     body = tarball([("image.vhd", chain_files["1.vhd"])])
-    image_service.images["img-b"] = body
-    image_service.content_md5["img-b"] = base64.b64encode(hashlib.md5(body).digest()).decode()
+    image_service.images[img("b")] = body
+    image_service.content_md5[img("b")] = base64.b64encode(hashlib.md5(body).digest()).decode()
 
-    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-b"))
+    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, img("b")))
 
     assert result["checksum_verified"] is True
 
@@ -138,12 +141,12 @@ def test_a_base64_content_md5_is_checked_too(dom0, image_service, chain_files):
 def test_the_records_multihash_is_checked_instead_of_the_content_md5(
         dom0, image_service, chain_files, algorithm):
     body = tarball([("image.vhd", chain_files["1.vhd"])])
-    image_service.images["img-h"] = body
-    image_service.content_md5["img-h"] = "0" * 32   # wrong: not what is checked
+    image_service.images[img("h")] = body
+    image_service.content_md5[img("h")] = "0" * 32   # wrong: not what is checked
 
     result = dom0.call(PLUGIN, "download_vhd", hash_algo=algorithm,
                        hash_value=hashlib.new(algorithm, body).hexdigest(),
-                       **download_args(dom0, image_service, "img-h"))
+                       **download_args(dom0, image_service, img("h")))
 
     assert (result["checksum_verified"], result["checksum"]) == (True, algorithm)
     dom0.api.SR.scan(dom0.sr)
@@ -174,9 +177,9 @@ def test_staging_left_by_a_killed_download_is_removed_by_the_next_one(
     with open(not_a_dir, "wb"):
         pass
     os.utime(not_a_dir, (time.time() - 2 * hour,) * 2)
-    image_service.images["img-s"] = tarball([("image.vhd", chain_files["1.vhd"])])
+    image_service.images[img("s")] = tarball([("image.vhd", chain_files["1.vhd"])])
 
-    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, "img-s"))
+    result = dom0.call(PLUGIN, "download_vhd", **download_args(dom0, image_service, img("s")))
 
     assert result["stale_staging_removed"] == [".nxs-staging-dead"]
     assert not os.path.exists(dead)
@@ -207,7 +210,7 @@ def test_a_download_stopped_with_sigterm_removes_its_staging(dom0, chain_files):
     server = threading.Thread(target=serve, daemon=True)
     server.start()
     request = xmlrpc.client.dumps(("session", {
-        "image_id": "img", "auth_token": "", "sr_path": dom0.sr_path,
+        "image_id": IMAGE_ID, "auth_token": "", "sr_path": dom0.sr_path,
         "endpoint": "http://127.0.0.1:%d" % listener.getsockname()[1]}), "download_vhd")
     env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "dom0", "simulator", "pluginlib"),
                NXS_DOM0_SR_ROOT=os.path.dirname(dom0.sr_path))

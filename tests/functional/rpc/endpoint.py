@@ -10,6 +10,9 @@ import threading
 
 from rpc import methods
 
+# Image ids are Glance's: uuids.
+IMAGE_ID = "0c2c5cf8-5b3f-4d2c-9a53-6e1d7f7d5a11"
+
 INSTANCE = "3f1c2a4e-8b6d-4c1e-9f0a-1b2c3d4e5f60"
 VDI = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 ALL_BYTES = bytes(range(256))
@@ -17,7 +20,7 @@ ALL_BYTES = bytes(range(256))
 # One valid call per declared method (what the driver would send).
 VALID_ARGS = {
     "describe": {},
-    "fetch_image": dict(instance_uuid=INSTANCE, image_id="cirros-0.6.2", disk_format="vhd",
+    "fetch_image": dict(instance_uuid=INSTANCE, image_id=IMAGE_ID, disk_format="vhd",
                         kernel_id=None, ramdisk_id=None, auth_token="gAAAA-secret-token"),
     "auto_configure_disk": dict(vdi_uuid=VDI, new_gb=20, instance_uuid=None),
     "generate_disk": dict(instance_uuid=INSTANCE, kind="ephemeral", size_mb=1024,
@@ -41,7 +44,7 @@ VALID_ARGS = {
     "remove_boot_files": dict(paths=["/boot/guest/kernel-a1b2c3",
                                      "/boot/guest/ramdisk-d4e5f6"]),
     "get_console_log": dict(instance_uuid=INSTANCE, max_bytes=65536),
-    "cache_image": dict(image_id="cirros-0.6.2", auth_token="gAAAA-secret-token"),
+    "cache_image": dict(image_id=IMAGE_ID, auth_token="gAAAA-secret-token"),
     "manage_image_cache": dict(min_age_seconds=86400),
 }
 

@@ -16,6 +16,9 @@ from tests.functional.rpc.conftest import RPC_TIMEOUT, unique_host
 from tests.functional.rpc.endpoint import (ALL_BYTES, INSTANCE, VALID_ARGS, VDI,
                                            RecordingEndpoint, expected_result)
 
+# Image ids are Glance's: uuids.
+IMAGE_ID = "0c2c5cf8-5b3f-4d2c-9a53-6e1d7f7d5a11"
+
 
 @pytest.mark.parametrize("method", sorted(methods.METHODS))
 def test_every_declared_method_round_trips_with_its_arguments_intact(agent, method):
@@ -42,7 +45,7 @@ def test_bytes_cross_both_ways_unchanged(agent):
 
 def test_omitted_nullable_arguments_reach_the_endpoint_as_none(agent):
     api, endpoint, _ = agent
-    api._call("fetch_image", "1.0", dict(instance_uuid=INSTANCE, image_id="img",
+    api._call("fetch_image", "1.0", dict(instance_uuid=INSTANCE, image_id=IMAGE_ID,
                                          disk_format="raw"), check=False)
 
     received = endpoint.calls[0][1]

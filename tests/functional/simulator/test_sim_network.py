@@ -10,7 +10,7 @@ import os
 import pytest
 
 from tests.conftest import SimProcess
-from tests.functional.simulator.simhelpers import failure, new_vm, startable_vm
+from tests.functional.simulator.simhelpers import drop_vm, failure, new_vm, startable_vm
 
 MiB = 1 << 20
 MAC = "fa:16:3e:00:00:01"
@@ -50,7 +50,7 @@ def test_a_vif_is_made_attached_with_its_vm_and_destroyed_with_it(xapi, sr_ref):
     assert xapi.VIF.get_currently_attached(vif) is True
     xapi.VM.hard_shutdown(vm)
     assert xapi.VIF.get_currently_attached(vif) is False
-    xapi.VM.destroy(vm)
+    drop_vm(xapi, vm)
     assert vif not in xapi.VIF.get_all()
 
 
@@ -102,8 +102,7 @@ def test_plug_and_unplug_need_a_running_vm_and_the_other_state(xapi, sr_ref):
     xapi.VIF.plug(vif)
     xapi.VIF.unplug(vif)
     xapi.VIF.destroy(vif)
-    xapi.VM.hard_shutdown(vm)
-    xapi.VM.destroy(vm)
+    drop_vm(xapi, vm)
 
 
 def test_a_reboot_is_a_new_domain_of_a_running_vm(xapi, sr_ref):
@@ -117,8 +116,7 @@ def test_a_reboot_is_a_new_domain_of_a_running_vm(xapi, sr_ref):
     xapi.VM.hard_reboot(vm)
     assert len({first, second, xapi.VM.get_domid(vm)}) == 3
     assert xapi.VM.get_power_state(vm) == "Running"
-    xapi.VM.hard_shutdown(vm)
-    xapi.VM.destroy(vm)
+    drop_vm(xapi, vm)
 
 
 def test_host_memory_free_is_what_resident_vms_do_not_hold(xapi, host_ref, sr_ref):
@@ -129,7 +127,7 @@ def test_host_memory_free_is_what_resident_vms_do_not_hold(xapi, host_ref, sr_re
     assert int(xapi.host_metrics.get_memory_free(metrics)) == free - 512 * MiB
     xapi.VM.hard_shutdown(vm)
     assert int(xapi.host_metrics.get_memory_free(metrics)) == free
-    xapi.VM.destroy(vm)
+    drop_vm(xapi, vm)
 
 
 def test_a_file_srs_size_is_its_filesystems(xapi, sr_ref, sim):

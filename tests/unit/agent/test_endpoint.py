@@ -7,6 +7,9 @@ import pytest
 from agent import endpoint
 from rpc import exceptions
 
+# Image ids are Glance's: uuids.
+IMAGE_ID = "0c2c5cf8-5b3f-4d2c-9a53-6e1d7f7d5a11"
+
 
 class RecordingBackend:
     """Stands in for a backend: records what reached it (the real backends
@@ -42,7 +45,7 @@ BAD = [
                            fs_type="swap", label="swap"), "fs_type"),
     ("generate_disk", dict(instance_uuid="not-a-uuid", kind="swap", size_mb=64,
                            fs_type="swap", label="swap"), "instance_uuid"),
-    ("fetch_image", dict(instance_uuid=INSTANCE, image_id="img", disk_format="raw",
+    ("fetch_image", dict(instance_uuid=INSTANCE, image_id=IMAGE_ID, disk_format="raw",
                          kernel_id="k"), "kernel_id"),
     ("generate_configdrive", dict(instance_uuid=INSTANCE, metadata={"uuid": "other"}),
      "metadata"),

@@ -184,7 +184,7 @@ def stream_through_puts(content, buffer_bytes, first, largest):
     """The PUTs (recorded) that upload a stream of ``content``."""
     puts = []
 
-    def open_put(length):
+    def open_put(length, on_broken=None):
         puts.append(_RecordedPut(length))
         return puts[-1]
 
@@ -285,7 +285,7 @@ def test_a_failing_put_stops_the_stream_and_is_raised():
 
     opened = []
 
-    def open_put(length):
+    def open_put(length, on_broken=None):
         opened.append(FailingPut(length))
         return opened[-1]
 

@@ -100,7 +100,10 @@ def test_the_privileged_daemon_takes_exactly_the_labels_the_table_takes(monkeypa
 def test_the_dom0_image_plugin_takes_exactly_the_image_ids_the_table_takes(plugin_module):
     vhd_images = plugin_module("vhd_images")
     candidates = set(_labels()) | {".", "..", "a" * 64, "a" * 65, "../x", "a/b", "cirros-0.6.2",
-                                   "3f1c2a4e-8b6d-4c1e-9f0a-1b2c3d4e5f60"}
+                                   "3f1c2a4e-8b6d-4c1e-9f0a-1b2c3d4e5f60",
+                                   "3F1C2A4E-8B6D-4C1E-9F0A-1B2C3D4E5F60",
+                                   "3f1c2a4e-8b6d-4c1e-9f0a-1b2c3d4e5f60\n",
+                                   "3f1c2a4e8b6d4c1e9f0a1b2c3d4e5f60"}
     disagree = []
     for image_id in sorted(candidates):
         plugin = bool(vhd_images.IMAGE_ID_RE.fullmatch(image_id))
