@@ -158,6 +158,16 @@ class InGuestRabbit(ServerLifecycle, base.XenSplitTestCase):
     COMPUTE_VM, TRANSPORT = True, "rabbit"
 
 
+# The same on an LVM SR (thick, no SR directory, VHD sizes in 2 MiB steps),
+# as many hosts' local storage is.
+class IndependentLvm(ServerLifecycle, base.XenSplitTestCase):
+    COMPUTE_VM, TRANSPORT, SIM_ARGS = False, "unix", ("--sr-type", "lvm")
+
+
+class InGuestLvm(ServerLifecycle, base.XenSplitTestCase):
+    COMPUTE_VM, TRANSPORT, SIM_ARGS = True, "unix", ("--sr-type", "lvm")
+
+
 class Placement(base.XenSplitTestCase):
     SIM_ARGS = ("--host-cpus", "6", "--host-memory-mb", "12288")
 
