@@ -4,11 +4,11 @@ Each test runs Nova's API (over WSGI), conductor, scheduler, placement and a
 real nova-compute service whose ``compute_driver`` is
 ``xensplit.XenSplitDriver``, on an in-memory database, as Nova's own
 functional tests do. Outside Nova's process stand the real parts: an
-``xapi-sim`` process, the image service stand-in serving the image's bytes
-(Nova's GlanceFixture has the image's record, under the same id), and
-``nova-xen-split-agent`` as its own process on the agent's config file,
-over the local socket or RabbitMQ. Only Neutron and Glance's API are Nova's
-fixtures: there is no Neutron here, and Glance's records are theirs.
+``xapi-sim`` process, the run's real Glance (``[glance] api_servers`` of
+both Nova and the agent; Nova's GlanceFixture is not used, so Nova's image
+API speaks to it through glanceclient), and ``nova-xen-split-agent`` as its
+own process on the agent's config file, over the local socket or RabbitMQ.
+Only Neutron is Nova's fixture: there is no Neutron here.
 """
 
 import os
@@ -22,12 +22,10 @@ from nova.tests.functional import fixtures as func_fixtures
 from nova.tests.functional import integrated_helpers
 
 from nova_xen_split.cmd import demo_env
-from nova_xen_split.cmd.image_service import ImageService
 from nova_xen_split.virt import conf as virt_conf
 from nova_xen_split.xenhost import marks
 from tests.conftest import RABBIT_URL, SIM_PASSWORD, SimProcess
 
-IMAGE_MB = 64
 # Seconds of polling the API for a server's state (0.5 s per retry).
 WAIT_RETRIES = 240
 CONF = test.CONF
@@ -39,15 +37,16 @@ class XenSplitTestCase(test.TestCase, integrated_helpers.PlacementInstanceHelper
 
     ``COMPUTE_VM``: the simulator presents a compute VM, so the agent
     runs in ``in_guest`` mode; else ``independent``. ``TRANSPORT``:
-    ``unix`` or ``rabbit``. ``demo_image`` (a raw disk) is set by the
-    conftest's fixture.
+    ``unix`` or ``rabbit``. ``glance_server`` (the run's Glance) and
+    ``image_id`` (a raw disk in it) are set by the conftest's fixture.
     """
 
     COMPUTE_VM = False
     TRANSPORT = "unix"
     SIM_ARGS = ()
     microversion = "latest"
-    demo_image = None
+    glance_server = None
+    image_id = None
 
     def setUp(self):
         super().setUp()
@@ -68,17 +67,13 @@ class XenSplitTestCase(test.TestCase, integrated_helpers.PlacementInstanceHelper
         self.sim = SimProcess(os.path.join(self.work, "sim"), compute_vm=self.COMPUTE_VM,
                               extra_args=list(self.SIM_ARGS)).start()
         self.addCleanup(self.sim.stop)
-        self.images = ImageService(hash_algo="sha512")
-        self.image_id = self.images.add(self.demo_image, str(uuid.uuid4()))
-        self.images.start()
-        self.addCleanup(self.images.stop)
         transport_url = None
         if self.TRANSPORT == "rabbit":
             transport_url = RABBIT_URL
             self.addCleanup(_delete_queue, "nova-xen-split-agent.%s" % self.host)
         self.agent_config = demo_env.write_config(
             os.path.join(self.work, "nova-xen-split.conf"), self.sim, self.host,
-            self.images.url, self.work, transport_url=transport_url,
+            self.glance_server.url, self.work, transport_url=transport_url,
             vm_uuid=self.sim.compute_vm_uuid)
         self.agent_url = transport_url or "unix://" + os.path.join(self.work, "agent.sock")
         self.agent = demo_env.Agent(self.agent_config,
@@ -100,21 +95,40 @@ class XenSplitTestCase(test.TestCase, integrated_helpers.PlacementInstanceHelper
         self.flags(api_paste_config=API_PASTE, group="wsgi")
         self.useFixture(nova_fixtures.RealPolicyFixture())
         self.neutron = self.useFixture(nova_fixtures.NeutronFixture(self))
-        self.glance = self.useFixture(nova_fixtures.GlanceFixture(self))
+        self.flags(api_servers=[self.glance_server.url], group="glance")
         self.useFixture(nova_fixtures.CinderFixture(self))
         self.placement = self.useFixture(func_fixtures.PlacementFixture()).api
         self.notifier = self.useFixture(nova_fixtures.NotificationFixture(self))
-        self.glance.create(None, {
-            "id": self.image_id, "name": "nxs-demo", "status": "active",
-            "disk_format": "raw", "container_format": "bare",
-            "size": IMAGE_MB * 1024 * 1024, "min_disk": 0, "min_ram": 0,
-            "visibility": "public", "properties": {}})
         self.api_fixture = self.useFixture(nova_fixtures.OSAPIFixture(api_version="v2.1"))
         self.api = self.admin_api = self.api_fixture.admin_api
+        self._send_a_token()
         self.api.microversion = self.microversion
         self.start_service("conductor")
         self.start_service("scheduler")
         self.compute = self.start_service("compute", host=self.host)
+
+    def _send_a_token(self):
+        """Requests carry a token into Nova's context, as through
+        keystonemiddleware: Nova's image API hands the context's token to
+        Glance and will not call it without one (keystoneauth's
+        AuthorizationFailure). Nova's API fixture builds contexts without
+        it; this Glance, without authentication, ignores its value."""
+        from nova.api import auth
+
+        make_context = auth.NovaKeystoneContext._create_context
+
+        def with_token(env, **kwargs):
+            return make_context(env, auth_token=env.get("HTTP_X_AUTH_TOKEN"), **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            "nova.api.auth.NovaKeystoneContext._create_context", with_token))
+        request = self.api.request
+
+        def request_with_token(url, method="GET", body=None, headers=None):
+            headers = dict(headers or {}, **{"X-Auth-Token": "nxs-functional-test"})
+            return request(url, method=method, body=body, headers=headers)
+
+        self.api.request = request_with_token
 
     # -- helpers -------------------------------------------------------------
 

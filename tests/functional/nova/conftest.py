@@ -32,9 +32,25 @@ def nova_demo_image(tmp_path_factory):
     return path
 
 
+# The demo disk's id in the run's Glance (uploaded once per run).
+NOVA_IMAGE_ID = "6f1d3c2a-9b8e-4d7f-a6c5-0000000000a1"
+
+
+@pytest.fixture(scope="session")
+def nova_glance_image(glance, nova_demo_image):
+    """The run's Glance, holding the demo disk as a raw image under
+    NOVA_IMAGE_ID. Glance's unauthenticated context is not admin: the
+    image is private, which Nova lets a request with a token see."""
+    if glance.image(NOVA_IMAGE_ID) is None:
+        glance.add_image(nova_demo_image, NOVA_IMAGE_ID, disk_format="raw",
+                         container_format="bare", name="nxs-nova-demo")
+    return glance
+
+
 @pytest.fixture(autouse=True)
-def real_parts(request, nova_installed, nova_demo_image):
-    """Nova test classes get the image; the agent's transport must be there."""
+def real_parts(request, nova_installed):
+    """Nova test classes get Glance and the image; the agent's transport
+    must be there."""
     from tests.conftest import loop_devices_usable, rabbit_available
 
     cls = request.cls
@@ -43,4 +59,5 @@ def real_parts(request, nova_installed, nova_demo_image):
     need(loop_devices_usable(), "loop devices are not usable (needs root and /dev/loop-control)")
     if cls.TRANSPORT == "rabbit":
         need(rabbit_available(), "RabbitMQ does not answer on 127.0.0.1:5672")
-    cls.demo_image = nova_demo_image
+    glance = request.getfixturevalue("nova_glance_image")
+    cls.glance_server, cls.image_id = glance, NOVA_IMAGE_ID
