@@ -6,6 +6,8 @@ stand-in (nova_xen_split/cmd/image_service.py), which takes images in as
 Glance v2 does and fails on request.
 """
 
+import uuid
+
 import pytest
 
 from nova_xen_split import objects
@@ -27,8 +29,9 @@ def _booted(pair):
     return instance
 
 
-def _queued(image_service, image_id):
-    return image_service.create({"id": image_id, "name": "snap", "disk_format": "raw",
+def _queued(image_service, name):
+    """A queued image named ``name``, with a new uuid as Glance gives it."""
+    return image_service.create({"id": str(uuid.uuid4()), "name": name, "disk_format": "raw",
                                  "container_format": "bare"})
 
 
