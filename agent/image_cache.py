@@ -57,6 +57,19 @@ def wanted(conf, record, disk_format, kernel_id=None, ramdisk_id=None):
     return False
 
 
+def sr_cannot_hold(session, disk_format):
+    """Why the default SR cannot hold a cache VDI of this format, or None.
+
+    A VHD image's cache VDI is the chain the dom0 plugin lands in the SR's
+    directory; an SR without one (LVM) takes a VHD only as a whole import
+    for one instance, so such images are not cached there.
+    """
+    if disk_format == "vhd" and vdis.sr_path(session, vdis.default_sr(session),
+                                             required=False) is None:
+        return "a VHD image is not cached on an SR without a directory (LVM)"
+    return None
+
+
 def checksum_of(record, image_id):
     """The record's checksum as the cache marks spell it."""
     checksum = images.record_checksum(record, image_id)
@@ -100,8 +113,13 @@ class ImageCache:
             return None
         if not wanted(self.conf, record, disk_format):
             return None
-        checksum = checksum_of(record, image_id)
         session = self.ctx.session
+        why_not = sr_cannot_hold(session, disk_format)
+        if why_not:
+            LOG.info("Image %s: %s; fetching it for instance %s alone", image_id, why_not,
+                     instance_uuid)
+            return None
+        checksum = checksum_of(record, image_id)
         request = {"image_id": image_id, "disk_format": disk_format}
         with self.ctx.busy.key(instance_uuid, marks.ROOT):
             found = vdis.find_ready(session, instance_uuid, marks.ROOT)
@@ -148,6 +166,9 @@ class ImageCache:
             return {"uuid": None, "fetched": False,
                     "reason": "not cached here ([xenserver] cache_images = %s, "
                     "disk_format %s)" % (self.conf.xenserver.cache_images, disk_format)}
+        why_not = sr_cannot_hold(self.ctx.session, disk_format)
+        if why_not:
+            return {"uuid": None, "fetched": False, "reason": why_not}
         checksum = checksum_of(record, image_id)
         lock = self._image_lock(image_id)
         if not lock.acquire(timeout=self.conf.agent.image_cache_wait_timeout):

@@ -97,3 +97,31 @@ def test_a_vhd_chain_on_an_lvm_sr_is_refused_and_leaves_nothing(
 
     assert "differencing VHD" in str(refused.value)
     assert leftovers(pair, instance.uuid, baseline) == []
+
+
+@pytest.mark.parametrize("mode", ["independent", "in_guest"])
+def test_a_vhd_image_on_an_lvm_sr_boots_uncached_with_the_cache_on(
+        loop_devices, make_sim, make_pair, mode):
+    # The cache VDI of a VHD image is the chain dom0 lands in the SR's
+    # directory; an LVM SR has none, so the image is imported for the
+    # instance alone instead of failing the spawn.
+    sim = make_sim(compute_vm=mode == "in_guest", extra_args=["--sr-type", "lvm"])
+    pair = make_pair(sim, cache_images="all")
+    baseline = pair.counts()
+    instance = make_instance(image_ref=TEST_IMAGE_VHD, config_drive="")
+
+    spawn(pair, instance, meta=_meta("vhd"))
+    assert pair.driver.cache_image(objects.RequestContext(), TEST_IMAGE_VHD) is False
+
+    vm, disks = _instance_disks(pair, instance)
+    assert vm["power_state"] == "Running"
+    assert marks.cloned_from(disks["0"]["other_config"]) is None
+    s = pair.session()
+    try:
+        cached = [rec for rec in s.xenapi.VDI.get_all_records().values()
+                  if marks.read_cache(rec["other_config"]) is not None]
+    finally:
+        s.xenapi.session.logout()
+    assert cached == []
+    pair.driver.destroy(None, instance)
+    assert leftovers(pair, instance.uuid, baseline) == []
