@@ -49,7 +49,11 @@ def fault_pair(tmp_path, image_service):  # noqa: F811
         work.mkdir()
         config_file = demo_env.write_config(
             str(work / "nova-xen-split.conf"), sim, host, image_service.url, str(work),
-            transport_url=transport_url, vm_uuid=sim.compute_vm_uuid)
+            transport_url=transport_url, vm_uuid=sim.compute_vm_uuid,
+            # The instance's own disks are what these faults are about; a
+            # ready image cache VDI rightly outlives them (crashes while one
+            # fills: tests/functional/driver/test_image_cache.py).
+            cache_images="none")
         with open(config_file, "a") as f:
             f.write("[agent]\nrpc_timeout = %d\nsettle_interval = %d\n"
                     % (MONITOR_SECONDS, SETTLE_SECONDS))

@@ -20,11 +20,13 @@ from tests.functional.faults.conftest import settled
 CASES = [("agent", signal.SIGKILL), ("agent", signal.SIGTERM), ("xapi-sim", signal.SIGTERM)]
 
 
+@pytest.mark.parametrize("sr_type", ["ext", "lvm"])
 @pytest.mark.parametrize("process, signum", CASES,
                          ids=["%s-%s" % (p, signal.Signals(s).name) for p, s in CASES])
 def test_a_process_stopped_by_a_signal_mid_spawn_leaves_nothing_once_it_is_back(
-        loop_devices, make_sim, fault_pair, image_service, monkeypatch, process, signum):
-    sim = make_sim(compute_vm=False)
+        loop_devices, make_sim, fault_pair, image_service, monkeypatch, process, signum,
+        sr_type):
+    sim = make_sim(compute_vm=False, extra_args=["--sr-type", sr_type])
     port = sim.url.rsplit(":", 1)[1]
     pair = fault_pair(sim)
     baseline = pair.counts()
@@ -61,7 +63,7 @@ def test_a_process_stopped_by_a_signal_mid_spawn_leaves_nothing_once_it_is_back(
     if process == "xapi-sim":
         sim.proc.wait(60)
         sim.stop()
-        sim.extra_args = ["--port", port]
+        sim.extra_args = sim.extra_args + ["--port", port]
         sim.start()
     if spawned:
         pair.driver.destroy(None, instance)

@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 
+import pytest
 
 from nova_xen_split.xenhost import marks
 from rpc import exceptions
@@ -20,9 +21,10 @@ def _instance_vdis(session, instance_uuid):
             if marks.vdi_instance(rec["other_config"]) == instance_uuid]
 
 
+@pytest.mark.parametrize("sr_type", ["ext", "lvm"])
 def test_xapi_killed_mid_import_ends_the_fetch_at_once_and_leaves_nothing(
-        loop_devices, make_sim, make_agent, image_server, tmp_path):
-    sim = make_sim(compute_vm=False)
+        loop_devices, make_sim, make_agent, image_server, tmp_path, sr_type):
+    sim = make_sim(compute_vm=False, extra_args=["--sr-type", sr_type])
     port = sim.url.rsplit(":", 1)[1]
     agent = make_agent(sim, "independent", image_server)
     image = tmp_path / "dense.raw"
@@ -61,7 +63,7 @@ def test_xapi_killed_mid_import_ends_the_fetch_at_once_and_leaves_nothing(
     assert took < NOTICED_WITHIN_SECONDS
     # The VDI could not be destroyed while XAPI was dead; once it is back
     # (same state, same address), the agent's next settling round removes it.
-    sim.extra_args = ["--port", port]
+    sim.extra_args = sim.extra_args + ["--port", port]
     sim.start()
     watcher = sim.session()
     assert _instance_vdis(watcher, instance), "nothing left to settle: the test proves nothing"
