@@ -58,12 +58,13 @@ def _go(broker, how):
             broker.start()
 
 
+@pytest.mark.parametrize("sr_type", ["ext", "lvm"])
 @pytest.mark.parametrize("step, method, how, after, mode", CASES,
                          ids=[c[0].replace(" ", "-") for c in CASES])
 def test_the_broker_going_away_during_a_spawn_step_leaves_nothing_of_the_instance(
         loop_devices, make_sim, fault_pair, private_broker, image_service, monkeypatch,
-        step, method, how, after, mode):
-    sim = make_sim(compute_vm=(mode == "in_guest"))
+        step, method, how, after, mode, sr_type):
+    sim = make_sim(compute_vm=(mode == "in_guest"), extra_args=["--sr-type", sr_type])
     pair = fault_pair(sim, transport_url=private_broker.url)
     baseline = pair.counts()
     instance = make_instance()
