@@ -87,8 +87,9 @@ def test_the_token_is_scrubbed_even_when_the_service_repeats_it(dom0, image_serv
 
 
 def test_an_unknown_image_is_reported_with_its_id(dom0, image_service):
-    _refused(dom0, image_service, img("no-such-image"), "ImageFetchFailed",
-             "HTTP 404 Not Found for image no-such-image")
+    missing = img("no-such-image")
+    _refused(dom0, image_service, missing, "ImageFetchFailed",
+             "HTTP 404 Not Found for image %s" % missing)
 
 
 def test_an_unreachable_service_is_a_clean_failure(dom0, image_service):
