@@ -20,6 +20,7 @@ import is over, and ``on_broken`` is called at once with the reason.
 
 import http.client
 import logging
+import os
 import select
 import socket
 import threading
@@ -36,8 +37,11 @@ TASK_TIMEOUT_SECONDS = 600.0
 # How long one send may block, and how long XAPI may take to answer the
 # headers: a XAPI that stops reading is given up on after this.
 SOCKET_TIMEOUT_SECONDS = 60.0
-# A watcher (see the module's doc) looks this often whether it is still wanted.
-_WATCH_POLL_MS = 200
+# A watcher (see the module's doc) is woken by its stop at once; it also
+# looks this often on its own, so a wake-up lost somehow costs no more.
+_WATCH_POLL_MS = 1000
+# How long stopping a watcher waits for its thread to end.
+_WATCH_STOP_SECONDS = 2.0
 DEFAULT_PROGRESS_INTERVAL = 5.0
 _MB = 1000 * 1000
 
@@ -243,37 +247,52 @@ class Import:
 class _Watcher:
     """A thread that calls ``ended(why)`` once ``sock`` becomes readable or
     fails: for a PUT whose answer XAPI sent before the body, that is the
-    import ending (or XAPI going away). It reads nothing."""
+    import ending (or XAPI going away). It reads nothing.
+
+    :meth:`stop` closes the write end of a pipe the thread also polls, so
+    the thread wakes at once: the last piece of every PUT stops its
+    watcher on the sending thread, which must not wait out a poll."""
 
     def __init__(self, sock, ended):
         self._sock = sock
         self._ended = ended
         self._stop = threading.Event()
+        self._stopping = threading.Lock()
+        self._wake_read, self._wake_write = os.pipe()
         self._thread = threading.Thread(target=self._run, name="vdi-put-watch", daemon=True)
         self._thread.start()
 
     def _run(self):
+        sock_fd = self._sock.fileno()
         poller = select.poll()
-        poller.register(self._sock.fileno(),
-                        select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0))
-        while not self._stop.is_set():
-            try:
-                events = poller.poll(_WATCH_POLL_MS)
-            except OSError as e:
-                events, failed = None, e
-            else:
-                failed = None
-            if self._stop.is_set():
-                return
-            if failed is not None or events:
-                self._ended(_connection_state(self._sock) if failed is None else str(failed))
-                return
+        poller.register(sock_fd, select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0))
+        poller.register(self._wake_read, select.POLLIN)
+        try:
+            while not self._stop.is_set():
+                try:
+                    events = poller.poll(_WATCH_POLL_MS)
+                except OSError as e:
+                    events, failed = None, e
+                else:
+                    failed = None
+                if self._stop.is_set():
+                    return
+                if failed is not None or any(fd == sock_fd for fd, _ in events):
+                    self._ended(_connection_state(self._sock) if failed is None else str(failed))
+                    return
+        finally:
+            os.close(self._wake_read)
 
     def stop(self):
-        """Stop watching (does not wait when called from the watcher itself)."""
-        self._stop.set()
+        """Stop watching: wakes the thread and waits for it to end (does not
+        wait when called from the watcher itself)."""
+        with self._stopping:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+            os.close(self._wake_write)  # the thread's poll sees the pipe hang up
         if threading.current_thread() is not self._thread:
-            self._thread.join(2 * _WATCH_POLL_MS / 1000.0)
+            self._thread.join(_WATCH_STOP_SECONDS)
 
 
 def _connection_state(sock):
