@@ -279,8 +279,11 @@ def write_agent_config(work, sim, image_url, host="bench-agent"):
     with open(path, "w") as f:
         f.write("[DEFAULT]\nhost = %s\nstate_path = %s\n"
                 "transport_url = unix://%s/agent.sock\n" % (host, work, work))
+        # Every round must fetch the image: with the image cache on, the
+        # rounds after the first would clone the cached VDI instead.
         f.write("[xenserver]\nconnection_url = %s\nconnection_password = %s\n"
                 "vm_uuid_file = %s/none\nxenstore_read_command = false\n"
+                "cache_images = none\n"
                 % (sim.url, demo_env.SIM_PASSWORD, work))
         f.write("[glance]\napi_servers = %s\nfile_url_mounts = %s:%s\n"
                 % (image_url, work, work))
