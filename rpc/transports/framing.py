@@ -11,6 +11,8 @@ Reply: ``{"id": int, "result": dict}`` or ``{"id": int, "error": dict}``;
 id 0 is a connection-level error (e.g. access refused) before closing.
 """
 
+import select
+import selectors
 import struct
 
 import msgpack
@@ -27,6 +29,25 @@ class FrameError(Exception):
 
 class ConnectionClosed(FrameError):
     """The peer closed the connection (cleanly, between frames or not)."""
+
+
+def readable_now(sock):
+    """Whether ``sock`` has something to read (data, or the peer's EOF) now.
+
+    ``select.poll`` when it is there: the pooled client asks this before
+    every call, and it is several times faster than a selector (no epoll
+    descriptor made and closed each time). Eventlet's monkey-patching
+    (nova-compute may run under it) removes ``select.poll``; then the
+    ``selectors`` module, which eventlet greens, answers.
+    """
+    poll = getattr(select, "poll", None)
+    if poll is not None:
+        poller = poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)
+        return bool(selector.select(0))
 
 
 def pack(message):

@@ -11,7 +11,6 @@ closed, never reused, so a late reply cannot be taken for another call's.
 import errno
 import itertools
 import os
-import selectors
 import socket
 import threading
 import time
@@ -123,12 +122,4 @@ class LocalClient:
 def _still_open(conn):
     # An idle connection has nothing to read; if it is readable, the agent
     # closed it (EOF) or sent something unasked: either way it is unusable.
-    return not _readable(conn)
-
-
-def _readable(conn):
-    # selectors, not select.poll: eventlet's monkey-patching (nova-compute
-    # may run under it) removes select.poll and greens selectors.
-    with selectors.DefaultSelector() as selector:
-        selector.register(conn, selectors.EVENT_READ)
-        return bool(selector.select(0))
+    return not framing.readable_now(conn)

@@ -18,7 +18,6 @@ import contextlib
 import errno
 import grp
 import os
-import selectors
 import socket
 import stat
 import struct
@@ -307,11 +306,8 @@ def _last_word(conn, error, write_lock=None):
 
 def _hung_up(conn):
     """True if the peer has closed ``conn`` (EOF waiting), without reading."""
-    with selectors.DefaultSelector() as selector:
-        # selectors, not select.poll, which eventlet's monkey-patching removes.
-        selector.register(conn, selectors.EVENT_READ)
-        if not selector.select(0):
-            return False        # open, nothing to read
+    if not framing.readable_now(conn):
+        return False        # open, nothing to read
     try:
         return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except (BlockingIOError, InterruptedError):
