@@ -7,6 +7,7 @@ same socket states.
 """
 
 import select
+import selectors
 import socket
 
 import pytest
@@ -41,3 +42,16 @@ def test_the_peer_closing_is_readable(without_poll_if_asked):
         theirs.close()
         assert framing.readable_now(ours) is True
 
+
+def test_no_selector_is_made_where_poll_exists(monkeypatch):
+    # A selector costs an epoll descriptor per call (several times poll's
+    # time), and the pooled client asks before every call.
+    def no_selector(*args, **kwargs):
+        raise AssertionError("a selector was made although select.poll exists")
+
+    monkeypatch.setattr(selectors, "DefaultSelector", no_selector)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        assert framing.readable_now(ours) is False
+        theirs.sendall(b"x")
+        assert framing.readable_now(ours) is True
