@@ -1,9 +1,9 @@
 """framing.readable_now: the check the pooled client makes before each call.
 
 It answers from ``select.poll`` where that exists and from ``selectors``
-where eventlet's monkey-patching removed it (``select.poll`` is taken away
-here as eventlet takes it, for one test). Both must say the same of the
-same socket states.
+where eventlet's monkey-patching removed it (the fixture takes
+``select.poll`` away as eventlet does, for the ``selectors`` run of each
+test it serves). Both must say the same of the same socket states.
 """
 
 import select
