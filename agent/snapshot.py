@@ -12,9 +12,10 @@ no local copy is made, and memory stays at a few buffers.
 
 The image record must exist (Nova makes it before calling the driver) and
 be ``queued``. Its formats are set before any data is sent; a failure after
-that deletes the image unless it became ``active``, so no image is left
-``saving`` or ``queued`` without data, and raises ImageUploadFailed (a
-failure of XAPI's export raises XapiFailure).
+that deletes the image (and waits until Glance says it is gone), so no
+image is left ``saving``, ``queued`` without data or ``active`` with data
+nobody vouches for, and raises ImageUploadFailed (a failure of XAPI's
+export raises XapiFailure).
 
 The auth token goes into one request header and nowhere else.
 """
@@ -40,6 +41,7 @@ TAR_BLOCK = 512
 PIECE_BYTES = 4 * 1024 * 1024
 TIMEOUT = 60.0
 _MAX_RECORD_BYTES = 1 << 20
+DISCARD_SECONDS = 30.0
 
 
 # -- the tar archive ----------------------------------------------------------
@@ -248,10 +250,12 @@ class GlanceImage:
         if not self.servers:
             raise self._failed("[glance] api_servers is empty")
 
+    def _redacted(self, text):
+        return text.replace(self.auth_token, "***") if self.auth_token else text
+
     def _failed(self, reason):
-        if self.auth_token:
-            reason = reason.replace(self.auth_token, "***")
-        return exceptions.ImageUploadFailed(image_id=self.image_id, reason=reason)
+        return exceptions.ImageUploadFailed(image_id=self.image_id,
+                                            reason=self._redacted(reason))
 
     def _url(self, server, suffix=""):
         if "://" not in server:
@@ -367,20 +371,58 @@ class GlanceImage:
             connection.close()
         return sent
 
-    def delete_unless_active(self):
-        """Delete the image unless it is active (a failed upload leaves no
-        image ``saving`` or ``queued``). Never raises: logs what it could not do."""
-        try:
-            record = self.record()
-            if record.get("status") == "active":
-                return
-            status, reason, data = self._request("DELETE")
-            if status not in (204, 404):
-                LOG.warning("Image %s: could not delete it after the failed upload: "
-                            "HTTP %d %s", self.image_id, status, reason)
-        except Exception as e:  # noqa: BLE001 -- the upload's own error is what counts
-            LOG.warning("Image %s: could not delete it after the failed upload: %s",
-                        self.image_id, e)
+    def discard(self, settle_seconds=DISCARD_SECONDS):
+        """Delete the image after a failed upload and make sure it is gone.
+
+        The image was queued when the upload began, so whatever it holds now
+        is this upload's: it goes, even if Glance made it active (the source
+        failed after sending, or the image has the wrong size). Glance may
+        still be winding up the cut PUT when this starts: its worker notices
+        the closed connection, then puts the image back to ``queued``. A
+        DELETE racing that can fail (HTTP 500 "database is locked" on
+        sqlite, 409 on a state change); so this waits while the image is
+        ``saving`` (half of ``settle_seconds`` at most), DELETEs, and reads
+        the record until Glance answers 404, deleting again, within
+        ``settle_seconds``. Returns whether the image is gone; never raises
+        (the upload's own error is what counts): logs what it could not do.
+        """
+        deadline = time.monotonic() + settle_seconds
+        saving_until = time.monotonic() + settle_seconds / 2
+        delay = 0.05
+        why = "no attempt"
+        while True:
+            try:
+                status, reason, data = self._request(
+                    "GET", headers={"Accept": "application/json"})
+                if status == 404:
+                    return True
+                state = _status_of(data) if status == 200 else None
+                if state in ("deleted", "pending_delete"):
+                    return True   # what a context that sees deleted images is shown
+                if state == "saving" and time.monotonic() < saving_until:
+                    why = "Glance is still saving it"
+                else:
+                    status, reason, data = self._request("DELETE")
+                    why = "DELETE answered HTTP %d %s: %s" % (status, reason, _text(data))
+                    if status in (204, 404):
+                        why = "it is still there after a DELETE answered %d" % status
+            except Exception as e:  # noqa: BLE001 -- retried, then logged below
+                why = "%s: %s" % (type(e).__name__, e)
+            if time.monotonic() + delay > deadline:
+                LOG.warning("Image %s: could not delete it after the failed upload "
+                            "within %.0fs: %s", self.image_id, settle_seconds,
+                            self._redacted(why))
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def _status_of(data):
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return None
+    return record.get("status") if isinstance(record, dict) else None
 
 
 def _connection(url, timeout):
@@ -437,7 +479,7 @@ def upload(conf, image_id, auth_token, open_source):
     except BaseException:
         if source is not None:
             source.close()
-        image.delete_unless_active()
+        image.discard()
         raise
     elapsed = time.monotonic() - started
     LOG.info("Image %s: uploaded %d bytes (VHD %d) to %s in %.1fs (%.0f MB/s)", image_id,

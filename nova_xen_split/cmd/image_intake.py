@@ -3,7 +3,7 @@
 What a snapshot needs from an image service: create a queued image
 (``POST /v2/images``), change its name and formats (``PATCH``), upload its
 data (``PUT .../file``) and delete it (``DELETE``), with the faults a test
-asks for (``upload_errors``, ``upload_cut_after``). Mixed into
+asks for (``upload_errors``, ``upload_cut_after``, ``delete_errors``). Mixed into
 :class:`image_service.ImageService` and its request handler.
 """
 
@@ -253,6 +253,10 @@ class HandlerIntake:
         image_id, is_data = found
         if image_id is None or is_data:
             self.send_error(405)
+            return
+        errors = self.server.service.delete_errors.get(image_id)
+        if errors:
+            self.send_error(*errors.pop(0))
             return
         if not self.server.service.delete(image_id):
             self.send_error(404)

@@ -67,6 +67,10 @@ any time; the same settings can be given to :meth:`ImageService.add`:
 ``upload_cut_after``
     a number of bytes after which an upload of that id is dropped: the
     connection closes with no answer (a service that fails mid-upload).
+``delete_errors``
+    a list of (HTTP status, reason) answered, one each, to the next DELETEs
+    of that id, which change nothing (Glance's "database is locked" while
+    its worker still winds up a cut upload).
 
 For the whole service: ``token`` (a download, or any request but for a
 record, that does not carry it as ``X-Auth-Token`` is answered 401; records
@@ -144,6 +148,7 @@ class ImageService(image_intake.ServiceIntake):
         self.names = {}
         self.upload_errors = {}
         self.upload_cut_after = {}
+        self.delete_errors = {}
         self.upload_dir = upload_dir
         self.hash_uploads = hash_uploads
         self.requests = []

@@ -71,6 +71,25 @@ def test_an_upload_the_image_service_fails_leaves_no_image_and_no_vdi(
     pair.driver.destroy(None, instance)
 
 
+def test_a_cut_upload_whose_first_deletes_fail_still_leaves_no_image(
+        xapi_sim, make_pair, image_service):
+    # A real Glance on sqlite answers a DELETE with HTTP 500 "database is
+    # locked" while its worker still puts the cut upload back to queued; it
+    # cannot be made to do so on demand, so the stand-in refuses two DELETEs.
+    pair = make_pair(xapi_sim, image_url=image_service.url)
+    instance = _booted(pair)
+    counts = pair.counts()
+    image_id = _queued(image_service, "snap-locked")
+    image_service.upload_cut_after[image_id] = 1 << 20
+    image_service.delete_errors[image_id] = [(500, "database is locked")] * 2
+    with pytest.raises(exceptions.ImageUploadFailed):
+        pair.driver.snapshot(objects.RequestContext(), instance, image_id, TaskStates())
+    assert image_service.delete_errors[image_id] == []   # both refusals were met
+    assert image_service.status(image_id) is None         # and the image went after them
+    assert pair.counts() == counts
+    pair.driver.destroy(None, instance)
+
+
 def test_a_refused_token_fails_the_snapshot_without_showing_the_token(
         xapi_sim, make_pair, image_service):
     pair = make_pair(xapi_sim, image_url=image_service.url)
