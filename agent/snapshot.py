@@ -20,10 +20,14 @@ export raises XapiFailure).
 The auth token goes into one request header and nowhere else.
 """
 
+import fcntl
 import http.client
 import json
 import logging
+import os
 import queue
+import select
+import socket
 import ssl
 import tarfile
 import threading
@@ -41,6 +45,10 @@ TAR_BLOCK = 512
 PIECE_BYTES = 4 * 1024 * 1024
 TIMEOUT = 60.0
 _MAX_RECORD_BYTES = 1 << 20
+_PIPE_BYTES = 1 << 20   # what an unprivileged process may ask (pipe-max-size)
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2) | \
+    getattr(os, "SPLICE_F_MORE", 4)
 DISCARD_SECONDS = 30.0
 
 
@@ -109,6 +117,7 @@ class VdiExport(VhdSource):
         self._connection = None
         self._response = None
         self._where = None
+        self._plain = False
 
     def open(self):
         session = self.session
@@ -117,6 +126,7 @@ class VdiExport(VhdSource):
         url = urllib.parse.urlsplit(session.http_url(
             "/export_raw_vdi", vdi=self.vdi_ref, format="vhd", task_id=self._task_ref))
         self._where = "%s://%s%s" % (url.scheme, url.netloc, url.path)  # no session id
+        self._plain = url.scheme == "http"
         self._connection = _connection(url, self.timeout)
         try:
             self._connection.request("GET", "%s?%s" % (url.path, url.query),
@@ -136,8 +146,13 @@ class VdiExport(VhdSource):
         return self
 
     def pieces(self):
-        """The body in pieces, read on a thread of its own so that reading
-        from XAPI and sending on overlap (two buffers in flight)."""
+        """The body: one :class:`_SplicedBody` (moved socket to socket in the
+        kernel by whoever sends it), or, where the connection is TLS or the
+        platform has no ``splice``, pieces read on a thread of their own so
+        that reading from XAPI and sending on overlap."""
+        if self._plain and hasattr(os, "splice") and self.length is not None:
+            return iter([_SplicedBody(self._response, self.length, self._broken,
+                                      self.timeout)])
         return _read_ahead(self._response, self.length, self._broken)
 
     def _broken(self, why):
@@ -219,6 +234,101 @@ def _read_ahead(response, length, broken, depth=3):
         stop.set()
         free.put(None)
         reader.join(30)
+
+
+def _can_splice(sock):
+    return hasattr(os, "splice") and sock is not None and \
+        not isinstance(sock, ssl.SSLSocket)
+
+
+class _SplicedBody:
+    """``length`` bytes of an HTTP response's body, to be moved into another
+    socket with ``splice(2)`` through a pipe: the data never enters this
+    process (no copy into it, no buffer, no thread). What the response had already
+    buffered with its headers goes first, as bytes. Into a socket that
+    cannot take a splice (TLS), the body goes through buffers instead.
+
+    An error of the source (short, reset, silent past ``timeout``) raises
+    ``broken(why)``; an error of the destination raises OSError, as a
+    ``sendall`` would. ``sent`` counts the bytes moved so far."""
+
+    def __init__(self, response, length, broken, timeout):
+        self.response = response
+        self.length = length
+        self.broken = broken
+        self.timeout = timeout
+        self.sent = 0
+
+    def __len__(self):
+        return self.length
+
+    def send_to(self, sock):
+        if not _can_splice(sock):
+            for piece in _read_ahead(self.response, self.length, self.broken):
+                sock.sendall(piece)
+                self.sent += len(piece)
+            return self.sent
+        held = self.response.fp.peek(1)[:self.length] if self.length else b""
+        if held:
+            held = self.response.fp.read(len(held))
+            sock.sendall(held)
+            self.sent += len(held)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            try:
+                fcntl.fcntl(write_end, _F_SETPIPE_SZ, _PIPE_BYTES)
+            except OSError:
+                pass  # the default pipe (64 KiB) works, with more calls
+            self._move(read_end, write_end, sock.fileno())
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+        return self.sent
+
+    def _move(self, read_end, write_end, target):
+        # The response's socket: http.client may have let go of the
+        # connection's reference to it (an answer with Connection: close),
+        # the response's file keeps it open.
+        source = self.response.fp.fileno()
+        left = self.length - self.sent   # still to come from the source
+        piped = 0                        # in the pipe, not yet sent
+        timeout_ms = None if self.timeout is None else int(self.timeout * 1000)
+        while left or piped:
+            moved = False
+            if left:
+                try:
+                    got = os.splice(source, write_end, min(left, _PIPE_BYTES),
+                                    flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    got = None    # the source has nothing yet, or the pipe is full
+                except OSError as e:
+                    raise self.broken("%s: %s" % (type(e).__name__, e)) from None
+                if got == 0:
+                    raise self.broken("ended %d bytes short" % left)
+                if got:
+                    left -= got
+                    piped += got
+                    moved = True
+            if piped:
+                try:
+                    out = os.splice(read_end, target, piped, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    out = 0
+                piped -= out
+                self.sent += out
+                moved = moved or out > 0
+            if moved:
+                continue
+            # Nothing moved: with data in the pipe, wait for the target to
+            # take some (the pipe may be full); else for the source to send.
+            poller = select.poll()
+            poller.register(target if piped else source,
+                            select.POLLOUT if piped else select.POLLIN)
+            if not poller.poll(timeout_ms):
+                if piped:
+                    raise socket.timeout("the image service took nothing for %.0fs"
+                                         % self.timeout)
+                raise self.broken("nothing came for %.0fs" % self.timeout)
 
 
 def _fill(response, view):
@@ -347,11 +457,17 @@ class GlanceImage:
                 connection.putheader(key, value)
             connection.endheaders()
             sock = connection.sock
+            piece = None
             try:
                 for piece in pieces:
-                    sock.sendall(piece)
-                    sent += len(piece)
+                    if hasattr(piece, "send_to"):
+                        sent += piece.send_to(sock)
+                    else:
+                        sock.sendall(piece)
+                        sent += len(piece)
+                    piece = None
             except OSError as e:
+                sent += getattr(piece, "sent", 0)
                 # Glance may have answered and hung up early: its answer says why.
                 raise self._failed("sending to %s broke after %d bytes (%s)%s" % (
                     self.server, sent, e, _early_answer(connection))) from None
