@@ -8,9 +8,9 @@ One run, everything on this machine:
 * the image service: a real Glance (nova_xen_split/cmd/glance_server.py;
   ``--target glance``, the default when Glance is installed), the loopback stand-in writing
   uploads to disk and hashing them as Glance does (MD5 and SHA-512;
-  ``--target stand-in``), or the stand-in keeping the bytes only
-  (``--target sink``): what the agent's side costs, the image service's
-  own work left out.
+  ``--target stand-in``), or the stand-in receiving the bytes and dropping
+  them, as the export's baseline below does (``--target sink``): what the
+  agent's side costs, the image service's own work left out.
 
 Each round measures, interleaved:
 
@@ -120,7 +120,8 @@ def main():
         else:
             os.makedirs(os.path.join(work, "uploads"))
             service = ImageService(upload_dir=os.path.join(work, "uploads"),
-                                   hash_uploads=target == "stand-in")
+                                   hash_uploads=target == "stand-in",
+                                   keep_uploads=target == "stand-in")
             images_url = service.url
 
             def new_image():
@@ -165,7 +166,7 @@ def main():
               "bytes, tarball %d bytes; %d round(s), medians" % (
                   mode, {"glance": "a real Glance (gunicorn)",
                          "stand-in": "the loopback stand-in (hashing MD5 + SHA-512)",
-                         "sink": "the loopback stand-in keeping bytes only"}[target],
+                         "sink": "the loopback stand-in dropping the bytes"}[target],
                   args.size_mib, args.data_percent, rounds[0]["vhd"], rounds[0]["bytes"],
                   len(rounds)))
         print("%-44s %8s %10s   %s" % ("measurement", "seconds", "MiB/s", "every round (s)"))

@@ -211,11 +211,20 @@ class HandlerIntake:
         None when the upload was cut (the connection is closed)."""
         cut = service.upload_cut_after.get(image_id)
         target = None
+        keep = service.keep_uploads
         if service.upload_dir:
             path = os.path.join(os.path.abspath(service.upload_dir), image_id)
             target = open(path, "wb", buffering=0)
         chunks = []
         buffer = memoryview(bytearray(MiB))
+
+        def take(data):
+            if target is None:
+                chunks.append(bytes(data))
+            elif keep:
+                target.write(data)
+            # else dropped: only their count is kept, as a hole
+
         left = length if cut is None else min(length, cut)
         # What the header parsing read ahead first, then the socket itself.
         held = self.rfile.peek(1)[:left] if left else b""
@@ -223,19 +232,15 @@ class HandlerIntake:
             if held:
                 got = self.rfile.readinto(buffer[:len(held)])
                 left -= got
-                if target is not None:
-                    target.write(buffer[:got])
-                else:
-                    chunks.append(bytes(buffer[:got]))
+                take(buffer[:got])
             while left > 0:
                 got = self.connection.recv_into(buffer[:min(left, MiB)])
                 if not got:
                     break
                 left -= got
-                if target is not None:
-                    target.write(buffer[:got])
-                else:
-                    chunks.append(bytes(buffer[:got]))
+                take(buffer[:got])
+            if target is not None and not keep:
+                target.truncate(length - left)   # dropped: a hole of their length
         finally:
             if target is not None:
                 target.close()

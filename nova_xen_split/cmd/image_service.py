@@ -24,7 +24,9 @@ It also takes images in, as Glance v2 does for a snapshot:
 * ``PUT /v2/images/<id>/file``: the image's data (Content-Length), kept in
   ``upload_dir`` (or in memory) with its MD5 and SHA-512 (none with
   ``hash_uploads=False``: an image service that keeps bytes and nothing
-  else, for measuring what sends them); ``active`` after;
+  else, for measuring what sends them; with ``keep_uploads=False`` too, the
+  bytes are received and dropped, the image's data a hole of their length
+  in ``upload_dir``); ``active`` after;
 * ``DELETE /v2/images/<id>``.
 
 Ids that were not added are answered 404, as is anything but the paths
@@ -126,7 +128,7 @@ class ImageService(image_intake.ServiceIntake):
 
     def __init__(self, token=None, send_md5=True, hash_algo=None, show_locations=False,
                  show_direct_url=False, delay=0.0, fail_status=None, upload_dir=None,
-                 hash_uploads=True):
+                 hash_uploads=True, keep_uploads=True):
         self.token = token
         self.send_md5 = send_md5
         self.hash_algo = hash_algo
@@ -151,6 +153,9 @@ class ImageService(image_intake.ServiceIntake):
         self.delete_errors = {}
         self.upload_dir = upload_dir
         self.hash_uploads = hash_uploads
+        if not keep_uploads and not upload_dir:
+            raise ValueError("keep_uploads=False needs an upload_dir for the holes")
+        self.keep_uploads = keep_uploads
         self.requests = []
         self._digests = {}      # (path, algorithm) → ((size, mtime), hex digest)
         self._server = _Server(("127.0.0.1", 0), _Handler)
