@@ -18,6 +18,7 @@ entry abandoned: the fetch then destroys the chain it landed instead of
 handing it over, and so does the cleanup, ready or not.
 """
 
+import calendar
 import contextlib
 import logging
 import threading
@@ -460,14 +461,34 @@ def settle_given_up(session, agent_tag, busy, keep_seconds, now=None):
     return destroyed
 
 
-def cleanup(session, vm_refs, agent_tag, busy):
+def xapi_time(value):
+    """Seconds since the epoch of an XAPI dateTime (``20261206T02:40:00Z``,
+    as text or an ``xmlrpc.client.DateTime``); None for XAPI's "never"
+    (the epoch) or anything that is not one."""
+    text = str(value or "").strip()
+    for layout in ("%Y%m%dT%H:%M:%SZ", "%Y%m%dT%H:%M:%S"):
+        try:
+            stamp = calendar.timegm(time.strptime(text, layout))
+        except ValueError:
+            continue
+        return stamp if stamp > 0 else None
+    return None
+
+
+def cleanup(session, vm_refs, agent_tag, busy, snapshot_grace=0.0, now=None):
     """Remove what a crash of this agent left behind.
 
     VBDs tagged by this agent on the given VMs are unplugged and destroyed;
     VDIs this agent left in-progress are destroyed, and so are VHD chains
     its fetches left landed but untagged (its pending-chain entries). Refs
     in ``busy`` belong to operations running now and are left alone.
+
+    A snapshot VDI is the driver's until the agent's ``upload_snapshot``
+    takes it (it is marked in-progress for this agent before the call is
+    even sent), so one younger than ``snapshot_grace`` seconds by XAPI's
+    ``snapshot_time`` is left alone: its upload may still be on its way.
     """
+    now = time.time() if now is None else now
     unplugged = destroyed = 0
     for vm_ref in vm_refs:
         for vbd_ref in session.call("VM.get_VBDs", vm_ref):
@@ -492,6 +513,10 @@ def cleanup(session, vm_refs, agent_tag, busy):
         if (mark is None or mark.state != marks.IN_PROGRESS or mark.agent != agent_tag
                 or vdi_ref in busy):
             continue
+        if mark.purpose == marks.SNAPSHOT:
+            taken = xapi_time(rec.get("snapshot_time"))
+            if taken is not None and now - taken < snapshot_grace:
+                continue
         LOG.info("Destroying half-made VDI %s (instance %s, %s)", rec.get("uuid"),
                  mark.instance_uuid, mark.purpose)
         destroy(session, vdi_ref, agent_tag)

@@ -156,10 +156,13 @@ class Backend(metaclass=abc.ABCMeta):
         """Unplug/destroy this agent's VBDs, destroy its half-made VDIs.
 
         Returns ``{"unplugged": n, "destroyed": m}``; skips what an operation
-        of this process is working on right now.
+        of this process is working on right now, and snapshot VDIs the
+        driver took less than twice ``[agent] long_rpc_timeout`` ago (their
+        ``upload_snapshot`` may still be coming).
         """
         vms = [ref for ref in (self.ctx.vm_ref, self.ctx.dom0_ref) if ref]
-        return vdis.cleanup(self.ctx.session, vms, self.ctx.tag, self.ctx.busy)
+        return vdis.cleanup(self.ctx.session, vms, self.ctx.tag, self.ctx.busy,
+                            snapshot_grace=2 * self.conf.agent.long_rpc_timeout)
 
     def settle(self):
         """One settling round (run by the agent now and then, not a verb of

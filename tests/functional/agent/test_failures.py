@@ -4,6 +4,7 @@ The failure is injected through ``agent.backends.base.checkpoint``, the
 hook every operation calls between its steps (a no-op in production).
 """
 
+import time
 import uuid
 
 import pytest
@@ -163,6 +164,45 @@ def test_cleanup_attached_vdis_removes_tagged_vbds_and_half_made_vdis(agent):
     assert agent.tagged_vbds() == []
     assert agent.agent_vdis(state="in-progress") == []
     assert session.call("VDI.get_uuid", foreign)  # another agent's work stays
+
+
+def test_a_snapshot_waiting_for_its_upload_outlives_cleanup_until_it_is_old(agent):
+    # The driver marks its VDI.snapshot in-progress for this agent before
+    # it sends upload_snapshot; a settling round in between must not
+    # destroy it. Once older than twice long_rpc_timeout, no upload can
+    # still be coming: it is a crash's leftover and goes.
+    from agent import vdis
+    session = agent.session
+    sr = vdis.default_sr(session)
+    instance = str(uuid.uuid4())
+    root = vdis.create(session, sr, 8 * MiB, instance, "root", agent.ctx.tag,
+                       {"image_id": "root"})
+    snap = session.call("VDI.snapshot", root, {})
+    session.call("VDI.set_other_config", snap, marks.snapshot_marks(instance, agent.ctx.tag))
+    session.call("VDI.destroy", root)
+    taken = vdis.xapi_time(session.call("VDI.get_snapshot_time", snap))
+    assert taken is not None and abs(time.time() - taken) < 600
+
+    cleaned = agent.endpoint.cleanup_attached_vdis()
+    assert cleaned["destroyed"] == 0
+    assert session.call("VDI.get_is_a_snapshot", snap)      # still there
+
+    grace = 2 * agent.conf.agent.long_rpc_timeout
+    vms = [ref for ref in (agent.ctx.vm_ref, agent.ctx.dom0_ref) if ref]
+    assert vdis.cleanup(session, vms, agent.ctx.tag, set(), snapshot_grace=grace,
+                        now=taken + grace + 1)["destroyed"] == 1
+    assert snap not in session.call("VDI.get_all")
+
+
+def test_xapi_times_read_as_xapi_writes_them():
+    import xmlrpc.client
+
+    from agent import vdis
+    assert vdis.xapi_time("20261206T02:40:00Z") == 1796524800
+    assert vdis.xapi_time(xmlrpc.client.DateTime("20261206T02:40:00")) == 1796524800
+    assert vdis.xapi_time("19700101T00:00:00Z") is None     # XAPI's "never"
+    assert vdis.xapi_time("") is None
+    assert vdis.xapi_time("yesterday") is None
 
 
 @pytest.mark.parametrize("method", ["generate_disk", "fetch_vhd", "fetch_raw"])
