@@ -118,6 +118,7 @@ class VdiExport(VhdSource):
         self._response = None
         self._where = None
         self._plain = False
+        self._spliced = False
 
     def open(self):
         session = self.session
@@ -151,6 +152,7 @@ class VdiExport(VhdSource):
         platform has no ``splice``, pieces read on a thread of their own so
         that reading from XAPI and sending on overlap."""
         if self._plain and hasattr(os, "splice") and self.length is not None:
+            self._spliced = True
             return iter([_SplicedBody(self._response, self.length, self._broken,
                                       self.timeout)])
         return _read_ahead(self._response, self.length, self._broken)
@@ -175,6 +177,13 @@ class VdiExport(VhdSource):
                 LOG.debug("could not destroy export task", exc_info=True)
 
     def _close_connection(self):
+        # A spliced body leaves the response unread, holding the socket
+        # (XAPI's Connection: close made http.client let go of it): close
+        # it. A buffered body's reader thread closes its response itself
+        # by reading it to the end, and may still be reading now.
+        if self._spliced and self._response is not None:
+            self._response.close()
+            self._response = None
         if self._connection is not None:
             self._connection.close()
             self._connection = None
