@@ -19,10 +19,14 @@ Each round measures, interleaved:
   pays at least;
 * ``upload``: the agent's ``upload_snapshot`` of the same VDI into a new
   queued image (the export streamed into the image service as a VHD
-  tarball), until the image is active.
+  tarball), until the image is active;
+* ``ingest``: the same tarball, saved to a file once, sent with
+  ``sendfile`` in a plain ``PUT /v2/images/<id>/file`` into a new queued
+  image: what the image service takes at most, whoever uploads.
 
-Prints the medians and the ratio upload / export (target <= 1.2), and the
-agent's CPU per upload (``/proc/<pid>/stat``).
+Prints the medians, the ratio upload / export (target <= 1.2), the ratio
+upload / max(export, ingest) (what the uploader adds over the slower of
+its two ends), and the agent's CPU per upload (``/proc/<pid>/stat``).
 
 Run as root (the simulator plugs loop devices):
     .venv/bin/python bench/snapshot_upload.py [--rounds N] [--target glance|stand-in]
@@ -45,6 +49,7 @@ sys.path.insert(0, REPO)
 from agent_import import cpu_seconds, start_agent, write_agent_config  # noqa: E402
 from inputs import drop_page_cache_of  # noqa: E402
 
+from agent import snapshot  # noqa: E402
 from nova_xen_split.cmd import demo_env  # noqa: E402
 from nova_xen_split.cmd.image_service import ImageService  # noqa: E402
 from nova_xen_split.xenhost import marks, xapi  # noqa: E402
@@ -74,6 +79,43 @@ def make_snapshot(session, sim, size_bytes, data_percent, instance_uuid, agent_h
     session.call("VDI.destroy", root)
     uuid = session.call("VDI.get_uuid", snap)
     return snap, uuid, os.path.join(os.path.dirname(root_path), uuid + ".raw")
+
+
+def save_tarball(session, vdi_ref, path):
+    """The VDI's VHD export as the agent's tarball, in a file; its length."""
+    url = urllib.parse.urlsplit(session.http_url("/export_raw_vdi", vdi=vdi_ref,
+                                                 format="vhd"))
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
+    conn.request("GET", "%s?%s" % (url.path, url.query))
+    response = conn.getresponse()
+    member = int(response.getheader("Content-Length"))
+    with open(path, "wb") as f:
+        f.write(snapshot.tar_header(member))
+        shutil.copyfileobj(response, f, 4 * MiB)
+        f.write(snapshot.tar_tail(member))
+    conn.close()
+    return snapshot.tar_length(member)
+
+
+def time_ingest(images_url, image_id, path):
+    """Seconds for the image service to take ``path`` as the image's data."""
+    url = urllib.parse.urlsplit(images_url)
+    length = os.path.getsize(path)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
+    start = time.monotonic()
+    conn.putrequest("PUT", "/v2/images/%s/file" % image_id, skip_accept_encoding=True)
+    conn.putheader("Content-Type", "application/octet-stream")
+    conn.putheader("Content-Length", str(length))
+    conn.endheaders()
+    with open(path, "rb") as f:
+        conn.sock.sendfile(f)
+    response = conn.getresponse()
+    response.read()
+    elapsed = time.monotonic() - start
+    conn.close()
+    if response.status != 204:
+        raise SystemExit("ingest: HTTP %d" % response.status)
+    return elapsed
 
 
 def time_export(session, vdi_ref):
@@ -115,8 +157,8 @@ def main():
             glance = glance_server.GlanceProcess(os.path.join(work, "glance")).start()
             images_url = glance.url
 
-            def new_image():
-                return glance.create_image(name="bench snapshot")["id"]
+            def new_image(**formats):
+                return glance.create_image(name="bench snapshot", **formats)["id"]
         else:
             os.makedirs(os.path.join(work, "uploads"))
             service = ImageService(upload_dir=os.path.join(work, "uploads"),
@@ -124,7 +166,7 @@ def main():
                                    keep_uploads=target == "stand-in")
             images_url = service.url
 
-            def new_image():
+            def new_image(**formats):
                 return demo_env.create_image(images_url, "bench snapshot")
         sim = demo_env.Simulator(os.path.join(work, "sim"), compute_vm=False).start()
         session = xapi.XapiSession(sim.url, "root", demo_env.SIM_PASSWORD,
@@ -137,8 +179,13 @@ def main():
         instance = "5e1f0c9a-7b2d-4c3e-9f1a-2b3c4d5e6f70"
         snap, snap_uuid, snap_path = make_snapshot(
             session, sim, args.size_mib * MiB, args.data_percent, instance, "bench-agent")
+        tarball = os.path.join(work, "snapshot.tar")
+        save_tarball(session, snap, tarball)
         rounds = []
         for _ in range(args.rounds + 1):   # the first is a warm-up, not counted
+            ingest_id = new_image(disk_format="vhd", container_format="ovf")
+            ingest = time_ingest(images_url, ingest_id, tarball)
+            (glance or service).delete(ingest_id)
             drop_page_cache_of(snap_path)
             export, vhd_bytes = time_export(session, snap)
             drop_page_cache_of(snap_path)
@@ -148,7 +195,7 @@ def main():
             result = api.upload_snapshot(instance_uuid=instance, vdi_uuid=snap_uuid,
                                          image_id=image_id)
             upload = time.monotonic() - start
-            rounds.append({"export": export, "upload": upload,
+            rounds.append({"export": export, "upload": upload, "ingest": ingest,
                            "cpu": cpu_seconds(agent.pid) - cpu,
                            "bytes": result["size_bytes"], "vhd": vhd_bytes})
             if glance is not None:
@@ -171,12 +218,16 @@ def main():
                   len(rounds)))
         print("%-44s %8s %10s   %s" % ("measurement", "seconds", "MiB/s", "every round (s)"))
         for key, what in (("export", "VHD export alone (received, dropped)"),
+                          ("ingest", "image service's ingest alone (file PUT)"),
                           ("upload", "upload_snapshot (export -> image service)")):
             print("%-44s %8.2f %10.1f   %s" % (what, median(key),
                                               median("vhd") / MiB / median(key),
                                               " ".join("%.2f" % r[key] for r in rounds)))
         print("upload / export alone = %.2f (target <= 1.2) %s"
               % (ratio, "MET" if ratio <= 1.2 else "MISSED"))
+        slower = statistics.median(r["upload"] / max(r["export"], r["ingest"])
+                                   for r in rounds)
+        print("upload / max(export alone, ingest alone) = %.2f" % slower)
         print("agent CPU per upload: %.2f s (%.2f s per GiB of VHD)"
               % (median("cpu"), median("cpu") / (median("vhd") / (1 << 30))))
     finally:
