@@ -118,7 +118,7 @@ class VdiExport(VhdSource):
         self._response = None
         self._where = None
         self._plain = False
-        self._spliced = False
+        self._body = None
 
     def open(self):
         session = self.session
@@ -152,9 +152,9 @@ class VdiExport(VhdSource):
         platform has no ``splice``, pieces read on a thread of their own so
         that reading from XAPI and sending on overlap."""
         if self._plain and hasattr(os, "splice") and self.length is not None:
-            self._spliced = True
-            return iter([_SplicedBody(self._response, self.length, self._broken,
-                                      self.timeout)])
+            self._body = _SplicedBody(self._response, self.length, self._broken,
+                                      self.timeout)
+            return iter([self._body])
         return _read_ahead(self._response, self.length, self._broken)
 
     def _broken(self, why):
@@ -181,7 +181,7 @@ class VdiExport(VhdSource):
         # (XAPI's Connection: close made http.client let go of it): close
         # it. A buffered body's reader thread closes its response itself
         # by reading it to the end, and may still be reading now.
-        if self._spliced and self._response is not None:
+        if self._body is not None and self._body.spliced and self._response is not None:
             self._response.close()
             self._response = None
         if self._connection is not None:
@@ -259,7 +259,9 @@ class _SplicedBody:
 
     An error of the source (short, reset, silent past ``timeout``) raises
     ``broken(why)``; an error of the destination raises OSError, as a
-    ``sendall`` would. ``sent`` counts the bytes moved so far."""
+    ``sendall`` would. ``sent`` counts the bytes moved so far; ``spliced``
+    says whether the response was read past http.client (it is then left
+    unread, for its owner to close)."""
 
     def __init__(self, response, length, broken, timeout):
         self.response = response
@@ -267,6 +269,7 @@ class _SplicedBody:
         self.broken = broken
         self.timeout = timeout
         self.sent = 0
+        self.spliced = False
 
     def __len__(self):
         return self.length
@@ -277,6 +280,7 @@ class _SplicedBody:
                 sock.sendall(piece)
                 self.sent += len(piece)
             return self.sent
+        self.spliced = True
         held = self.response.fp.peek(1)[:self.length] if self.length else b""
         if held:
             held = self.response.fp.read(len(held))

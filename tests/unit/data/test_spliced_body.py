@@ -108,6 +108,7 @@ def test_the_whole_body_arrives_unchanged(size, close):
         reader = _drain(theirs, sink)
         body = _body(response, connection, size)
         assert body.send_to(ours) == size
+        assert body.spliced
         ours.shutdown(socket.SHUT_WR)
         reader.join(10)
         assert sink.count == size
@@ -134,7 +135,9 @@ def test_into_a_socket_that_cannot_splice_the_body_goes_through_buffers(monkeypa
         connection, response = export.get()
         sink = Sink()
         reader = _drain(theirs, sink)
-        assert _body(response, connection, size).send_to(ours) == size
+        body = _body(response, connection, size)
+        assert body.send_to(ours) == size
+        assert not body.spliced     # the response was read through http.client
         ours.shutdown(socket.SHUT_WR)
         reader.join(10)
         assert sink.hash.hexdigest() == hashlib.sha256(data).hexdigest()
