@@ -7,7 +7,9 @@ real ext4 mount for the data.
 
 import json
 import os
+import stat
 import subprocess
+import time
 
 import pytest
 
@@ -121,7 +123,32 @@ def test_get_partitions_reports_the_table(dom0, dom0_disk):
 
 
 def _mount(device, mountpoint):
+    _wait_for_block_device(device)
     subprocess.run(["mount", "-t", "ext4", device, str(mountpoint)], check=True, timeout=60)
+
+
+def _wait_for_block_device(path, timeout=10.0):
+    """Wait until ``path`` opens as a block device. Opening the whole disk
+    (``sfdisk -A`` here) can make the kernel rescan a loop device's
+    partitions, which drops and re-adds their nodes: a mount right then
+    finds "not a valid block device" (seen once in a full run)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+            continue
+        try:
+            if stat.S_ISBLK(os.fstat(fd).st_mode):
+                return
+        finally:
+            os.close(fd)
+        if time.monotonic() > deadline:
+            raise AssertionError("%s is not a block device" % path)
+        time.sleep(0.05)
 
 
 def _umount(mountpoint):
