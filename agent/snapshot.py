@@ -473,11 +473,7 @@ class GlanceImage:
             piece = None
             try:
                 for piece in pieces:
-                    if hasattr(piece, "send_to"):
-                        sent += piece.send_to(sock)
-                    else:
-                        sock.sendall(piece)
-                        sent += len(piece)
+                    sent += send_piece(sock, piece)
                     piece = None
             except OSError as e:
                 sent += getattr(piece, "sent", 0)
@@ -552,6 +548,15 @@ def _status_of(data):
     except ValueError:
         return None
     return record.get("status") if isinstance(record, dict) else None
+
+
+def send_piece(sock, piece):
+    """Send one piece of a body: bytes, or a :class:`_SplicedBody` moved
+    into ``sock`` itself; the byte count."""
+    if hasattr(piece, "send_to"):
+        return piece.send_to(sock)
+    sock.sendall(piece)
+    return len(piece)
 
 
 def _connection(url, timeout):

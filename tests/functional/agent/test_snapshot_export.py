@@ -63,13 +63,7 @@ def test_an_export_is_spliced_whole_and_leaves_no_descriptor(session, xapi_sim):
     export = snapshot.VdiExport(session, snap).open()
     try:
         pieces = list(export.pieces())
-        sent = 0
-        for piece in pieces:
-            if hasattr(piece, "send_to"):
-                sent += piece.send_to(ours)
-            else:
-                ours.sendall(piece)
-                sent += len(piece)
+        sent = sum(snapshot.send_piece(ours, piece) for piece in pieces)
         export.finish()
     finally:
         export.close()
