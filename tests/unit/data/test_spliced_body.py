@@ -7,6 +7,7 @@ bytes go through ``splice(2)`` or, into a socket that cannot take one,
 through buffers.
 """
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -67,31 +68,62 @@ class Export:
         self.listener.close()
 
 
-def _drain(sock, into):
-    """Read ``sock`` to its end on a thread; returns the thread."""
-    def run():
-        while True:
-            data = sock.recv(MiB)
-            if not data:
-                return
-            into.update(data)
-            into.count += len(data)
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 class Sink:
+    """What the image service's end received: a count and a hash."""
+
     def __init__(self):
         self.hash = hashlib.sha256()
         self.count = 0
 
-    def update(self, data):
-        self.hash.update(data)
+
+class Wire:
+    """An export fetched with http.client (``connection``, ``response``) and
+    a socket pair standing for Glance's connection: ``ours`` is sent into,
+    ``theirs`` drained into ``sink`` on a thread unless ``drain`` is False
+    (or closed early by the test)."""
+
+    def __init__(self, export, drain=True):
+        self.ours, self.theirs = socket.socketpair()
+        self.connection, self.response = export.get()
+        self.sink = Sink()
+        self.reader = None
+        if drain:
+            self.reader = threading.Thread(target=self._drain, daemon=True)
+            self.reader.start()
+
+    def _drain(self):
+        while True:
+            data = self.theirs.recv(MiB)
+            if not data:
+                return
+            self.sink.hash.update(data)
+            self.sink.count += len(data)
+
+    def body(self, length, timeout=10.0):
+        return snapshot._SplicedBody(self.response, length, _broken, timeout)
+
+    def received(self):
+        """End our side and wait for the drain: the sink."""
+        self.ours.shutdown(socket.SHUT_WR)
+        self.reader.join(10)
+        return self.sink
+
+    def close(self):
+        self.connection.close()
+        self.ours.close()
+        self.theirs.close()
 
 
-def _body(response, connection, length, timeout=10.0):
-    return snapshot._SplicedBody(response, length, _broken, timeout)
+@contextlib.contextmanager
+def wired(export, drain=True):
+    wire = None
+    try:
+        wire = Wire(export, drain)
+        yield wire
+    finally:
+        if wire is not None:
+            wire.close()
+        export.close()
 
 
 @pytest.mark.parametrize("size", [0, 1, 4096 + 7, 9 * MiB + 513])
@@ -100,127 +132,69 @@ def test_the_whole_body_arrives_unchanged(size, close):
     # XAPI answers with Connection: close, and http.client then lets go of
     # the connection's socket: the body must still come from the response.
     data = os.urandom(size)
-    export = Export(data, close=close)
-    ours, theirs = socket.socketpair()
-    try:
-        connection, response = export.get()
-        sink = Sink()
-        reader = _drain(theirs, sink)
-        body = _body(response, connection, size)
-        assert body.send_to(ours) == size
+    with wired(Export(data, close=close)) as wire:
+        body = wire.body(size)
+        assert body.send_to(wire.ours) == size
         assert body.spliced
-        ours.shutdown(socket.SHUT_WR)
-        reader.join(10)
+        sink = wire.received()
         assert sink.count == size
         assert sink.hash.hexdigest() == hashlib.sha256(data).hexdigest()
-        connection.close()
-    finally:
-        export.close()
-        ours.close()
-        theirs.close()
 
 
 def test_into_a_socket_that_cannot_splice_the_body_goes_through_buffers(monkeypatch):
     size = 5 * MiB + 3
     data = os.urandom(size)
-    export = Export(data)
-    ours, theirs = socket.socketpair()
     calls = []
     # A TLS socket to Glance is what cannot splice; none is at hand, so the
     # target is declared unspliceable.
     monkeypatch.setattr(snapshot, "_can_splice", lambda sock: calls.append(sock) and False)
     spliced = []
     monkeypatch.setattr(snapshot.os, "splice", lambda *a, **k: spliced.append(a) or 0)
-    try:
-        connection, response = export.get()
-        sink = Sink()
-        reader = _drain(theirs, sink)
-        body = _body(response, connection, size)
-        assert body.send_to(ours) == size
+    with wired(Export(data)) as wire:
+        body = wire.body(size)
+        assert body.send_to(wire.ours) == size
         assert not body.spliced     # the response was read through http.client
-        ours.shutdown(socket.SHUT_WR)
-        reader.join(10)
-        assert sink.hash.hexdigest() == hashlib.sha256(data).hexdigest()
-        assert ours in calls and spliced == []
-        connection.close()
-    finally:
-        export.close()
-        ours.close()
-        theirs.close()
+        assert wire.received().hash.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert wire.ours in calls and spliced == []
 
 
 def test_a_short_export_is_the_sources_error_and_counts_what_went():
-    data = os.urandom(2 * MiB)
-    export = Export(data, length=3 * MiB)   # promises a MiB more than it sends
-    export.hold.set()                       # and hangs up
-    ours, theirs = socket.socketpair()
-    try:
-        connection, response = export.get()
-        sink = Sink()
-        reader = _drain(theirs, sink)
-        body = _body(response, connection, 3 * MiB)
+    export = Export(os.urandom(2 * MiB), length=3 * MiB)  # promises a MiB more than it sends
+    export.hold.set()                                    # and hangs up
+    with wired(export) as wire:
+        body = wire.body(3 * MiB)
         with pytest.raises(exceptions.XapiFailure) as err:
-            body.send_to(ours)
+            body.send_to(wire.ours)
         assert "ended %d bytes short" % MiB in str(err.value)
         assert body.sent == 2 * MiB
-        ours.shutdown(socket.SHUT_WR)
-        reader.join(10)
-        assert sink.count == 2 * MiB
-        connection.close()
-    finally:
-        export.close()
-        ours.close()
-        theirs.close()
+        assert wire.received().count == 2 * MiB
 
 
 def test_a_silent_export_is_the_sources_error_after_the_timeout():
-    export = Export(b"x" * 100, length=MiB)   # sends 100 bytes, then nothing
-    ours, theirs = socket.socketpair()
-    try:
-        connection, response = export.get()
+    # Sends 100 bytes, then nothing.
+    with wired(Export(b"x" * 100, length=MiB), drain=False) as wire:
         with pytest.raises(exceptions.XapiFailure) as err:
-            _body(response, connection, MiB, timeout=0.5).send_to(ours)
+            wire.body(MiB, timeout=0.5).send_to(wire.ours)
         assert "nothing came" in str(err.value)
-        connection.close()
-    finally:
-        export.close()
-        ours.close()
-        theirs.close()
 
 
 def test_an_image_service_that_hangs_up_is_an_oserror_not_the_sources():
     data = os.urandom(16 * MiB)
-    export = Export(data)
-    ours, theirs = socket.socketpair()
-    try:
-        connection, response = export.get()
-        theirs.close()
-        body = _body(response, connection, len(data))
+    with wired(Export(data), drain=False) as wire:
+        wire.theirs.close()
+        body = wire.body(len(data))
         with pytest.raises(OSError) as err:
-            body.send_to(ours)
+            body.send_to(wire.ours)
         assert not isinstance(err.value, exceptions.XapiFailure)
         assert body.sent < len(data)
-        connection.close()
-    finally:
-        export.close()
-        ours.close()
 
 
 def test_no_pipe_is_left_open():
     before = set(os.listdir("/proc/self/fd"))
     export = Export(os.urandom(MiB), length=2 * MiB)
     export.hold.set()
-    ours, theirs = socket.socketpair()
-    try:
-        connection, response = export.get()
-        reader = _drain(theirs, Sink())
+    with wired(export) as wire:
         with pytest.raises(exceptions.XapiFailure):
-            _body(response, connection, 2 * MiB).send_to(ours)
-        connection.close()
-        ours.shutdown(socket.SHUT_WR)
-        reader.join(10)
-    finally:
-        export.close()
-        ours.close()
-        theirs.close()
+            wire.body(2 * MiB).send_to(wire.ours)
+        wire.received()
     assert set(os.listdir("/proc/self/fd")) - before == set()
