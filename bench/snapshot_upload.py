@@ -81,13 +81,18 @@ def make_snapshot(session, sim, size_bytes, data_percent, instance_uuid, agent_h
     return snap, uuid, os.path.join(os.path.dirname(root_path), uuid + ".raw")
 
 
-def save_tarball(session, vdi_ref, path):
-    """The VDI's VHD export as the agent's tarball, in a file; its length."""
+def get_export(session, vdi_ref):
+    """``GET /export_raw_vdi?format=vhd`` of the VDI: (connection, response)."""
     url = urllib.parse.urlsplit(session.http_url("/export_raw_vdi", vdi=vdi_ref,
                                                  format="vhd"))
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
     conn.request("GET", "%s?%s" % (url.path, url.query))
-    response = conn.getresponse()
+    return conn, conn.getresponse()
+
+
+def save_tarball(session, vdi_ref, path):
+    """The VDI's VHD export as the agent's tarball, in a file; its length."""
+    conn, response = get_export(session, vdi_ref)
     member = int(response.getheader("Content-Length"))
     with open(path, "wb") as f:
         f.write(snapshot.tar_header(member))
@@ -120,13 +125,9 @@ def time_ingest(images_url, image_id, path):
 
 def time_export(session, vdi_ref):
     """Seconds to receive the VDI's VHD export and drop it; (seconds, bytes)."""
-    url = urllib.parse.urlsplit(session.http_url("/export_raw_vdi", vdi=vdi_ref,
-                                                 format="vhd"))
     buffer = memoryview(bytearray(4 * MiB))
     start = time.monotonic()
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
-    conn.request("GET", "%s?%s" % (url.path, url.query))
-    response = conn.getresponse()
+    conn, response = get_export(session, vdi_ref)
     total = 0
     while True:
         got = response.readinto(buffer)
